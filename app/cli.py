@@ -1,0 +1,173 @@
+"""`unlearnd`: the one command-line entry point.
+
+Every sub-command turns its flags into explicit arguments of a library call; errors from
+the unlearnd exception tree are printed as one line (exit 2), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app.core.config import Settings
+from app.ml.errors import UnlearndError
+
+
+def _train(ns: argparse.Namespace, settings: Settings) -> int:
+    from app.ml.data import SplitConfig
+    from app.ml.pipeline import train_to_dir
+    from app.ml.train import TrainConfig
+
+    cfg = TrainConfig(alpha=ns.alpha, gr_norm=ns.gr_norm, gr_grad=ns.gr_grad, lr=ns.lr, batch_size=ns.batch_size,
+                      max_epochs=ns.max_epochs, patience=ns.patience, seed=ns.seed)
+    meta = train_to_dir(dataset=ns.dataset, arch=ns.arch, out=ns.out, train_cfg=cfg,
+                        split_cfg=SplitConfig(seed=ns.seed), data_path=ns.data, data_dir=settings.data_dir,
+                        progress=not ns.quiet, with_cache=not ns.no_cache, chunk_size=settings.chunk_size)
+    print(f"trained {ns.arch} on {ns.dataset} (α={ns.alpha}, {meta['epochs']} epochs, "
+          f"{meta['wall_time_s']:.1f} s): train {meta['train_acc']:.4f} val {meta['val_acc']:.4f} "
+          f"test {meta['test_acc']:.4f} → {ns.out}")
+    return 0
+
+
+def _unlearn(ns: argparse.Namespace, settings: Settings) -> int:
+    from app.ml.pipeline import read_ids, unlearn_to_dir
+
+    params: dict[str, object] = {"correction": not ns.no_correction}
+    for key in ("eta", "reduction", "step"):
+        if getattr(ns, key) is not None:
+            params[key] = getattr(ns, key)
+    meta = unlearn_to_dir(model_dir=ns.model, forget_ids=read_ids(ns.forget_ids), out=ns.out, method="iau",
+                          params=params, data_path=ns.data, data_dir=settings.data_dir,
+                          use_cache=not ns.no_cache, refresh_cache=ns.refresh_cache,
+                          chunk_size=settings.chunk_size)
+    u = meta["unlearn"]
+    print(f"forgot {u['n_forget']} samples in {u['time_s']:.3f} s ({u['path']} path): forget acc "
+          f"{u['forget_acc_before']:.4f} → {u['forget_acc_after']:.4f}, test acc {u['test_acc_before']:.4f} → "
+          f"{u['test_acc_after']:.4f} → {ns.out}")
+    return 0
+
+
+def _cache(ns: argparse.Namespace, settings: Settings) -> int:
+    from app.ml.checkpoint import load_model_dir
+    from app.ml.gradcache import build_cache, save_cache
+    from app.ml.pipeline import dataset_for
+
+    md = load_model_dir(ns.model)
+    ds = dataset_for(md, data_path=ns.data, data_dir=settings.data_dir)
+    path = save_cache(build_cache(md.model, ds, md.splits.train, chunk_size=settings.chunk_size), ns.model)
+    print(f"gradient cache over {len(md.splits.train)} samples → {path}")
+    return 0
+
+
+def _bench(ns: argparse.Namespace, settings: Settings) -> int:
+    from app.ml.bench import SUITES, run_suite
+
+    if ns.list or not ns.suite:
+        for name in SUITES.names():
+            print(f"{name:20s} {SUITES.get(name).summary}")
+        return 0
+    out = ns.out or Path("bench-out") / ns.suite
+    results = run_suite(ns.suite, out=out, seeds=ns.seeds, data_dir=settings.data_dir, data_path=ns.data)
+    print((out / "results.md").read_text())
+    print(f"wrote {out}/results.json, results.md and plots ({len(results.get('rows', []))} rows)")
+    return 0
+
+
+def _demo(ns: argparse.Namespace, settings: Settings) -> int:
+    """Train a GR model on digits, forget 5% of its training set, print both models."""
+    from app.ml.data import Splits
+
+    home = settings.home / "demo"
+    train_ns = argparse.Namespace(dataset="digits", arch="lenet5", alpha=0.01, gr_norm="global", gr_grad="exact",
+                                  lr=1e-3, batch_size=64, max_epochs=100, patience=10, seed=ns.seed,
+                                  data=None, out=home / "model", quiet=False, no_cache=False)
+    _train(train_ns, settings)
+    train_ids = Splits.load(home / "model" / "splits.json").train
+    rng = np.random.default_rng(ns.seed)
+    forget = rng.choice(train_ids, size=max(1, len(train_ids) // 20), replace=False)
+    ids_file = home / "forget.txt"
+    ids_file.write_text("\n".join(str(int(i)) for i in sorted(forget)) + "\n")
+    unlearn_ns = argparse.Namespace(model=home / "model", forget_ids=ids_file, out=home / "unlearned", eta=None,
+                                    reduction=None, step=None, no_correction=False, data=None, no_cache=False,
+                                    refresh_cache=True)
+    return _unlearn(unlearn_ns, settings)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unlearnd", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model with the GR loss")
+    t.add_argument("--dataset", required=True)
+    t.add_argument("--arch", required=True)
+    t.add_argument("--alpha", type=float, required=True, help="GR strength (0: plain training)")
+    t.add_argument("--gr-norm", choices=("global", "per_tensor"), default="global")
+    t.add_argument("--gr-grad", choices=("exact", "fd"), default="exact",
+                   help="penalty gradient: exact double backprop, or a finite-difference HVP")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--max-epochs", type=int, default=100)
+    t.add_argument("--patience", type=int, default=10)
+    t.add_argument("--data", type=Path, help="dataset file or folder (default: under UNLEARND_DATA_DIR)")
+    t.add_argument("--no-cache", action="store_true", help="skip writing the fast path's gradient cache")
+    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--out", type=Path, required=True)
+    t.set_defaults(func=_train)
+
+    u = sub.add_parser("unlearn", help="forget training samples with IAU")
+    u.add_argument("--model", type=Path, required=True)
+    u.add_argument("--forget-ids", type=Path, required=True, help="file with one sample id per line")
+    u.add_argument("--eta", type=float)
+    u.add_argument("--reduction", choices=("sum", "mean"))
+    u.add_argument("--step", choices=("sgd", "adam"))
+    u.add_argument("--no-correction", action="store_true", help="IA only: no descent on the retained data")
+    u.add_argument("--no-cache", action="store_true", help="ignore the gradient cache (slow path)")
+    u.add_argument("--refresh-cache", action="store_true", help="write a gradient cache for the new model")
+    u.add_argument("--data", type=Path)
+    u.add_argument("--out", type=Path, required=True)
+    u.set_defaults(func=_unlearn)
+
+    c = sub.add_parser("cache", help="(re)build a model's gradient cache for the fast path")
+    c.add_argument("--model", type=Path, required=True)
+    c.add_argument("--data", type=Path)
+    c.set_defaults(func=_cache)
+
+    b = sub.add_parser("bench", help="run a benchmark suite")
+    b.add_argument("--suite")
+    b.add_argument("--list", action="store_true")
+    b.add_argument("--seeds", type=int, default=None)
+    b.add_argument("--data", type=Path)
+    b.add_argument("--out", type=Path)
+    b.set_defaults(func=_bench)
+
+    d = sub.add_parser("demo", help="train on digits, forget 5%%, print the result")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = _parser().parse_args(argv)
+    settings = Settings()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    func: Callable[[argparse.Namespace, Settings], int] = ns.func
+    try:
+        return func(ns, settings)
+    except UnlearndError as e:
+        print(f"unlearnd: error: {e}", file=sys.stderr)
+        return 2
+    except (json.JSONDecodeError, FileNotFoundError) as e:
+        print(f"unlearnd: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

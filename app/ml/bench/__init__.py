@@ -1,0 +1,33 @@
+"""Benchmark suites, registered by name; `unlearnd bench --list` shows them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.ml.registry import Registry
+
+
+@dataclass(frozen=True)
+class Suite:
+    summary: str
+    run: Callable[..., dict[str, Any]]  # (out=, seeds=, data_dir=, data_path=) → results
+
+
+SUITES: Registry[Suite] = Registry("suite")
+
+
+def run_suite(name: str, *, out: Path, seeds: int | None, data_dir: Path | None,
+              data_path: Path | None) -> dict[str, Any]:
+    suite = SUITES.get(name)
+    out.mkdir(parents=True, exist_ok=True)
+    return suite.run(out=out, seeds=seeds, data_dir=data_dir, data_path=data_path)
+
+
+def _register_builtin() -> None:
+    from app.ml.bench import speed  # noqa: F401  (registers itself)
+
+
+_register_builtin()

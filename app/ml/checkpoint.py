@@ -1,0 +1,85 @@
+"""Model directories: model.safetensors + meta.json + splits.json (+ grad_cache.safetensors).
+
+Weights are a safetensors state_dict (never a pickle), loaded strictly into the architecture
+that meta.json names, and checked against the sha256 recorded there.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from app.ml.data import Splits
+from app.ml.errors import ModelLoadError
+from app.ml.fsutil import atomic_replace, atomic_write_text
+from app.ml.grads import weights_sha256
+from app.ml.models import ModelConfig, create_model
+
+MODEL_FILE = "model.safetensors"
+META_FILE = "meta.json"
+SPLITS_FILE = "splits.json"
+
+
+@dataclass
+class ModelDir:
+    path: Path
+    model: nn.Module
+    model_cfg: ModelConfig
+    meta: dict[str, Any]
+    splits: Splits
+    weights_sha256: str
+
+
+def model_config_from_meta(meta: dict[str, Any]) -> ModelConfig:
+    try:
+        return ModelConfig(arch=meta["arch"], in_shape=tuple(meta["in_shape"]), num_classes=int(meta["num_classes"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"meta.json lacks a valid model description ({e})") from e
+
+
+def save_model_dir(path: Path, *, model: nn.Module, model_cfg: ModelConfig, meta: dict[str, Any],
+                   splits: Splits) -> str:
+    """Write all three files atomically; returns the weights' sha256 (also put in meta)."""
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    sha = weights_sha256(state)
+    full_meta = {**meta, "arch": model_cfg.arch, "in_shape": list(model_cfg.in_shape),
+                 "num_classes": model_cfg.num_classes, "weights_sha256": sha}
+    with atomic_replace(path / MODEL_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"weights_sha256": sha})
+    atomic_write_text(path / SPLITS_FILE, json.dumps(splits.to_json()))
+    atomic_write_text(path / META_FILE, json.dumps(full_meta, indent=2, sort_keys=True))
+    return sha
+
+
+def load_model_dir(path: Path) -> ModelDir:
+    for name in (MODEL_FILE, META_FILE, SPLITS_FILE):
+        if not (path / name).is_file():
+            raise ModelLoadError(f"{path} is not a model directory: {name} is missing")
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{path / META_FILE} is not valid JSON ({e})") from e
+    cfg = model_config_from_meta(meta)
+    model = create_model(cfg)
+    try:
+        state = load_file(str(path / MODEL_FILE))
+    except (SafetensorError, OSError) as e:
+        raise ModelLoadError(f"{path / MODEL_FILE} is not a readable safetensors file ({e})") from e
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelLoadError(f"{path / MODEL_FILE} does not fit arch {cfg.arch!r} {cfg.in_shape}: {e}") from e
+    sha = weights_sha256(model.state_dict())
+    if meta.get("weights_sha256") != sha:
+        raise ModelLoadError(f"{path / MODEL_FILE} does not match its meta.json (sha256 {sha[:12]} vs "
+                             f"{str(meta.get('weights_sha256'))[:12]})")
+    model.eval()
+    return ModelDir(path=path, model=model, model_cfg=cfg, meta=meta, splits=Splits.load(path / SPLITS_FILE),
+                    weights_sha256=sha)

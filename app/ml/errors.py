@@ -1,0 +1,54 @@
+"""The one exception tree of unlearnd.
+
+Every error a user can cause derives from :class:`UnlearndError`; the CLI prints its
+message (no traceback) and the HTTP layer maps each class once to a problem+json status.
+
+    UnlearndError
+    ├── UnknownNameError      unknown model / dataset / method / suite name
+    ├── ConfigError           a hyper-parameter that a method does not take, or out of range
+    ├── DataError             a dataset file is missing or has the wrong format
+    ├── ForgetSetError        empty forget list, or ids not in the train split
+    ├── ModelLoadError        weights that do not match their meta.json or arch
+    └── CacheMismatchError    a gradient cache computed for other weights or ids
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class UnlearndError(Exception):
+    """Base class of every error unlearnd raises on purpose."""
+
+
+class UnknownNameError(UnlearndError, KeyError):
+    def __init__(self, kind: str, name: str, valid: Sequence[str]) -> None:
+        self.kind, self.name, self.valid = kind, name, list(valid)
+        super().__init__(f"unknown {kind} {name!r}; valid: {', '.join(self.valid)}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class ConfigError(UnlearndError):
+    """A method or suite was given parameters it does not accept."""
+
+
+class DataError(UnlearndError):
+    """A dataset cannot be found or read."""
+
+
+class ForgetSetError(UnlearndError):
+    """The forget set is empty or names ids outside the training split."""
+
+    def __init__(self, message: str, bad_ids: Sequence[int] = ()) -> None:
+        self.bad_ids = list(bad_ids)
+        super().__init__(message)
+
+
+class ModelLoadError(UnlearndError):
+    """A model directory is incomplete, or its weights do not match meta/arch."""
+
+
+class CacheMismatchError(UnlearndError):
+    """A gradient cache does not belong to these exact weights and training ids."""

@@ -1,0 +1,69 @@
+"""What every unlearning method takes and returns."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+from torch import nn
+
+from app.ml.data import Dataset
+from app.ml.errors import ConfigError, ForgetSetError
+from app.ml.gradcache import GradCache
+
+
+@dataclass
+class UnlearnTask:
+    model: nn.Module  # θ*: methods must not modify it
+    ds: Dataset
+    train_ids: np.ndarray  # D: every active training id, the forget ids included
+    forget_ids: np.ndarray  # D_f ⊆ D
+    weights_sha256: str
+    cache: GradCache | None = None
+    chunk_size: int = 1024
+    seed: int = 0
+
+    @property
+    def retain_ids(self) -> np.ndarray:
+        return np.setdiff1d(self.train_ids, self.forget_ids)
+
+
+@dataclass
+class UnlearnResult:
+    model: nn.Module
+    time_s: float  # the update alone: no I/O, no evaluation
+    params: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. IAU's "path": "fast" | "slow"
+
+
+Method = Callable[[UnlearnTask, dict[str, Any]], UnlearnResult]
+
+C = TypeVar("C")
+
+
+def parse_params(cls: type[C], params: dict[str, Any]) -> C:
+    """Build a method's config dataclass, refusing unknown names and bad values."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(params) - names)
+    if unknown:
+        raise ConfigError(f"{cls.__name__} does not take {unknown}; valid: {sorted(names)}")
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{cls.__name__}: {e}") from e
+
+
+def check_forget_ids(train_ids: np.ndarray, forget_ids: np.ndarray) -> np.ndarray:
+    """Unique, sorted forget ids, all inside the training split."""
+    forget = np.unique(np.asarray(forget_ids, dtype=np.int64))
+    if len(forget) == 0:
+        raise ForgetSetError("the forget list is empty")
+    outside = np.setdiff1d(forget, train_ids)
+    if len(outside):
+        shown = ", ".join(str(int(i)) for i in outside[:20]) + (" …" if len(outside) > 20 else "")
+        raise ForgetSetError(f"{len(outside)} forget id(s) are not in the train split: {shown}",
+                             bad_ids=outside.tolist())
+    return forget
