@@ -33,7 +33,9 @@ class Dataset:
         if len(self.x) != len(self.y):
             raise ValueError(f"{self.name}: {len(self.x)} inputs but {len(self.y)} labels")
         if self.is_image and self.mean is None:
-            sample = self._unit(self.x[: min(self.n_pool, 10_000)])
+            # a strided sample: files are often sorted by class
+            step = max(1, self.n_pool // 10_000)
+            sample = self._unit(self.x[: self.n_pool : step])
             self.mean = sample.mean(axis=(0, 1, 2)).astype(np.float32)
             self.std = np.maximum(sample.std(axis=(0, 1, 2)), 1e-6).astype(np.float32)
 

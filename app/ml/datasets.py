@@ -98,8 +98,10 @@ def _as_layout(x: np.ndarray) -> np.ndarray:
 class _ArraysOnly(pickle.Unpickler):
     """The official CIFAR files are pickles: allow numpy arrays and builtins, nothing else."""
 
-    _ALLOWED: ClassVar[set[tuple[str, str]]] = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-                ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar")}
+    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+    }
 
     def find_class(self, module: str, name: str) -> object:
         if (module, name) in self._ALLOWED:

@@ -47,7 +47,7 @@ def gr_loss_and_grads(
     alpha: float,
     norm: str = "global",
     method: str = "exact",
-    fd_eps: float = 1e-3,
+    fd_eps: float = 1e-4,
 ) -> tuple[float, list[torch.Tensor]]:
     """Return (ℓ_GR value, ∇_θ ℓ_GR) for one minibatch, without touching .grad."""
     params = [p for p in model.parameters() if p.requires_grad]

@@ -31,9 +31,10 @@ def grad_sum(model: nn.Module, ds: Dataset, ids: np.ndarray, *, chunk_size: int 
     was_training = model.training
     model.eval()
     ids = np.asarray(ids)
+    dtype = params[0].dtype
     for start in range(0, len(ids), chunk_size):
         chunk = ids[start : start + chunk_size]
-        loss = F.cross_entropy(model(ds.features(chunk)), ds.labels(chunk), reduction="sum")
+        loss = F.cross_entropy(model(ds.features(chunk).to(dtype)), ds.labels(chunk), reduction="sum")
         for a, g in zip(acc, torch.autograd.grad(loss, params), strict=True):
             a.add_(g)
     model.train(was_training)

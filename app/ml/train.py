@@ -22,7 +22,7 @@ class TrainConfig:
     alpha: float = 0.0  # GR strength; 0 is plain cross-entropy training
     gr_norm: str = "global"
     gr_grad: str = "exact"  # how the penalty's gradient is computed: exact | fd
-    fd_eps: float = 1e-3
+    fd_eps: float = 1e-4
     lr: float = 1e-3  # Adam, batch 64: the authors' code
     batch_size: int = 64
     max_epochs: int = 100

@@ -1,0 +1,62 @@
+"""Shared fixtures: the bundled digits data and small models trained on it once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from app.ml.data import Dataset, SplitConfig, Splits, make_splits
+from app.ml.datasets import load_dataset
+from app.ml.models import ModelConfig
+from app.ml.train import TrainConfig, TrainResult, fit
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def digits() -> Dataset:
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def digit_splits(digits: Dataset) -> Splits:
+    return make_splits(digits, SplitConfig(seed=0))
+
+
+@pytest.fixture(scope="session")
+def lenet_cfg(digits: Dataset) -> ModelConfig:
+    return ModelConfig(arch="lenet5", in_shape=digits.in_shape, num_classes=digits.num_classes)
+
+
+def _fit(digits: Dataset, splits: Splits, cfg: ModelConfig, alpha: float) -> TrainResult:
+    return fit(cfg, digits, splits.train, splits.val, TrainConfig(alpha=alpha, max_epochs=40, seed=0),
+               progress=False)
+
+
+@pytest.fixture(scope="session")
+def plain_model(digits: Dataset, digit_splits: Splits, lenet_cfg: ModelConfig) -> TrainResult:
+    return _fit(digits, digit_splits, lenet_cfg, alpha=0.0)
+
+
+@pytest.fixture(scope="session")
+def gr_model(digits: Dataset, digit_splits: Splits, lenet_cfg: ModelConfig) -> TrainResult:
+    return _fit(digits, digit_splits, lenet_cfg, alpha=0.1)
+
+
+@pytest.fixture(scope="session")
+def digits_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory made by the library's own train job (with its gradient cache)."""
+    from app.ml.pipeline import train_to_dir
+
+    out = tmp_path_factory.mktemp("model")
+    train_to_dir(dataset="digits", arch="lenet5", out=out, split_cfg=SplitConfig(seed=0),
+                 train_cfg=TrainConfig(alpha=0.01, max_epochs=15, seed=0), progress=False)
+    return out
+
+
+def forget_sample(train_ids: np.ndarray, frac: float = 0.05, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(train_ids, size=max(1, int(frac * len(train_ids))), replace=False))
