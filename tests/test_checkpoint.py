@@ -33,7 +33,7 @@ def test_changed_weights_are_refused(digits_model_dir: Path, tmp_path: Path) -> 
     key = next(iter(state))
     state[key] = state[key] + 1e-6
     save_file(state, str(d / MODEL_FILE))
-    with pytest.raises(ModelLoadError, match="does not match its meta.json"):
+    with pytest.raises(ModelLoadError, match=r"does not match its meta\.json"):
         load_model_dir(d)
 
 
@@ -57,7 +57,7 @@ def test_truncated_file_is_refused(digits_model_dir: Path, tmp_path: Path) -> No
 def test_missing_file_is_named(digits_model_dir: Path, tmp_path: Path) -> None:
     d = _copy(digits_model_dir, tmp_path)
     (d / "splits.json").unlink()
-    with pytest.raises(ModelLoadError, match="splits.json is missing"):
+    with pytest.raises(ModelLoadError, match=r"splits\.json is missing"):
         load_model_dir(d)
 
 

@@ -71,7 +71,7 @@ def test_unlearn_fast_then_slow_give_the_same_model(trained: Path, tmp_path: Pat
 
 
 def test_unlearned_model_can_be_unlearned_again(trained: Path, tmp_path: Path) -> None:
-    forget, ids = _forget_file(trained, tmp_path, n=10)
+    forget, _ = _forget_file(trained, tmp_path, n=10)
     cli("unlearn", "--model", trained, "--forget-ids", forget, "--refresh-cache", "--out", tmp_path / "u1")
     again = cli("unlearn", "--model", tmp_path / "u1", "--forget-ids", forget, "--out", tmp_path / "u2",
                 check=False)

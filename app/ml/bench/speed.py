@@ -1,0 +1,240 @@
+"""`speed` suites: the core's speed and memory targets, all measured side by side in one run.
+
+Measures, on one machine in one process: seconds per epoch of plain vs GR training (exact
+double backprop and the fd approximation), full retrain on D_r, the gradient-cache refresh,
+one forward+backward over D_f and over D, IAU's fast and slow paths, and the peak RSS of
+`unlearnd unlearn` (a child process) on both paths.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.ml.bench import SUITES, Suite
+from app.ml.bench.report import interleaved, write_results
+from app.ml.checkpoint import save_model_dir
+from app.ml.data import Dataset, SplitConfig, Splits, make_splits
+from app.ml.datasets import load_dataset
+from app.ml.gradcache import build_cache, save_cache
+from app.ml.grads import grad_sum, weights_sha256
+from app.ml.metrics import accuracy
+from app.ml.models import ModelConfig
+from app.ml.train import TrainConfig, fit, seeded_model, train_epoch
+from app.ml.unlearn import run_method
+from app.ml.unlearn.base import UnlearnTask
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    dataset: str = "cifar10"
+    arch: str = "lenet5"
+    alpha: float = 0.01
+    forget_frac: float = 0.05
+    max_epochs: int = 100
+    patience: int = 10
+    epoch_repeats: int = 3  # epochs timed per training variant
+    repeats: int = 7  # timings per unlearning variant
+    chunk_size: int = 1024
+    seed: int = 0
+
+
+def _epoch_seconds(ds: Dataset, splits: Splits, model_cfg: ModelConfig, cfg: SpeedConfig) -> dict[str, list[float]]:
+    variants = {"plain": TrainConfig(alpha=0.0, seed=cfg.seed),
+                "gr_exact": TrainConfig(alpha=cfg.alpha, gr_grad="exact", seed=cfg.seed),
+                "gr_fd": TrainConfig(alpha=cfg.alpha, gr_grad="fd", seed=cfg.seed)}
+    fns = {}
+    for name, tcfg in variants.items():
+        model = seeded_model(model_cfg, cfg.seed)
+        opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+        rng = np.random.default_rng(cfg.seed)
+        fns[name] = (lambda m=model, o=opt, t=tcfg, r=rng: train_epoch(m, o, ds, splits.train, t, r))
+    return interleaved(fns, cfg.epoch_repeats)
+
+
+def _peak_rss(model_dir: Path, forget_file: Path, out: Path, *, slow: bool, chunk_size: int) -> dict[str, Any]:
+    args = ["unlearn", "--model", str(model_dir), "--forget-ids", str(forget_file), "--out", str(out)]
+    if slow:
+        args.append("--no-cache")
+    proc = subprocess.run([sys.executable, "-m", "app.ml.bench.memprobe", *args], capture_output=True, text=True,
+                          env={**_env(), "UNLEARND_CHUNK_SIZE": str(chunk_size)}, timeout=1800, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"unlearn child failed: {proc.stderr[-2000:]}")
+    probe = json.loads(proc.stdout.strip().splitlines()[-1])
+    meta = json.loads((out / "meta.json").read_text())
+    return {"peak_rss_mib": probe["maxrss_mib"], "path": meta["unlearn"]["path"]}
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def run_speed(cfg: SpeedConfig, *, out: Path, data_dir: Path | None, data_path: Path | None) -> dict[str, Any]:
+    torch.manual_seed(cfg.seed)
+    ds = load_dataset(cfg.dataset, path=data_path, data_dir=data_dir)
+    splits = make_splits(ds, SplitConfig(seed=cfg.seed))
+    model_cfg = ModelConfig(arch=cfg.arch, in_shape=ds.in_shape, num_classes=ds.num_classes)
+    rng = np.random.default_rng(cfg.seed)
+    forget = np.sort(rng.choice(splits.train, size=int(cfg.forget_frac * len(splits.train)), replace=False))
+    retain = np.setdiff1d(splits.train, forget)
+
+    epochs = _epoch_seconds(ds, splits, model_cfg, cfg)
+    tcfg = TrainConfig(alpha=cfg.alpha, max_epochs=cfg.max_epochs, patience=cfg.patience, seed=cfg.seed)
+    trained = fit(model_cfg, ds, splits.train, splits.val, tcfg)
+    retrained = fit(model_cfg, ds, retain, splits.val, tcfg)
+    model = trained.model
+
+    model_dir = out / "model"
+    save_model_dir(model_dir, model=model, model_cfg=model_cfg, splits=splits,
+                   meta={"dataset": cfg.dataset, "data_path": str(data_path.resolve()) if data_path else None,
+                         "alpha": cfg.alpha, "gr_norm": "global", "seed": cfg.seed, "train_config": asdict(tcfg),
+                         "epochs": trained.epochs_run, "val_acc": trained.val_acc})
+    cache_times = interleaved({"cache": lambda: build_cache(model, ds, splits.train, chunk_size=cfg.chunk_size)}, 1)
+    cache = build_cache(model, ds, splits.train, chunk_size=cfg.chunk_size)
+    save_cache(cache, model_dir)
+
+    sha = weights_sha256(model.state_dict())
+    fast_task = UnlearnTask(model=model, ds=ds, train_ids=splits.train, forget_ids=forget, weights_sha256=sha,
+                            cache=cache, chunk_size=cfg.chunk_size)
+    slow_task = replace(fast_task, cache=None)
+    results: dict[str, Any] = {}
+
+    def fast() -> None:
+        results["fast"] = run_method("iau", fast_task, {})
+
+    def slow() -> None:
+        results["slow"] = run_method("iau", slow_task, {})
+
+    t = interleaved({
+        "fwd_bwd_forget": lambda: grad_sum(model, ds, forget, chunk_size=cfg.chunk_size),
+        "fwd_bwd_train": lambda: grad_sum(model, ds, splits.train, chunk_size=cfg.chunk_size),
+        "iau_fast": fast,
+        "iau_slow": slow,
+    }, cfg.repeats)
+    # the methods' own clocks (update only) agree with the outer ones; report the outer medians
+    diff = max(float((a - b).detach().abs().max()) for a, b in zip(results["fast"].model.parameters(),
+                                                          results["slow"].model.parameters(), strict=True))
+
+    forget_file = out / "forget_ids.txt"
+    forget_file.write_text("\n".join(str(int(i)) for i in forget) + "\n")
+    mem_fast = _peak_rss(model_dir, forget_file, out / "unlearned_fast", slow=False, chunk_size=cfg.chunk_size)
+    mem_slow = _peak_rss(model_dir, forget_file, out / "unlearned_slow", slow=True, chunk_size=cfg.chunk_size)
+
+    med = {k: statistics.median(v) for k, v in {**t, **epochs}.items()}
+    summary = {
+        "n_train": len(splits.train), "n_forget": len(forget),
+        "seconds": {**med, "retrain": retrained.seconds, "train": trained.seconds,
+                    "cache_refresh": cache_times["cache"][0]},
+        "raw_seconds": {**t, **epochs},
+        "epochs": {"train": trained.epochs_run, "retrain": retrained.epochs_run},
+        "ratios": {
+            "fast_over_fwd_bwd_forget": med["iau_fast"] / med["fwd_bwd_forget"],
+            "retrain_over_fast": retrained.seconds / med["iau_fast"],
+            "slow_over_fwd_bwd_train": med["iau_slow"] / med["fwd_bwd_train"],
+            "gr_exact_over_plain_epoch": med["gr_exact"] / med["plain"],
+            "gr_fd_over_plain_epoch": med["gr_fd"] / med["plain"],
+        },
+        "fast_vs_slow_max_abs_weight_diff": diff,
+        "memory": {"fast": mem_fast, "slow": mem_slow},
+        "accuracy": {"test_trained": accuracy(model, ds, splits.test),
+                     "test_retrained": accuracy(retrained.model, ds, splits.test),
+                     "test_unlearned": accuracy(results["fast"].model, ds, splits.test)},
+    }
+    targets = {
+        "fast ≤ 1.5× fwd+bwd over D_f": summary["ratios"]["fast_over_fwd_bwd_forget"] <= 1.5,
+        "fast ≥ 500× faster than retrain": summary["ratios"]["retrain_over_fast"] >= 500,
+        "slow ≤ 1.2× fwd+bwd over D": summary["ratios"]["slow_over_fwd_bwd_train"] <= 1.2,
+        "peak RSS of unlearn < 2 GiB": max(mem_fast["peak_rss_mib"], mem_slow["peak_rss_mib"]) < 2048,
+        "GR (exact) epoch ≤ 2.0× plain": summary["ratios"]["gr_exact_over_plain_epoch"] <= 2.0,
+        "GR (fd) epoch ≤ 2.0× plain": summary["ratios"]["gr_fd_over_plain_epoch"] <= 2.0,
+    }
+    summary["targets_met"] = targets
+    _plot(out / "speed.png", med, retrained.seconds)
+    return write_results(out, suite=f"speed ({cfg.dataset}/{cfg.arch})", command=_command(cfg, out),
+                         config=asdict(cfg), results={"summary": summary, "rows": []},
+                         markdown=_markdown(summary))
+
+
+def _command(cfg: SpeedConfig, out: Path) -> str:
+    suite = "speed" if cfg.dataset == "cifar10" else "speed-quick"
+    return f"unlearnd bench --suite {suite} --out {out}"
+
+
+def _markdown(s: dict[str, Any]) -> str:
+    sec, r, mem = s["seconds"], s["ratios"], s["memory"]
+    lines = [
+        f"|D| = {s['n_train']}, |D_f| = {s['n_forget']}; medians of interleaved repeats.", "",
+        "| measurement | seconds |", "|---|---:|",
+        f"| one fwd+bwd over D_f | {sec['fwd_bwd_forget']:.4f} |",
+        f"| IAU fast path (cache) | {sec['iau_fast']:.4f} |",
+        f"| one fwd+bwd over D | {sec['fwd_bwd_train']:.4f} |",
+        f"| IAU slow path | {sec['iau_slow']:.4f} |",
+        f"| gradient-cache refresh | {sec['cache_refresh']:.4f} |",
+        f"| epoch, plain | {sec['plain']:.2f} |",
+        f"| epoch, GR exact (double backprop) | {sec['gr_exact']:.2f} |",
+        f"| epoch, GR fd (finite-difference HVP) | {sec['gr_fd']:.2f} |",
+        f"| full retrain on D_r (GR exact, {s['epochs']['retrain']} epochs) | {sec['retrain']:.1f} |", "",
+        "| ratio | value | target | met |", "|---|---:|---|---|",
+        f"| fast / fwd+bwd(D_f) | {r['fast_over_fwd_bwd_forget']:.2f} | ≤ 1.5 | "
+        f"{s['targets_met']['fast ≤ 1.5× fwd+bwd over D_f']} |",
+        f"| retrain / fast | {r['retrain_over_fast']:.0f} | ≥ 500 | "
+        f"{s['targets_met']['fast ≥ 500× faster than retrain']} |",
+        f"| slow / fwd+bwd(D) | {r['slow_over_fwd_bwd_train']:.2f} | ≤ 1.2 | "
+        f"{s['targets_met']['slow ≤ 1.2× fwd+bwd over D']} |",
+        f"| GR exact / plain epoch | {r['gr_exact_over_plain_epoch']:.2f} | ≤ 2.0 | "
+        f"{s['targets_met']['GR (exact) epoch ≤ 2.0× plain']} |",
+        f"| GR fd / plain epoch | {r['gr_fd_over_plain_epoch']:.2f} | ≤ 2.0 | "
+        f"{s['targets_met']['GR (fd) epoch ≤ 2.0× plain']} |", "",
+        f"Peak RSS of `unlearnd unlearn` (whole process, dataset included): fast path "
+        f"{mem['fast']['peak_rss_mib']:.0f} MiB, slow path {mem['slow']['peak_rss_mib']:.0f} MiB.",
+        f"Fast vs slow path, max |Δθ_u| = {s['fast_vs_slow_max_abs_weight_diff']:.2e}.",
+        "Test accuracy: trained {test_trained:.4f}, retrained {test_retrained:.4f}, "
+        "unlearned {test_unlearned:.4f}.".format(**s["accuracy"]),
+    ]
+    return "\n".join(lines)
+
+
+def _plot(path: Path, med: dict[str, float], retrain: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["fwd_bwd_forget", "iau_fast", "fwd_bwd_train", "iau_slow", "plain", "gr_exact", "gr_fd"]
+    labels = ["fwd+bwd D_f", "IAU fast", "fwd+bwd D", "IAU slow", "epoch plain", "epoch GR exact", "epoch GR fd",
+              "retrain"]
+    values = [med[n] for n in names] + [retrain]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.barh(labels, values, color=["C0", "C0", "C1", "C1", "C2", "C2", "C2", "C3"])
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds (log scale)")
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:.3g}s", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _suite(cfg: SpeedConfig) -> Any:
+    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None) -> dict[str, Any]:
+        return run_speed(replace(cfg, seed=0 if seeds is None else cfg.seed), out=out, data_dir=data_dir,
+                         data_path=data_path)
+
+    return run
+
+
+SUITES.register("speed")(Suite("CIFAR-10/LeNet5: fast & slow path, retrain, GR epoch cost, peak memory",
+                               _suite(SpeedConfig())))
+SUITES.register("speed-quick")(Suite("the speed suite on digits in well under a minute (for tests)",
+                                     _suite(SpeedConfig(dataset="digits", max_epochs=5, patience=3, epoch_repeats=1,
+                                                        repeats=2))))
