@@ -64,6 +64,14 @@ def dataset_for(md: ModelDir, *, data_path: Path | None, data_dir: Path | None) 
     return ds
 
 
+def train_config_from_meta(meta: dict[str, Any]) -> TrainConfig | None:
+    raw = meta.get("train_config")
+    if not isinstance(raw, dict):
+        return None
+    known = set(TrainConfig.__dataclass_fields__)
+    return TrainConfig(**{k: v for k, v in raw.items() if k in known})
+
+
 def read_ids(path: Path) -> np.ndarray:
     """One integer id per line; blank lines and #-comments are ignored."""
     ids = []
@@ -88,7 +96,9 @@ def unlearn_to_dir(*, model_dir: Path, forget_ids: np.ndarray, out: Path, method
     ds = dataset_for(md, data_path=data_path, data_dir=data_dir)
     task = UnlearnTask(model=md.model, ds=ds, train_ids=md.splits.train, forget_ids=forget,
                        weights_sha256=md.weights_sha256, cache=load_cache(model_dir) if use_cache else None,
-                       chunk_size=chunk_size, seed=int(md.meta.get("seed", 0)))
+                       chunk_size=chunk_size, seed=int(md.meta.get("seed", 0)), model_cfg=md.model_cfg,
+                       train_cfg=train_config_from_meta(md.meta), val_ids=md.splits.val,
+                       epochs_trained=md.meta.get("epochs"))
     res = run_method(method, task, params)
     new_splits = md.splits.without_train(forget)
     record = {

@@ -72,9 +72,12 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: Dataset, ids: 
     return total / max(len(order), 1)
 
 
-def fit(model_cfg: ModelConfig, ds: Dataset, train_ids: np.ndarray, val_ids: np.ndarray,
+def fit(model_cfg: ModelConfig, ds: Dataset, train_ids: np.ndarray, val_ids: np.ndarray | None,
         cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
-    """Train from a seeded init; keep the weights of the best validation epoch."""
+    """Train from a seeded init; keep the weights of the best validation epoch.
+
+    With no validation ids, train exactly cfg.max_epochs and keep the last weights.
+    """
     model = seeded_model(model_cfg, cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     rng = np.random.default_rng(cfg.seed)
@@ -86,7 +89,7 @@ def fit(model_cfg: ModelConfig, ds: Dataset, train_ids: np.ndarray, val_ids: np.
         e0 = time.perf_counter()
         loss = train_epoch(model, opt, ds, train_ids, cfg, rng)
         epoch_s = time.perf_counter() - e0
-        val_acc = accuracy(model, ds, val_ids)
+        val_acc = accuracy(model, ds, val_ids) if val_ids is not None else float(epoch)
         history.append({"epoch": epoch, "loss": loss, "val_acc": val_acc, "seconds": epoch_s})
         bar.set_postfix(loss=f"{loss:.3f}", val_acc=f"{val_acc:.3f}")
         if val_acc > best_acc:
@@ -94,6 +97,8 @@ def fit(model_cfg: ModelConfig, ds: Dataset, train_ids: np.ndarray, val_ids: np.
         elif epoch - best_epoch >= cfg.patience:
             break
     model.load_state_dict(best_state)
+    if val_ids is None:
+        best_acc = float("nan")
     return TrainResult(model=model, epochs_run=len(history), best_epoch=best_epoch, val_acc=best_acc,
                        seconds=time.perf_counter() - t0, epoch_seconds=[h["seconds"] for h in history],
                        history=history)

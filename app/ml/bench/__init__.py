@@ -27,7 +27,7 @@ def run_suite(name: str, *, out: Path, seeds: int | None, data_dir: Path | None,
 
 
 def _register_builtin() -> None:
-    from app.ml.bench import speed  # noqa: F401  (registers itself)
+    from app.ml.bench import speed, sweep, table  # noqa: F401  (each registers its suites)
 
 
 _register_builtin()

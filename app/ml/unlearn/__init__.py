@@ -15,7 +15,16 @@ def run_method(name: str, task: UnlearnTask, params: dict[str, Any] | None = Non
 
 
 def _register_builtin() -> None:
-    from app.ml.unlearn import iau  # noqa: F401  (registers itself)
+    from app.ml.unlearn import (  # noqa: F401  (each registers itself)
+        amnesiac,
+        bad_teaching,
+        finetune,
+        fisher,
+        gradient_ascent,
+        iau,
+        retrain,
+        unrolling,
+    )
 
 
 _register_builtin()

@@ -13,6 +13,8 @@ from torch import nn
 from app.ml.data import Dataset
 from app.ml.errors import ConfigError, ForgetSetError
 from app.ml.gradcache import GradCache
+from app.ml.models import ModelConfig
+from app.ml.train import TrainConfig
 
 
 @dataclass
@@ -25,6 +27,16 @@ class UnlearnTask:
     cache: GradCache | None = None
     chunk_size: int = 1024
     seed: int = 0
+    # what retraining-style methods need: how θ* was made, and the data it stopped on
+    model_cfg: ModelConfig | None = None
+    train_cfg: TrainConfig | None = None
+    val_ids: np.ndarray | None = None
+    epochs_trained: int | None = None
+
+    def require_training_setup(self, method: str) -> tuple[ModelConfig, TrainConfig, np.ndarray]:
+        if self.model_cfg is None or self.train_cfg is None or self.val_ids is None:
+            raise ConfigError(f"{method} needs the model's training config and validation ids")
+        return self.model_cfg, self.train_cfg, self.val_ids
 
     @property
     def retain_ids(self) -> np.ndarray:

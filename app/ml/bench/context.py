@@ -1,0 +1,99 @@
+"""One seed's experimental setting, shared by the evaluation suites.
+
+For a seed: splits, a random forget set, the plain model (α = 0: the baselines' θ*), the GR
+model (IAU's θ*), the gold-standard retrain on D_r, and a membership attack trained on shadow
+models over the disjoint shadow pool, with its accuracy on the plain model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from app.ml.data import Dataset, SplitConfig, Splits, make_splits
+from app.ml.gradcache import build_cache
+from app.ml.grads import weights_sha256
+from app.ml.metrics import accuracy
+from app.ml.mia.shadow import MembershipAttack, MIAConfig, fit_attack
+from app.ml.models import ModelConfig
+from app.ml.train import TrainConfig, TrainResult, fit
+from app.ml.unlearn.base import UnlearnTask
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    dataset: str
+    arch: str
+    alpha: float = 0.01
+    gr_norm: str = "global"
+    forget_frac: float = 0.05
+    max_epochs: int = 100
+    patience: int = 10
+    attack: str = "authors"
+    extra_alphas: tuple[float, ...] = ()  # more GR models, for sweeps
+
+    def train_cfg(self, seed: int, alpha: float) -> TrainConfig:
+        return TrainConfig(alpha=alpha, gr_norm=self.gr_norm, max_epochs=self.max_epochs, patience=self.patience,
+                           seed=seed)
+
+
+@dataclass
+class SeedContext:
+    seed: int
+    ds: Dataset
+    splits: Splits
+    forget: np.ndarray
+    model_cfg: ModelConfig
+    models: dict[float, TrainResult]  # α → trained θ*
+    retrain: TrainResult
+    retrain_seconds: float
+    attack: MembershipAttack
+    attack_eval: dict[str, float]
+    cfg: ExperimentConfig
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def retain(self) -> np.ndarray:
+        return np.setdiff1d(self.splits.train, self.forget)
+
+    def task(self, alpha: float, *, with_cache: bool = True) -> UnlearnTask:
+        """The unlearning task on the α model; its gradient cache is ready, as a service would keep it."""
+        trained = self.models[alpha]
+        model = trained.model
+        return UnlearnTask(model=model, ds=self.ds, train_ids=self.splits.train, forget_ids=self.forget,
+                           weights_sha256=weights_sha256(model.state_dict()),
+                           cache=build_cache(model, self.ds, self.splits.train) if with_cache else None,
+                           seed=self.seed, model_cfg=self.model_cfg, train_cfg=self.cfg.train_cfg(self.seed, alpha),
+                           val_ids=self.splits.val, epochs_trained=trained.epochs_run)
+
+
+def prepare(cfg: ExperimentConfig, ds: Dataset, seed: int, *, progress: bool = True) -> SeedContext:
+    splits = make_splits(ds, SplitConfig(seed=seed))
+    rng = np.random.default_rng(seed)
+    forget = np.sort(rng.choice(splits.train, size=max(1, int(cfg.forget_frac * len(splits.train))), replace=False))
+    model_cfg = ModelConfig(arch=cfg.arch, in_shape=ds.in_shape, num_classes=ds.num_classes)
+    models = {a: fit(model_cfg, ds, splits.train, splits.val, cfg.train_cfg(seed, a), progress=progress)
+              for a in dict.fromkeys((0.0, cfg.alpha, *cfg.extra_alphas))}
+    retain = np.setdiff1d(splits.train, forget)
+    t0 = time.perf_counter()
+    retrain = fit(model_cfg, ds, retain, splits.val, cfg.train_cfg(seed, 0.0), progress=progress)
+    retrain_seconds = time.perf_counter() - t0
+    plain = models[0.0]
+    attack = fit_attack(ds, splits.shadow, model_cfg, replace(cfg.train_cfg(seed, 0.0)), epochs=plain.best_epoch,
+                        cfg=MIAConfig(attack=cfg.attack, seed=seed))
+    attack_eval = attack.evaluate(plain.model, ds, retain, splits.test, seed=seed)
+    return SeedContext(seed=seed, ds=ds, splits=splits, forget=forget, model_cfg=model_cfg, models=models,
+                       retrain=retrain, retrain_seconds=retrain_seconds, attack=attack, attack_eval=attack_eval,
+                       cfg=cfg, info={"attack": attack.info})
+
+
+def evaluate_model(ctx: SeedContext, model: nn.Module, *, ids: str = "test") -> dict[str, float]:
+    """Accuracies in points (0–100) and the attack's member rate on D_f, in points."""
+    evaluated = {"forget": ctx.forget, "retain": ctx.retain, ids: getattr(ctx.splits, ids)}
+    out = {f"{k}_acc": 100 * accuracy(model, ctx.ds, v) for k, v in evaluated.items()}
+    out["mia_forget"] = 100 * ctx.attack.member_rate(model, ctx.ds, ctx.forget)
+    return out

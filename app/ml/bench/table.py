@@ -1,0 +1,167 @@
+"""Table II suites: every method against Retrain on MU, Time, UE, with mean ± std over seeds.
+
+MU = |test acc(method) − test acc(retrain)|, UE = |MIA member rate on D_f (method) − (retrain)|,
+both in points; Time in seconds of the unlearning step. Avg rank: the mean of each method's
+ranks on mean MU, Time and UE among the compared methods (Retrain excluded). IAU starts from
+the GR-trained θ*, every other method from the plainly trained θ* (as in the paper).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.ml.bench import SUITES, Suite
+from app.ml.bench.context import ExperimentConfig, SeedContext, evaluate_model, prepare
+from app.ml.bench.report import fmt_pm, mean_std, write_results
+from app.ml.datasets import load_dataset
+from app.ml.unlearn import run_method
+
+METHOD_ORDER = ("retrain", "iau", "fisher", "amnesiac", "bad_teaching", "unrolling", "finetune", "gradient_ascent")
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    name: str
+    experiment: ExperimentConfig
+    seeds: int = 3
+    methods: tuple[str, ...] = METHOD_ORDER
+    iau_params: dict[str, Any] = field(default_factory=dict)  # empty: the registered defaults
+    paper: dict[str, dict[str, float]] = field(default_factory=dict)  # the paper's numbers, for the md
+
+
+def run_seed(cfg: TableConfig, ctx: SeedContext) -> list[dict[str, Any]]:
+    rows = []
+    retrain_metrics = evaluate_model(ctx, ctx.retrain.model)
+    for method in cfg.methods:
+        if method == "retrain":  # trained once in prepare(); the gold standard every MU/UE compares to
+            metrics, seconds, params = retrain_metrics, ctx.retrain_seconds, {}
+        else:
+            alpha = ctx.cfg.alpha if method == "iau" else 0.0
+            res = run_method(method, ctx.task(alpha), cfg.iau_params if method == "iau" else {})
+            metrics, seconds, params = evaluate_model(ctx, res.model), res.time_s, {**res.params, **res.info}
+        rows.append({"method": method, "seed": ctx.seed, "time_s": seconds, **metrics,
+                     "MU": abs(metrics["test_acc"] - retrain_metrics["test_acc"]),
+                     "UE": abs(metrics["mia_forget"] - retrain_metrics["mia_forget"]), "params": params})
+    for alpha, trained in ctx.models.items():  # the models before unlearning, for reference
+        metrics = evaluate_model(ctx, trained.model)
+        rows.append({"method": f"original (α={alpha})", "seed": ctx.seed, "time_s": trained.seconds, **metrics,
+                     "MU": abs(metrics["test_acc"] - retrain_metrics["test_acc"]),
+                     "UE": abs(metrics["mia_forget"] - retrain_metrics["mia_forget"]), "params": {}})
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]], methods: tuple[str, ...]) -> list[dict[str, Any]]:
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    keys = ("MU", "UE", "time_s", "test_acc", "forget_acc", "retain_acc", "mia_forget")
+    summary = []
+    for name in names:
+        mine = [r for r in rows if r["method"] == name]
+        entry: dict[str, Any] = {"method": name, "n_seeds": len(mine)}
+        for k in keys:
+            m, s = mean_std([r[k] for r in mine])
+            entry[k], entry[f"{k}_std"] = m, s
+        summary.append(entry)
+    ranked = [e for e in summary if e["method"] in methods and e["method"] != "retrain"]
+    for key in ("MU", "time_s", "UE"):
+        order = sorted(ranked, key=lambda e: e[key])
+        for rank, e in enumerate(order, 1):
+            e[f"rank_{key}"] = rank
+    for e in ranked:
+        e["avg_rank"] = statistics.fmean([e["rank_MU"], e["rank_time_s"], e["rank_UE"]])
+    return summary
+
+
+def _markdown(cfg: TableConfig, rows: list[dict[str, Any]], summary: list[dict[str, Any]],
+              attack: list[dict[str, float]]) -> str:
+    seeds = sorted({r["seed"] for r in rows})
+    lines = [f"{cfg.experiment.dataset} / {cfg.experiment.arch}, forget {cfg.experiment.forget_frac:.0%} at random, "
+             f"seeds {seeds}; mean ± std over seeds. MU, UE and accuracies in points, Time in seconds.", "",
+             "| method | MU ↓ | Time (s) ↓ | UE ↓ | Avg rank ↓ | test acc | forget acc | retain acc | MIA on D_f |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for e in summary:
+        mine = [r for r in rows if r["method"] == e["method"]]
+        cells = [fmt_pm([r[k] for r in mine]) for k in ("MU", "time_s", "UE")]
+        rank = f"{e['avg_rank']:.2f}" if "avg_rank" in e else "—"
+        accs = [fmt_pm([r[k] for r in mine], 1) for k in ("test_acc", "forget_acc", "retain_acc", "mia_forget")]
+        lines.append(f"| {e['method']} | {' | '.join(cells)} | {rank} | {' | '.join(accs)} |")
+    ba = [a["balanced_accuracy"] for a in attack]
+    auc = [a["auc"] for a in attack]
+    lines += ["", f"Membership attack ({cfg.experiment.attack} features, 3 shadows) on the plain θ*, held-out "
+              f"members vs test non-members: balanced accuracy {fmt_pm([100 * b for b in ba], 1)} %, "
+              f"AUC {fmt_pm(auc, 3)}. Near 50 % / 0.5, UE differences are mostly noise."]
+    if cfg.paper:
+        lines += ["", "The paper's Table II for this setting:", "", "| method | MU | Time (s) | UE |",
+                  "|---|---|---|---|"]
+        lines += [f"| {m} | {v.get('MU', '—')} | {v.get('time_s', '—')} | {v.get('UE', '—')} |"
+                  for m, v in cfg.paper.items()]
+    return "\n".join(lines)
+
+
+def _plot(path: Path, summary: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = [e for e in summary if not e["method"].startswith("original")]
+    times = np.array([max(e["time_s"], 1e-3) for e in entries])
+    sizes = 30 + 300 * (np.log10(times) - np.log10(times).min() + 0.1) / (np.ptp(np.log10(times)) + 0.1)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for e, size in zip(entries, sizes, strict=True):
+        ax.errorbar(e["MU"], e["UE"], xerr=e["MU_std"], yerr=e["UE_std"], fmt="none", ecolor="0.7", zorder=1)
+        ax.scatter(e["MU"], e["UE"], s=size, zorder=2, alpha=0.8)
+        ax.annotate(f"{e['method']} ({e['time_s']:.2g}s)", (e["MU"], e["UE"]), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("MU: |test acc − retrain| (points) ↓")
+    ax.set_ylabel("UE: |MIA rate on D_f − retrain| (points) ↓")
+    ax.set_title("unlearning quality; marker size = time (log)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_table(cfg: TableConfig, *, out: Path, data_dir: Path | None, data_path: Path | None,
+              seeds: int | None = None, progress: bool = True) -> dict[str, Any]:
+    n_seeds = seeds or cfg.seeds
+    ds = load_dataset(cfg.experiment.dataset, path=data_path, data_dir=data_dir)
+    rows: list[dict[str, Any]] = []
+    attack: list[dict[str, float]] = []
+    for seed in range(n_seeds):
+        ctx = prepare(cfg.experiment, ds, seed, progress=progress)
+        attack.append({"seed": seed, **ctx.attack_eval})
+        rows += run_seed(cfg, ctx)
+    summary = summarise(rows, cfg.methods)
+    _plot(out / "mu_ue.png", summary)
+    command = f"unlearnd bench --suite {cfg.name} --out {out}" + (f" --seeds {seeds}" if seeds else "")
+    return write_results(out, suite=cfg.name, command=command,
+                         config={**asdict(cfg), "seeds": list(range(n_seeds))},
+                         results={"rows": rows, "summary": summary, "attack": attack},
+                         markdown=_markdown(cfg, rows, summary, attack))
+
+
+def _suite(cfg: TableConfig) -> Any:
+    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None) -> dict[str, Any]:
+        return run_table(cfg, out=out, data_dir=data_dir, data_path=data_path, seeds=seeds)
+
+    return run
+
+
+QUICK = TableConfig(name="quick", seeds=1, experiment=ExperimentConfig(dataset="digits", arch="lenet5"))
+CIFAR10_LENET5 = TableConfig(
+    name="cifar10-lenet5", seeds=3, experiment=ExperimentConfig(dataset="cifar10", arch="lenet5"),
+    paper={"IAU": {"MU": 1.31, "time_s": 13, "UE": 5.21}, "Retrain": {"time_s": 414}},
+)
+
+SUITES.register("quick")(Suite("digits, every method, one seed (minutes on 2 cores)", _suite(QUICK)))
+SUITES.register("cifar10-lenet5")(Suite("the paper's Table II LeNet5/CIFAR-10 setting, 3 seeds",
+                                        _suite(CIFAR10_LENET5)))
+
+
+def tiny(name: str = "tiny") -> TableConfig:
+    """A seconds-long configuration for tests."""
+    return replace(QUICK, name=name, experiment=replace(QUICK.experiment, max_epochs=4, patience=2))

@@ -1,0 +1,69 @@
+"""Fisher forgetting (Golatkar et al. 2020, CVPR, "Eternal Sunshine of the Spotless Net").
+
+Adds Gaussian noise shaped by the inverse diagonal Fisher of D_r: weights that D_r does not
+pin down are scrambled, which destroys what only D_f supported. Following the authors'
+code: var = α / (F + 1e-8) clamped at 1e3·α, averaged over each output row of a weight
+matrix, ×10 on the last layer and on 1-d parameters; α = 1e-6.
+We use the empirical Fisher (per-sample squared gradients at the true labels, vectorised)
+instead of the expectation over the model's predicted labels: 10× cheaper with 10 classes.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from app.ml.data import Dataset
+from app.ml.unlearn import METHODS
+from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params
+
+
+@dataclass(frozen=True)
+class FisherConfig:
+    alpha: float = 1e-6
+    max_var: float = 1e3
+    chunk_size: int = 256
+
+
+def diagonal_fisher(model: nn.Module, ds: Dataset, ids: np.ndarray, chunk_size: int) -> dict[str, torch.Tensor]:
+    model.eval()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+
+    def loss_one(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(functional_call(model, (p, buffers), (x.unsqueeze(0),)), y.unsqueeze(0))
+
+    per_sample = vmap(grad(loss_one), in_dims=(None, 0, 0))
+    acc = {k: torch.zeros_like(v) for k, v in params.items()}
+    for start in range(0, len(ids), chunk_size):
+        chunk = ids[start : start + chunk_size]
+        for k, g in per_sample(params, ds.features(chunk), ds.labels(chunk)).items():
+            acc[k] += (g * g).sum(0)
+    return {k: v / max(len(ids), 1) for k, v in acc.items()}
+
+
+@METHODS.register("fisher")
+def fisher(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
+    cfg = parse_params(FisherConfig, params)
+    model = copy.deepcopy(task.model)
+    t0 = time.perf_counter()
+    fim = diagonal_fisher(model, task.ds, task.retain_ids, cfg.chunk_size)
+    gen = torch.Generator().manual_seed(task.seed)
+    names = [n for n, _ in model.named_parameters()]
+    last = {names[-1], names[-2]} if len(names) >= 2 else set(names)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            var = (1.0 / (fim[name] + 1e-8)).clamp(max=cfg.max_var) * cfg.alpha
+            if p.ndim > 1:
+                var = var.flatten(1).mean(1).view(-1, *([1] * (p.ndim - 1))).expand_as(p).clone()
+            if name in last or p.ndim == 1:
+                var = var * 10
+            p.add_(var.sqrt() * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return UnlearnResult(model=model, time_s=time.perf_counter() - t0, params=asdict(cfg))

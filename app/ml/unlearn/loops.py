@@ -1,0 +1,37 @@
+"""Small training loops that several baselines share (fine-tune, ascent, relabel, distil)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from app.ml.data import Dataset
+
+BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, np.ndarray], torch.Tensor]
+
+
+def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: np.ndarray) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+def run_epochs(model: nn.Module, ds: Dataset, ids: np.ndarray, *, epochs: int, lr: float, batch_size: int,
+               seed: int, loss_fn: BatchLoss = cross_entropy,
+               labels: Callable[[np.ndarray], torch.Tensor] | None = None) -> None:
+    """Adam on LOSS_FN over IDS in a seeded order; LABELS may replace the true labels."""
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        order = rng.permutation(ids)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            y = labels(batch) if labels is not None else ds.labels(batch)
+            loss = loss_fn(model, ds.features(batch), y, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    model.eval()

@@ -1,0 +1,59 @@
+"""Every registered method runs on a tiny config, changes the weights, and Retrain is the gold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from app.ml.bench.context import ExperimentConfig, SeedContext, prepare
+from app.ml.bench.table import run_seed, tiny
+from app.ml.data import Dataset
+from app.ml.errors import UnknownNameError
+from app.ml.unlearn import METHODS, run_method
+
+BASELINES = ["retrain", "iau", "fisher", "amnesiac", "bad_teaching", "unrolling", "finetune", "gradient_ascent"]
+
+
+@pytest.fixture(scope="module")
+def ctx(digits: Dataset) -> SeedContext:
+    return prepare(ExperimentConfig("digits", "lenet5", max_epochs=4, patience=2), digits, seed=0, progress=False)
+
+
+def test_registry_holds_every_method() -> None:
+    assert set(BASELINES) <= set(METHODS.names())
+
+
+@pytest.mark.parametrize("method", BASELINES)
+def test_method_changes_the_weights(ctx: SeedContext, method: str) -> None:
+    alpha = ctx.cfg.alpha if method == "iau" else 0.0
+    task = ctx.task(alpha)
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    res = run_method(method, task, {})
+    after = res.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), f"{method} left θ* as it was"
+    assert all(torch.equal(before[k], v) for k, v in task.model.state_dict().items()), "θ* itself must not change"
+    assert res.time_s > 0
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+
+
+def test_retrain_is_deterministic_so_its_mu_and_ue_are_zero(ctx: SeedContext) -> None:
+    again = run_method("retrain", ctx.task(0.0), {})
+    for k, v in ctx.retrain.model.state_dict().items():
+        assert torch.equal(v, again.model.state_dict()[k])
+    rows = {r["method"]: r for r in run_seed(tiny(), ctx)}
+    assert rows["retrain"]["MU"] == 0.0 and rows["retrain"]["UE"] == 0.0
+    assert set(BASELINES) <= set(rows)
+    for name in BASELINES:
+        assert rows[name]["MU"] >= 0 and rows[name]["UE"] >= 0
+
+
+def test_retrain_never_sees_the_forget_set(ctx: SeedContext) -> None:
+    assert not np.intersect1d(ctx.retain, ctx.forget).size
+    assert len(ctx.retain) + len(ctx.forget) == len(ctx.splits.train)
+
+
+def test_unknown_method_lists_valid_ones(ctx: SeedContext) -> None:
+    with pytest.raises(UnknownNameError) as e:
+        run_method("scrub", ctx.task(0.0), {})
+    assert e.value.valid == METHODS.names() and "bad_teaching" in str(e.value)

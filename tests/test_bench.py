@@ -1,0 +1,51 @@
+"""`unlearnd bench`: suites are listed, and a tiny table run writes all three outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from app.ml.bench import SUITES
+from app.ml.bench.speed import SpeedConfig, run_speed
+from app.ml.bench.table import run_table, tiny
+from tests.test_baselines import BASELINES
+
+
+def test_list_names_every_suite() -> None:
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "bench", "--list"], capture_output=True, text=True,
+                          check=True, timeout=120)
+    for name in ("quick", "cifar10-lenet5", "iau-sweep", "speed"):
+        assert name in proc.stdout and name in SUITES.names()
+
+
+def test_tiny_table_writes_json_md_png_with_every_method(tmp_path: Path) -> None:
+    doc = run_table(tiny(), out=tmp_path, data_dir=None, data_path=None, seeds=1, progress=False)
+    assert {p.name for p in tmp_path.iterdir()} >= {"results.json", "results.md", "mu_ue.png"}
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["provenance"]["git_hash"] is None or len(saved["provenance"]["git_hash"]) == 40
+    assert saved["config"]["seeds"] == [0]
+    methods = {r["method"] for r in saved["summary"]}
+    assert set(BASELINES) <= methods
+    md = (tmp_path / "results.md").read_text()
+    for m in BASELINES:
+        assert f"| {m} |" in md
+    ranked = [r for r in doc["summary"] if "avg_rank" in r]
+    assert {r["method"] for r in ranked} == set(BASELINES) - {"retrain"}
+    assert (tmp_path / "mu_ue.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unknown_suite_is_a_clean_error(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "bench", "--suite", "table9", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "valid:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_speed_suite_on_digits(tmp_path: Path) -> None:
+    doc = run_speed(SpeedConfig(dataset="digits", max_epochs=2, patience=2, epoch_repeats=1, repeats=1),
+                    out=tmp_path, data_dir=None, data_path=None)
+    s = doc["summary"]
+    assert s["memory"]["fast"]["path"] == "fast" and s["memory"]["slow"]["path"] == "slow"
+    assert s["fast_vs_slow_max_abs_weight_diff"] < 1e-5
+    assert (tmp_path / "speed.png").exists() and (tmp_path / "results.md").exists()
