@@ -86,22 +86,39 @@ def test_exact_gr_gradient_matches_finite_differences(digits: Dataset, norm: str
 
 
 @pytest.mark.parametrize("norm", ["global", "per_tensor"])
-def test_fd_approximation_tracks_exact_gradient_on_a_smooth_net(digits: Dataset, norm: str) -> None:
-    """fd is exact up to O(r) where the loss is smooth (tanh MLP). Across ReLU/max-pool kinks
-    it is not (the gradient jumps), which is why exact is the default."""
+@pytest.mark.parametrize("arch", ["lenet5", "mlp", "vgg19", "resnet18"])
+def test_fd_approximation_tracks_exact_gradient(digits: Dataset, norm: str, arch: str) -> None:
+    """fd with frozen gates is autograd's HVP up to O(r), on ReLU/max-pool nets as on smooth ones."""
     torch.manual_seed(0)
-    model = create_model(ModelConfig("mlp", digits.in_shape, 10))
+    model = create_model(ModelConfig(arch, digits.in_shape, 10))
     x, y = _batch(digits, 64)
     _, exact = gr_loss_and_grads(model, x, y, alpha=0.1, norm=norm, method="exact")
     _, approx = gr_loss_and_grads(model, x, y, alpha=0.1, norm=norm, method="fd")
-    e = torch.cat([g.flatten() for g in exact])
-    a = torch.cat([g.flatten() for g in approx])
-    assert float(torch.linalg.vector_norm(a - e) / torch.linalg.vector_norm(e)) < 1e-2
-    # the penalty's part alone (the part the approximation is for) must also agree
     _, plain = gr_loss_and_grads(model, x, y, alpha=0.0)
-    p = torch.cat([g.flatten() for g in plain])
-    cos = F.cosine_similarity(a - p, e - p, dim=0)
-    assert float(cos) > 0.99
+    e = torch.cat([(g - p).flatten() for g, p in zip(exact, plain, strict=True)])  # the penalty's part
+    a = torch.cat([(g - p).flatten() for g, p in zip(approx, plain, strict=True)])
+    # train-mode batch norm curves more: float32 round-off and O(r) meet near 1.4e-2 there
+    tolerance = 2e-2 if arch == "resnet18" else 1e-2
+    assert float(torch.linalg.vector_norm(a - e) / torch.linalg.vector_norm(e)) < tolerance
+
+
+def test_fd_without_frozen_gates_would_be_wrong(digits: Dataset) -> None:
+    """Why the gates exist: a plain finite difference across ReLU/max-pool kinks is far off."""
+    torch.manual_seed(0)
+    model = create_model(ModelConfig("lenet5", digits.in_shape, 10))
+    x, y = _batch(digits, 64)
+    params = list(model.parameters())
+    _, exact = gr_loss_and_grads(model, x, y, alpha=1.0, method="exact")
+    g = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+    total = torch.sqrt(sum((t * t).sum() for t in g))
+    r = 1e-3
+    with torch.no_grad():
+        for p, t in zip(params, g, strict=True):
+            p.add_(t / total, alpha=r)
+    g2 = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+    naive = torch.cat([(b - a).flatten() / r for a, b in zip(g, g2, strict=True)])
+    e = torch.cat([(a - b).flatten() for a, b in zip(exact, g, strict=True)])
+    assert float(torch.linalg.vector_norm(naive - e) / torch.linalg.vector_norm(e)) > 0.1
 
 
 def test_fd_probe_leaves_weights_and_buffers_untouched(digits: Dataset) -> None:
@@ -113,6 +130,7 @@ def test_fd_probe_leaves_weights_and_buffers_untouched(digits: Dataset) -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     gr_loss_and_grads(model, x, y, alpha=0.1, method="fd")
     after = model.state_dict()
+    assert not model._forward_hooks and all(not m._forward_hooks for m in model.modules())  # gates removed
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     # only the BN statistics of the one real forward in gr_loss_and_grads may move
     assert all("running" in k or "num_batches" in k for k in changed)

@@ -7,7 +7,9 @@
 Two ways to get ∇_θ ℓ_GR = g + α·H·u, with u = ∂penalty/∂g (g/‖g‖, or per tensor g_i/‖g_i‖):
   exact  double backprop (create_graph=True): the reference.
   fd     a finite-difference Hessian-vector product, H·u ≈ (∇ℓ(θ + r·u) − ∇ℓ(θ)) / r:
-         two ordinary backward passes instead of a backward through a backward.
+         two ordinary backward passes instead of a backward through a backward. The probe
+         at θ + r·u replays θ's ReLU masks and max-pool winners (app.ml.gates), so it stays on
+         the smooth piece whose Hessian autograd's exact form uses.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from app.ml.gates import FrozenGates
 
 GR_NORMS = ("global", "per_tensor")
 GR_GRADS = ("exact", "fd")
@@ -47,25 +51,44 @@ def gr_loss_and_grads(
     alpha: float,
     norm: str = "global",
     method: str = "exact",
-    fd_eps: float = 1e-4,
+    fd_eps: float = 1e-3,
 ) -> tuple[float, list[torch.Tensor]]:
     """Return (ℓ_GR value, ∇_θ ℓ_GR) for one minibatch, without touching .grad."""
+    if method not in GR_GRADS:
+        raise ValueError(f"unknown gr_grad {method!r}; valid: {', '.join(GR_GRADS)}")
+    if alpha != 0.0 and method == "fd":
+        return gr_fd_loss_and_grads(model, x, y, alpha=alpha, norm=norm, fd_eps=fd_eps)
     params = [p for p in model.parameters() if p.requires_grad]
     loss = F.cross_entropy(model(x), y)
     if alpha == 0.0:
         return float(loss.detach()), list(torch.autograd.grad(loss, params))
-    if method == "exact":
-        g = torch.autograd.grad(loss, params, create_graph=True)
-        pen = penalty(g, norm)
-        total = loss + alpha * pen
-        return float(total.detach()), list(torch.autograd.grad(total, params))
-    if method == "fd":
+    g = torch.autograd.grad(loss, params, create_graph=True)
+    total = loss + alpha * penalty(g, norm)
+    return float(total.detach()), list(torch.autograd.grad(total, params))
+
+
+def gr_fd_loss_and_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha: float,
+                         norm: str = "global", fd_eps: float = 1e-3,
+                         gates: FrozenGates | None = None) -> tuple[float, list[torch.Tensor]]:
+    """The fd form of gr_loss_and_grads. GATES (made once per model) avoids re-hooking per call."""
+    own = gates is None
+    gates = gates or FrozenGates(model)
+    try:
+        params = [p for p in model.parameters() if p.requires_grad]
+        gates.record()
+        loss = F.cross_entropy(model(x), y)
+        gates.off()
         g = torch.autograd.grad(loss, params)
         u = _penalty_direction(g, norm)
+        gates.replay()
         hu = _fd_hvp(model, params, x, y, g, u, fd_eps)
+        gates.off()
         pen = float(penalty(g, norm))
         return float(loss.detach()) + alpha * pen, [gi + alpha * hi for gi, hi in zip(g, hu, strict=True)]
-    raise ValueError(f"unknown gr_grad {method!r}; valid: {', '.join(GR_GRADS)}")
+    finally:
+        gates.off()
+        if own:
+            gates.remove()
 
 
 def _fd_hvp(

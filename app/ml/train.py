@@ -12,7 +12,8 @@ from torch import nn
 from tqdm import tqdm
 
 from app.ml.data import Dataset
-from app.ml.gr import GR_GRADS, GR_NORMS, gr_loss_and_grads
+from app.ml.gates import FrozenGates
+from app.ml.gr import GR_GRADS, GR_NORMS, gr_fd_loss_and_grads, gr_loss_and_grads
 from app.ml.metrics import accuracy
 from app.ml.models import ModelConfig, create_model
 
@@ -22,7 +23,7 @@ class TrainConfig:
     alpha: float = 0.0  # GR strength; 0 is plain cross-entropy training
     gr_norm: str = "global"
     gr_grad: str = "exact"  # how the penalty's gradient is computed: exact | fd
-    fd_eps: float = 1e-4
+    fd_eps: float = 1e-3
     lr: float = 1e-3  # Adam, batch 64: the authors' code
     batch_size: int = 64
     max_epochs: int = 100
@@ -61,14 +62,23 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: Dataset, ids: 
     params = [p for p in model.parameters() if p.requires_grad]
     order = rng.permutation(ids)
     total = 0.0
-    for start in range(0, len(order), cfg.batch_size):
-        batch = order[start : start + cfg.batch_size]
-        loss, grads = gr_loss_and_grads(model, ds.features(batch), ds.labels(batch), alpha=cfg.alpha,
-                                        norm=cfg.gr_norm, method=cfg.gr_grad, fd_eps=cfg.fd_eps)
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g
-        opt.step()
-        total += loss * len(batch)
+    gates = FrozenGates(model) if cfg.alpha and cfg.gr_grad == "fd" else None  # hooked once per epoch
+    try:
+        for start in range(0, len(order), cfg.batch_size):
+            batch = order[start : start + cfg.batch_size]
+            x, y = ds.features(batch), ds.labels(batch)
+            if gates is not None:
+                loss, grads = gr_fd_loss_and_grads(model, x, y, alpha=cfg.alpha, norm=cfg.gr_norm,
+                                                   fd_eps=cfg.fd_eps, gates=gates)
+            else:
+                loss, grads = gr_loss_and_grads(model, x, y, alpha=cfg.alpha, norm=cfg.gr_norm, method=cfg.gr_grad)
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+            opt.step()
+            total += loss * len(batch)
+    finally:
+        if gates is not None:
+            gates.remove()
     return total / max(len(order), 1)
 
 

@@ -80,6 +80,7 @@ def _env() -> dict[str, str]:
 
 
 def run_speed(cfg: SpeedConfig, *, out: Path, data_dir: Path | None, data_path: Path | None) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     ds = load_dataset(cfg.dataset, path=data_path, data_dir=data_dir)
     splits = make_splits(ds, SplitConfig(seed=cfg.seed))

@@ -41,6 +41,7 @@ def _grid(cfg: SweepConfig, n_retain: int) -> list[dict[str, Any]]:
 
 def run_sweep(cfg: SweepConfig, *, out: Path, data_dir: Path | None, data_path: Path | None,
               progress: bool = True) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
     exp = replace(cfg.experiment, alpha=cfg.alphas[0], extra_alphas=cfg.alphas[1:])
     ds = load_dataset(exp.dataset, path=data_path, data_dir=data_dir)
     ctx = prepare(exp, ds, cfg.seed, progress=progress)

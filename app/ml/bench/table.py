@@ -42,7 +42,8 @@ def run_seed(cfg: TableConfig, ctx: SeedContext) -> list[dict[str, Any]]:
             metrics, seconds, params = retrain_metrics, ctx.retrain_seconds, {}
         else:
             alpha = ctx.cfg.alpha if method == "iau" else 0.0
-            res = run_method(method, ctx.task(alpha), cfg.iau_params if method == "iau" else {})
+            task = ctx.task(alpha, with_cache=method == "iau")  # only IAU has a fast path to feed
+            res = run_method(method, task, cfg.iau_params if method == "iau" else {})
             metrics, seconds, params = evaluate_model(ctx, res.model), res.time_s, {**res.params, **res.info}
         rows.append({"method": method, "seed": ctx.seed, "time_s": seconds, **metrics,
                      "MU": abs(metrics["test_acc"] - retrain_metrics["test_acc"]),
@@ -127,6 +128,7 @@ def _plot(path: Path, summary: list[dict[str, Any]]) -> None:
 
 def run_table(cfg: TableConfig, *, out: Path, data_dir: Path | None, data_path: Path | None,
               seeds: int | None = None, progress: bool = True) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
     n_seeds = seeds or cfg.seeds
     ds = load_dataset(cfg.experiment.dataset, path=data_path, data_dir=data_dir)
     rows: list[dict[str, Any]] = []
