@@ -49,3 +49,15 @@ def test_speed_suite_on_digits(tmp_path: Path) -> None:
     assert s["memory"]["fast"]["path"] == "fast" and s["memory"]["slow"]["path"] == "slow"
     assert s["fast_vs_slow_max_abs_weight_diff"] < 1e-5
     assert (tmp_path / "speed.png").exists() and (tmp_path / "results.md").exists()
+
+
+def test_sweep_default_respects_the_accuracy_bound() -> None:
+    from app.ml.bench.sweep import select_default
+
+    rows = [{"MU_val": 6.5, "UE": 1.7, "score": 8.2, "name": "damaging"},
+            {"MU_val": 1.0, "UE": 8.5, "score": 9.5, "name": "chosen"},
+            {"MU_val": 0.5, "UE": 8.5, "score": 9.0, "name": "tie-break"},
+            {"MU_val": 1.9, "UE": 12.0, "score": 13.9, "name": "worse"}]
+    assert select_default(rows, 2.0)["name"] == "tie-break"
+    assert select_default(rows, 10.0)["name"] == "damaging"
+    assert select_default(rows, 0.1)["name"] == "tie-break"  # nothing feasible: the least damage
