@@ -160,3 +160,12 @@ def test_bad_forget_sets_and_params(digit_splits: Splits) -> None:
         run_method("iau", None, {"lr": 1.0})  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="reduction"):
         run_method("iau", None, {"reduction": "median"})  # type: ignore[arg-type]
+
+
+def test_weights_hash_covers_scalar_buffers() -> None:
+    """Batch-norm's num_batches_tracked is a 0-d tensor; it must hash, and count."""
+    model = create_model(ModelConfig("resnet18", (3, 32, 32), 10))
+    state = model.state_dict()
+    before = weights_sha256(state)
+    state["bn1.num_batches_tracked"] += 1
+    assert weights_sha256(state) != before

@@ -17,6 +17,8 @@ from app.ml.gr import GR_GRADS, GR_NORMS, gr_fd_loss_and_grads, gr_loss_and_grad
 from app.ml.metrics import accuracy
 from app.ml.models import ModelConfig, create_model
 
+OPTIMIZERS = ("adam", "signsgd")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -29,6 +31,8 @@ class TrainConfig:
     max_epochs: int = 100
     patience: int = 10  # epochs without a better validation accuracy
     seed: int = 0
+    optimizer: str = "adam"  # adam | signsgd (sign of the gradient, step lr): for the paper's Fig. 3
+    clip_norm: float | None = None  # clip each minibatch gradient to this global norm (Fig. 3)
 
     def __post_init__(self) -> None:
         if self.gr_norm not in GR_NORMS:
@@ -37,6 +41,8 @@ class TrainConfig:
             raise ValueError(f"gr_grad must be one of {GR_GRADS}")
         if self.alpha < 0:
             raise ValueError("alpha must be >= 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}")
 
 
 @dataclass
@@ -53,6 +59,12 @@ class TrainResult:
 def seeded_model(cfg: ModelConfig, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return create_model(cfg)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "signsgd":  # plain SGD applied to sign(g), set in train_epoch
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr)
 
 
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: Dataset, ids: np.ndarray,
@@ -72,8 +84,11 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: Dataset, ids: 
                                                    fd_eps=cfg.fd_eps, gates=gates)
             else:
                 loss, grads = gr_loss_and_grads(model, x, y, alpha=cfg.alpha, norm=cfg.gr_norm, method=cfg.gr_grad)
+            if cfg.clip_norm is not None:
+                total_norm = torch.sqrt(sum((g * g).sum() for g in grads))
+                grads = [g * min(1.0, cfg.clip_norm / (float(total_norm) + 1e-12)) for g in grads]
             for p, g in zip(params, grads, strict=True):
-                p.grad = g
+                p.grad = g.sign() if cfg.optimizer == "signsgd" else g
             opt.step()
             total += loss * len(batch)
     finally:
@@ -89,7 +104,7 @@ def fit(model_cfg: ModelConfig, ds: Dataset, train_ids: np.ndarray, val_ids: np.
     With no validation ids, train exactly cfg.max_epochs and keep the last weights.
     """
     model = seeded_model(model_cfg, cfg.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = make_optimizer(model, cfg)
     rng = np.random.default_rng(cfg.seed)
     best_acc, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
     history: list[dict[str, float]] = []

@@ -27,7 +27,15 @@ def run_suite(name: str, *, out: Path, seeds: int | None, data_dir: Path | None,
 
 
 def _register_builtin() -> None:
-    from app.ml.bench import speed, sweep, table  # noqa: F401  (each registers its suites)
+    from app.ml.bench import (  # noqa: F401  (each registers its suites)
+        ablation,
+        alpha_rho,
+        epochs,
+        grad_norms,
+        speed,
+        sweep,
+        table,
+    )
 
 
 _register_builtin()

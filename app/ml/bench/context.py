@@ -34,6 +34,7 @@ class ExperimentConfig:
     max_epochs: int = 100
     patience: int = 10
     attack: str = "authors"
+    forget: str = "random"  # random | outliers (IsolationForest on the inputs, paper Table V)
     extra_alphas: tuple[float, ...] = ()  # more GR models, for sweeps
 
     def train_cfg(self, seed: int, alpha: float) -> TrainConfig:
@@ -71,10 +72,23 @@ class SeedContext:
                            val_ids=self.splits.val, epochs_trained=trained.epochs_run)
 
 
+def choose_forget(ds: Dataset, train: np.ndarray, *, frac: float, how: str, seed: int) -> np.ndarray:
+    """FRAC of the training ids: at random, or the most anomalous by an IsolationForest."""
+    n = max(1, int(frac * len(train)))
+    if how == "random":
+        return np.sort(np.random.default_rng(seed).choice(train, size=n, replace=False))
+    if how == "outliers":
+        from sklearn.ensemble import IsolationForest
+
+        x = ds.features(train).flatten(1).numpy()
+        forest = IsolationForest(n_estimators=100, random_state=seed).fit(x)
+        return np.sort(train[np.argsort(forest.score_samples(x))[:n]])  # lowest score = most anomalous
+    raise ValueError(f"unknown forget selection {how!r}; valid: outliers, random")
+
+
 def prepare(cfg: ExperimentConfig, ds: Dataset, seed: int, *, progress: bool = True) -> SeedContext:
     splits = make_splits(ds, SplitConfig(seed=seed))
-    rng = np.random.default_rng(seed)
-    forget = np.sort(rng.choice(splits.train, size=max(1, int(cfg.forget_frac * len(splits.train))), replace=False))
+    forget = choose_forget(ds, splits.train, frac=cfg.forget_frac, how=cfg.forget, seed=seed)
     model_cfg = ModelConfig(arch=cfg.arch, in_shape=ds.in_shape, num_classes=ds.num_classes)
     models = {a: fit(model_cfg, ds, splits.train, splits.val, cfg.train_cfg(seed, a), progress=progress)
               for a in dict.fromkeys((0.0, cfg.alpha, *cfg.extra_alphas))}

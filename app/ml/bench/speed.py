@@ -28,7 +28,7 @@ from app.ml.gradcache import build_cache, save_cache
 from app.ml.grads import grad_sum, weights_sha256
 from app.ml.metrics import accuracy
 from app.ml.models import ModelConfig
-from app.ml.train import TrainConfig, fit, seeded_model, train_epoch
+from app.ml.train import TrainConfig, fit, make_optimizer, seeded_model, train_epoch
 from app.ml.unlearn import run_method
 from app.ml.unlearn.base import UnlearnTask
 
@@ -54,7 +54,7 @@ def _epoch_seconds(ds: Dataset, splits: Splits, model_cfg: ModelConfig, cfg: Spe
     fns = {}
     for name, tcfg in variants.items():
         model = seeded_model(model_cfg, cfg.seed)
-        opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+        opt = make_optimizer(model, tcfg)
         rng = np.random.default_rng(cfg.seed)
         fns[name] = (lambda m=model, o=opt, t=tcfg, r=rng: train_epoch(m, o, ds, splits.train, t, r))
     return interleaved(fns, cfg.epoch_repeats)

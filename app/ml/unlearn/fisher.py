@@ -30,6 +30,7 @@ class FisherConfig:
     alpha: float = 1e-6
     max_var: float = 1e3
     chunk_size: int = 256
+    max_chunk_floats: float = 5e7  # per-sample gradients held at once (≈ 200 MB): VGG19 gets chunks of 2
 
 
 def diagonal_fisher(model: nn.Module, ds: Dataset, ids: np.ndarray, chunk_size: int) -> dict[str, torch.Tensor]:
@@ -54,7 +55,9 @@ def fisher(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
     cfg = parse_params(FisherConfig, params)
     model = copy.deepcopy(task.model)
     t0 = time.perf_counter()
-    fim = diagonal_fisher(model, task.ds, task.retain_ids, cfg.chunk_size)
+    n_params = sum(p.numel() for p in model.parameters())
+    chunk = max(1, min(cfg.chunk_size, int(cfg.max_chunk_floats // n_params)))
+    fim = diagonal_fisher(model, task.ds, task.retain_ids, chunk)
     gen = torch.Generator().manual_seed(task.seed)
     names = [n for n, _ in model.named_parameters()]
     last = {names[-1], names[-2]} if len(names) >= 2 else set(names)
