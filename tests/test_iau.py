@@ -64,7 +64,8 @@ def test_update_is_eq8(digits: Dataset, digit_splits: Splits) -> None:
     model = create_model(ModelConfig("mlp", digits.in_shape, 10)).double()
     train = digit_splits.train[:60]
     forget = train[::6]
-    res = run_method("iau", _task(model, digits, train, forget, cache=True), {"eta": 1e-3, "reduction": "sum"})
+    params = {"eta": 1e-3, "reduction": "sum", "step": "sgd"}
+    res = run_method("iau", _task(model, digits, train, forget, cache=True), params)
     params = list(model.parameters())
     expected = [p.detach().clone() for p in params]
     for i in train:

@@ -96,7 +96,8 @@ def _markdown(rows: list[dict[str, Any]], best: dict[str, Any], best_score: dict
              f"UE {best['UE']:.2f}).",
              "", f"Unconstrained lowest MU_val + UE: α = {best_score['alpha']}, {best_score['reduction']}/"
              f"{best_score['step']}, η = {best_score['eta']:.3g} (MU_val {best_score['MU_val']:.2f}, "
-             f"UE {best_score['UE']:.2f}): it buys its UE with accuracy.",
+             f"UE {best_score['UE']:.2f})" + (": the same configuration." if best_score is best else
+                                               ": it buys its UE with accuracy."),
              "", f"Best per form with MU_val ≤ {max_mu_val} (paper: sum/sgd; authors' code: mean/adam):", "",
              "| form | α | η | MU_val | UE | score | val acc | forget acc |", "|---|---|---|---|---|---|---|---|"]
     for key, r in sorted(families.items(), key=lambda kv: _key(kv[1])):
