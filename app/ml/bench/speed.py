@@ -9,9 +9,11 @@ one forward+backward over D_f and over D, IAU's fast and slow paths, and the pea
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -95,7 +97,8 @@ def run_speed(cfg: SpeedConfig, *, out: Path, data_dir: Path | None, data_path: 
     retrained = fit(model_cfg, ds, retain, splits.val, tcfg)
     model = trained.model
 
-    model_dir = out / "model"
+    work = Path(tempfile.mkdtemp(prefix="unlearnd-speed-"))  # model dirs for the child process, not results
+    model_dir = work / "model"
     save_model_dir(model_dir, model=model, model_cfg=model_cfg, splits=splits,
                    meta={"dataset": cfg.dataset, "data_path": str(data_path.resolve()) if data_path else None,
                          "alpha": cfg.alpha, "gr_norm": "global", "seed": cfg.seed, "train_config": asdict(tcfg),
@@ -126,10 +129,11 @@ def run_speed(cfg: SpeedConfig, *, out: Path, data_dir: Path | None, data_path: 
     diff = max(float((a - b).detach().abs().max()) for a, b in zip(results["fast"].model.parameters(),
                                                           results["slow"].model.parameters(), strict=True))
 
-    forget_file = out / "forget_ids.txt"
+    forget_file = work / "forget_ids.txt"
     forget_file.write_text("\n".join(str(int(i)) for i in forget) + "\n")
-    mem_fast = _peak_rss(model_dir, forget_file, out / "unlearned_fast", slow=False, chunk_size=cfg.chunk_size)
-    mem_slow = _peak_rss(model_dir, forget_file, out / "unlearned_slow", slow=True, chunk_size=cfg.chunk_size)
+    mem_fast = _peak_rss(model_dir, forget_file, work / "unlearned_fast", slow=False, chunk_size=cfg.chunk_size)
+    mem_slow = _peak_rss(model_dir, forget_file, work / "unlearned_slow", slow=True, chunk_size=cfg.chunk_size)
+    shutil.rmtree(work, ignore_errors=True)
 
     med = {k: statistics.median(v) for k, v in {**t, **epochs}.items()}
     summary = {
