@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -128,6 +128,3 @@ def fit(model_cfg: ModelConfig, ds: Dataset, train_ids: np.ndarray, val_ids: np.
                        seconds=time.perf_counter() - t0, epoch_seconds=[h["seconds"] for h in history],
                        history=history)
 
-
-def config_dict(cfg: TrainConfig) -> dict[str, object]:
-    return asdict(cfg)

@@ -8,7 +8,7 @@ models over the disjoint shadow pool, with its accuracy on the plain model.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -97,7 +97,7 @@ def prepare(cfg: ExperimentConfig, ds: Dataset, seed: int, *, progress: bool = T
     retrain = fit(model_cfg, ds, retain, splits.val, cfg.train_cfg(seed, 0.0), progress=progress)
     retrain_seconds = time.perf_counter() - t0
     plain = models[0.0]
-    attack = fit_attack(ds, splits.shadow, model_cfg, replace(cfg.train_cfg(seed, 0.0)), epochs=plain.best_epoch,
+    attack = fit_attack(ds, splits.shadow, model_cfg, cfg.train_cfg(seed, 0.0), epochs=plain.best_epoch,
                         cfg=MIAConfig(attack=cfg.attack, seed=seed))
     attack_eval = attack.evaluate(plain.model, ds, retain, splits.test, seed=seed)
     return SeedContext(seed=seed, ds=ds, splits=splits, forget=forget, model_cfg=model_cfg, models=models,

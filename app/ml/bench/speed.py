@@ -9,6 +9,7 @@ one forward+backward over D_f and over D, IAU's fast and slow paths, and the pea
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -67,18 +68,12 @@ def _peak_rss(model_dir: Path, forget_file: Path, out: Path, *, slow: bool, chun
     if slow:
         args.append("--no-cache")
     proc = subprocess.run([sys.executable, "-m", "app.ml.bench.memprobe", *args], capture_output=True, text=True,
-                          env={**_env(), "UNLEARND_CHUNK_SIZE": str(chunk_size)}, timeout=1800, check=False)
+                          env={**os.environ, "UNLEARND_CHUNK_SIZE": str(chunk_size)}, timeout=1800, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"unlearn child failed: {proc.stderr[-2000:]}")
     probe = json.loads(proc.stdout.strip().splitlines()[-1])
     meta = json.loads((out / "meta.json").read_text())
     return {"peak_rss_mib": probe["maxrss_mib"], "path": meta["unlearn"]["path"]}
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def run_speed(cfg: SpeedConfig, *, out: Path, data_dir: Path | None, data_path: Path | None) -> dict[str, Any]:
