@@ -149,6 +149,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path)
     b.set_defaults(func=_bench)
 
+    from app.service_cli import add_parsers
+
+    add_parsers(sub)
+
     d = sub.add_parser("demo", help="train on digits, forget 5%%, print the result")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_demo)
@@ -169,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (json.JSONDecodeError, FileNotFoundError) as e:
         print(f"unlearnd: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nunlearnd: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
-"""The one Settings object: every knob, from UNLEARND_* environment variables."""
+"""The one Settings object: every knob, from UNLEARND_* environment variables.
+
+`DATABASE_URL` and `REDIS_URL` are also read without the prefix, as operators expect.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.ml.provenance import PROJECT_ROOT
@@ -23,3 +27,61 @@ class Settings(BaseSettings):
                                   description="where datasets other than digits are looked for")
     chunk_size: int = Field(default=1024, ge=1, description="samples per gradient chunk")
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads (None: torch's choice)")
+
+    # --- service: storage and queue
+    database_url: str | None = Field(default=None, validation_alias=AliasChoices("UNLEARND_DATABASE_URL",
+                                                                                 "DATABASE_URL"),
+                                     description="SQLAlchemy URL; None: SQLite in HOME/ledger.db")
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("UNLEARND_REDIS_URL", "REDIS_URL"),
+                                  description="None: `serve` starts an embedded redis-server")
+    embedded_redis_port: int = Field(default=6399, description="port of the embedded Redis (127.0.0.1)")
+    queue_name: str = Field(default="unlearnd", description="RQ queue and pub/sub channel prefix")
+
+    # --- service: API
+    bootstrap_admin_key: str | None = Field(default=None, min_length=16,
+                                            description="an admin API key inserted (hashed) at start")
+    predict_open: bool = Field(default=False, description="allow /predict without a key")
+    max_delete_ids: int = Field(default=1000, ge=1, description="most sample ids in one POST /delete")
+    max_predict_instances: int = Field(default=256, ge=1)
+    retention_days: int = Field(default=30, ge=1, description="due_at = received_at + this")
+    audit_page_max: int = Field(default=500, ge=1)
+    poll_interval_s: float = Field(default=1.0, gt=0, description="how often an API process checks the head")
+
+    # --- service: worker
+    batch_max_wait_s: float = Field(default=1.0, ge=0, description="collect requests this long before a batch")
+    batch_max_samples: int = Field(default=5000, ge=1, description="a batch starts at once with this many samples")
+    lease_s: float = Field(default=300.0, gt=0, description="a claimed batch not done by then is re-queued")
+    sweep_interval_s: float = Field(default=10.0, gt=0, description="re-enqueue lost work this often")
+    iau_params: dict[str, Any] = Field(default_factory=dict, description="IAU overrides (JSON); else the model's")
+    accuracy_floor: float | None = Field(default=None, ge=0, le=1,
+                                         description="held-out accuracy a new version needs; None: first "
+                                                     "version's accuracy minus max_accuracy_drop")
+    max_accuracy_drop: float = Field(default=0.05, ge=0, le=1)
+    holdout_size: int = Field(default=2000, ge=10, description="held-out samples used to validate a version")
+    on_invalid: Literal["fail", "retrain"] = Field(default="fail",
+                                                   description="what a batch whose weights fail validation does")
+    subjects_file: Path | None = Field(default=None, description="JSON {sample_id: subject_id} for the samples")
+    mia_shadows: int = Field(default=3, ge=1, description="shadow models of the audit's membership attack")
+    debug_commit_delay_s: float = Field(default=0.0, ge=0,
+                                        description="testing only: pause between writing weights and commit")
+
+    # --- `make run` default model
+    demo_arch: str = "lenet5"
+    demo_alpha: float = 0.1
+    demo_max_epochs: int = 100
+
+    @property
+    def db_url(self) -> str:
+        url = self.database_url or f"sqlite:///{self.home / 'ledger.db'}"
+        for plain in ("postgresql://", "postgres://"):  # the driver we ship is psycopg 3
+            if url.startswith(plain):
+                return "postgresql+psycopg://" + url[len(plain):]
+        return url
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.home / "store"

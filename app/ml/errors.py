@@ -9,7 +9,11 @@ message (no traceback) and the HTTP layer maps each class once to a problem+json
     ├── DataError             a dataset file is missing or has the wrong format
     ├── ForgetSetError        empty forget list, or ids not in the train split
     ├── ModelLoadError        weights that do not match their meta.json or arch
-    └── CacheMismatchError    a gradient cache computed for other weights or ids
+    ├── CacheMismatchError    a gradient cache computed for other weights or ids
+    └── ServiceError          the deletion service (status + slug → problem+json)
+        ├── InvalidRequest 422  ├── NotFound 404   ├── Gone 410 (forgotten sample)
+        ├── Conflict 409        ├── Unauthorized 401 ├── Forbidden 403
+        └── Unavailable 503     (no model loaded yet, ledger unreachable)
 """
 
 from __future__ import annotations
@@ -52,3 +56,43 @@ class ModelLoadError(UnlearndError):
 
 class CacheMismatchError(UnlearndError):
     """A gradient cache does not belong to these exact weights and training ids."""
+
+
+class ServiceError(UnlearndError):
+    """An error of the deletion service; `status` and `slug` give its problem+json form."""
+
+    status = 500
+    slug = "internal"
+    title = "Internal error"
+
+    def __init__(self, detail: str, **extra: object) -> None:
+        self.detail, self.extra = detail, extra
+        super().__init__(detail)
+
+
+class InvalidRequest(ServiceError):
+    status, slug, title = 422, "invalid-request", "The request is not valid"
+
+
+class NotFound(ServiceError):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class Gone(ServiceError):
+    status, slug, title = 410, "gone", "The sample was forgotten"
+
+
+class Conflict(ServiceError):
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class Unauthorized(ServiceError):
+    status, slug, title = 401, "unauthorized", "A valid API key is required"
+
+
+class Forbidden(ServiceError):
+    status, slug, title = 403, "forbidden", "The API key lacks the scope"
+
+
+class Unavailable(ServiceError):
+    status, slug, title = 503, "unavailable", "Not ready"

@@ -38,6 +38,16 @@ class GradCache:
             raise CacheMismatchError("gradient cache was computed over a different set of training ids")
 
 
+def cache_matches(cache: GradCache | None, *, weights: str, ids: np.ndarray) -> bool:
+    if cache is None:
+        return False
+    try:
+        cache.check(weights=weights, ids=ids)
+    except CacheMismatchError:
+        return False
+    return True
+
+
 def build_cache(model: nn.Module, ds: Dataset, train_ids: np.ndarray, *, chunk_size: int = 1024) -> GradCache:
     return GradCache(
         weights_sha256=weights_sha256(model.state_dict()),

@@ -1,0 +1,81 @@
+"""Dependencies: the app's state, and API-key auth with scopes."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from redis import Redis
+
+from app.api.metrics import Metrics
+from app.api.serving import ModelHolder
+from app.core.config import Settings
+from app.db.keys import Principal, authenticate
+from app.db.session import transaction
+from app.ml.data import Dataset
+from app.ml.errors import Forbidden, Unauthorized
+from app.service.ledger_conn import LedgerConn
+
+KEY_CACHE_S = 5.0  # a revoked key stops working within this many seconds
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    conn: LedgerConn
+    store: Dataset
+    holder: ModelHolder
+    redis: Redis | None
+    metrics: Metrics
+    _keys: dict[str, tuple[float, Principal | None]] = field(default_factory=dict)
+
+    def principal(self, key: str) -> Principal | None:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        hit = self._keys.get(digest)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        with transaction(self.conn.read) as s:
+            p = authenticate(s, key=key)
+        if len(self._keys) > 10_000:
+            self._keys.clear()
+        self._keys[digest] = (time.monotonic() + KEY_CACHE_S, p)
+        return p
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.unlearnd  # type: ignore[no-any-return]
+
+
+State = Annotated[AppState, Depends(get_state)]
+
+
+def _key(authorization: str | None, x_api_key: str | None) -> str | None:
+    if x_api_key:
+        return x_api_key
+    if authorization and authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return None
+
+
+def require(*scopes: str, open_if_predict_open: bool = False) -> Callable[..., Principal | None]:
+    """A dependency that admits a key holding any of SCOPES (admin holds all)."""
+
+    def dep(state: State, authorization: Annotated[str | None, Header()] = None,
+            x_api_key: Annotated[str | None, Header()] = None) -> Principal | None:
+        key = _key(authorization, x_api_key)
+        if key is None:
+            if open_if_predict_open and state.settings.predict_open:
+                return None
+            raise Unauthorized("send an API key as `Authorization: Bearer <key>` or `X-API-Key`")
+        p = state.principal(key)
+        if p is None:
+            raise Unauthorized("unknown or revoked API key")
+        if not any(p.allows(s) for s in scopes):
+            raise Forbidden(f"this endpoint needs one of the scopes: {', '.join(scopes)}")
+        return p
+
+    return dep

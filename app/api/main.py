@@ -1,0 +1,89 @@
+"""The FastAPI application factory (`uvicorn app.api.main:create_app --factory`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import torch
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api import problems
+from app.api.deps import AppState
+from app.api.metrics import Metrics
+from app.api.routes import audit, deletes, health, models, predict
+from app.api.serving import ModelHolder
+from app.core.config import Settings
+from app.db.keys import ensure_key
+from app.db.session import transaction
+from app.service.ledger_conn import LedgerConn
+from app.service.store import open_store
+from worker.queue import connect
+
+log = logging.getLogger("unlearnd.api")
+
+
+class MetricsMiddleware:
+    """Counts and times requests by route template (a pure ASGI middleware: cheap on the hot path)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0, status = time.perf_counter(), [500]
+
+        async def send_wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapped)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.http.labels(route, str(status[0])).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        torch.set_num_threads(settings.threads or 1)  # many small requests: one thread each beats contention
+        conn = LedgerConn.open(settings)
+        if settings.bootstrap_admin_key:
+            with transaction(conn.write) as s:
+                ensure_key(s, key=settings.bootstrap_admin_key, scopes=["admin"], name="bootstrap")
+        store = open_store(settings.store_dir)
+        holder = ModelHolder(settings, conn, store)
+        holder.start()
+        redis = connect(settings.redis_url) if settings.redis_url else None
+        app.state.unlearnd = AppState(settings=settings, conn=conn, store=store, holder=holder, redis=redis,
+                                      metrics=metrics)
+        try:
+            yield
+        finally:
+            holder.stop()
+            conn.close()
+
+    app = FastAPI(title="unlearnd", version="0.1.0", lifespan=lifespan,
+                  description="Predictions from a classifier, and GDPR-style deletion of its training samples "
+                              "by IAU machine unlearning. Errors are RFC 9457 problem+json.")
+    problems.install(app)
+    for r in (predict.router, deletes.router, audit.router, models.router, health.router):
+        app.include_router(r)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # type: ignore[arg-type]
+    return app
+
+
+def openapi_schema(settings: Settings | None = None) -> dict[str, Any]:
+    return create_app(settings).openapi()

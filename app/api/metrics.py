@@ -1,0 +1,25 @@
+"""Prometheus metrics, in a registry owned by the app (not the process-global default)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.http = Counter("unlearnd_http_requests_total", "HTTP requests", ["route", "status"], registry=r)
+        self.latency = Histogram("unlearnd_http_request_seconds", "HTTP latency", ["route"], registry=r,
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.deletes = Counter("unlearnd_deletion_requests_total", "deletion requests accepted", registry=r)
+        self.enqueue_failures = Counter("unlearnd_enqueue_failures_total",
+                                        "deletion requests accepted while Redis was unreachable", registry=r)
+        self.model_seq = Gauge("unlearnd_model_version_seq", "sequence number of the served version", registry=r)
+        self.swaps = Gauge("unlearnd_model_swaps", "versions swapped in by this process", registry=r)
+        self.failed_loads = Gauge("unlearnd_model_failed_loads", "versions this process refused to load",
+                                  registry=r)

@@ -1,0 +1,81 @@
+"""Predictions: by stored sample id, by an input in the query, or by a batch of inputs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fastapi import APIRouter, Depends, Query
+
+from app.api.deps import State, require
+from app.api.problems import responses
+from app.api.schemas import PredictBody, Prediction, PredictResponse
+from app.api.serving import Served
+from app.db import ledger
+from app.db.session import transaction
+from app.ml.errors import Gone, InvalidRequest, NotFound, Unavailable
+from app.service.store import raw_to_features
+
+router = APIRouter(tags=["predict"])
+auth = Depends(require("predict", open_if_predict_open=True))
+
+
+def _served(state: State) -> Served:
+    served = state.holder.current  # read once: the whole answer comes from this version
+    if served is None:
+        raise Unavailable("no model version is loaded yet")
+    return served
+
+
+def _answer(served: Served, x: torch.Tensor, sample_id: int | None = None) -> PredictResponse:
+    with torch.inference_mode():
+        probs = F.softmax(served.model(x), dim=1)
+    preds = [Prediction(label=int(p.argmax()), probabilities=[round(float(v), 6) for v in p]) for p in probs]
+    return PredictResponse(model_version=served.version_id, sample_id=sample_id, predictions=preds)
+
+
+def _from_rows(state: State, rows: np.ndarray) -> torch.Tensor:
+    if len(rows) > state.settings.max_predict_instances:
+        raise InvalidRequest(f"at most {state.settings.max_predict_instances} instances per request")
+    try:
+        return raw_to_features(state.store, rows)
+    except ValueError as e:
+        raise InvalidRequest(str(e)) from None
+
+
+@router.get("/predict", response_model=PredictResponse, dependencies=[auth],
+            responses=responses(401, 403, 404, 410, 422, 503),
+            summary="Predict a stored training sample (`sample_id`) or one input (`x`, comma-separated)")
+def predict_get(state: State, sample_id: Annotated[int | None, Query()] = None,
+                x: Annotated[str | None, Query(description="flattened input, comma-separated numbers")] = None,
+                ) -> PredictResponse:
+    if (sample_id is None) == (x is None):
+        raise InvalidRequest("give exactly one of sample_id or x")
+    served = _served(state)
+    if sample_id is not None:
+        with transaction(state.conn.read) as s:
+            st = ledger.sample_state(s, sample_id=sample_id)
+        if st is None:
+            raise NotFound(f"no training sample {sample_id}")
+        if st != "active":
+            raise Gone(f"sample {sample_id} was forgotten; it can no longer be used")
+        return _answer(served, state.store.features(np.asarray([sample_id])), sample_id)
+    assert x is not None
+    try:
+        row = np.asarray([[float(v) for v in x.split(",")]], dtype=np.float64)
+    except ValueError:
+        raise InvalidRequest("x must be comma-separated numbers") from None
+    return _answer(served, _from_rows(state, row))
+
+
+@router.post("/predict", response_model=PredictResponse, dependencies=[auth],
+             responses=responses(400, 401, 403, 422, 503), summary="Predict a batch of inputs")
+def predict_post(state: State, body: PredictBody) -> PredictResponse:
+    if not body.instances:
+        raise InvalidRequest("instances is empty")
+    if len({len(r) for r in body.instances}) != 1:
+        raise InvalidRequest("all instances need the same length")
+    served = _served(state)
+    return _answer(served, _from_rows(state, np.asarray(body.instances, dtype=np.float64)))

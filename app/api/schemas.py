@@ -1,0 +1,100 @@
+"""Request and response bodies (they make /docs complete)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details; some problems add fields (e.g. `unknown_ids`, `errors`)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+
+
+class DeleteBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sample_ids: list[StrictInt] | None = Field(default=None, description="training sample ids to forget")
+    subject_id: str | None = Field(default=None, min_length=1, max_length=128,
+                                   description="forget every sample of this data subject")
+
+
+class DeleteAccepted(BaseModel):
+    id: str
+    state: str
+    status_url: str
+    received_at: datetime
+    due_at: datetime
+    n_samples: int
+    already_forgotten: list[int] = Field(description="ids in the request that were already forgotten")
+
+
+class RequestStatus(BaseModel):
+    id: str
+    state: str = Field(description="pending | processing | completed | rejected | failed")
+    received_at: datetime
+    due_at: datetime
+    completed_at: datetime | None
+    sample_ids: list[int]
+    subject_id: str | None
+    already_forgotten: list[int]
+    model_version: str | None = Field(description="the first version that excludes the samples")
+    audit_entry: int | None
+    reason: str | None
+    attempts: int
+
+
+class PredictBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    instances: list[list[float]] = Field(description="flattened inputs in the store's scale and layout")
+
+
+class Prediction(BaseModel):
+    label: int
+    probabilities: list[float]
+
+
+class PredictResponse(BaseModel):
+    model_version: str
+    sample_id: int | None = None
+    predictions: list[Prediction]
+
+
+class ModelInfo(BaseModel):
+    id: str
+    seq: int
+    sha256: str
+    parent_id: str | None
+    created_at: datetime
+    weights_present: bool
+    metrics: dict[str, Any]
+
+
+class CurrentModel(ModelInfo):
+    serving: str | None = Field(description="the version this API process answers with right now")
+    input_layout: list[int]
+    input_dtype: str
+
+
+class AuditItem(BaseModel):
+    seq: int
+    created_at: str
+    batch_id: str
+    payload: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditPage(BaseModel):
+    items: list[AuditItem]
+    total: int
+    offset: int
+    limit: int
+    next: str | None

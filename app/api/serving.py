@@ -1,0 +1,93 @@
+"""The served model: one reference, swapped whole when a new version is published.
+
+A request reads `holder.current` once and answers wholly from that (version, model) pair.
+A background thread reloads on a Redis announcement or every poll interval; a failed load
+(missing file, sha mismatch, non-finite output) leaves the current model in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+from torch import nn
+
+from app.core.config import Settings
+from app.db import ledger
+from app.db.session import transaction
+from app.ml.data import Dataset
+from app.ml.errors import UnlearndError
+from app.service.ledger_conn import LedgerConn
+from app.service.versions import load_version
+from worker.queue import channel, connect
+
+log = logging.getLogger("unlearnd.serving")
+
+
+@dataclass(frozen=True)
+class Served:
+    version_id: str
+    seq: int
+    model: nn.Module
+
+
+class ModelHolder:
+    def __init__(self, settings: Settings, conn: LedgerConn, store: Dataset) -> None:
+        self.settings, self.conn, self.store = settings, conn, store
+        self.current: Served | None = None
+        self.swaps = 0
+        self.failed_loads = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def refresh(self) -> bool:
+        """Load the ledger's head if it is not the one served; True on a swap."""
+        with transaction(self.conn.read) as s:
+            head = ledger.head(s)
+        cur = self.current
+        if head is None or (cur is not None and cur.version_id == head.id):
+            return False
+        try:
+            md = load_version(head, probe=self.store)
+        except (UnlearndError, OSError) as e:
+            self.failed_loads += 1
+            log.error("not swapping to version %s: %s", head.id, e)
+            return False
+        self.current = Served(head.id, head.seq, md.model)  # the one assignment readers see
+        self.swaps += 1
+        log.info("serving version %s (seq %d)", head.id, head.seq)
+        return True
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+            except Exception as e:  # a ledger hiccup must not kill the reload thread
+                log.warning("reload check failed: %s", e)
+            self._wake.wait(self.settings.poll_interval_s)
+            self._wake.clear()
+
+    def _listen_loop(self) -> None:
+        while not self._stop.is_set() and self.settings.redis_url:
+            try:
+                pubsub = connect(self.settings.redis_url).pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(channel(self.settings))
+                while not self._stop.is_set():
+                    if pubsub.get_message(timeout=1.0) is not None:
+                        self._wake.set()
+            except RedisError:
+                self._stop.wait(2.0)  # Redis away: the poll keeps us current meanwhile
+
+    def start(self) -> None:
+        self.refresh()
+        for target in (self._poll_loop, self._listen_loop):
+            t = threading.Thread(target=target, daemon=True, name=target.__name__)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()

@@ -1,0 +1,1 @@
+"""The SQL ledger: the source of truth of the deletion service (DESIGN §3)."""

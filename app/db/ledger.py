@@ -1,0 +1,232 @@
+"""Keyword-only ledger functions: every state change of samples, requests and versions.
+
+Callers own the transaction (see `session.transaction`); these functions never commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.db.models import DeletionRequest, Head, ModelVersion, RequestSample, Sample
+from app.db.session import as_utc
+from app.ml.errors import Conflict, InvalidRequest, NotFound
+
+OPEN_STATES = ("pending", "processing")
+
+
+# --- samples and versions ------------------------------------------------------------------
+
+def add_samples(session: Session, *, ids: Sequence[int], subjects: dict[int, str] | None = None) -> None:
+    subjects = subjects or {}
+    session.bulk_insert_mappings(Sample, [{"id": int(i), "subject_id": subjects.get(int(i)), "state": "active"}
+                                          for i in ids])  # type: ignore[arg-type]
+
+
+def active_ids(session: Session) -> list[int]:
+    return list(session.scalars(select(Sample.id).where(Sample.state == "active").order_by(Sample.id)))
+
+
+def forgotten_ids(session: Session) -> list[int]:
+    return list(session.scalars(select(Sample.id).where(Sample.state == "forgotten").order_by(Sample.id)))
+
+
+def sample_state(session: Session, *, sample_id: int) -> str | None:
+    return session.scalar(select(Sample.state).where(Sample.id == sample_id))
+
+
+def head(session: Session) -> ModelVersion | None:
+    row = session.get(Head, 1)
+    return session.get(ModelVersion, row.version_id) if row else None
+
+
+def add_version(session: Session, *, sha256: str, parent_id: str | None, path: str, now: datetime,
+                metrics: dict[str, Any]) -> ModelVersion:
+    seq = (session.scalar(select(func.max(ModelVersion.seq))) or 0) + 1
+    v = ModelVersion(id=sha256[:16], seq=seq, sha256=sha256, parent_id=parent_id, path=path, created_at=now,
+                     weights_present=True, metrics=metrics)
+    session.add(v)
+    session.flush()
+    return v
+
+
+def set_head(session: Session, *, version_id: str, expected: str | None, now: datetime) -> bool:
+    """Compare-and-set the served version; False when another batch moved it first."""
+    if expected is None:
+        if session.get(Head, 1) is not None:
+            return False
+        session.add(Head(id=1, version_id=version_id, updated_at=now))
+        session.flush()
+        return True
+    res = session.execute(update(Head).where(Head.id == 1, Head.version_id == expected)
+                          .values(version_id=version_id, updated_at=now))
+    return res.rowcount == 1  # type: ignore[attr-defined]
+
+
+def versions(session: Session) -> list[ModelVersion]:
+    return list(session.scalars(select(ModelVersion).order_by(ModelVersion.seq.desc())))
+
+
+# --- deletion requests ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NewRequest:
+    request: DeletionRequest
+    created: bool  # False: an earlier request with the same Idempotency-Key
+    already_forgotten: list[int]
+
+
+def _body_hash(sample_ids: Sequence[int] | None, subject_id: str | None) -> str:
+    body = {"sample_ids": sorted(set(sample_ids)) if sample_ids is not None else None, "subject_id": subject_id}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _resolve(session: Session, *, sample_ids: Sequence[int] | None, subject_id: str | None,
+             max_ids: int) -> list[int]:
+    if (sample_ids is None) == (subject_id is None):
+        raise InvalidRequest("give exactly one of sample_ids or subject_id")
+    if subject_id is not None:
+        ids = list(session.scalars(select(Sample.id).where(Sample.subject_id == subject_id).order_by(Sample.id)))
+        if not ids:
+            raise NotFound(f"no samples belong to subject {subject_id!r}")
+        return ids
+    assert sample_ids is not None
+    ids = sorted(set(int(i) for i in sample_ids))
+    if not ids:
+        raise InvalidRequest("sample_ids is empty")
+    if len(ids) > max_ids:
+        raise InvalidRequest(f"{len(ids)} sample ids; at most {max_ids} per request", max_ids=max_ids)
+    known = set(session.scalars(select(Sample.id).where(Sample.id.in_(ids))))
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise InvalidRequest(f"{len(unknown)} unknown sample ids", unknown_ids=unknown[:100])
+    return ids
+
+
+def create_request(session: Session, *, sample_ids: Sequence[int] | None, subject_id: str | None,
+                   idempotency_key: str | None, api_key_id: str | None, now: datetime, retention_days: int,
+                   max_ids: int) -> NewRequest:
+    body = _body_hash(sample_ids, subject_id)
+    if idempotency_key is not None:
+        prior = session.scalar(select(DeletionRequest).where(DeletionRequest.idempotency_key == idempotency_key))
+        if prior is not None:
+            if prior.body_sha256 != body:
+                raise Conflict("this Idempotency-Key was used with a different body")
+            return NewRequest(prior, False, list(prior.already_forgotten or []))
+    ids = _resolve(session, sample_ids=sample_ids, subject_id=subject_id, max_ids=max_ids)
+    gone = list(session.scalars(select(Sample.id).where(Sample.id.in_(ids), Sample.state == "forgotten")))
+    req = DeletionRequest(id=str(uuid.uuid4()), state="pending", subject_id=subject_id,
+                          idempotency_key=idempotency_key, body_sha256=body, api_key_id=api_key_id,
+                          received_at=now, due_at=now + timedelta(days=retention_days), attempts=0,
+                          already_forgotten=sorted(gone))
+    session.add(req)
+    session.flush()
+    session.bulk_insert_mappings(RequestSample, [{"request_id": req.id, "sample_id": i} for i in ids])  # type: ignore[arg-type]
+    return NewRequest(req, True, sorted(gone))
+
+
+def get_request(session: Session, *, request_id: str) -> DeletionRequest:
+    req = session.get(DeletionRequest, request_id)
+    if req is None:
+        raise NotFound(f"no deletion request {request_id!r}")
+    return req
+
+
+def request_sample_ids(session: Session, *, request_ids: Sequence[str]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {r: [] for r in request_ids}
+    rows = session.execute(select(RequestSample.request_id, RequestSample.sample_id)
+                           .where(RequestSample.request_id.in_(list(request_ids))).order_by(RequestSample.sample_id))
+    for rid, sid in rows:
+        out[rid].append(int(sid))
+    return out
+
+
+def pending_summary(session: Session) -> tuple[int, int, datetime | None]:
+    """(requests, sample rows, oldest received_at) of pending requests."""
+    n, oldest = session.execute(select(func.count(), func.min(DeletionRequest.received_at))
+                                .where(DeletionRequest.state == "pending")).one()
+    rows = session.scalar(select(func.count()).select_from(RequestSample).join(DeletionRequest)
+                          .where(DeletionRequest.state == "pending")) or 0
+    return int(n), int(rows), as_utc(oldest)
+
+
+def claim_batch(session: Session, *, batch_id: str, max_samples: int, now: datetime) -> list[DeletionRequest]:
+    """Move pending requests (oldest first, up to MAX_SAMPLES sample rows, at least one request) to
+    processing under BATCH_ID. Each row is claimed by a conditional UPDATE, so of several workers
+    exactly one wins it, on SQLite and PostgreSQL alike."""
+    candidates = session.execute(
+        select(DeletionRequest.id, func.count(RequestSample.sample_id)).join(RequestSample)
+        .where(DeletionRequest.state == "pending").group_by(DeletionRequest.id, DeletionRequest.received_at)
+        .order_by(DeletionRequest.received_at, DeletionRequest.id).limit(1000)).all()
+    claimed, total = [], 0
+    for rid, n in candidates:
+        if claimed and total + n > max_samples:
+            break
+        res = session.execute(update(DeletionRequest)
+                              .where(DeletionRequest.id == rid, DeletionRequest.state == "pending")
+                              .values(state="processing", batch_id=batch_id, claimed_at=now,
+                                      attempts=DeletionRequest.attempts + 1))
+        if res.rowcount == 1:  # type: ignore[attr-defined]
+            claimed.append(rid)
+            total += n
+    return list(session.scalars(select(DeletionRequest).where(DeletionRequest.id.in_(claimed))))
+
+
+def release_batch(session: Session, *, batch_id: str) -> int:
+    """Give a batch's requests back to pending (its commit lost the race for the head)."""
+    res = session.execute(update(DeletionRequest)
+                          .where(DeletionRequest.batch_id == batch_id, DeletionRequest.state == "processing")
+                          .values(state="pending", batch_id=None, claimed_at=None))
+    return int(res.rowcount)  # type: ignore[attr-defined]
+
+
+def release_stale(session: Session, *, now: datetime, lease_s: float) -> int:
+    """Requests whose worker died mid-batch (lease expired) go back to pending."""
+    cutoff = now - timedelta(seconds=lease_s)
+    res = session.execute(update(DeletionRequest)
+                          .where(DeletionRequest.state == "processing", DeletionRequest.claimed_at < cutoff)
+                          .values(state="pending", batch_id=None, claimed_at=None))
+    return int(res.rowcount)  # type: ignore[attr-defined]
+
+
+def complete_batch(session: Session, *, batch_id: str, request_ids: Sequence[str], version_id: str,
+                   forget_ids: Sequence[int], audit_seq: int | None, now: datetime,
+                   already: dict[str, list[int]]) -> None:
+    """Requests → completed and samples → forgotten; raises Conflict if anything moved meanwhile."""
+    if forget_ids:
+        res = session.execute(update(Sample).where(Sample.id.in_(list(forget_ids)), Sample.state == "active")
+                              .values(state="forgotten", forgotten_at=now, forgotten_in=version_id))
+        if res.rowcount != len(forget_ids):  # type: ignore[attr-defined]
+            raise Conflict("some samples of the batch were forgotten by another batch")
+    for rid in request_ids:
+        res = session.execute(update(DeletionRequest)
+                              .where(DeletionRequest.id == rid, DeletionRequest.batch_id == batch_id,
+                                     DeletionRequest.state == "processing")
+                              .values(state="completed", completed_at=now, model_version_id=version_id,
+                                      audit_seq=audit_seq, already_forgotten=already.get(rid, [])))
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            raise Conflict(f"request {rid} is no longer held by batch {batch_id}")
+
+
+def fail_batch(session: Session, *, batch_id: str, reason: str, now: datetime) -> int:
+    res = session.execute(update(DeletionRequest)
+                          .where(DeletionRequest.batch_id == batch_id, DeletionRequest.state == "processing")
+                          .values(state="failed", reason=reason, completed_at=now))
+    return int(res.rowcount)  # type: ignore[attr-defined]
+
+
+def retry_failed(session: Session, *, request_id: str) -> DeletionRequest:
+    """Operator action: a failed request goes back to pending."""
+    req = get_request(session, request_id=request_id)
+    if req.state != "failed":
+        raise Conflict(f"request {request_id} is {req.state}, not failed")
+    req.state, req.reason, req.batch_id, req.claimed_at, req.completed_at = "pending", None, None, None, None
+    return req

@@ -1,0 +1,69 @@
+"""The data store: this service's own copy of the dataset, from which forgotten rows are purged.
+
+Features live in an .npy file opened as a memory map, so the API and the worker share one
+copy through the page cache and a purge (rows overwritten with zeros, then flushed) is seen
+by every process at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app.ml.data import Dataset
+from app.ml.errors import DataError
+from app.ml.fsutil import atomic_replace, atomic_write_text
+
+
+def create_store(folder: Path, ds: Dataset) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, arr in (("x.npy", np.ascontiguousarray(ds.x)), ("y.npy", ds.y)):
+        with atomic_replace(folder / name) as tmp, tmp.open("wb") as f:  # a path would get ".npy" appended
+            np.save(f, arr)
+    meta = {"name": ds.name, "num_classes": ds.num_classes, "n_pool": ds.n_pool,
+            "mean": None if ds.mean is None else ds.mean.tolist(), "std": None if ds.std is None else ds.std.tolist()}
+    atomic_write_text(folder / "store.json", json.dumps(meta))
+
+
+def open_store(folder: Path, *, writable: bool = False) -> Dataset:
+    try:
+        meta = json.loads((folder / "store.json").read_text())
+        x = np.load(folder / "x.npy", mmap_mode="r+" if writable else "r")
+        y = np.load(folder / "y.npy")
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"no data store in {folder}: {e}") from e
+    return Dataset(name=meta["name"], x=x, y=y, num_classes=meta["num_classes"], n_pool=meta["n_pool"],
+                   mean=_floats(meta["mean"]), std=_floats(meta["std"]))
+
+
+def _floats(v: list[float] | None) -> np.ndarray | None:
+    return None if v is None else np.asarray(v, dtype=np.float32)
+
+
+def purge(ds: Dataset, ids: Sequence[int]) -> int:
+    """Overwrite the features of IDS with zeros on disk; idempotent."""
+    if not len(ids):
+        return 0
+    if not isinstance(ds.x, np.memmap) or not ds.x.flags.writeable:
+        raise DataError("purge needs a writable store")
+    ds.x[np.asarray(ids)] = 0
+    ds.x.flush()
+    return len(ids)
+
+
+def raw_to_features(ds: Dataset, rows: np.ndarray) -> torch.Tensor:
+    """Client inputs (flattened, in the store's scale: uint8 0-255 or float) → model input."""
+    shape = ds.x.shape[1:]
+    if rows.ndim != 2 or rows.shape[1] != int(np.prod(shape)):
+        raise ValueError(f"each instance needs {int(np.prod(shape))} numbers (layout {list(shape)})")
+    if not np.isfinite(rows).all():
+        raise ValueError("instances must be finite numbers")
+    x = rows.reshape(-1, *shape)
+    x = np.clip(np.rint(x), 0, 255).astype(np.uint8) if ds.x.dtype == np.uint8 else x.astype(np.float32)
+    tmp = Dataset(name=ds.name, x=x, y=np.zeros(len(x), dtype=np.int64), num_classes=ds.num_classes,
+                  n_pool=len(x), mean=ds.mean, std=ds.std)
+    return tmp.features(np.arange(len(x)))

@@ -1,0 +1,64 @@
+"""Model versions on disk: HOME/models/<id>/ written whole or not at all, loaded only if verified."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from app.db.models import ModelVersion
+from app.ml.checkpoint import ModelDir, load_model_dir, save_model_dir
+from app.ml.data import Dataset, Splits
+from app.ml.errors import ModelLoadError
+from app.ml.metrics import predict_logits
+from app.ml.models import ModelConfig
+
+
+def write_version(models_dir: Path, *, model: nn.Module, model_cfg: ModelConfig, meta: dict[str, Any],
+                  splits: Splits) -> tuple[str, Path]:
+    """Write into a temp folder, then rename it: a reader never sees a half-written version."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    tmp = models_dir / f".tmp-{uuid.uuid4().hex}"
+    sha = save_model_dir(tmp, model=model, model_cfg=model_cfg, meta=meta, splits=splits)
+    final = models_dir / sha[:16]
+    if final.exists():  # the same weights, written by an attempt that died before its commit
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, final)
+        fd = os.open(models_dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return sha, final
+
+
+def check_finite(model: nn.Module) -> None:
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ModelLoadError(f"weights are not finite in {bad[:5]}")
+
+
+def load_version(version: ModelVersion, *, probe: Dataset | None = None) -> ModelDir:
+    """Load, check the sha256 the ledger recorded, and (given PROBE) run a finite forward pass
+    on a few of the version's held-out samples."""
+    if not version.weights_present:
+        raise ModelLoadError(f"weights of version {version.id} were purged")
+    md = load_model_dir(Path(version.path))
+    if md.weights_sha256 != version.sha256:
+        raise ModelLoadError(f"version {version.id}: weights on disk do not match the ledger's sha256")
+    check_finite(md.model)
+    if probe is not None and len(md.splits.test) and \
+            not torch.isfinite(predict_logits(md.model, probe, holdout_ids(md.splits, 64))).all():
+        raise ModelLoadError(f"version {version.id} gives non-finite outputs")
+    return md
+
+
+def holdout_ids(splits: Splits, size: int) -> np.ndarray:
+    return np.sort(splits.test)[:size]

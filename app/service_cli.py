@@ -1,0 +1,180 @@
+"""The service sub-commands of `unlearnd`: serve, worker, db, keys, audit, requests."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from app.core.config import Settings
+from app.db import keys as keys_mod
+from app.db import ledger
+from app.db.audit import verify_chain
+from app.db.migrate import upgrade
+from app.db.session import transaction
+from app.service.ledger_conn import LedgerConn
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _admin_key(settings: Settings, conn: LedgerConn) -> str:
+    """The bootstrap key if configured; else one made on first start and kept in HOME/admin.key (0600)."""
+    if settings.bootstrap_admin_key:
+        with transaction(conn.write) as s:
+            keys_mod.ensure_key(s, key=settings.bootstrap_admin_key, scopes=["admin"], name="bootstrap")
+        return settings.bootstrap_admin_key
+    path = settings.home / "admin.key"
+    if path.is_file():
+        return path.read_text().strip()
+    with transaction(conn.write) as s:
+        key = keys_mod.create_key(s, scopes=["admin"], name="first-start")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key
+
+
+def _start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env)
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def serve(ns: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from app.core.embedded_redis import EmbeddedRedis
+    from app.service.bootstrap import publish_initial
+
+    _logging()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    embedded = worker = None
+    try:
+        if not settings.redis_url:
+            embedded = EmbeddedRedis(settings.embedded_redis_port, settings.home / "redis").start()
+            os.environ["UNLEARND_REDIS_URL"] = embedded.url  # for the API factory and the worker
+            settings = settings.model_copy(update={"redis_url": embedded.url})
+        conn = LedgerConn.open(settings)
+        version = publish_initial(settings, conn, model_dir=ns.model)
+        key = _admin_key(settings, conn)
+        conn.close()
+        if not ns.no_worker:
+            worker = _start_worker(dict(os.environ))
+        url = f"http://{ns.host}:{ns.port}"
+        print(f"\nunlearnd serving version {version} at {url}  (docs: {url}/docs)\n"
+              f"admin API key: {key}\nstate: {settings.home}  ledger: {settings.db_url.split('@')[-1]}  "
+              f"redis: {settings.redis_url}\nCtrl-C stops.\n", flush=True)
+        uvicorn.run("app.api.main:create_app", factory=True, host=ns.host, port=ns.port, workers=ns.workers,
+                    log_level="warning", access_log=False)
+    finally:
+        _stop(worker)
+        if embedded is not None:
+            embedded.stop()
+    print("unlearnd stopped")
+    return 0
+
+
+def worker(ns: argparse.Namespace, settings: Settings) -> int:
+    from worker.main import run_worker
+
+    _logging()
+    return run_worker(settings)
+
+
+def db_upgrade(ns: argparse.Namespace, settings: Settings) -> int:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    print(f"ledger at {settings.db_url.split('@')[-1]} is at the newest revision")
+    return 0
+
+
+def keys_create(ns: argparse.Namespace, settings: Settings) -> int:
+    conn = LedgerConn.open(settings)
+    with transaction(conn.write) as s:
+        key = keys_mod.create_key(s, scopes=keys_mod.parse_scopes(ns.scopes), name=ns.name)
+    print(key)
+    return 0
+
+
+def keys_list(ns: argparse.Namespace, settings: Settings) -> int:
+    conn = LedgerConn.open(settings)
+    with transaction(conn.read) as s:
+        for k in keys_mod.list_keys(s):
+            print(f"{k.id}  scopes={k.scopes}  name={k.name}  created={k.created_at:%Y-%m-%d %H:%M}"
+                  + ("  REVOKED" if k.revoked_at else ""))
+    return 0
+
+
+def keys_revoke(ns: argparse.Namespace, settings: Settings) -> int:
+    conn = LedgerConn.open(settings)
+    with transaction(conn.write) as s:
+        ok = keys_mod.revoke_key(s, key_id=ns.key_id)
+    print("revoked" if ok else f"no key {ns.key_id!r}")
+    return 0 if ok else 1
+
+
+def audit_verify(ns: argparse.Namespace, settings: Settings) -> int:
+    conn = LedgerConn.open(settings)
+    with transaction(conn.read) as s:
+        report = verify_chain(s)
+    if report.ok:
+        print(f"audit chain OK: {report.entries} entries")
+        return 0
+    print(f"audit chain BROKEN at entry {report.first_bad_seq}: {report.reason}")
+    return 1
+
+
+def requests_retry(ns: argparse.Namespace, settings: Settings) -> int:
+    from worker.queue import connect, notify
+
+    conn = LedgerConn.open(settings)
+    with transaction(conn.write) as s:
+        ledger.retry_failed(s, request_id=ns.request_id)
+    if settings.redis_url:
+        notify(settings, connect(settings.redis_url), reason=f"retry {ns.request_id}")
+    print(f"request {ns.request_id} is pending again")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s = sub.add_parser("serve", help="run the API (+ a worker, + an embedded Redis without REDIS_URL)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=1, help="API processes")
+    s.add_argument("--model", type=Path, help="a model made by `unlearnd train` (default: train on digits)")
+    s.add_argument("--no-worker", action="store_true", help="API only; run `unlearnd worker` separately")
+    s.set_defaults(func=serve)
+    w = sub.add_parser("worker", help="process deletion requests (needs REDIS_URL)")
+    w.set_defaults(func=worker)
+    d = sub.add_parser("db", help="ledger schema").add_subparsers(dest="db_command", required=True)
+    d.add_parser("upgrade", help="migrate the ledger to the newest revision").set_defaults(func=db_upgrade)
+    k = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
+    kc = k.add_parser("create", help="create a key and print it (shown once)")
+    kc.add_argument("--scopes", required=True, help=f"comma-separated: {', '.join(keys_mod.SCOPES)}")
+    kc.add_argument("--name")
+    kc.set_defaults(func=keys_create)
+    k.add_parser("list").set_defaults(func=keys_list)
+    kr = k.add_parser("revoke")
+    kr.add_argument("key_id")
+    kr.set_defaults(func=keys_revoke)
+    a = sub.add_parser("audit", help="audit log").add_subparsers(dest="audit_command", required=True)
+    a.add_parser("verify", help="check the hash chain; names the first bad entry").set_defaults(func=audit_verify)
+    r = sub.add_parser("requests", help="deletion requests").add_subparsers(dest="req_command", required=True)
+    rr = r.add_parser("retry", help="put a failed request back to pending")
+    rr.add_argument("request_id")
+    rr.set_defaults(func=requests_retry)

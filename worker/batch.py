@@ -1,0 +1,209 @@
+"""One batch: claim pending requests, unlearn their samples with IAU, validate, write, commit.
+
+The commit is one transaction: new version + head compare-and-set + audit entry + requests
+completed + samples forgotten. If another batch moved the head first, this batch's requests
+go back to pending and are redone on the new head (so each sample is forgotten once).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from app.core.config import Settings
+from app.db import ledger
+from app.db.audit import append_entry
+from app.db.models import DeletionRequest, ModelVersion
+from app.db.session import transaction, utcnow
+from app.ml.checkpoint import ModelDir
+from app.ml.data import Dataset
+from app.ml.errors import Conflict, ModelLoadError
+from app.ml.gradcache import load_cache
+from app.ml.grads import ids_sha256
+from app.ml.metrics import accuracy
+from app.ml.mia.store import load_attack
+from app.ml.pipeline import train_config_from_meta
+from app.ml.train import TrainConfig, fit
+from app.ml.unlearn import run_method
+from app.ml.unlearn.base import UnlearnTask
+from app.service.ledger_conn import LedgerConn
+from app.service.store import open_store
+from app.service.versions import check_finite, holdout_ids, load_version, write_version
+
+log = logging.getLogger("unlearnd.worker")
+MAX_ATTEMPTS = 3
+
+
+@dataclass
+class Claimed:
+    batch_id: str
+    requests: list[DeletionRequest]
+    head: ModelVersion
+    first: ModelVersion
+    forget: list[int]
+    train_ids: np.ndarray  # active samples before this batch, sorted
+    already: dict[str, list[int]]
+
+
+@dataclass
+class Outcome:
+    batch_id: str
+    state: str  # completed | failed | released
+    version_id: str | None = None
+    n_forget: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def claim(settings: Settings, conn: LedgerConn) -> Claimed | None:
+    batch_id = str(uuid.uuid4())
+    with transaction(conn.write) as s:
+        reqs = ledger.claim_batch(s, batch_id=batch_id, max_samples=settings.batch_max_samples, now=utcnow())
+        if not reqs:
+            return None
+        head = ledger.head(s)
+        first = ledger.versions(s)[-1]
+        by_req = ledger.request_sample_ids(s, request_ids=[r.id for r in reqs])
+        active = np.asarray(ledger.active_ids(s), dtype=np.int64)
+    assert head is not None
+    active_set = set(active.tolist())
+    forget = sorted({i for ids in by_req.values() for i in ids if i in active_set})
+    already = {rid: [i for i in ids if i not in active_set] for rid, ids in by_req.items()}
+    return Claimed(batch_id, reqs, head, first, forget, active, already)
+
+
+def _floor(settings: Settings, first: ModelVersion) -> float:
+    if settings.accuracy_floor is not None:
+        return settings.accuracy_floor
+    return float(first.metrics.get("holdout_acc", 0.0)) - settings.max_accuracy_drop
+
+
+def _validate(model: nn.Module, ds: Dataset, hold: np.ndarray, floor: float) -> tuple[float, str | None]:
+    try:
+        check_finite(model)
+    except ModelLoadError as e:
+        return float("nan"), str(e)
+    acc = accuracy(model, ds, hold)
+    return acc, None if acc >= floor else f"held-out accuracy {acc:.4f} is below the floor {floor:.4f}"
+
+
+def _unlearn(settings: Settings, c: Claimed, md: ModelDir, ds: Dataset) -> tuple[nn.Module, dict[str, Any]]:
+    cache = load_cache(Path(c.head.path))
+    params = {**md.meta.get("iau", {}), **settings.iau_params}
+    task = UnlearnTask(model=md.model, ds=ds, train_ids=c.train_ids, forget_ids=np.asarray(c.forget),
+                       weights_sha256=md.weights_sha256, cache=cache, chunk_size=settings.chunk_size,
+                       seed=int(md.meta.get("seed", 0)), model_cfg=md.model_cfg,
+                       train_cfg=train_config_from_meta(md.meta), val_ids=md.splits.val)
+    res = run_method("iau", task, params)
+    return res.model, {"method": "iau", "params": res.params, "time_s": res.time_s, **res.info}
+
+
+def _retrain(c: Claimed, md: ModelDir, ds: Dataset) -> tuple[nn.Module, dict[str, Any]]:
+    cfg = train_config_from_meta(md.meta) or TrainConfig()
+    t0 = time.perf_counter()
+    retain = np.setdiff1d(c.train_ids, c.forget)
+    model = fit(md.model_cfg, ds, retain, md.splits.val, cfg, progress=False).model
+    return model, {"method": "retrain", "params": {"alpha": cfg.alpha, "seed": cfg.seed},
+                   "time_s": time.perf_counter() - t0}
+
+
+def _mia(settings: Settings, before: nn.Module, after: nn.Module, ds: Dataset, forget: np.ndarray,
+         hold: np.ndarray) -> dict[str, float]:
+    attack = load_attack(settings.home / "attack")
+    on_forget_after = attack.member_rate(after, ds, forget)
+    nonmember = attack.member_rate(after, ds, hold)
+    # a model retrained without D_f sees D_f as non-members: their gap estimates UE without a retrain
+    return {"mia_forget_before": attack.member_rate(before, ds, forget), "mia_forget_after": on_forget_after,
+            "mia_nonmember_after": nonmember, "ue_estimate": 100 * abs(on_forget_after - nonmember)}
+
+
+def process(settings: Settings, conn: LedgerConn, c: Claimed) -> Outcome:
+    if not c.forget:  # every sample was already forgotten: nothing to unlearn
+        with transaction(conn.write) as s:
+            ledger.complete_batch(s, batch_id=c.batch_id, request_ids=[r.id for r in c.requests],
+                                  version_id=c.head.id, forget_ids=[], audit_seq=None, now=utcnow(),
+                                  already=c.already)
+        return Outcome(c.batch_id, "completed", c.head.id)
+    t0 = time.perf_counter()
+    ds = open_store(settings.store_dir)
+    md = load_version(c.head)
+    if not np.array_equal(np.sort(md.splits.train), c.train_ids):
+        raise ModelLoadError(f"version {c.head.id} was not trained on the ledger's active samples")
+    hold = holdout_ids(md.splits, settings.holdout_size)
+    floor = _floor(settings, c.first)
+    model, record = _unlearn(settings, c, md, ds)
+    acc, problem = _validate(model, ds, hold, floor)
+    if problem and settings.on_invalid == "retrain":
+        log.warning("batch %s: IAU result rejected (%s); retraining on D_r", c.batch_id, problem)
+        model, record = _retrain(c, md, ds)
+        record["iau_rejected"] = problem
+        acc, problem = _validate(model, ds, hold, floor)
+    if problem:
+        return _fail(conn, c, f"new weights failed validation: {problem}")
+    forget = np.asarray(c.forget)
+    record.update(_mia(settings, md.model, model, ds, forget, hold))
+    record.update(holdout_acc_before=float(c.head.metrics.get("holdout_acc", float("nan"))), holdout_acc_after=acc,
+                  accuracy_floor=floor, n_forget=len(forget), forget_ids_sha256=ids_sha256(forget))
+    return _write_and_commit(settings, conn, c, md, model, record, t0)
+
+
+def _write_and_commit(settings: Settings, conn: LedgerConn, c: Claimed, md: ModelDir, model: nn.Module,
+                      record: dict[str, Any], t0: float) -> Outcome:
+    keep = {k: v for k, v in md.meta.items() if k not in ("unlearn", "weights_sha256", "published_from")}
+    meta = {**keep, "unlearn": {**record, "parent_weights_sha256": md.weights_sha256, "batch_id": c.batch_id}}
+    sha, path = write_version(settings.models_dir, model=model, model_cfg=md.model_cfg, meta=meta,
+                              splits=md.splits.without_train(np.asarray(c.forget)))
+    if settings.debug_commit_delay_s:
+        time.sleep(settings.debug_commit_delay_s)
+    now = utcnow()
+    metrics = {"holdout_acc": record["holdout_acc_after"], "n_train": len(c.train_ids) - len(c.forget),
+               "ue_estimate": record["ue_estimate"]}
+    payload = {"event": "unlearn", "request_ids": sorted(r.id for r in c.requests),
+               "forget_ids_sha256": record["forget_ids_sha256"], "n_forget": len(c.forget),
+               "parent_model_sha256": c.head.sha256, "model_sha256": sha, "method": record["method"],
+               "params": record["params"], "unlearn_time_s": record["time_s"],
+               "path": record.get("path"), "test_acc_before": record["holdout_acc_before"],
+               "test_acc_after": record["holdout_acc_after"],
+               **{k: record[k] for k in ("mia_forget_before", "mia_forget_after", "mia_nonmember_after",
+                                         "ue_estimate")}}
+    try:
+        with transaction(conn.write) as s:
+            v = ledger.add_version(s, sha256=sha, parent_id=c.head.id, path=str(path), now=now, metrics=metrics)
+            if not ledger.set_head(s, version_id=v.id, expected=c.head.id, now=now):
+                raise Conflict("the head moved while this batch ran")
+            entry = append_entry(s, batch_id=c.batch_id, created_at=now.isoformat(), payload=payload)
+            ledger.complete_batch(s, batch_id=c.batch_id, request_ids=[r.id for r in c.requests],
+                                  version_id=v.id, forget_ids=c.forget, audit_seq=entry.seq, now=now,
+                                  already=c.already)
+    except Conflict as e:
+        log.info("batch %s released: %s", c.batch_id, e)
+        with transaction(conn.write) as s:
+            ledger.release_batch(s, batch_id=c.batch_id)
+        return Outcome(c.batch_id, "released", info={"why": str(e)})
+    record["total_s"] = time.perf_counter() - t0
+    log.info("batch %s: forgot %d samples → version %s in %.2f s", c.batch_id, len(c.forget), sha[:16],
+             record["total_s"])
+    return Outcome(c.batch_id, "completed", sha[:16], len(c.forget), record)
+
+
+def _fail(conn: LedgerConn, c: Claimed, reason: str) -> Outcome:
+    log.error("batch %s FAILED: %s", c.batch_id, reason)
+    with transaction(conn.write) as s:
+        ledger.fail_batch(s, batch_id=c.batch_id, reason=reason, now=utcnow())
+    return Outcome(c.batch_id, "failed", info={"reason": reason})
+
+
+def abandon(conn: LedgerConn, c: Claimed, error: BaseException) -> Outcome:
+    """An unexpected error: retry the batch later, or fail it after MAX_ATTEMPTS tries."""
+    if max(r.attempts for r in c.requests) >= MAX_ATTEMPTS:
+        return _fail(conn, c, f"{type(error).__name__}: {error} (after {MAX_ATTEMPTS} attempts)")
+    log.exception("batch %s will be retried", c.batch_id, exc_info=error)
+    with transaction(conn.write) as s:
+        ledger.release_batch(s, batch_id=c.batch_id)
+    return Outcome(c.batch_id, "released", info={"why": str(error)})

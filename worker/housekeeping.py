@@ -1,0 +1,79 @@
+"""After a commit (and on every sweep, so a crash in between is healed): purge what was forgotten.
+
+- the features of forgotten samples in the data store (overwritten with zeros),
+- the weights (and gradient caches) of every version but the head: each contains samples
+  forgotten since, and so does the imported initial model folder,
+- a gradient cache for the head, so the next batch takes the fast path.
+Also: re-queue batches whose worker died (lease expired), and re-send lost notifications.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+from redis import Redis
+from sqlalchemy import select, update
+
+from app.core.config import Settings
+from app.db import ledger
+from app.db.models import ModelVersion
+from app.db.session import transaction, utcnow
+from app.ml.gradcache import build_cache, cache_matches, load_cache, save_cache
+from app.service.ledger_conn import LedgerConn
+from app.service.store import open_store, purge
+from app.service.versions import load_version
+from worker.queue import notify
+
+log = logging.getLogger("unlearnd.housekeeping")
+
+
+def purge_forgotten(settings: Settings, conn: LedgerConn) -> None:
+    with transaction(conn.read) as s:
+        gone = ledger.forgotten_ids(s)
+        head = ledger.head(s)
+        stale = list(s.scalars(select(ModelVersion).where(ModelVersion.weights_present.is_(True))))
+    if head is None or not gone:
+        return
+    purge(open_store(settings.store_dir, writable=True), gone)
+    initial = settings.home / "initial-model"
+    if initial.exists():
+        shutil.rmtree(initial)
+    for v in stale:
+        if v.id == head.id:
+            continue
+        shutil.rmtree(Path(v.path), ignore_errors=True)
+        with transaction(conn.write) as s:
+            s.execute(update(ModelVersion).where(ModelVersion.id == v.id).values(weights_present=False))
+        log.info("purged the weights of version %s", v.id)
+
+
+def refresh_cache(settings: Settings, conn: LedgerConn) -> bool:
+    """Build the head's gradient cache if it is missing or stale; True if one was built."""
+    with transaction(conn.read) as s:
+        head = ledger.head(s)
+        active = np.asarray(ledger.active_ids(s), dtype=np.int64)
+    if head is None:
+        return False
+    if cache_matches(load_cache(Path(head.path)), weights=head.sha256, ids=active):
+        return False
+    md = load_version(head)
+    save_cache(build_cache(md.model, open_store(settings.store_dir), active, chunk_size=settings.chunk_size),
+               Path(head.path))
+    log.info("gradient cache built for version %s (%d samples)", head.id, len(active))
+    return True
+
+
+def sweep(settings: Settings, conn: LedgerConn, redis: Redis) -> int:
+    """Release expired claims and, if anything is pending, notify; returns the pending count."""
+    with transaction(conn.write) as s:
+        released = ledger.release_stale(s, now=utcnow(), lease_s=settings.lease_s)
+    if released:
+        log.warning("re-queued %d requests whose batch outlived its lease", released)
+    with transaction(conn.read) as s:
+        pending = ledger.pending_summary(s)[0]
+    if pending:
+        notify(settings, redis, reason="sweep")
+    return pending

@@ -1,0 +1,37 @@
+"""The RQ job. Its argument is only a reason string (JSON-serialisable): the ledger says what to do,
+so running it twice, or after the work was done, is harmless."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.core.config import Settings
+from app.service.ledger_conn import LedgerConn
+from worker.batch import abandon, claim, process
+from worker.housekeeping import purge_forgotten, refresh_cache
+from worker.queue import announce, connect
+from worker.window import wait_for_window
+
+
+def process_pending(reason: str) -> dict[str, Any]:
+    settings = Settings()
+    conn = LedgerConn.open(settings)
+    outcomes = []
+    try:
+        while wait_for_window(settings, conn):
+            c = claim(settings, conn)
+            if c is None:
+                break
+            try:
+                o = process(settings, conn, c)
+            except Exception as e:  # any failure must hand the batch back, never strand it in processing
+                o = abandon(conn, c, e)
+            outcomes.append({"batch_id": o.batch_id, "state": o.state, "version": o.version_id,
+                             "n_forget": o.n_forget})
+            if o.state == "completed" and o.version_id and o.n_forget:
+                announce(settings, connect(settings.redis_url or ""), version_id=o.version_id)
+                purge_forgotten(settings, conn)
+                refresh_cache(settings, conn)
+    finally:
+        conn.close()
+    return {"reason": reason, "batches": outcomes}

@@ -1,0 +1,81 @@
+"""`unlearnd worker`: an RQ SimpleWorker on one queue, in short bursts, with a sweep in between.
+
+Bursts (rather than one blocking `work()`) let the same loop run the sweep on time and ride
+out a Redis outage: the ledger keeps the requests, the loop retries until Redis is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from types import FrameType
+
+from redis.exceptions import RedisError
+from rq import SimpleWorker
+from rq.exceptions import StopRequested
+from rq.serializers import JSONSerializer
+
+from app.core.config import Settings
+from app.db import ledger
+from app.db.session import transaction
+from app.service.ledger_conn import LedgerConn
+from worker.housekeeping import purge_forgotten, refresh_cache, sweep
+from worker.queue import connect, queue
+
+log = logging.getLogger("unlearnd.worker")
+
+
+class _Stop:
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self)
+        signal.signal(signal.SIGTERM, self)
+
+
+def _wait_for_head(conn: LedgerConn, stop: _Stop) -> None:
+    while not stop.requested:
+        with transaction(conn.read) as s:
+            if ledger.head(s) is not None:
+                return
+        time.sleep(0.5)
+
+
+def run_worker(settings: Settings, *, idle_s: float = 0.1) -> int:
+    if not settings.redis_url:
+        raise SystemExit("unlearnd worker needs REDIS_URL (`unlearnd serve` starts an embedded Redis)")
+    stop = _Stop()
+    stop.install()
+    conn = LedgerConn.open(settings)
+    redis = connect(settings.redis_url)
+    _wait_for_head(conn, stop)
+    purge_forgotten(settings, conn)  # heal a crash between a commit and its clean-up
+    refresh_cache(settings, conn)
+    log.info("worker listening on queue %r", settings.queue_name)
+    next_sweep = 0.0
+    while not stop.requested:
+        try:
+            if time.monotonic() >= next_sweep:
+                sweep(settings, conn, redis)
+                next_sweep = time.monotonic() + settings.sweep_interval_s
+            w = SimpleWorker([queue(settings, redis)], connection=redis, serializer=JSONSerializer)
+            try:
+                w.work(burst=True, logging_level="WARNING")
+            except StopRequested:  # a signal during the burst's teardown
+                break
+            stop.install()  # RQ installed its own handlers for the burst
+            if getattr(w, "_stop_requested", False) or getattr(w, "_shutdown_requested_date", None):
+                break
+        except RedisError as e:
+            log.warning("Redis unavailable (%s); retrying", e)
+            next_sweep = 0.0  # when it is back, re-send what was missed
+            time.sleep(1.0)
+        time.sleep(idle_s)
+    conn.close()
+    log.info("worker stopped")
+    return 0

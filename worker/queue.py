@@ -1,0 +1,49 @@
+"""Redis: the queue that says work exists, and the channel that announces new versions.
+
+Redis is a notification path only: the ledger says what is pending, so every call here may
+fail (Redis down) without losing anything; callers log and move on, and the sweep re-sends.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from app.core.config import Settings
+
+log = logging.getLogger("unlearnd.queue")
+JOB = "worker.jobs.process_pending"
+
+
+def connect(url: str) -> Redis:
+    return Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
+
+
+def queue(settings: Settings, redis: Redis) -> Queue:
+    return Queue(settings.queue_name, connection=redis, serializer=JSONSerializer)
+
+
+def notify(settings: Settings, redis: Redis, *, reason: str) -> bool:
+    """Enqueue a 'process pending requests' job; False (logged) if Redis is unreachable."""
+    try:
+        queue(settings, redis).enqueue(JOB, reason, job_timeout=int(settings.lease_s) + 60, result_ttl=60,
+                                       failure_ttl=7 * 86400)
+        return True
+    except RedisError as e:
+        log.warning("could not enqueue (%s); the sweep will", e)
+        return False
+
+
+def channel(settings: Settings) -> str:
+    return f"{settings.queue_name}:versions"
+
+
+def announce(settings: Settings, redis: Redis, *, version_id: str) -> None:
+    try:
+        redis.publish(channel(settings), version_id)
+    except RedisError as e:
+        log.warning("could not announce version %s (%s); API processes will poll", version_id, e)
