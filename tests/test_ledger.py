@@ -1,0 +1,149 @@
+"""The ledger in-process: migrations on SQLite and PostgreSQL, claims, the audit chain, keys."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, update
+
+from app.db import keys, ledger
+from app.db.audit import append_entry, verify_chain
+from app.db.migrate import check, upgrade
+from app.db.models import AuditEntry, DeletionRequest
+from app.db.session import make_engine, session_factory, transaction, utcnow
+from app.ml.errors import Conflict, InvalidRequest
+from tests.service_harness import PG_URL, fresh_pg_database
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(not PG_URL, reason="no test PostgreSQL"))]
+
+
+@pytest.fixture(params=BACKENDS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    raw = fresh_pg_database() if request.param == "postgres" else f"sqlite:///{tmp_path / 'l.db'}"
+    return raw.replace("postgresql://", "postgresql+psycopg://")
+
+
+def test_migrations_from_empty_leave_no_drift(url: str) -> None:
+    upgrade(url)
+    check(url)  # `alembic check`: raises if the models and the migrated schema differ
+    upgrade(url)  # idempotent
+
+
+@pytest.fixture
+def factory(url: str):  # type: ignore[no-untyped-def]
+    upgrade(url)
+    engine = make_engine(url)
+    f = session_factory(engine)
+    now = utcnow()
+    with transaction(f) as s:
+        ledger.add_samples(s, ids=list(range(20)), subjects={i: f"p{i % 4}" for i in range(20)})
+        v = ledger.add_version(s, sha256="a" * 64, parent_id=None, path="/x", now=now, metrics={})
+        ledger.set_head(s, version_id=v.id, expected=None, now=now)
+    yield f
+    engine.dispose()
+
+
+def _request(f, ids):  # type: ignore[no-untyped-def]
+    with transaction(f) as s:
+        return ledger.create_request(s, sample_ids=ids, subject_id=None, idempotency_key=None, api_key_id=None,
+                                     now=utcnow(), retention_days=30, max_ids=10).request.id
+
+
+def test_claims_never_overlap_and_stale_claims_return(factory) -> None:  # type: ignore[no-untyped-def]
+    rids = [_request(factory, [i, i + 1]) for i in range(0, 8, 2)]
+    with transaction(factory) as s:
+        a = ledger.claim_batch(s, batch_id="A", max_samples=4, now=utcnow())
+    with transaction(factory) as s:
+        b = ledger.claim_batch(s, batch_id="B", max_samples=100, now=utcnow())
+    assert {r.id for r in a} | {r.id for r in b} == set(rids) and not {r.id for r in a} & {r.id for r in b}
+    assert len(a) == 2  # oldest first, up to 4 sample rows
+    with transaction(factory) as s:
+        assert ledger.release_stale(s, now=utcnow(), lease_s=60) == 0
+        assert ledger.release_stale(s, now=utcnow() + timedelta(seconds=61), lease_s=60) == 4
+        assert ledger.pending_summary(s)[0] == 4
+
+
+def test_head_compare_and_set_serialises_commits(factory) -> None:  # type: ignore[no-untyped-def]
+    with transaction(factory) as s:
+        head = ledger.head(s)
+        assert head is not None
+        v2 = ledger.add_version(s, sha256="b" * 64, parent_id=head.id, path="/y", now=utcnow(), metrics={})
+        assert ledger.set_head(s, version_id=v2.id, expected=head.id, now=utcnow())
+    with transaction(factory) as s:
+        v3 = ledger.add_version(s, sha256="c" * 64, parent_id=head.id, path="/z", now=utcnow(), metrics={})
+        assert not ledger.set_head(s, version_id=v3.id, expected=head.id, now=utcnow())  # lost the race
+
+
+def test_completing_an_already_forgotten_sample_conflicts(factory) -> None:  # type: ignore[no-untyped-def]
+    r1, r2 = _request(factory, [1, 2]), _request(factory, [2, 3])
+    with transaction(factory) as s:
+        ledger.claim_batch(s, batch_id="A", max_samples=2, now=utcnow())
+    with transaction(factory) as s:
+        ledger.claim_batch(s, batch_id="B", max_samples=2, now=utcnow())
+    with transaction(factory) as s:
+        head = ledger.head(s)
+        ledger.complete_batch(s, batch_id="A", request_ids=[r1], version_id=head.id, forget_ids=[1, 2],  # type: ignore[union-attr]
+                              audit_seq=None, now=utcnow(), already={})
+    with pytest.raises(Conflict), transaction(factory) as s:
+        ledger.complete_batch(s, batch_id="B", request_ids=[r2], version_id=head.id, forget_ids=[2, 3],  # type: ignore[union-attr]
+                              audit_seq=None, now=utcnow(), already={})
+    with transaction(factory) as s:
+        assert s.get(DeletionRequest, r2).state == "processing"  # rolled back whole
+        assert ledger.sample_state(s, sample_id=3) == "active"
+
+
+def test_request_validation(factory) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidRequest, match="unknown"):
+        _request(factory, [1, 999])
+    with pytest.raises(InvalidRequest, match="at most"):
+        _request(factory, list(range(11)))
+    with transaction(factory) as s:
+        new = ledger.create_request(s, sample_ids=None, subject_id="p1", idempotency_key="k", api_key_id=None,
+                                    now=utcnow(), retention_days=30, max_ids=10)
+        assert ledger.request_sample_ids(s, request_ids=[new.request.id])[new.request.id] == [1, 5, 9, 13, 17]
+        assert (new.request.due_at - new.request.received_at).days == 30
+
+
+def test_audit_chain_detects_edit_removal_and_reordering(factory) -> None:  # type: ignore[no-untyped-def]
+    with transaction(factory) as s:
+        for k in range(4):
+            append_entry(s, batch_id=f"b{k}", created_at=f"2026-01-0{k + 1}T00:00:00", payload={"k": k})
+    with transaction(factory) as s:
+        assert verify_chain(s).ok and verify_chain(s).entries == 4
+    with transaction(factory) as s:
+        s.execute(update(AuditEntry).where(AuditEntry.seq == 2).values(payload='{"k":7}'))
+        r = verify_chain(s)
+        assert not r.ok and r.first_bad_seq == 2
+        s.rollback()
+    with transaction(factory) as s:
+        s.execute(delete(AuditEntry).where(AuditEntry.seq == 3))
+        r = verify_chain(s)
+        assert not r.ok and r.first_bad_seq == 4
+        s.rollback()
+    with transaction(factory) as s:  # swap the content of entries 2 and 3 (a reordering)
+        e2, e3 = s.get(AuditEntry, 2), s.get(AuditEntry, 3)
+        fields = ("created_at", "batch_id", "payload", "prev_hash", "hash")
+        a, b = ({f: getattr(e, f) for f in fields} for e in (e2, e3))
+        s.execute(delete(AuditEntry).where(AuditEntry.seq.in_([2, 3])))
+        s.add_all([AuditEntry(seq=2, **b), AuditEntry(seq=3, **a)])
+        s.flush()
+        r = verify_chain(s)
+        assert not r.ok and r.first_bad_seq == 2
+        s.rollback()
+
+
+def test_keys_are_hashed_and_scoped(factory) -> None:  # type: ignore[no-untyped-def]
+    with transaction(factory) as s:
+        k = keys.create_key(s, scopes=["predict"])
+    with transaction(factory) as s:
+        p = keys.authenticate(s, key=k)
+        assert p is not None and p.allows("predict") and not p.allows("delete")
+        assert keys.authenticate(s, key=k[:-1] + ("A" if k[-1] != "A" else "B")) is None
+        assert all(row.key_sha256 != k for row in keys.list_keys(s))
+        keys.revoke_key(s, key_id=p.key_id)
+    with transaction(factory) as s:
+        assert keys.authenticate(s, key=k) is None
+    with pytest.raises(InvalidRequest):
+        keys.parse_scopes("predict,root")

@@ -1,0 +1,153 @@
+"""The HTTP contract on one live server: bad input, the auth matrix, the audit chain, OpenAPI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.service_harness import RedisForTests, Service, db_url_for
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory: pytest.TempPathFactory, digits_model_dir: Path) -> Iterator[Service]:
+    tmp = tmp_path_factory.mktemp("api")
+    redis = RedisForTests(tmp)
+    s = Service(tmp, digits_model_dir, db_url=db_url_for("sqlite", tmp / "home"), redis_url=redis.url)
+    s.start_api()
+    s.start_worker()
+    yield s
+    s.stop()
+    redis.stop()
+
+
+def _train_ids(svc: Service) -> list[int]:
+    return sorted(int(i) for i in json.loads((svc.model_dir / "splits.json").read_text())["train"])
+
+
+def _count(svc: Service, table: str) -> int:
+    engine = create_engine(svc.settings.db_url)
+    with engine.connect() as c:
+        n = int(c.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+    engine.dispose()
+    return n
+
+
+def _problem(r: httpx.Response, status: int) -> dict[str, object]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["status"] == status and body["type"].startswith("https://") and body["title"]
+    return body  # type: ignore[no-any-return]
+
+
+def test_bad_delete_input_is_refused_and_writes_nothing(svc: Service) -> None:
+    ids = _train_ids(svc)
+    before = (_count(svc, "deletion_requests"), _count(svc, "request_samples"))
+    with svc.client() as c:
+        body = _problem(c.post("/delete", json={"sample_ids": [ids[0], 10**9]}), 422)
+        assert body["unknown_ids"] == [10**9]
+        _problem(c.post("/delete", json={"sample_ids": []}), 422)
+        _problem(c.post("/delete", json={"sample_ids": ids[:51]}), 422)  # UNLEARND_MAX_DELETE_IDS=50
+        _problem(c.post("/delete", content=b'{"sample_ids": [1,', headers={"content-type": "application/json"}),
+                 400)
+        for bad in ({"sample_ids": "abc"}, {"sample_ids": [1.5]}, {"sample_ids": ["1"]}, {"subject_id": 3},
+                    {"sample_ids": [ids[0]], "subject_id": "person-1"}, {}, {"ids": [ids[0]]}, [ids[0]]):
+            _problem(c.post("/delete", json=bad), 422)
+        _problem(c.get("/requests/no-such-request"), 404)
+        _problem(c.get("/predict", params={"sample_id": 10**9}), 404)
+        _problem(c.get("/predict", params={"x": "1,2,3"}), 422)
+        _problem(c.get("/predict", params={"x": "a,b"}), 422)
+        _problem(c.get("/predict"), 422)
+        _problem(c.post("/predict", json={"instances": []}), 422)
+        _problem(c.get("/no-such-route"), 404)
+    assert (_count(svc, "deletion_requests"), _count(svc, "request_samples")) == before
+
+
+ENDPOINTS = {  # (method, path, body) → the scopes that may call it (admin may call everything)
+    ("GET", "/predict?x=" + ",".join(["0.5"] * 64), None): {"predict"},
+    ("POST", "/predict", {"instances": [[0.5] * 64]}): {"predict"},
+    ("POST", "/delete", "ids"): {"delete"},
+    ("GET", "/requests/{rid}", None): {"delete", "audit"},
+    ("GET", "/audit", None): {"audit"},
+    ("GET", "/models", None): {"predict", "audit"},
+    ("GET", "/models/current", None): {"predict", "audit"},
+}
+
+
+def test_auth_matrix(svc: Service) -> None:
+    keys = {}
+    for scope in ("predict", "delete", "audit", "admin"):
+        out = svc.cli("keys", "create", "--scopes", scope)
+        assert out.returncode == 0, out.stderr
+        keys[scope] = out.stdout.strip()
+    with svc.client() as c:
+        rid = c.post("/delete", json={"sample_ids": [_train_ids(svc)[-1]]}).json()["id"]
+    ids = _train_ids(svc)
+    for (method, path, body), allowed in ENDPOINTS.items():
+        path = path.replace("{rid}", rid)
+        for who in (None, "ulk_not_a_real_key_000000", *keys):
+            key = keys.get(who or "", who)
+            payload = {"sample_ids": [ids.pop()]} if body == "ids" else body
+            r = httpx.request(method, svc.url + path, json=payload, headers={"X-API-Key": key} if key else {})
+            if who is None or who not in keys:
+                _problem(r, 401)
+            elif who == "admin" or who in allowed:
+                assert r.status_code in (200, 202), (method, path, who, r.text)
+            else:
+                _problem(r, 403)
+    for open_path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+        assert httpx.get(svc.url + open_path).status_code == 200
+    bearer = httpx.get(svc.url + "/audit", headers={"Authorization": f"Bearer {keys['audit']}"})
+    assert bearer.status_code == 200
+    assert svc.cli("keys", "create", "--scopes", "root").returncode == 2
+
+
+def test_stored_keys_are_hashed(svc: Service) -> None:
+    engine = create_engine(svc.settings.db_url)
+    with engine.connect() as c:
+        rows = list(c.execute(text("SELECT id, key_sha256 FROM api_keys")))
+    engine.dispose()
+    assert rows and all(svc.key != h and svc.key[12:] not in h for _, h in rows)
+
+
+def test_tampered_audit_row_is_detected(svc: Service) -> None:
+    with svc.client() as c:
+        rid = c.post("/delete", json={"sample_ids": [_train_ids(svc)[5]]}).json()["id"]
+        seq = svc.wait_request(rid)["audit_entry"]
+    assert svc.cli("audit", "verify").returncode == 0
+    engine = create_engine(svc.settings.db_url)
+    with engine.begin() as c:
+        payload = c.execute(text("SELECT payload FROM audit_entries WHERE seq = :s"), {"s": seq}).scalar_one()
+        forged = payload.replace('"n_forget":1', '"n_forget":0')
+        assert forged != payload
+        c.execute(text("UPDATE audit_entries SET payload = :p WHERE seq = :s"), {"p": forged, "s": seq})
+    out = svc.cli("audit", "verify")
+    assert out.returncode == 1 and f"entry {seq}" in out.stdout and "edited" in out.stdout
+    with engine.begin() as c:
+        c.execute(text("UPDATE audit_entries SET payload = :p WHERE seq = :s"), {"p": payload, "s": seq})
+    assert svc.cli("audit", "verify").returncode == 0
+    engine.dispose()
+
+
+def test_audit_is_paginated(svc: Service) -> None:
+    with svc.client() as c:
+        page = c.get("/audit", params={"limit": 1}).json()
+        assert len(page["items"]) == 1 and page["total"] >= 2 and page["next"]
+        nxt = c.get(page["next"]).json()
+        assert nxt["items"][0]["seq"] == page["items"][0]["seq"] + 1
+        assert nxt["items"][0]["prev_hash"] == page["items"][0]["hash"]
+
+
+def test_openapi_is_complete(svc: Service) -> None:
+    spec = httpx.get(svc.url + "/openapi.json").json()
+    paths = set(spec["paths"])
+    assert {"/predict", "/delete", "/requests/{request_id}", "/audit", "/models", "/models/current", "/healthz",
+            "/readyz", "/metrics"} <= paths
+    assert "Problem" in spec["components"]["schemas"]
+    assert "410" in spec["paths"]["/predict"]["get"]["responses"]
+    assert "202" in spec["paths"]["/delete"]["post"]["responses"]
