@@ -68,15 +68,15 @@ def test_bad_delete_input_is_refused_and_writes_nothing(svc: Service) -> None:
     assert (_count(svc, "deletion_requests"), _count(svc, "request_samples")) == before
 
 
-ENDPOINTS = {  # (method, path, body) → the scopes that may call it (admin may call everything)
-    ("GET", "/predict?x=" + ",".join(["0.5"] * 64), None): {"predict"},
-    ("POST", "/predict", {"instances": [[0.5] * 64]}): {"predict"},
-    ("POST", "/delete", "ids"): {"delete"},
-    ("GET", "/requests/{rid}", None): {"delete", "audit"},
-    ("GET", "/audit", None): {"audit"},
-    ("GET", "/models", None): {"predict", "audit"},
-    ("GET", "/models/current", None): {"predict", "audit"},
-}
+ENDPOINTS = [  # (method, path, body, the scopes that may call it; admin may call everything)
+    ("GET", "/predict?x=" + ",".join(["0.5"] * 64), None, {"predict"}),
+    ("POST", "/predict", {"instances": [[0.5] * 64]}, {"predict"}),
+    ("POST", "/delete", "ids", {"delete"}),
+    ("GET", "/requests/{rid}", None, {"delete", "audit"}),
+    ("GET", "/audit", None, {"audit"}),
+    ("GET", "/models", None, {"predict", "audit"}),
+    ("GET", "/models/current", None, {"predict", "audit"}),
+]
 
 
 def test_auth_matrix(svc: Service) -> None:
@@ -88,7 +88,7 @@ def test_auth_matrix(svc: Service) -> None:
     with svc.client() as c:
         rid = c.post("/delete", json={"sample_ids": [_train_ids(svc)[-1]]}).json()["id"]
     ids = _train_ids(svc)
-    for (method, path, body), allowed in ENDPOINTS.items():
+    for method, path, body, allowed in ENDPOINTS:
         path = path.replace("{rid}", rid)
         for who in (None, "ulk_not_a_real_key_000000", *keys):
             key = keys.get(who or "", who)
