@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench-speed clean
+.PHONY: run demo test lint bench-speed clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	touch $@
 
 run: $(VENV)/.installed
+	$(BIN)/unlearnd serve
+
+demo: $(VENV)/.installed
 	$(BIN)/unlearnd demo
 
 test: $(VENV)/.installed

@@ -52,7 +52,7 @@ def _subjects(settings: Settings, md: ModelDir, default_model: bool) -> dict[int
         raw = json.loads(settings.subjects_file.read_text())
         return {int(k): str(v) for k, v in raw.items()}
     if default_model:  # digits has no people in it: groups of samples stand in for subjects
-        return {int(i): f"subject-{int(i) // DEMO_SUBJECT_GROUP:04d}" for i in md.splits.train}
+        return {int(i): f"subject-{k // DEMO_SUBJECT_GROUP:04d}" for k, i in enumerate(np.sort(md.splits.train))}
     return {}
 
 
