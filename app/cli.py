@@ -66,6 +66,7 @@ def _cache(ns: argparse.Namespace, settings: Settings) -> int:
 
 
 def _bench(ns: argparse.Namespace, settings: Settings) -> int:
+    import app.service_bench  # noqa: F401  (registers the service suites)
     from app.ml.bench import SUITES, run_suite
 
     if ns.list or not ns.suite:
