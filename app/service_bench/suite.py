@@ -25,6 +25,7 @@ from app.ml.bench.report import write_results
 from app.ml.data import SplitConfig
 from app.ml.pipeline import train_to_dir
 from app.ml.train import TrainConfig
+from app.service.bootstrap import DIGITS_SERVICE_IAU
 from app.service.store import open_store
 from app.service_bench.live import LiveService, free_port
 from app.service_bench.load import LoadResult, run_load
@@ -49,9 +50,9 @@ def _model(cfg: ServiceBenchConfig, work: Path, data_dir: Path | None, data_path
     train_to_dir(dataset=cfg.dataset, arch="lenet5", out=out, split_cfg=SplitConfig(seed=cfg.seed),
                  train_cfg=TrainConfig(alpha=cfg.alpha, max_epochs=cfg.train_epochs, seed=cfg.seed),
                  data_path=data_path, data_dir=data_dir, progress=True)
-    if cfg.dataset == "digits":  # the IAU step docs/results/iau-sweep-quick chose for converged digits models
+    if cfg.dataset == "digits":  # what the default `make run` model uses (see app/service/bootstrap.py)
         meta = json.loads((out / "meta.json").read_text())
-        meta["iau"] = {"eta": 5e-4, "reduction": "sum", "step": "sgd"}
+        meta["iau"] = dict(DIGITS_SERVICE_IAU)
         (out / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     return out
 
@@ -67,6 +68,8 @@ def _delete_latencies(svc: LiveService, cfg: ServiceBenchConfig) -> list[dict[st
             t0 = time.perf_counter()
             rid = c.post("/delete", json={"sample_ids": ids}).json()["id"]
             done = svc.wait_request(rid, timeout_s=600)
+            if done["state"] != "completed":
+                raise RuntimeError(f"delete {k} ended {done['state']}: {done['reason']}")
             svc.wait_serving(done["model_version"], poll_s=0.005)
             total = time.perf_counter() - t0
             entry = c.get("/audit", params={"offset": done["audit_entry"] - 1, "limit": 1}).json()["items"][0]
@@ -156,11 +159,11 @@ def run_service_bench(cfg: ServiceBenchConfig, *, out: Path, data_dir: Path | No
         model_dir = _model(cfg, work, data_dir, data_path)
         redis = EmbeddedRedis(free_port(), work / "redis").start()
         svc = LiveService(work / "home", model_dir, db_url=f"sqlite:///{work / 'home' / 'ledger.db'}",
-                          redis_url=redis.url, UNLEARND_BATCH_MAX_WAIT_S=0, UNLEARND_THREADS=1,
-                          UNLEARND_DATA_DIR=str(data_dir or ""), UNLEARND_MAX_ACCURACY_DROP=0.1)
+                          redis_url=redis.url, UNLEARND_BATCH_MAX_WAIT_S=0,
+                          UNLEARND_MAX_ACCURACY_DROP=0.1, **({"UNLEARND_DATA_DIR": str(data_dir)} if data_dir else {}))
         try:
             svc.start_api()
-            svc.start_worker(UNLEARND_THREADS=2)
+            svc.start_worker()
             deletes = _delete_latencies(svc, cfg)
             load = _throughput_and_swaps(svc, cfg)
         finally:
