@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +61,13 @@ def digits_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def forget_sample(train_ids: np.ndarray, frac: float = 0.05, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(train_ids, size=max(1, int(frac * len(train_ids))), replace=False))
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis for the service tests: the CI's (queues namespaced per test) or one of our own."""
+    from tests.service_harness import RedisForTests
+
+    r = RedisForTests(tmp_path_factory.mktemp("redis"))
+    yield r.url
+    r.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,23 +9,17 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.service_harness import RedisForTests, Service, db_url_for
+from tests.service_harness import Service, db_url_for, train_ids
 
 
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory, digits_model_dir: Path) -> Iterator[Service]:
+def svc(tmp_path_factory: pytest.TempPathFactory, digits_model_dir: Path, redis_url: str) -> Iterator[Service]:
     tmp = tmp_path_factory.mktemp("api")
-    redis = RedisForTests(tmp)
-    s = Service(tmp, digits_model_dir, db_url=db_url_for("sqlite", tmp / "home"), redis_url=redis.url)
+    s = Service(tmp, digits_model_dir, db_url=db_url_for("sqlite", tmp / "home"), redis_url=redis_url)
     s.start_api()
     s.start_worker()
     yield s
     s.stop()
-    redis.stop()
-
-
-def _train_ids(svc: Service) -> list[int]:
-    return sorted(int(i) for i in json.loads((svc.model_dir / "splits.json").read_text())["train"])
 
 
 def _count(svc: Service, table: str) -> int:
@@ -46,7 +39,7 @@ def _problem(r: httpx.Response, status: int) -> dict[str, object]:
 
 
 def test_bad_delete_input_is_refused_and_writes_nothing(svc: Service) -> None:
-    ids = _train_ids(svc)
+    ids = train_ids(svc)
     before = (_count(svc, "deletion_requests"), _count(svc, "request_samples"))
     with svc.client() as c:
         body = _problem(c.post("/delete", json={"sample_ids": [ids[0], 10**9]}), 422)
@@ -86,8 +79,8 @@ def test_auth_matrix(svc: Service) -> None:
         assert out.returncode == 0, out.stderr
         keys[scope] = out.stdout.strip()
     with svc.client() as c:
-        rid = c.post("/delete", json={"sample_ids": [_train_ids(svc)[-1]]}).json()["id"]
-    ids = _train_ids(svc)
+        rid = c.post("/delete", json={"sample_ids": [train_ids(svc)[-1]]}).json()["id"]
+    ids = train_ids(svc)
     for method, path, body, allowed in ENDPOINTS:
         path = path.replace("{rid}", rid)
         for who in (None, "ulk_not_a_real_key_000000", *keys):
@@ -117,7 +110,7 @@ def test_stored_keys_are_hashed(svc: Service) -> None:
 
 def test_tampered_audit_row_is_detected(svc: Service) -> None:
     with svc.client() as c:
-        rid = c.post("/delete", json={"sample_ids": [_train_ids(svc)[5]]}).json()["id"]
+        rid = c.post("/delete", json={"sample_ids": [train_ids(svc)[5]]}).json()["id"]
         seq = svc.wait_request(rid)["audit_entry"]
     assert svc.cli("audit", "verify").returncode == 0
     engine = create_engine(svc.settings.db_url)

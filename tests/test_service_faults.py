@@ -9,7 +9,6 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,20 +18,9 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from app.core.embedded_redis import EmbeddedRedis
-from tests.service_harness import PG_URL, RedisForTests, Service, db_url_for, free_port
+from tests.service_harness import PG_URL, Service, db_url_for, free_port, train_ids
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(not PG_URL, reason="no test PostgreSQL"))]
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    r = RedisForTests(tmp_path_factory.mktemp("redis"))
-    yield r.url
-    r.stop()
-
-
-def _train_ids(svc: Service) -> list[int]:
-    return sorted(int(i) for i in json.loads((svc.model_dir / "splits.json").read_text())["train"])
 
 
 def _ledger(svc: Service, sql: str) -> list[tuple[object, ...]]:
@@ -60,7 +48,7 @@ def test_worker_killed_mid_batch_loses_nothing(tmp_path: Path, digits_model_dir:
     try:
         svc.start_api()
         slow = svc.start_worker(UNLEARND_DEBUG_COMMIT_DELAY_S=30)  # weights written, commit 30 s away
-        ids = _train_ids(svc)[:4]
+        ids = train_ids(svc)[:4]
         with svc.client() as c:
             v1 = c.get("/models/current").json()["id"]
             rid = c.post("/delete", json={"sample_ids": ids}).json()["id"]
@@ -91,14 +79,14 @@ def test_redis_down_when_request_arrives(tmp_path: Path, digits_model_dir: Path)
         svc.start_worker()
         redis.stop()
         with svc.client() as c:
-            r = c.post("/delete", json={"sample_ids": _train_ids(svc)[:2]})
+            r = c.post("/delete", json={"sample_ids": train_ids(svc)[:2]})
             assert r.status_code == 202  # accepted = a committed ledger row, Redis or not
             time.sleep(3)
             assert c.get(f"/requests/{r.json()['id']}").json()["state"] == "pending"
             assert c.get("/readyz").status_code == 503
             redis.start()
             assert svc.wait_request(r.json()["id"], timeout_s=60)["state"] == "completed"
-        _assert_forgotten_once(svc, _train_ids(svc)[:2])
+        _assert_forgotten_once(svc, train_ids(svc)[:2])
     finally:
         svc.stop()
         redis.stop()
@@ -113,7 +101,7 @@ def test_concurrent_overlapping_deletes(backend: str, tmp_path: Path, digits_mod
         svc.start_api()
         svc.start_worker()
         svc.start_worker()
-        pool = _train_ids(svc)[:30]
+        pool = train_ids(svc)[:30]
         sets = [pool[i : i + 6] for i in range(0, 24, 3)]  # 8 requests, each overlapping its neighbours
         with ThreadPoolExecutor(8) as ex, svc.client() as c:
             responses = list(ex.map(lambda ids: c.post("/delete", json={"sample_ids": ids}), sets))
@@ -134,7 +122,7 @@ def test_predictions_during_repeated_swaps(tmp_path: Path, digits_model_dir: Pat
         from app.service.store import open_store
 
         store = open_store(svc.settings.store_dir)
-        ids = _train_ids(svc)
+        ids = train_ids(svc)
         x = [np.asarray(store.x[i]).reshape(-1).tolist() for i in ids[-4:]]
         seen: list[tuple[int, str, tuple[float, ...]]] = []
         stop = threading.Event()
@@ -178,10 +166,10 @@ def test_weights_below_floor_fail_loudly(tmp_path: Path, digits_model_dir: Path,
         svc.start_worker()
         with svc.client() as c:
             v1 = c.get("/models/current").json()["id"]
-            rid = c.post("/delete", json={"sample_ids": _train_ids(svc)[:2]}).json()["id"]
+            rid = c.post("/delete", json={"sample_ids": train_ids(svc)[:2]}).json()["id"]
             done = svc.wait_request(rid)
             assert done["state"] == "failed" and "below the floor" in done["reason"]
             assert c.get("/models/current").json()["id"] == v1
-            assert c.get("/predict", params={"sample_id": _train_ids(svc)[0]}).status_code == 200
+            assert c.get("/predict", params={"sample_id": train_ids(svc)[0]}).status_code == 200
     finally:
         svc.stop()

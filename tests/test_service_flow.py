@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,16 +11,9 @@ import torch
 
 from app.ml.checkpoint import load_model_dir
 from app.service.store import open_store, raw_to_features
-from tests.service_harness import PG_URL, RedisForTests, Service, db_url_for
+from tests.service_harness import PG_URL, Service, db_url_for, train_ids
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(not PG_URL, reason="no test PostgreSQL"))]
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    r = RedisForTests(tmp_path_factory.mktemp("redis"))
-    yield r.url
-    r.stop()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -34,12 +26,8 @@ def live(request: pytest.FixtureRequest, tmp_path: Path, digits_model_dir: Path,
     svc.stop()
 
 
-def _train_ids(svc: Service) -> list[int]:
-    return [int(i) for i in json.loads((svc.model_dir / "splits.json").read_text())["train"]]
-
-
 def test_delete_flow_end_to_end(live: Service) -> None:
-    ids = sorted(_train_ids(live))[:3]
+    ids = sorted(train_ids(live))[:3]
     x = open_store(live.settings.store_dir).x[ids[0]].reshape(-1).tolist()
     with live.client() as c:
         v1 = c.get("/models/current").json()["id"]
@@ -88,7 +76,7 @@ def test_subject_delete_and_idempotency(live: Service) -> None:
         assert clash.status_code == 409
         done = live.wait_request(r1.json()["id"])
         assert done["state"] == "completed"
-        mine = sorted(i for i in _train_ids(live) if i % 50 == 7)
+        mine = sorted(i for i in train_ids(live) if i % 50 == 7)
         assert done["sample_ids"] == mine
         live.wait_serving(done["model_version"])
         for i in mine[:3]:

@@ -66,12 +66,17 @@ def refresh_cache(settings: Settings, conn: LedgerConn) -> bool:
     return True
 
 
-def sweep(settings: Settings, conn: LedgerConn, redis: Redis) -> int:
-    """Release expired claims and, if anything is pending, notify; returns the pending count."""
+def release_expired(settings: Settings, conn: LedgerConn) -> int:
     with transaction(conn.write) as s:
         released = ledger.release_stale(s, now=utcnow(), lease_s=settings.lease_s)
     if released:
         log.warning("re-queued %d requests whose batch outlived its lease", released)
+    return released
+
+
+def sweep(settings: Settings, conn: LedgerConn, redis: Redis) -> int:
+    """Release expired claims and, if anything is pending, notify; returns the pending count."""
+    release_expired(settings, conn)
     with transaction(conn.read) as s:
         pending = ledger.pending_summary(s)[0]
     if pending:

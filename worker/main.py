@@ -1,7 +1,6 @@
-"""`unlearnd worker`: an RQ SimpleWorker on one queue, in short bursts, with a sweep in between.
-
-Bursts (rather than one blocking `work()`) let the same loop run the sweep on time and ride
-out a Redis outage: the ledger keeps the requests, the loop retries until Redis is back.
+"""`unlearnd worker`: an RQ SimpleWorker on one queue; whenever it has been idle for a sweep
+interval it returns, the sweep runs, and it listens again. A Redis outage is ridden out: the
+ledger keeps the requests, the loop retries, and the sweep re-sends what was missed.
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ def _wait_for_head(conn: LedgerConn, stop: _Stop) -> None:
         time.sleep(0.5)
 
 
-def run_worker(settings: Settings, *, idle_s: float = 0.1) -> int:
+def run_worker(settings: Settings) -> int:
     if not settings.redis_url:
         raise SystemExit("unlearnd worker needs REDIS_URL (`unlearnd serve` starts an embedded Redis)")
     stop = _Stop()
@@ -64,8 +63,8 @@ def run_worker(settings: Settings, *, idle_s: float = 0.1) -> int:
                 sweep(settings, conn, redis)
                 next_sweep = time.monotonic() + settings.sweep_interval_s
             w = SimpleWorker([queue(settings, redis)], connection=redis, serializer=JSONSerializer)
-            try:
-                w.work(burst=True, logging_level="WARNING")
+            try:  # blocks on the queue; returns when idle for a sweep interval
+                w.work(max_idle_time=max(1, round(settings.sweep_interval_s)), logging_level="WARNING")
             except StopRequested:  # a signal during the burst's teardown
                 break
             stop.install()  # RQ installed its own handlers for the burst
@@ -75,7 +74,6 @@ def run_worker(settings: Settings, *, idle_s: float = 0.1) -> int:
             log.warning("Redis unavailable (%s); retrying", e)
             next_sweep = 0.0  # when it is back, re-send what was missed
             time.sleep(1.0)
-        time.sleep(idle_s)
     conn.close()
     log.info("worker stopped")
     return 0

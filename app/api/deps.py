@@ -46,7 +46,7 @@ class AppState:
         return p
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:  # async: sync dependencies cost a thread hop
     return request.app.state.unlearnd  # type: ignore[no-any-return]
 
 
@@ -64,7 +64,7 @@ def _key(authorization: str | None, x_api_key: str | None) -> str | None:
 def require(*scopes: str, open_if_predict_open: bool = False) -> Callable[..., Principal | None]:
     """A dependency that admits a key holding any of SCOPES (admin holds all)."""
 
-    def dep(state: State, authorization: Annotated[str | None, Header()] = None,
+    async def dep(state: State, authorization: Annotated[str | None, Header()] = None,
             x_api_key: Annotated[str | None, Header()] = None) -> Principal | None:
         key = _key(authorization, x_api_key)
         if key is None:
