@@ -173,3 +173,22 @@ def test_weights_below_floor_fail_loudly(tmp_path: Path, digits_model_dir: Path,
             assert c.get("/predict", params={"sample_id": train_ids(svc)[0]}).status_code == 200
     finally:
         svc.stop()
+
+
+def test_rejected_iau_step_falls_back_to_retraining(tmp_path: Path, digits_model_dir: Path, redis_url: str) -> None:
+    svc = Service(tmp_path, digits_model_dir, db_url=db_url_for("sqlite", tmp_path / "home"), redis_url=redis_url,
+                  UNLEARND_IAU_PARAMS=json.dumps({"eta": 1.0, "reduction": "mean", "step": "sgd"}),
+                  UNLEARND_ON_INVALID="retrain")  # a step this large wrecks the model: validation rejects it
+    try:
+        svc.start_api()
+        svc.start_worker()
+        with svc.client() as c:
+            rid = c.post("/delete", json={"sample_ids": train_ids(svc)[:2]}).json()["id"]
+            done = svc.wait_request(rid, timeout_s=180)
+            assert done["state"] == "completed", done
+            entry = c.get("/audit", params={"offset": done["audit_entry"] - 1, "limit": 1}).json()["items"][0]
+        p = entry["payload"]
+        assert p["method"] == "retrain" and p["iau_rejected"]  # below the floor, or not finite
+        assert p["test_acc_after"] >= p["test_acc_before"] - 0.25
+    finally:
+        svc.stop()

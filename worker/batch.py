@@ -168,7 +168,8 @@ def _write_and_commit(settings: Settings, conn: LedgerConn, c: Claimed, md: Mode
                "forget_ids_sha256": record["forget_ids_sha256"], "n_forget": len(c.forget),
                "parent_model_sha256": c.head.sha256, "model_sha256": sha, "method": record["method"],
                "params": record["params"], "unlearn_time_s": record["time_s"],
-               "path": record.get("path"), "test_acc_before": record["holdout_acc_before"],
+               "path": record.get("path"), "iau_rejected": record.get("iau_rejected"),
+               "test_acc_before": record["holdout_acc_before"],
                "test_acc_after": record["holdout_acc_after"],
                **{k: record[k] for k in ("mia_forget_before", "mia_forget_after", "mia_nonmember_after",
                                          "ue_estimate")}}
