@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from app.api.schemas import Problem
 from app.ml.errors import ForgetSetError, ServiceError, UnknownNameError, UnlearndError
 
 log = logging.getLogger("unlearnd.api")
@@ -76,6 +77,4 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     words = {400: "Malformed JSON", 401: "Missing or unknown API key", 403: "The key lacks the scope",
              404: "Not found", 409: "Conflict", 410: "The sample was forgotten", 422: "Invalid request",
              503: "Not ready"}
-    from app.api.schemas import Problem
-
     return {c: {"description": words.get(c, "Error"), "model": Problem, **PROBLEM} for c in codes}
