@@ -30,7 +30,6 @@ from app.service.store import open_store
 from app.service_bench.live import LiveService, free_port
 from app.service_bench.load import LoadResult, run_load
 
-
 # A service chains small deletions, so its IAU step must stay stable step after step. The iau-sweep
 # default (mean/adam, η=0.002, tuned for one 5% deletion) moves every weight by ~η whatever |D_f| is:
 # on CIFAR-10 the 3rd chained 10-id deletion fell to held-out 0.43 (floor 0.55) and failed validation.
