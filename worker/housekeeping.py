@@ -3,7 +3,8 @@
 - the features of forgotten samples in the data store (overwritten with zeros),
 - the weights (and gradient caches) of every version but the head: each contains samples
   forgotten since, and so does the imported initial model folder,
-- a gradient cache for the head, so the next batch takes the fast path.
+- a gradient cache for the head, so the next batch takes the fast path,
+- version folders that no ledger row names (a batch that lost the race for the head).
 Also: re-queue batches whose worker died (lease expired), and re-send lost notifications.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +52,21 @@ def purge_forgotten(settings: Settings, conn: LedgerConn) -> None:
         log.info("purged the weights of version %s", v.id)
 
 
+def remove_orphans(settings: Settings, conn: LedgerConn) -> int:
+    """Version folders no ledger row names (a batch that lost the head race, or died before its commit)
+    are derived from weights that contain forgotten samples: delete them once older than a lease."""
+    with transaction(conn.read) as s:
+        known = {Path(p).name for p in s.scalars(select(ModelVersion.path))}
+    if not settings.models_dir.is_dir():
+        return 0
+    cutoff, n = time.time() - settings.lease_s, 0
+    for d in settings.models_dir.iterdir():
+        if d.is_dir() and d.name not in known and d.stat().st_mtime < cutoff:
+            shutil.rmtree(d, ignore_errors=True)
+            n += 1
+    return n
+
+
 def refresh_cache(settings: Settings, conn: LedgerConn) -> bool:
     """Build the head's gradient cache if it is missing or stale; True if one was built."""
     with transaction(conn.read) as s:
@@ -77,6 +94,7 @@ def release_expired(settings: Settings, conn: LedgerConn) -> int:
 def sweep(settings: Settings, conn: LedgerConn, redis: Redis) -> int:
     """Release expired claims and, if anything is pending, notify; returns the pending count."""
     release_expired(settings, conn)
+    remove_orphans(settings, conn)
     with transaction(conn.read) as s:
         pending = ledger.pending_summary(s)[0]
     if pending:

@@ -29,6 +29,7 @@ def write_version(models_dir: Path, *, model: nn.Module, model_cfg: ModelConfig,
     final = models_dir / sha[:16]
     if final.exists():  # the same weights, written by an attempt that died before its commit
         shutil.rmtree(tmp)
+        os.utime(final)  # fresh again: the orphan sweep spares folders younger than a lease
     else:
         os.replace(tmp, final)
         fd = os.open(models_dir, os.O_RDONLY)
