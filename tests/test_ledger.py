@@ -147,3 +147,26 @@ def test_keys_are_hashed_and_scoped(factory) -> None:  # type: ignore[no-untyped
         assert keys.authenticate(s, key=k) is None
     with pytest.raises(InvalidRequest):
         keys.parse_scopes("predict,root")
+
+
+def test_sweep_removes_only_old_unrecorded_version_folders(tmp_path: Path) -> None:
+    import os
+
+    from app.core.config import Settings
+    from app.service.ledger_conn import LedgerConn
+    from worker.housekeeping import remove_orphans
+
+    settings = Settings(home=tmp_path, lease_s=60)
+    upgrade(settings.db_url)
+    conn = LedgerConn.open(settings)
+    recorded, orphan, fresh = (settings.models_dir / n for n in ("aaaa", "bbbb", "cccc"))
+    for d in (recorded, orphan, fresh):
+        d.mkdir(parents=True)
+    old = utcnow().timestamp() - 600
+    for d in (recorded, orphan):
+        os.utime(d, (old, old))
+    with transaction(conn.write) as s:
+        ledger.add_version(s, sha256="aaaa" + "0" * 60, parent_id=None, path=str(recorded), now=utcnow(), metrics={})
+    assert remove_orphans(settings, conn) == 1
+    assert recorded.exists() and not orphan.exists() and fresh.exists()  # fresh: maybe a batch about to commit
+    conn.close()
