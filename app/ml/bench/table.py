@@ -86,7 +86,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _markdown(cfg: TableConfig, rows: list[dict[str, Any]], summary: list[dict[str, Any]],
               attack: list[dict[str, float]]) -> str:
     seeds = sorted({r["seed"] for r in rows})
-    lines = [f"{cfg.experiment.dataset} / {cfg.experiment.arch}, forget {cfg.experiment.forget_frac:.0%} at random, "
+    how = "at random" if cfg.experiment.forget == "random" else "as the IsolationForest's most anomalous"
+    lines = [f"{cfg.experiment.dataset} / {cfg.experiment.arch}, forget {cfg.experiment.forget_frac:.0%} {how}, "
              f"seeds {seeds}; mean ± std over seeds. MU, UE and accuracies in points, Time in seconds.", "",
              "| method | MU ↓ | Time (s) ↓ | UE ↓ | Avg rank ↓ | test acc | forget acc | retain acc | MIA on D_f |",
              "|---|---|---|---|---|---|---|---|---|"]
