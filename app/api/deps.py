@@ -61,21 +61,28 @@ def _key(authorization: str | None, x_api_key: str | None) -> str | None:
     return None
 
 
+def authorize(state: AppState, *, authorization: str | None, x_api_key: str | None, scopes: tuple[str, ...],
+              open_if_predict_open: bool = False) -> Principal | None:
+    """The key's principal if it holds any of SCOPES (admin holds all); raises 401 / 403."""
+    key = _key(authorization, x_api_key)
+    if key is None:
+        if open_if_predict_open and state.settings.predict_open:
+            return None
+        raise Unauthorized("send an API key as `Authorization: Bearer <key>` or `X-API-Key`")
+    p = state.principal(key)
+    if p is None:
+        raise Unauthorized("unknown or revoked API key")
+    if not any(p.allows(s) for s in scopes):
+        raise Forbidden(f"this endpoint needs one of the scopes: {', '.join(scopes)}")
+    return p
+
+
 def require(*scopes: str, open_if_predict_open: bool = False) -> Callable[..., Principal | None]:
-    """A dependency that admits a key holding any of SCOPES (admin holds all)."""
+    """A dependency that admits a key holding any of SCOPES."""
 
     async def dep(state: State, authorization: Annotated[str | None, Header()] = None,
-            x_api_key: Annotated[str | None, Header()] = None) -> Principal | None:
-        key = _key(authorization, x_api_key)
-        if key is None:
-            if open_if_predict_open and state.settings.predict_open:
-                return None
-            raise Unauthorized("send an API key as `Authorization: Bearer <key>` or `X-API-Key`")
-        p = state.principal(key)
-        if p is None:
-            raise Unauthorized("unknown or revoked API key")
-        if not any(p.allows(s) for s in scopes):
-            raise Forbidden(f"this endpoint needs one of the scopes: {', '.join(scopes)}")
-        return p
+                  x_api_key: Annotated[str | None, Header()] = None) -> Principal | None:
+        return authorize(state, authorization=authorization, x_api_key=x_api_key, scopes=scopes,
+                         open_if_predict_open=open_if_predict_open)
 
     return dep

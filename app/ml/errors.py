@@ -74,6 +74,10 @@ class InvalidRequest(ServiceError):
     status, slug, title = 422, "invalid-request", "The request is not valid"
 
 
+class MalformedRequest(ServiceError):
+    status, slug, title = 400, "malformed-json", "The body is not valid JSON"
+
+
 class NotFound(ServiceError):
     status, slug, title = 404, "not-found", "Not found"
 
