@@ -17,7 +17,7 @@ REDIS_URL = os.environ.get("UNLEARND_TEST_REDIS_URL")
 # the fixture model (α=0.01, 15 epochs) is far from converged: the sum/sgd step the digits sweep chose for
 # a converged model overshoots it (held-out 0.95 → 0.25); one Adam step of 5e-4 keeps it at 0.96
 TEST_IAU = {"eta": 5e-4, "reduction": "mean", "step": "adam"}
-__all__ = ["PG_URL", "RedisForTests", "Service", "db_url_for", "free_port", "fresh_pg_database", "train_ids"]
+__all__ = ["PG_URL", "RedisForTests", "Service", "db_url_for", "free_port", "fresh_pg_database"]
 
 
 def fresh_pg_database() -> str:
@@ -29,10 +29,6 @@ def fresh_pg_database() -> str:
     with psycopg.connect(PG_URL.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{name}"')
     return PG_URL.rsplit("/", 1)[0] + "/" + name
-
-
-def train_ids(svc: LiveService) -> list[int]:
-    return sorted(int(i) for i in json.loads((svc.model_dir / "splits.json").read_text())["train"])
 
 
 def db_url_for(backend: str, home: Path) -> str:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.service_harness import Service, db_url_for, train_ids
+from tests.service_harness import Service, db_url_for
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def _problem(r: httpx.Response, status: int) -> dict[str, object]:
 
 
 def test_bad_delete_input_is_refused_and_writes_nothing(svc: Service) -> None:
-    ids = train_ids(svc)
+    ids = svc.train_ids()
     before = (_count(svc, "deletion_requests"), _count(svc, "request_samples"))
     with svc.client() as c:
         body = _problem(c.post("/delete", json={"sample_ids": [ids[0], 10**9]}), 422)
@@ -79,8 +79,8 @@ def test_auth_matrix(svc: Service) -> None:
         assert out.returncode == 0, out.stderr
         keys[scope] = out.stdout.strip()
     with svc.client() as c:
-        rid = c.post("/delete", json={"sample_ids": [train_ids(svc)[-1]]}).json()["id"]
-    ids = train_ids(svc)
+        rid = c.post("/delete", json={"sample_ids": [svc.train_ids()[-1]]}).json()["id"]
+    ids = svc.train_ids()
     for method, path, body, allowed in ENDPOINTS:
         path = path.replace("{rid}", rid)
         for who in (None, "ulk_not_a_real_key_000000", *keys):
@@ -110,7 +110,7 @@ def test_stored_keys_are_hashed(svc: Service) -> None:
 
 def test_tampered_audit_row_is_detected(svc: Service) -> None:
     with svc.client() as c:
-        rid = c.post("/delete", json={"sample_ids": [train_ids(svc)[5]]}).json()["id"]
+        rid = c.post("/delete", json={"sample_ids": [svc.train_ids()[5]]}).json()["id"]
         seq = svc.wait_request(rid)["audit_entry"]
     assert svc.cli("audit", "verify").returncode == 0
     engine = create_engine(svc.settings.db_url)

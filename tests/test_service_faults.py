@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from app.core.embedded_redis import EmbeddedRedis
-from tests.service_harness import PG_URL, Service, db_url_for, free_port, train_ids
+from tests.service_harness import PG_URL, Service, db_url_for, free_port
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(not PG_URL, reason="no test PostgreSQL"))]
 
@@ -48,7 +48,7 @@ def test_worker_killed_mid_batch_loses_nothing(tmp_path: Path, digits_model_dir:
     try:
         svc.start_api()
         slow = svc.start_worker(UNLEARND_DEBUG_COMMIT_DELAY_S=30)  # weights written, commit 30 s away
-        ids = train_ids(svc)[:4]
+        ids = svc.train_ids()[:4]
         with svc.client() as c:
             v1 = c.get("/models/current").json()["id"]
             rid = c.post("/delete", json={"sample_ids": ids}).json()["id"]
@@ -79,14 +79,14 @@ def test_redis_down_when_request_arrives(tmp_path: Path, digits_model_dir: Path)
         svc.start_worker()
         redis.stop()
         with svc.client() as c:
-            r = c.post("/delete", json={"sample_ids": train_ids(svc)[:2]})
+            r = c.post("/delete", json={"sample_ids": svc.train_ids()[:2]})
             assert r.status_code == 202  # accepted = a committed ledger row, Redis or not
             time.sleep(3)
             assert c.get(f"/requests/{r.json()['id']}").json()["state"] == "pending"
             assert c.get("/readyz").status_code == 503
             redis.start()
             assert svc.wait_request(r.json()["id"], timeout_s=60)["state"] == "completed"
-        _assert_forgotten_once(svc, train_ids(svc)[:2])
+        _assert_forgotten_once(svc, svc.train_ids()[:2])
     finally:
         svc.stop()
         redis.stop()
@@ -101,7 +101,7 @@ def test_concurrent_overlapping_deletes(backend: str, tmp_path: Path, digits_mod
         svc.start_api()
         svc.start_worker()
         svc.start_worker()
-        pool = train_ids(svc)[:30]
+        pool = svc.train_ids()[:30]
         sets = [pool[i : i + 6] for i in range(0, 24, 3)]  # 8 requests, each overlapping its neighbours
         with ThreadPoolExecutor(8) as ex, svc.client() as c:
             responses = list(ex.map(lambda ids: c.post("/delete", json={"sample_ids": ids}), sets))
@@ -122,7 +122,7 @@ def test_predictions_during_repeated_swaps(tmp_path: Path, digits_model_dir: Pat
         from app.service.store import open_store
 
         store = open_store(svc.settings.store_dir)
-        ids = train_ids(svc)
+        ids = svc.train_ids()
         x = [np.asarray(store.x[i]).reshape(-1).tolist() for i in ids[-4:]]
         seen: list[tuple[int, str, tuple[float, ...]]] = []
         stop = threading.Event()
@@ -166,11 +166,11 @@ def test_weights_below_floor_fail_loudly(tmp_path: Path, digits_model_dir: Path,
         svc.start_worker()
         with svc.client() as c:
             v1 = c.get("/models/current").json()["id"]
-            rid = c.post("/delete", json={"sample_ids": train_ids(svc)[:2]}).json()["id"]
+            rid = c.post("/delete", json={"sample_ids": svc.train_ids()[:2]}).json()["id"]
             done = svc.wait_request(rid)
             assert done["state"] == "failed" and "below the floor" in done["reason"]
             assert c.get("/models/current").json()["id"] == v1
-            assert c.get("/predict", params={"sample_id": train_ids(svc)[0]}).status_code == 200
+            assert c.get("/predict", params={"sample_id": svc.train_ids()[0]}).status_code == 200
     finally:
         svc.stop()
 
@@ -183,7 +183,7 @@ def test_rejected_iau_step_falls_back_to_retraining(tmp_path: Path, digits_model
         svc.start_api()
         svc.start_worker()
         with svc.client() as c:
-            rid = c.post("/delete", json={"sample_ids": train_ids(svc)[:2]}).json()["id"]
+            rid = c.post("/delete", json={"sample_ids": svc.train_ids()[:2]}).json()["id"]
             done = svc.wait_request(rid, timeout_s=180)
             assert done["state"] == "completed", done
             entry = c.get("/audit", params={"offset": done["audit_entry"] - 1, "limit": 1}).json()["items"][0]

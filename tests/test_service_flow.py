@@ -11,7 +11,7 @@ import torch
 
 from app.ml.checkpoint import load_model_dir
 from app.service.store import open_store, raw_to_features
-from tests.service_harness import PG_URL, Service, db_url_for, train_ids
+from tests.service_harness import PG_URL, Service, db_url_for
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(not PG_URL, reason="no test PostgreSQL"))]
 
@@ -27,7 +27,7 @@ def live(request: pytest.FixtureRequest, tmp_path: Path, digits_model_dir: Path,
 
 
 def test_delete_flow_end_to_end(live: Service) -> None:
-    ids = sorted(train_ids(live))[:3]
+    ids = sorted(live.train_ids())[:3]
     x = open_store(live.settings.store_dir).x[ids[0]].reshape(-1).tolist()
     with live.client() as c:
         v1 = c.get("/models/current").json()["id"]
@@ -76,7 +76,7 @@ def test_subject_delete_and_idempotency(live: Service) -> None:
         assert clash.status_code == 409
         done = live.wait_request(r1.json()["id"])
         assert done["state"] == "completed"
-        mine = sorted(i for i in train_ids(live) if i % 50 == 7)
+        mine = sorted(i for i in live.train_ids() if i % 50 == 7)
         assert done["sample_ids"] == mine
         live.wait_serving(done["model_version"])
         for i in mine[:3]:

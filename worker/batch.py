@@ -68,10 +68,10 @@ def claim(settings: Settings, conn: LedgerConn) -> Claimed | None:
         if not reqs:
             return None
         head = ledger.head(s)
-        first = ledger.versions(s)[-1]
+        first = ledger.first_version(s)
         by_req = ledger.request_sample_ids(s, request_ids=[r.id for r in reqs])
         active = np.asarray(ledger.active_ids(s), dtype=np.int64)
-    assert head is not None
+    assert head is not None and first is not None
     active_set = set(active.tolist())
     forget = sorted({i for ids in by_req.values() for i in ids if i in active_set})
     already = {rid: [i for i in ids if i not in active_set] for rid, ids in by_req.items()}

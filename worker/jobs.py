@@ -16,6 +16,7 @@ from worker.window import wait_for_window
 def process_pending(reason: str) -> dict[str, Any]:
     settings = Settings()
     conn = LedgerConn.open(settings)
+    redis = connect(settings.redis_url or "")
     outcomes = []
     try:
         release_expired(settings, conn)  # a busy queue may starve the idle-time sweep
@@ -30,7 +31,7 @@ def process_pending(reason: str) -> dict[str, Any]:
             outcomes.append({"batch_id": o.batch_id, "state": o.state, "version": o.version_id,
                              "n_forget": o.n_forget})
             if o.state == "completed" and o.version_id and o.n_forget:
-                announce(settings, connect(settings.redis_url or ""), version_id=o.version_id)
+                announce(settings, redis, version_id=o.version_id)
                 purge_forgotten(settings, conn)
                 refresh_cache(settings, conn)
     finally:

@@ -71,6 +71,10 @@ def set_head(session: Session, *, version_id: str, expected: str | None, now: da
     return res.rowcount == 1  # type: ignore[attr-defined]
 
 
+def first_version(session: Session) -> ModelVersion | None:
+    return session.scalars(select(ModelVersion).order_by(ModelVersion.seq).limit(1)).first()
+
+
 def versions(session: Session) -> list[ModelVersion]:
     return list(session.scalars(select(ModelVersion).order_by(ModelVersion.seq.desc())))
 

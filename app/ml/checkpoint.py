@@ -58,6 +58,12 @@ def save_model_dir(path: Path, *, model: nn.Module, model_cfg: ModelConfig, meta
     return sha
 
 
+def set_meta_fields(path: Path, fields: dict[str, Any]) -> None:
+    """Add FIELDS to a model directory's meta.json; the weights and their sha256 stay as they are."""
+    meta = json.loads((path / META_FILE).read_text())
+    atomic_write_text(path / META_FILE, json.dumps({**meta, **fields}, indent=2, sort_keys=True))
+
+
 def load_model_dir(path: Path) -> ModelDir:
     for name in (MODEL_FILE, META_FILE, SPLITS_FILE):
         if not (path / name).is_file():

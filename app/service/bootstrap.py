@@ -18,7 +18,7 @@ from app.core.config import Settings
 from app.db import ledger
 from app.db.audit import append_entry
 from app.db.session import transaction, utcnow
-from app.ml.checkpoint import ModelDir, load_model_dir
+from app.ml.checkpoint import ModelDir, load_model_dir, set_meta_fields
 from app.ml.data import SplitConfig
 from app.ml.gradcache import build_cache, cache_matches, load_cache, save_cache
 from app.ml.metrics import accuracy
@@ -43,10 +43,7 @@ def train_default(settings: Settings, out: Path, *, progress: bool = True) -> Pa
     cfg = TrainConfig(alpha=settings.demo_alpha, max_epochs=settings.demo_max_epochs, seed=0)
     train_to_dir(dataset="digits", arch=settings.demo_arch, out=out, train_cfg=cfg, split_cfg=SplitConfig(seed=0),
                  progress=progress, chunk_size=settings.chunk_size)
-    meta_path = out / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    meta["iau"] = dict(DIGITS_SERVICE_IAU)
-    meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    set_meta_fields(out, {"iau": DIGITS_SERVICE_IAU})
     return out
 
 

@@ -45,14 +45,18 @@ def _floats(v: list[float] | None) -> np.ndarray | None:
 
 
 def purge(ds: Dataset, ids: Sequence[int]) -> int:
-    """Overwrite the features of IDS with zeros on disk; idempotent."""
+    """Overwrite the features of IDS with zeros on disk; returns how many rows were not zero yet.
+    Rows already purged are only read, so the sweep can pass every forgotten id each time."""
     if not len(ids):
         return 0
     if not isinstance(ds.x, np.memmap) or not ds.x.flags.writeable:
         raise DataError("purge needs a writable store")
-    ds.x[np.asarray(ids)] = 0
-    ds.x.flush()
-    return len(ids)
+    ids = np.asarray(ids)
+    live = ids[ds.x[ids].reshape(len(ids), -1).any(axis=1)]
+    if len(live):
+        ds.x[live] = 0
+        ds.x.flush()
+    return len(live)
 
 
 def raw_to_features(ds: Dataset, rows: np.ndarray) -> torch.Tensor:

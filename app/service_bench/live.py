@@ -3,6 +3,7 @@ Used by the service benchmark and by the service tests."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -37,6 +38,10 @@ class LiveService:
         self.api: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
         self.url = f"http://127.0.0.1:{self.port}"
+
+    def train_ids(self) -> list[int]:
+        """The served model's training ids: the ledger's samples, forgotten or not."""
+        return sorted(int(i) for i in json.loads((self.model_dir / "splits.json").read_text())["train"])
 
     def _log(self, name: str) -> Any:
         return (self.home / name).open("ab")

@@ -8,7 +8,6 @@ side by side with a bare uvicorn+torch endpoint serving the same weights.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import numpy as np
 
 from app.core.embedded_redis import EmbeddedRedis
 from app.ml.bench.report import write_results
+from app.ml.checkpoint import set_meta_fields
 from app.ml.data import SplitConfig
 from app.ml.pipeline import train_to_dir
 from app.ml.train import TrainConfig
@@ -56,9 +56,7 @@ def _model(cfg: ServiceBenchConfig, work: Path, data_dir: Path | None, data_path
     train_to_dir(dataset=cfg.dataset, arch="lenet5", out=out, split_cfg=SplitConfig(seed=cfg.seed),
                  train_cfg=TrainConfig(alpha=cfg.alpha, max_epochs=cfg.train_epochs, seed=cfg.seed),
                  data_path=data_path, data_dir=data_dir, progress=True)
-    meta = json.loads((out / "meta.json").read_text())
-    meta["iau"] = dict(SERVICE_IAU[cfg.dataset])
-    (out / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    set_meta_fields(out, {"iau": SERVICE_IAU[cfg.dataset]})
     return out
 
 
@@ -66,8 +64,7 @@ def _delete_latencies(svc: LiveService, cfg: ServiceBenchConfig) -> list[dict[st
     rng = np.random.default_rng(cfg.seed)
     rows = []
     with svc.client() as c:
-        active = np.asarray(json.loads((svc.model_dir / "splits.json").read_text())["train"])
-        order = rng.permutation(active)
+        order = rng.permutation(svc.train_ids())
         for k in range(cfg.n_deletes):
             ids = order[k * cfg.ids_per_delete : (k + 1) * cfg.ids_per_delete].tolist()
             t0 = time.perf_counter()
@@ -135,12 +132,12 @@ def _load_while_swapping(svc: LiveService, cfg: ServiceBenchConfig, url: str, hd
     stop = threading.Event()
     swaps = [0]
 
+    ids = svc.train_ids()
+
     def churn() -> None:
         with svc.client() as c:
-            while not stop.is_set():
-                active = c.get("/models/current").json()["metrics"]["n_train"]
-                ids = json.loads((svc.model_dir / "splits.json").read_text())["train"]
-                pick = [int(i) for i in rng.choice(ids, size=min(3, active), replace=False)]
+            while not stop.is_set():  # ids may repeat across deletes: those come back as already forgotten
+                pick = [int(i) for i in rng.choice(ids, size=3, replace=False)]
                 r = c.post("/delete", json={"sample_ids": pick})
                 done = svc.wait_request(r.json()["id"], timeout_s=600)
                 if done["model_version"]:
