@@ -38,6 +38,33 @@ def _problem(r: httpx.Response, status: int) -> dict[str, object]:
     return body  # type: ignore[no-any-return]
 
 
+def _predict_count(metrics: str) -> float:
+    line = next((ln for ln in metrics.splitlines()
+                 if ln.startswith("unlearnd_http_requests_total{") and 'route="/predict"' in ln and '"200"' in ln), None)
+    return float(line.rsplit(" ", 1)[1]) if line else 0.0
+
+
+def test_predict_fast_lane_answers_like_the_routed_path(svc: Service) -> None:
+    """POST /predict's happy path skips FastAPI (app.api.fastlane); GET /predict?x= is routed and shares
+    the model code. Same input, same answer; both are counted; a bad POST still gets problem+json."""
+    rows = [[float((7 * i + j) % 17) for j in range(64)] for i in range(3)]
+    with svc.client() as c:
+        before = _predict_count(c.get("/metrics").text)
+        fast = c.post("/predict", json={"instances": rows})
+        assert fast.status_code == 200 and fast.headers["content-type"] == "application/json"
+        routed = [c.get("/predict", params={"x": ",".join(map(str, r))}).json() for r in rows]
+        assert fast.json()["model_version"] == routed[0]["model_version"]
+        assert fast.json()["predictions"] == [r["predictions"][0] for r in routed]
+        assert _predict_count(c.get("/metrics").text) == before + 4
+        _problem(c.post("/predict", json={"instances": [[1.0] * 63]}), 422)
+        _problem(c.post("/predict", content=b'{"instances": [[1,', headers={"content-type": "application/json"}),
+                 400)
+    with svc.client(key=None) as anon:
+        _problem(anon.post("/predict", json={"instances": rows}), 401)
+    with svc.client(key="ulk_not_a_key_0123456789") as bad:
+        _problem(bad.post("/predict", json={"instances": rows}), 401)
+
+
 def test_bad_delete_input_is_refused_and_writes_nothing(svc: Service) -> None:
     ids = svc.train_ids()
     before = (_count(svc, "deletion_requests"), _count(svc, "request_samples"))

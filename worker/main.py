@@ -6,6 +6,7 @@ ledger keeps the requests, the loop retries, and the sweep re-sends what was mis
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from types import FrameType
@@ -20,6 +21,7 @@ from app.db import ledger
 from app.db.session import transaction
 from app.service.ledger_conn import LedgerConn
 from worker.housekeeping import purge_forgotten, refresh_cache, sweep
+from worker.jobs import process_pending  # noqa: F401  imported now, not inside the first deletion's latency
 from worker.queue import connect, queue
 
 log = logging.getLogger("unlearnd.worker")
@@ -45,11 +47,23 @@ def _wait_for_head(conn: LedgerConn, stop: _Stop) -> None:
         time.sleep(0.5)
 
 
+def _lower_priority(priority: str) -> None:
+    """Before torch starts its thread pool, so that every worker thread inherits it."""
+    if priority == "low":
+        os.nice(10)
+    elif priority == "idle":
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except (AttributeError, OSError):  # not Linux
+            os.nice(19)
+
+
 def run_worker(settings: Settings) -> int:
     if not settings.redis_url:
         raise SystemExit("unlearnd worker needs REDIS_URL (`unlearnd serve` starts an embedded Redis)")
     stop = _Stop()
     stop.install()
+    _lower_priority(settings.worker_priority)
     conn = LedgerConn.open(settings)
     redis = connect(settings.redis_url)
     _wait_for_head(conn, stop)

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     retention_days: int = Field(default=30, ge=1, description="due_at = received_at + this")
     audit_page_max: int = Field(default=500, ge=1)
     poll_interval_s: float = Field(default=1.0, gt=0, description="how often an API process checks the head")
+    serve_threads: int = Field(default=1, ge=1,
+                               description="torch intra-op threads per API process: many small concurrent "
+                                           "forwards run best on one thread each; scale with --workers")
 
     # --- service: worker
     batch_max_wait_s: float = Field(default=1.0, ge=0, description="collect requests this long before a batch")
@@ -62,6 +65,10 @@ class Settings(BaseSettings):
                                                    description="what a batch whose weights fail validation does")
     subjects_file: Path | None = Field(default=None, description="JSON {sample_id: subject_id} for the samples")
     mia_shadows: int = Field(default=3, ge=1, description="shadow models of the audit's membership attack")
+    worker_priority: Literal["normal", "low", "idle"] = Field(
+        default="idle", description="CPU priority of the worker: a deletion has seconds of slack, a prediction "
+                                    "milliseconds. idle: SCHED_IDLE (Linux; else nice 19), preempted at once by any "
+                                    "API work; low: nice 10; normal: unchanged")
     debug_commit_delay_s: float = Field(default=0.0, ge=0,
                                         description="testing only: pause between writing weights and commit")
 

@@ -34,6 +34,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     x = raw_to_features(_store, np.asarray(json.loads(body)["instances"], dtype=np.float64))
     with torch.inference_mode():
         probs = torch.softmax(_md.model(x), 1)
-    out = json.dumps({"predictions": [{"label": int(p.argmax()), "probabilities": p.tolist()} for p in probs]})
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": out.encode()})
+    out = json.dumps({"predictions": [{"label": int(p.argmax()), "probabilities": p.tolist()} for p in probs]}).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]})
+    await send({"type": "http.response.body", "body": out})

@@ -8,15 +8,16 @@ side by side with a bare uvicorn+torch endpoint serving the same weights.
 
 from __future__ import annotations
 
+import multiprocessing
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from app.core.embedded_redis import EmbeddedRedis
@@ -27,7 +28,7 @@ from app.ml.pipeline import train_to_dir
 from app.ml.train import TrainConfig
 from app.service.bootstrap import DIGITS_SERVICE_IAU
 from app.service.store import open_store
-from app.service_bench.live import LiveService, free_port
+from app.service_bench.live import LiveService, free_port, wait_request, wait_serving
 from app.service_bench.load import LoadResult, run_load
 
 # A service chains small deletions, so its IAU step must stay stable step after step. The iau-sweep
@@ -110,12 +111,11 @@ def _throughput_and_swaps(svc: LiveService, cfg: ServiceBenchConfig) -> dict[str
     bare, bare_url = _bare(svc, version)
     ours_url, hdr = svc.url + "/predict", {"X-API-Key": svc.key}
     ours, base, swapping, swaps = [], [], [], []
-    rng = np.random.default_rng(cfg.seed + 1)
     try:
         for _ in range(cfg.repeats):  # interleaved, so drift in the machine hits both alike
             base.append(run_load(bare_url, body=body, headers={}, clients=cfg.clients, seconds=cfg.load_s))
             ours.append(run_load(ours_url, body=body, headers=hdr, clients=cfg.clients, seconds=cfg.load_s))
-            res, n_swaps = _load_while_swapping(svc, cfg, ours_url, hdr, body, rng)
+            res, n_swaps = _load_while_swapping(svc, cfg, ours_url, hdr, body, cfg.seed + 1 + len(swaps))
             swapping.append(res)
             swaps.append(n_swaps)
     finally:
@@ -127,31 +127,37 @@ def _throughput_and_swaps(svc: LiveService, cfg: ServiceBenchConfig) -> dict[str
             "p99_ratio_swapping_vs_idle": s["p99_ms"] / o["p99_ms"]}
 
 
+def _churn(url: str, key: str, ids: list[int], seed: int, ready: Any, stop: Any, swaps: Any) -> None:
+    """Deletes 3 random ids at a time and waits until each new version serves, until STOP. A process
+    of its own: it stands in for remote clients, and must not share the load generator's GIL."""
+    rng = np.random.default_rng(seed)
+    with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=30) as c:
+        ready.set()  # its imports are done: they must not run inside the measured window
+        while not stop.is_set():  # ids may repeat across deletes: those come back as already forgotten
+            pick = [int(i) for i in rng.choice(ids, size=3, replace=False)]
+            done = wait_request(c, c.post("/delete", json={"sample_ids": pick}).json()["id"], timeout_s=600)
+            if done["model_version"]:
+                wait_serving(c, done["model_version"])
+                with swaps.get_lock():
+                    swaps.value += 1
+
+
 def _load_while_swapping(svc: LiveService, cfg: ServiceBenchConfig, url: str, hdr: dict[str, str],
-                         body: dict[str, Any], rng: np.random.Generator) -> tuple[LoadResult, int]:
-    stop = threading.Event()
-    swaps = [0]
-
-    ids = svc.train_ids()
-
-    def churn() -> None:
-        with svc.client() as c:
-            while not stop.is_set():  # ids may repeat across deletes: those come back as already forgotten
-                pick = [int(i) for i in rng.choice(ids, size=3, replace=False)]
-                r = c.post("/delete", json={"sample_ids": pick})
-                done = svc.wait_request(r.json()["id"], timeout_s=600)
-                if done["model_version"]:
-                    svc.wait_serving(done["model_version"])
-                    swaps[0] += 1
-
-    t = threading.Thread(target=churn)
-    t.start()
+                         body: dict[str, Any], seed: int) -> tuple[LoadResult, int]:
+    ctx = multiprocessing.get_context("spawn")
+    ready, stop, swaps = ctx.Event(), ctx.Event(), ctx.Value("i", 0)
+    proc = ctx.Process(target=_churn, args=(svc.url, svc.key, svc.train_ids(), seed, ready, stop, swaps))
+    proc.start()
     try:
+        if not ready.wait(120):
+            raise RuntimeError("the churn process did not start")
         res = run_load(url, body=body, headers=hdr, clients=cfg.clients, seconds=cfg.load_s)
     finally:
         stop.set()
-        t.join()
-    return res, swaps[0]
+        proc.join(600)
+    if proc.exitcode != 0:
+        raise RuntimeError(f"the churn process failed (exit {proc.exitcode})")
+    return res, int(swaps.value)
 
 
 def run_service_bench(cfg: ServiceBenchConfig, *, out: Path, data_dir: Path | None,

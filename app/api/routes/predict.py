@@ -24,21 +24,25 @@ router = APIRouter(tags=["predict"])
 auth = Depends(require("predict", open_if_predict_open=True))
 
 
-def _served(state: State) -> Served:
+def served_model(state: State) -> Served:
     served = state.holder.current  # read once: the whole answer comes from this version
     if served is None:
         raise Unavailable("no model version is loaded yet")
     return served
 
 
-def _answer(served: Served, x: torch.Tensor, sample_id: int | None = None) -> Response:
+def payload(served: Served, x: torch.Tensor, sample_id: int | None = None) -> bytes:
     """Inline on the event loop (a small model's forward is shorter than a thread hop), and
     serialised by hand: this is the hot path, and its shape is PredictResponse."""
     with torch.inference_mode():
         probs = F.softmax(served.model(x), dim=1).numpy()
     preds = [{"label": int(p.argmax()), "probabilities": np.round(p.astype(np.float64), 6).tolist()} for p in probs]
     body = {"model_version": served.version_id, "sample_id": sample_id, "predictions": preds}
-    return Response(json.dumps(body), media_type="application/json")
+    return json.dumps(body).encode()
+
+
+def _answer(served: Served, x: torch.Tensor, sample_id: int | None = None) -> Response:
+    return Response(payload(served, x, sample_id), media_type="application/json")
 
 
 def _state_of(state: State, sample_id: int) -> str | None:
@@ -46,7 +50,7 @@ def _state_of(state: State, sample_id: int) -> str | None:
         return ledger.sample_state(s, sample_id=sample_id)
 
 
-def _from_rows(state: State, rows: np.ndarray) -> torch.Tensor:
+def from_rows(state: State, rows: np.ndarray) -> torch.Tensor:
     if len(rows) > state.settings.max_predict_instances:
         raise InvalidRequest(f"at most {state.settings.max_predict_instances} instances per request")
     try:
@@ -63,7 +67,7 @@ async def predict_get(state: State, sample_id: Annotated[int | None, Query()] = 
                 ) -> Response:
     if (sample_id is None) == (x is None):
         raise InvalidRequest("give exactly one of sample_id or x")
-    served = _served(state)
+    served = served_model(state)
     if sample_id is not None:
         st = await run_in_threadpool(_state_of, state, sample_id)
         if st is None:
@@ -76,10 +80,10 @@ async def predict_get(state: State, sample_id: Annotated[int | None, Query()] = 
         row = np.asarray([[float(v) for v in x.split(",")]], dtype=np.float64)
     except ValueError:
         raise InvalidRequest("x must be comma-separated numbers") from None
-    return _answer(served, _from_rows(state, row))
+    return _answer(served, from_rows(state, row))
 
 
-def _instances(raw: bytes) -> np.ndarray:
+def instances(raw: bytes) -> np.ndarray:
     try:
         data = json.loads(raw)
     except ValueError:
@@ -95,8 +99,9 @@ def _instances(raw: bytes) -> np.ndarray:
     return rows.astype(np.float64)
 
 
-# The hot path reads its body and key by hand: FastAPI's body model and dependency solving cost more
-# than a small model's forward pass. /docs still shows the PredictBody schema.
+# The happy path of this endpoint is answered by app.api.fastlane before routing; this route answers
+# the rest (every error, as problem+json) and documents the endpoint. It reads its body and key by hand
+# all the same, so that both take one code path.
 @router.post("/predict", response_model=PredictResponse, responses=responses(400, 401, 403, 422, 503),
              summary="Predict a batch of inputs",
              openapi_extra={"requestBody": {"required": True, "content": {
@@ -106,6 +111,6 @@ async def predict_post(request: Request) -> Response:
     h = request.headers
     authorize(state, authorization=h.get("authorization"), x_api_key=h.get("x-api-key"), scopes=("predict",),
               open_if_predict_open=True)
-    rows = _instances(await request.body())
-    served = _served(state)
-    return _answer(served, _from_rows(state, rows))
+    rows = instances(await request.body())
+    served = served_model(state)
+    return _answer(served, from_rows(state, rows))
