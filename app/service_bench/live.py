@@ -86,16 +86,23 @@ class LiveService:
         with self.client() as c:
             wait_serving(c, version, timeout_s=timeout_s, poll_s=poll_s)
 
+    def stop_workers(self) -> None:
+        _terminate(self.workers)
+        self.workers = []
+
     def stop(self) -> None:
-        procs = [p for p in (*self.workers, self.api) if p is not None]
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _terminate([p for p in (*self.workers, self.api) if p is not None])
+
+
+def _terminate(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def wait_request(c: httpx.Client, request_id: str, *, states: tuple[str, ...] = ("completed", "failed", "rejected"),

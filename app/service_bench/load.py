@@ -79,31 +79,55 @@ def _request(url: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[s
     return u.hostname or "127.0.0.1", u.port or 80, ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
 
 
-def run_load(url: str, *, body: dict[str, Any], headers: dict[str, str], clients: int, seconds: float) -> LoadResult:
+def _client_loop(host: str, port: int, request: bytes, schedule: Any, lat: list[float], versions: set[bytes]) -> int:
+    """Sends at the times SCHEDULE yields (None: ends); latency counts from the scheduled time, so a
+    stalled server is charged for the requests it delayed (no coordinated omission). Returns errors."""
+    conn, errors = _Conn(host, port), 0
+    try:
+        for due in schedule:
+            if (wait := due - time.perf_counter()) > 0:
+                time.sleep(wait)
+            try:
+                status, text = conn.roundtrip(request)
+                ok = status == 200
+                if ok and (m := _VERSION.search(text)):
+                    versions.add(m.group(1))
+            except OSError:
+                ok = False
+                conn.close()
+                conn = _Conn(host, port)
+            lat.append(1000 * (time.perf_counter() - due))
+            errors += not ok
+    finally:
+        conn.close()
+    return errors
+
+
+def _closed(seconds: float) -> Any:
+    stop = time.perf_counter() + seconds
+    while (now := time.perf_counter()) < stop:
+        yield now
+
+
+def _open(seconds: float, interval: float, offset: float) -> Any:
+    start = time.perf_counter() + offset
+    for k in range(int(seconds / interval)):
+        yield start + k * interval
+
+
+def run_load(url: str, *, body: dict[str, Any], headers: dict[str, str], clients: int, seconds: float,
+             rate: float | None = None) -> LoadResult:
+    """Closed loop (RATE None: each client sends as soon as its last answer came) or open loop (RATE
+    requests/s in all, spread evenly over the clients, whatever the server does)."""
     host, port, request = _request(url, body, headers)
     lat: list[list[float]] = [[] for _ in range(clients)]
-    errs = [0] * clients
     versions: list[set[bytes]] = [set() for _ in range(clients)]
-    stop = time.perf_counter() + seconds
+    errs = [0] * clients
+    interval = clients / rate if rate else 0.0
 
     def client(k: int) -> None:
-        conn = _Conn(host, port)
-        try:
-            while time.perf_counter() < stop:
-                t0 = time.perf_counter()
-                try:
-                    status, text = conn.roundtrip(request)
-                    ok = status == 200
-                    if ok and (m := _VERSION.search(text)):
-                        versions[k].add(m.group(1))
-                except OSError:
-                    ok = False
-                    conn.close()
-                    conn = _Conn(host, port)
-                lat[k].append(1000 * (time.perf_counter() - t0))
-                errs[k] += not ok
-        finally:
-            conn.close()
+        schedule = _open(seconds, interval, k * interval / clients) if rate else _closed(seconds)
+        errs[k] = _client_loop(host, port, request, schedule, lat[k], versions[k])
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
