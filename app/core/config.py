@@ -66,9 +66,10 @@ class Settings(BaseSettings):
     subjects_file: Path | None = Field(default=None, description="JSON {sample_id: subject_id} for the samples")
     mia_shadows: int = Field(default=3, ge=1, description="shadow models of the audit's membership attack")
     worker_priority: Literal["normal", "low", "idle"] = Field(
-        default="idle", description="CPU priority of the worker: a deletion has seconds of slack, a prediction "
-                                    "milliseconds. idle: SCHED_IDLE (Linux; else nice 19), preempted at once by any "
-                                    "API work; low: nice 10; normal: unchanged")
+        default="low", description="CPU priority of the worker: a deletion has seconds of slack, a prediction "
+                                   "milliseconds. low: SCHED_BATCH at nice 10 (Linux; else nice 10), still ~10% of "
+                                   "a CPU under full load; idle: SCHED_IDLE, only CPU nothing else wants (a "
+                                   "saturated host starves deletions); normal: unchanged")
     debug_commit_delay_s: float = Field(default=0.0, ge=0,
                                         description="testing only: pause between writing weights and commit")
 
