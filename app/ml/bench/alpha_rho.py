@@ -123,7 +123,7 @@ def _suite(cfg: AlphaRhoConfig) -> Any:
 
 
 SUITES.register("alpha-rho-full")(Suite("MU/UE heatmaps over α ∈ {0..0.1} × ρ ∈ {0.01..0.1} (Fig. 4): "
-                                        "11 GR trainings + 10 retrains, ~3 h on 2 CPU cores",
+                                        "11 GR trainings + 10 retrains, about 2.5 h on one CPU core",
                                         _suite(AlphaRhoConfig("alpha-rho-full", "cifar10"))))
 # The committed CIFAR-10 run: a 4 × 3 corner-and-middle subgrid of Fig. 4 that fits a CPU session.
 SUITES.register("alpha-rho")(Suite("alpha-rho-full's subgrid α ∈ {0, .01, .05, .1} × ρ ∈ {.01, .05, .1}",
