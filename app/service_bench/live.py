@@ -79,12 +79,23 @@ class LiveService:
 
     def wait_request(self, request_id: str, *, states: tuple[str, ...] = ("completed", "failed", "rejected"),
                      timeout_s: float = 90) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
         with self.client() as c:
-            return wait_request(c, request_id, states=states, timeout_s=timeout_s, where=f"logs in {self.home}")
+            while time.monotonic() < deadline:
+                body = c.get(f"/requests/{request_id}").json()
+                if body["state"] in states:
+                    return body  # type: ignore[no-any-return]
+                time.sleep(0.05)
+        raise TimeoutError(f"request {request_id} still {body['state']}; logs in {self.home}")
 
     def wait_serving(self, version: str, timeout_s: float = 60, poll_s: float = 0.05) -> None:
+        deadline = time.monotonic() + timeout_s
         with self.client() as c:
-            wait_serving(c, version, timeout_s=timeout_s, poll_s=poll_s)
+            while time.monotonic() < deadline:
+                if c.get("/models/current").json().get("serving") == version:
+                    return
+                time.sleep(poll_s)
+        raise TimeoutError(f"API never served {version}")
 
     def stop_workers(self) -> None:
         _terminate(self.workers)
@@ -104,22 +115,3 @@ def _terminate(procs: list[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
 
-
-def wait_request(c: httpx.Client, request_id: str, *, states: tuple[str, ...] = ("completed", "failed", "rejected"),
-                 timeout_s: float = 90, where: str = "") -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        body = c.get(f"/requests/{request_id}").json()
-        if body["state"] in states:
-            return body  # type: ignore[no-any-return]
-        time.sleep(0.05)
-    raise TimeoutError(f"request {request_id} still {body['state']}; {where}")
-
-
-def wait_serving(c: httpx.Client, version: str, *, timeout_s: float = 60, poll_s: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if c.get("/models/current").json().get("serving") == version:
-            return
-        time.sleep(poll_s)
-    raise TimeoutError(f"API never served {version}")
