@@ -13,8 +13,8 @@ from typing import NamedTuple
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.deps import AppState, authorize
-from app.api.routes.predict import from_rows, instances, payload, served_model
+from app.api.deps import AppState
+from app.api.routes.predict import answer_batch
 from app.ml.errors import UnlearndError
 
 
@@ -35,11 +35,8 @@ def _header(scope: Scope, name: bytes) -> str | None:
 def _answer(state: AppState, scope: Scope, body: bytes) -> bytes | None:
     """The response body on the happy path; None when the full stack must answer."""
     try:
-        authorize(state, authorization=_header(scope, b"authorization"), x_api_key=_header(scope, b"x-api-key"),
-                  scopes=("predict",), open_if_predict_open=True)
-        rows = instances(body)
-        served = served_model(state)
-        return payload(served, from_rows(state, rows))
+        return answer_batch(state, authorization=_header(scope, b"authorization"),
+                            x_api_key=_header(scope, b"x-api-key"), body=body)
     except UnlearndError:
         return None
 
