@@ -93,15 +93,35 @@ def _validate(model: nn.Module, ds: Dataset, hold: np.ndarray, floor: float) -> 
     return acc, None if acc >= floor else f"held-out accuracy {acc:.4f} is below the floor {floor:.4f}"
 
 
-def _unlearn(settings: Settings, c: Claimed, md: ModelDir, ds: Dataset) -> tuple[nn.Module, dict[str, Any]]:
+def _unlearn(settings: Settings, c: Claimed, md: ModelDir, ds: Dataset, hold: np.ndarray,
+             floor: float) -> tuple[nn.Module, dict[str, Any], float, str | None]:
+    """IAU's step; one that fails validation is retried at half the η, up to settings.iau_backtracks times.
+
+    Chained deletions make the retain term Σ_{D_r}∇ℓ a full-batch gradient step of rate η·|D_r|: past the
+    loss's stability edge it grows geometrically from deletion to deletion until a version collapses, and
+    with a fixed η every later batch would fail on that same head. A smaller step is stable there and pulls
+    the model back, so halving is both the repair and the guard."""
     cache = load_cache(Path(c.head.path))
     params = {**md.meta.get("iau", {}), **settings.iau_params}
     task = UnlearnTask(model=md.model, ds=ds, train_ids=c.train_ids, forget_ids=np.asarray(c.forget),
                        weights_sha256=md.weights_sha256, cache=cache, chunk_size=settings.chunk_size,
                        seed=int(md.meta.get("seed", 0)), model_cfg=md.model_cfg,
                        train_cfg=train_config_from_meta(md.meta), val_ids=md.splits.val)
-    res = run_method("iau", task, params)
-    return res.model, {"method": "iau", "params": res.params, "time_s": res.time_s, **res.info}
+    rejected: list[str] = []
+    spent = 0.0
+    for _ in range(settings.iau_backtracks + 1):
+        res = run_method("iau", task, params)
+        spent += res.time_s
+        acc, problem = _validate(res.model, ds, hold, floor)
+        if problem is None:
+            break
+        rejected.append(f"η={res.params['eta']:g}: {problem}")
+        params = {**res.params, "eta": res.params["eta"] / 2}
+    if rejected and problem is None:
+        log.warning("batch %s: IAU step accepted at η=%g after %d halvings", c.batch_id, res.params["eta"],
+                    len(rejected))
+    return res.model, {"method": "iau", "params": res.params, "time_s": spent, "eta_halvings": len(rejected),
+                       "rejected_steps": rejected, **res.info}, acc, problem
 
 
 def _retrain(c: Claimed, md: ModelDir, ds: Dataset) -> tuple[nn.Module, dict[str, Any]]:
@@ -137,12 +157,12 @@ def process(settings: Settings, conn: LedgerConn, c: Claimed) -> Outcome:
         raise ModelLoadError(f"version {c.head.id} was not trained on the ledger's active samples")
     hold = holdout_ids(md.splits, settings.holdout_size)
     floor = _floor(settings, c.first)
-    model, record = _unlearn(settings, c, md, ds)
-    acc, problem = _validate(model, ds, hold, floor)
+    model, record, acc, problem = _unlearn(settings, c, md, ds, hold, floor)
     if problem and settings.on_invalid == "retrain":
         log.warning("batch %s: IAU result rejected (%s); retraining on D_r", c.batch_id, problem)
+        rejected = record["rejected_steps"]
         model, record = _retrain(c, md, ds)
-        record["iau_rejected"] = problem
+        record.update(iau_rejected=problem, rejected_steps=rejected)
         acc, problem = _validate(model, ds, hold, floor)
     if problem:
         return _fail(conn, c, f"new weights failed validation: {problem}")
@@ -169,6 +189,7 @@ def _write_and_commit(settings: Settings, conn: LedgerConn, c: Claimed, md: Mode
                "parent_model_sha256": c.head.sha256, "model_sha256": sha, "method": record["method"],
                "params": record["params"], "unlearn_time_s": record["time_s"],
                "path": record.get("path"), "iau_rejected": record.get("iau_rejected"),
+               "eta_halvings": record.get("eta_halvings"), "rejected_steps": record.get("rejected_steps"),
                "test_acc_before": record["holdout_acc_before"],
                "test_acc_after": record["holdout_acc_after"],
                **{k: record[k] for k in ("mia_forget_before", "mia_forget_after", "mia_nonmember_after",

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
                                                      "version's accuracy minus max_accuracy_drop")
     max_accuracy_drop: float = Field(default=0.05, ge=0, le=1)
     holdout_size: int = Field(default=2000, ge=10, description="held-out samples used to validate a version")
+    iau_backtracks: int = Field(default=4, ge=0, description="an IAU step that fails validation is retried at "
+                                                             "half the η, up to this many times")
     on_invalid: Literal["fail", "retrain"] = Field(default="fail",
                                                    description="what a batch whose weights fail validation does")
     subjects_file: Path | None = Field(default=None, description="JSON {sample_id: subject_id} for the samples")

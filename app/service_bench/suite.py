@@ -119,6 +119,7 @@ def _throughput_and_swaps(svc: LiveService, cfg: ServiceBenchConfig) -> dict[str
     runs: dict[str, list[LoadResult]] = {k: [] for k in ("bare", "ours_idle", "ours_swapping", "open_idle",
                                                           "open_swapping")}
     swaps: dict[str, list[int]] = {"ours_swapping": [], "open_swapping": []}
+    deletes: dict[str, dict[str, int]] = {"ours_swapping": {}, "open_swapping": {}}
     rate = 0.0
     try:
         for i in range(cfg.repeats):  # interleaved, so drift in the machine hits all alike
@@ -128,15 +129,19 @@ def _throughput_and_swaps(svc: LiveService, cfg: ServiceBenchConfig) -> dict[str
             runs["open_idle"].append(run_load(url, body=body, headers=hdr, clients=cfg.clients, seconds=cfg.load_s,
                                               rate=rate))
             for key, r in (("ours_swapping", None), ("open_swapping", rate)):
-                res, n = _load_while_swapping(svc, cfg, url, hdr, body, seed=cfg.seed + 1 + 2 * i + (r is None), rate=r)
+                res, n, states = _load_while_swapping(svc, cfg, url, hdr, body, seed=cfg.seed + 1 + 2 * i + (r is None),
+                                                      rate=r)
                 runs[key].append(res)
                 swaps[key].append(n)
+                for state, k in states.items():
+                    deletes[key][state] = deletes[key].get(state, 0) + k
     finally:
         bare.terminate()
         bare.wait()
     out: dict[str, Any] = {k: _summ(v) for k, v in runs.items()}
     for k, n in swaps.items():
         out[k]["swaps"] = n
+        out[k]["deletes"] = deletes[k]
     out["open_rate"] = rate
     out["throughput_ratio"] = out["ours_idle"]["rps_mean"] / out["bare"]["rps_mean"]
     out["p99_ratio_swapping_vs_idle"] = out["ours_swapping"]["p99_ms"] / out["ours_idle"]["p99_ms"]
@@ -144,28 +149,44 @@ def _throughput_and_swaps(svc: LiveService, cfg: ServiceBenchConfig) -> dict[str
     return out
 
 
-def _churn(url: str, key: str, ids: list[int], seed: int, per_s: float, ready: Any, stop: Any) -> None:
+def _churn(url: str, key: str, ids: list[int], seed: int, per_s: float, ready: Any, stop: Any,
+           log: Path) -> None:
     """POSTs /delete of one random id PER_S times a second until STOP, as a stream of users would; the
     worker batches them by its window. A process of its own: it stands in for remote clients, and must
-    not share the load generator's GIL."""
+    not share the load generator's GIL. Request ids go to LOG, one a line, for the outcome check."""
     rng = np.random.default_rng(seed)
-    with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=30) as c:
+    with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=30) as c, log.open("a") as out:
         ready.set()  # its imports are done: they must not run inside the measured window
         due = time.perf_counter()
         while not stop.is_set():  # an id may repeat: it comes back as already forgotten
             r = c.post("/delete", json={"sample_ids": [int(rng.choice(ids))]})
             if r.status_code != 202:
                 raise RuntimeError(f"POST /delete answered {r.status_code}: {r.text}")
+            out.write(r.json()["id"] + "\n")
+            out.flush()
             due += 1 / per_s
             stop.wait(max(0.0, due - time.perf_counter()))
 
 
+def _outcomes(svc: LiveService, log: Path) -> dict[str, int]:
+    """How the churn's deletions ended: a swap count means little if the batches behind it failed."""
+    states: dict[str, int] = {}
+    for rid in log.read_text().split():
+        state = svc.wait_request(rid, timeout_s=300)["state"]
+        states[state] = states.get(state, 0) + 1
+    return states
+
+
 def _load_while_swapping(svc: LiveService, cfg: ServiceBenchConfig, url: str, hdr: dict[str, str],
-                         body: dict[str, Any], *, seed: int, rate: float | None) -> tuple[LoadResult, int]:
-    """The load, while deletions stream in; swaps = versions that answered it, less the first."""
+                         body: dict[str, Any], *, seed: int, rate: float | None
+                         ) -> tuple[LoadResult, int, dict[str, int]]:
+    """The load, while deletions stream in; swaps = versions that answered it, less the first; and how the
+    deletions ended."""
     ctx = multiprocessing.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
-    proc = ctx.Process(target=_churn, args=(svc.url, svc.key, svc.train_ids(), seed, cfg.deletes_per_s, ready, stop))
+    log = svc.home / f"churn-{seed}.ids"
+    proc = ctx.Process(target=_churn, args=(svc.url, svc.key, svc.train_ids(), seed, cfg.deletes_per_s, ready, stop,
+                                            log))
     proc.start()
     try:
         if not ready.wait(120):
@@ -176,7 +197,7 @@ def _load_while_swapping(svc: LiveService, cfg: ServiceBenchConfig, url: str, hd
         proc.join(600)
     if proc.exitcode != 0:
         raise RuntimeError(f"the churn process failed (exit {proc.exitcode})")
-    return res, len(res.versions) - 1
+    return res, len(res.versions) - 1, _outcomes(svc, log)
 
 
 def run_service_bench(cfg: ServiceBenchConfig, *, out: Path, data_dir: Path | None,
@@ -217,6 +238,8 @@ def _yes(ok: bool) -> str:
 def _markdown(s: dict[str, Any], cfg: ServiceBenchConfig) -> str:
     o, b, w, oi, ow = (s[k] for k in ("ours_idle", "bare", "ours_swapping", "open_idle", "open_swapping"))
     errors, requests = w["errors"] + ow["errors"], w["requests"] + ow["requests"]
+    done = w["deletes"].get("completed", 0) + ow["deletes"].get("completed", 0)
+    asked = sum(w["deletes"].values()) + sum(ow["deletes"].values())
     return "\n".join([
         f"Live API + worker + embedded Redis + SQLite, {cfg.dataset} LeNet5 (GR α={cfg.alpha}); "
         f"{cfg.n_deletes} deletes of {cfg.ids_per_delete} ids; load: {cfg.clients} keep-alive clients × "
@@ -241,7 +264,9 @@ def _markdown(s: dict[str, Any], cfg: ServiceBenchConfig) -> str:
         f"{_yes(s['p99_ratio_swapping_vs_idle'] <= 1.5)} |",
         f"| throughput while swapping / idle (closed loop) | {w['rps_mean']:.0f} / {o['rps_mean']:.0f} req/s = "
         f"{w['rps_mean'] / o['rps_mean']:.2f}× | — | — |",
-        f"| errors during swaps | {errors} of {requests} | 0 | {_yes(errors == 0)} |", ""])
+        f"| errors during swaps | {errors} of {requests} | 0 | {_yes(errors == 0)} |",
+        f"| deletions streamed during the load: completed / all | {done} / {asked} | all | {_yes(done == asked)} |",
+        ""])
 
 
 def _plot(path: Path, secs: np.ndarray, load: dict[str, Any], cfg: ServiceBenchConfig) -> None:
