@@ -146,7 +146,7 @@ def requests_retry(ns: argparse.Namespace, settings: Settings) -> int:
     with transaction(conn.write) as s:
         ledger.retry_failed(s, request_id=ns.request_id)
     if settings.redis_url:
-        notify(settings, connect(settings.redis_url), reason=f"retry {ns.request_id}")
+        notify(settings, connect(settings.redis_url), reason=f"retry {ns.request_id}", force=True)
     print(f"request {ns.request_id} is pending again")
     return 0
 

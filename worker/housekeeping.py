@@ -98,5 +98,5 @@ def sweep(settings: Settings, conn: LedgerConn, redis: Redis) -> int:
     with transaction(conn.read) as s:
         pending = ledger.pending_summary(s)[0]
     if pending:
-        notify(settings, redis, reason="sweep")
+        notify(settings, redis, reason="sweep", force=True)
     return pending

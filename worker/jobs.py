@@ -9,7 +9,7 @@ from app.core.config import Settings
 from app.service.ledger_conn import LedgerConn
 from worker.batch import abandon, claim, process
 from worker.housekeeping import purge_forgotten, refresh_cache, release_expired
-from worker.queue import announce, connect
+from worker.queue import announce, connect, job_started
 from worker.window import wait_for_window
 
 
@@ -18,6 +18,7 @@ def process_pending(reason: str) -> dict[str, Any]:
     conn = LedgerConn.open(settings)
     redis = connect(settings.redis_url or "")
     outcomes = []
+    job_started(settings, redis)
     try:
         release_expired(settings, conn)  # a busy queue may starve the idle-time sweep
         while wait_for_window(settings, conn):

@@ -10,7 +10,7 @@ from app.db.session import transaction, utcnow
 from app.service.ledger_conn import LedgerConn
 
 
-def wait_for_window(settings: Settings, conn: LedgerConn, *, poll_s: float = 0.05) -> bool:
+def wait_for_window(settings: Settings, conn: LedgerConn, *, poll_s: float = 0.25) -> bool:
     """True when a batch should start now; False when nothing is pending."""
     while True:
         with transaction(conn.read) as s:
