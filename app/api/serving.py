@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -50,6 +51,7 @@ class ModelHolder:
         cur = self.current
         if head is None or (cur is not None and cur.version_id == head.id):
             return False
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             md = load_version(head, probe=self.store)
         except (UnlearndError, OSError) as e:
@@ -58,7 +60,8 @@ class ModelHolder:
             return False
         self.current = Served(head.id, head.seq, md.model)  # the one assignment readers see
         self.swaps += 1
-        log.info("serving version %s (seq %d)", head.id, head.seq)
+        log.info("serving version %s (seq %d); loaded in %.1f ms (%.1f ms CPU)", head.id, head.seq,
+                 1e3 * (time.perf_counter() - t0), 1e3 * (time.thread_time() - c0))
         return True
 
     def _poll_loop(self) -> None:
