@@ -7,6 +7,7 @@ that meta.json names, and checked against the sha256 recorded there.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,14 @@ def set_meta_fields(path: Path, fields: dict[str, Any]) -> None:
     atomic_write_text(path / META_FILE, json.dumps({**meta, **fields}, indent=2, sort_keys=True))
 
 
-def load_model_dir(path: Path) -> ModelDir:
+def no_pause() -> None:
+    pass
+
+
+def load_model_dir(path: Path, *, pause: Callable[[], None] = no_pause) -> ModelDir:
+    """Load and verify a model directory. PAUSE runs between its steps (each well under a millisecond
+    of CPU for small models): a serving process loading a new version beside live traffic passes a
+    short sleep, so its event loop never waits behind the whole load for the GIL."""
     for name in (MODEL_FILE, META_FILE, SPLITS_FILE):
         if not (path / name).is_file():
             raise ModelLoadError(f"{path} is not a model directory: {name} is missing")
@@ -73,7 +81,9 @@ def load_model_dir(path: Path) -> ModelDir:
     except json.JSONDecodeError as e:
         raise ModelLoadError(f"{path / META_FILE} is not valid JSON ({e})") from e
     cfg = model_config_from_meta(meta)
+    pause()
     model = create_model(cfg)
+    pause()
     try:
         state = load_file(str(path / MODEL_FILE))
     except (SafetensorError, OSError) as e:
@@ -82,10 +92,12 @@ def load_model_dir(path: Path) -> ModelDir:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ModelLoadError(f"{path / MODEL_FILE} does not fit arch {cfg.arch!r} {cfg.in_shape}: {e}") from e
+    pause()
     sha = weights_sha256(model.state_dict())
     if meta.get("weights_sha256") != sha:
         raise ModelLoadError(f"{path / MODEL_FILE} does not match its meta.json (sha256 {sha[:12]} vs "
                              f"{str(meta.get('weights_sha256'))[:12]})")
     model.eval()
-    return ModelDir(path=path, model=model, model_cfg=cfg, meta=meta, splits=Splits.load(path / SPLITS_FILE),
-                    weights_sha256=sha)
+    pause()
+    splits = Splits.load(path / SPLITS_FILE)
+    return ModelDir(path=path, model=model, model_cfg=cfg, meta=meta, splits=splits, weights_sha256=sha)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from app.db.models import ModelVersion
-from app.ml.checkpoint import ModelDir, load_model_dir, save_model_dir
+from app.ml.checkpoint import ModelDir, load_model_dir, no_pause, save_model_dir
 from app.ml.data import Dataset, Splits
 from app.ml.errors import ModelLoadError
 from app.ml.metrics import predict_logits
@@ -46,15 +47,17 @@ def check_finite(model: nn.Module) -> None:
         raise ModelLoadError(f"weights are not finite in {bad[:5]}")
 
 
-def load_version(version: ModelVersion, *, probe: Dataset | None = None) -> ModelDir:
+def load_version(version: ModelVersion, *, probe: Dataset | None = None,
+                 pause: Callable[[], None] = no_pause) -> ModelDir:
     """Load, check the sha256 the ledger recorded, and (given PROBE) run a finite forward pass
-    on a few of the version's held-out samples."""
+    on a few of the version's held-out samples. PAUSE runs between steps (see load_model_dir)."""
     if not version.weights_present:
         raise ModelLoadError(f"weights of version {version.id} were purged")
-    md = load_model_dir(Path(version.path))
+    md = load_model_dir(Path(version.path), pause=pause)
     if md.weights_sha256 != version.sha256:
         raise ModelLoadError(f"version {version.id}: weights on disk do not match the ledger's sha256")
     check_finite(md.model)
+    pause()
     if probe is not None and len(md.splits.test) and \
             not torch.isfinite(predict_logits(md.model, probe, holdout_ids(md.splits, 64))).all():
         raise ModelLoadError(f"version {version.id} gives non-finite outputs")
