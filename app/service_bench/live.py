@@ -37,6 +37,7 @@ class LiveService:
         self.settings = Settings(home=home, database_url=db_url, redis_url=redis_url)
         self.api: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.api_cpus: set[int] | None = None  # the benchmark's pinning, if any
         self.url = f"http://127.0.0.1:{self.port}"
 
     def train_ids(self) -> list[int]:
