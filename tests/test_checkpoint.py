@@ -27,6 +27,16 @@ def test_round_trip(digits_model_dir: Path) -> None:
     assert all(torch.equal(raw[k], v) for k, v in md.model.state_dict().items())
 
 
+def test_a_paused_load_is_the_same_load(digits_model_dir: Path) -> None:
+    """Serving loads a new version in steps, sleeping between them, beside live traffic."""
+    steps: list[int] = []
+    md = load_model_dir(digits_model_dir, pause=lambda: steps.append(1))
+    assert len(steps) >= 4
+    plain = load_model_dir(digits_model_dir)
+    assert md.weights_sha256 == plain.weights_sha256
+    assert all(torch.equal(v, plain.model.state_dict()[k]) for k, v in md.model.state_dict().items())
+
+
 def test_changed_weights_are_refused(digits_model_dir: Path, tmp_path: Path) -> None:
     d = _copy(digits_model_dir, tmp_path)
     state = load_file(str(d / MODEL_FILE))
