@@ -116,18 +116,17 @@ def _bare(svc: LiveService, version: str) -> tuple[subprocess.Popen[bytes], str]
 
 
 def _pin_for_load(svc: LiveService, redis: EmbeddedRedis) -> bool:
-    """The API (and the bare endpoint) alone on the first CPU; on the others the clients (this process:
-    the load generator, and the churn it spawns), Redis, and the worker under SCHED_IDLE, standing for
-    a worker on hosts of its own (as docker-compose runs it): its batches must delay neither the API
-    nor the clients' clocks. Measured on this 2-vCPU host, either neighbour costs a p99 that is not
-    the API's to pay: a nice-19 CPU burner beside the load generator took a quiet p99 of 1.3 ms to
-    5-16 ms, and the worker beside the API (docs/results/service-digits on 08539ef) gave 3.2x."""
+    """The server on the first CPU (the API, the worker started after this, Redis; the bare endpoint
+    too), the clients on the others (this process: the load generator, and the churn it spawns).
+    Unpinned on a 2-vCPU host, the scheduler puts the worker beside the load generator now and then,
+    and the generator's own wake-up delays, not the service, set the p99 of whichever run that hits
+    (a nice-19 CPU burner beside the generator took a quiet p99 of 1.3 ms to 5-16 ms)."""
     cpus = sorted(os.sched_getaffinity(0))
-    server, rest = {cpus[0]}, set(cpus[1:])
+    server, clients = {cpus[0]}, set(cpus[1:])
     assert svc.api is not None and redis.proc is not None
     _pin(svc.api.pid, server)
-    _pin(redis.proc.pid, rest)
-    os.sched_setaffinity(0, rest)
+    _pin(redis.proc.pid, server)
+    os.sched_setaffinity(0, clients)
     svc.server_cpus = server
     return True
 
@@ -250,8 +249,7 @@ def run_service_bench(cfg: ServiceBenchConfig, *, out: Path, data_dir: Path | No
             # measuring latency without the window, not how a service is run.
             svc.stop_workers()
             pinned = cfg.pin_cpus and _can_pin() and _pin_for_load(svc, redis)
-            svc.start_worker(UNLEARND_BATCH_MAX_WAIT_S=cfg.swap_window_s,
-                             **({"UNLEARND_WORKER_PRIORITY": "idle"} if pinned else {}))
+            svc.start_worker(UNLEARND_BATCH_MAX_WAIT_S=cfg.swap_window_s)
             load = {**_throughput_and_swaps(svc, cfg), "pinned": pinned}
         finally:
             svc.stop()
@@ -283,9 +281,8 @@ def _markdown(s: dict[str, Any], cfg: ServiceBenchConfig) -> str:
         f"req/s = {cfg.open_share:g} × our idle capacity, latency from each request's scheduled time. Swapping: a "
         f"process POSTs /delete of one id {cfg.deletes_per_s:g}×/s; the worker batches them with the default "
         f"window ({cfg.swap_window_s:g} s), so a new version serves about every window; swaps = versions that "
-        "answered the load, less one. " + ("CPUs: the API (and the bare endpoint) pinned alone to the first CPU; "
-                                           "the clients (load generator, churn), Redis and the worker (SCHED_IDLE, "
-                                           "standing for a worker host of its own) to the others."
+        "answered the load, less one. " + ("CPUs: the server (API, worker, Redis; the bare endpoint) pinned to "
+                                           "the first CPU, the clients (load generator, churn) to the others."
                                            if s.get("pinned") else "CPUs: not pinned."), "",
         "| check | measured | target | met |", "|---|---|---|---|",
         f"| POST /delete → new version serving, p50 (window 0) | {s['delete_to_serving_p50_s']:.2f} s | ≤ 2 s | "
