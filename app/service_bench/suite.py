@@ -249,7 +249,8 @@ def run_service_bench(cfg: ServiceBenchConfig, *, out: Path, data_dir: Path | No
             # measuring latency without the window, not how a service is run.
             svc.stop_workers()
             pinned = cfg.pin_cpus and _can_pin() and _pin_for_load(svc, redis)
-            svc.start_worker(UNLEARND_BATCH_MAX_WAIT_S=cfg.swap_window_s)
+            # pinned, the worker shares the server's one CPU: more torch threads than CPUs only spin
+            svc.start_worker(UNLEARND_BATCH_MAX_WAIT_S=cfg.swap_window_s, **({"UNLEARND_THREADS": 1} if pinned else {}))
             load = {**_throughput_and_swaps(svc, cfg), "pinned": pinned}
         finally:
             svc.stop()
