@@ -35,7 +35,7 @@ DEMO_SUBJECT_GROUP = 4
 # The paper's sum/sgd step. docs/results/iau-sweep-quick picked η=5e-4 for ONE deletion, but a service
 # chains them, and each step's retain term is a full-batch gradient step at rate η·|D_r| (~0.1 here). Over
 # chained deletions on this model (sessions' measurements): η=5e-4 collapses at the 2nd; η=2e-4 holds for
-# ~9 and then Σ_{D_r}∇ℓ, growing ×1.2-1.6 per step from the first, collapses it (held-out 0.98 → 0.71 →
+# ~9 and then Σ_{D_r}∇ℓ, growing 6-60% per step from the first, collapses it (held-out 0.98 → 0.71 →
 # 0.11); η=1e-4 holds 0.9805 over 100 deletions of 10 ids with Σ_{D_r}∇ℓ shrinking. The worker also halves a
 # step that fails validation (settings.iau_backtracks).
 DIGITS_SERVICE_IAU = {"eta": 1e-4, "reduction": "sum", "step": "sgd"}
