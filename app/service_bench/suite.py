@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,7 @@ def _bare(svc: LiveService, version: str) -> tuple[subprocess.Popen[bytes], str]
     return proc, f"http://127.0.0.1:{port}/predict"
 
 
-def _pin_for_load(svc: LiveService, redis: EmbeddedRedis) -> bool:
+def _pin_for_load(svc: LiveService, redis: EmbeddedRedis) -> None:
     """The server on the first CPU (the API, the worker started after this, Redis; the bare endpoint
     too), the clients on the others (this process: the load generator, and the churn it spawns).
     Unpinned on a 2-vCPU host, the scheduler puts the worker beside the load generator now and then,
@@ -128,7 +129,6 @@ def _pin_for_load(svc: LiveService, redis: EmbeddedRedis) -> bool:
     _pin(redis.proc.pid, server)
     os.sched_setaffinity(0, clients)
     svc.server_cpus = server
-    return True
 
 
 def _summ(runs: list[LoadResult]) -> dict[str, Any]:
@@ -151,7 +151,7 @@ def _throughput_and_swaps(svc: LiveService, cfg: ServiceBenchConfig) -> dict[str
     runs: dict[str, list[LoadResult]] = {k: [] for k in ("bare", "ours_idle", "ours_swapping", "open_idle",
                                                           "open_swapping")}
     swaps: dict[str, list[int]] = {"ours_swapping": [], "open_swapping": []}
-    deletes: dict[str, dict[str, int]] = {"ours_swapping": {}, "open_swapping": {}}
+    deletes: dict[str, Counter[str]] = {"ours_swapping": Counter(), "open_swapping": Counter()}
     rate = 0.0
     try:
         for i in range(cfg.repeats):  # interleaved, so drift in the machine hits all alike
@@ -165,15 +165,14 @@ def _throughput_and_swaps(svc: LiveService, cfg: ServiceBenchConfig) -> dict[str
                                                       rate=r)
                 runs[key].append(res)
                 swaps[key].append(n)
-                for state, k in states.items():
-                    deletes[key][state] = deletes[key].get(state, 0) + k
+                deletes[key].update(states)
     finally:
         bare.terminate()
         bare.wait()
     out: dict[str, Any] = {k: _summ(v) for k, v in runs.items()}
     for k, n in swaps.items():
         out[k]["swaps"] = n
-        out[k]["deletes"] = deletes[k]
+        out[k]["deletes"] = dict(deletes[k])
     out["open_rate"] = rate
     out["throughput_ratio"] = out["ours_idle"]["rps_mean"] / out["bare"]["rps_mean"]
     out["p99_ratio_swapping_vs_idle"] = out["ours_swapping"]["p99_ms"] / out["ours_idle"]["p99_ms"]
@@ -200,18 +199,14 @@ def _churn(url: str, key: str, ids: list[int], seed: int, per_s: float, ready: A
             stop.wait(max(0.0, due - time.perf_counter()))
 
 
-def _outcomes(svc: LiveService, log: Path) -> dict[str, int]:
+def _outcomes(svc: LiveService, log: Path) -> Counter[str]:
     """How the churn's deletions ended: a swap count means little if the batches behind it failed."""
-    states: dict[str, int] = {}
-    for rid in log.read_text().split():
-        state = svc.wait_request(rid, timeout_s=300)["state"]
-        states[state] = states.get(state, 0) + 1
-    return states
+    return Counter(svc.wait_request(rid, timeout_s=300)["state"] for rid in log.read_text().split())
 
 
 def _load_while_swapping(svc: LiveService, cfg: ServiceBenchConfig, url: str, hdr: dict[str, str],
                          body: dict[str, Any], *, seed: int, rate: float | None
-                         ) -> tuple[LoadResult, int, dict[str, int]]:
+                         ) -> tuple[LoadResult, int, Counter[str]]:
     """The load, while deletions stream in; swaps = versions that answered it, less the first; and how the
     deletions ended."""
     ctx = multiprocessing.get_context("spawn")
@@ -248,7 +243,9 @@ def run_service_bench(cfg: ServiceBenchConfig, *, out: Path, data_dir: Path | No
             # Swapping runs at the deployed default window: back-to-back batches (window 0) are for
             # measuring latency without the window, not how a service is run.
             svc.stop_workers()
-            pinned = cfg.pin_cpus and _can_pin() and _pin_for_load(svc, redis)
+            pinned = cfg.pin_cpus and _can_pin()
+            if pinned:
+                _pin_for_load(svc, redis)
             # pinned, the worker shares the server's one CPU: more torch threads than CPUs only spin
             svc.start_worker(UNLEARND_BATCH_MAX_WAIT_S=cfg.swap_window_s, **({"UNLEARND_THREADS": 1} if pinned else {}))
             load = {**_throughput_and_swaps(svc, cfg), "pinned": pinned}
