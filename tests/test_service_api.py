@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated
 
 import httpx
 import pytest
+from fastapi import APIRouter, FastAPI, Query
+from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
+from app.api.threads import BACKGROUND_NICE, BackgroundRoute
 from tests.service_harness import Service, db_url_for
 
 
@@ -77,6 +83,44 @@ def test_worker_runs_at_low_priority(svc: Service) -> None:
         time.sleep(0.2)  # it lowers itself once started
     assert os.sched_getscheduler(pid) == os.SCHED_BATCH and os.getpriority(os.PRIO_PROCESS, pid) == 10
     assert os.sched_getscheduler(svc.api.pid) == os.SCHED_OTHER  # type: ignore[union-attr]
+
+
+def _thread_nices(pid: int) -> dict[int, int]:
+    return {int(t): os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{pid}/task")}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread priority is Linux's")
+def test_api_blocking_work_runs_below_the_event_loop(svc: Service) -> None:
+    """The sync routes' pool thread and the reload threads at BACKGROUND_NICE, the event loop (the main
+    thread) at the process's own: a POST /delete must not preempt the loop that answers predictions."""
+    assert svc.api is not None
+    with svc.client() as c:
+        assert c.get("/models/current").status_code == 200  # a sync route: it ran on a pool thread
+    nices = _thread_nices(svc.api.pid)
+    assert nices[svc.api.pid] == 0
+    # the poll and listen threads, and at least one pool thread
+    assert sum(n == BACKGROUND_NICE for n in nices.values()) >= 3, nices
+
+
+def test_background_route_lowers_sync_endpoints_only() -> None:
+    """In-process: a sync endpoint runs lowered and still gets its typed parameters; an async one,
+    on the event loop, is left alone."""
+    router = APIRouter(route_class=BackgroundRoute)
+
+    @router.get("/sync")
+    def sync_nice(x: Annotated[int, Query()]) -> dict[str, int]:
+        return {"x": x, "nice": os.getpriority(os.PRIO_PROCESS, threading.get_native_id())}
+
+    @router.get("/async")
+    async def async_nice() -> dict[str, int]:
+        return {"nice": os.getpriority(os.PRIO_PROCESS, threading.get_native_id())}
+
+    app = FastAPI()
+    app.include_router(router)
+    with TestClient(app) as c:
+        assert c.get("/sync", params={"x": "7"}).json() == {"x": 7, "nice": BACKGROUND_NICE}
+        assert c.get("/sync", params={"x": "seven"}).status_code == 422
+        assert c.get("/async").json()["nice"] < BACKGROUND_NICE
 
 
 def test_bad_delete_input_is_refused_and_writes_nothing(svc: Service) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from redis.exceptions import RedisError
 from torch import nn
 
+from app.api.threads import lower_this_thread
 from app.core.config import Settings
 from app.db import ledger
 from app.db.session import transaction
@@ -73,6 +74,7 @@ class ModelHolder:
         return True
 
     def _poll_loop(self) -> None:
+        lower_this_thread()  # a load must not preempt the event loop
         while not self._stop.is_set():
             try:
                 self.refresh()
@@ -82,6 +84,7 @@ class ModelHolder:
             self._wake.clear()
 
     def _listen_loop(self) -> None:
+        lower_this_thread()
         while not self._stop.is_set() and self.settings.redis_url:
             try:
                 pubsub = connect(self.settings.redis_url).pubsub(ignore_subscribe_messages=True)

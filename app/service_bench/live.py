@@ -37,7 +37,8 @@ class LiveService:
         self.settings = Settings(home=home, database_url=db_url, redis_url=redis_url)
         self.api: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
-        self.server_cpus: set[int] | None = None  # where the benchmark pins the server, if it does
+        self.server_cpus: set[int] | None = None  # where the benchmark pins the API, if it does
+        self.worker_cpus: set[int] | None = None  # and the workers it starts
         self.url = f"http://127.0.0.1:{self.port}"
 
     def train_ids(self) -> list[int]:
@@ -69,7 +70,7 @@ class LiveService:
 
     def start_worker(self, **env: Any) -> subprocess.Popen[bytes]:
         log = self._log(f"worker{len(self.workers)}.log")
-        cpus = self.server_cpus
+        cpus = self.worker_cpus
         proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"],
                                 env={**self.env, **{k: str(v) for k, v in env.items()}}, stdout=log, stderr=log,
                                 preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)

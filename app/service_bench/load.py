@@ -8,6 +8,7 @@ about 0.5 ms of CPU a request, which throttled the clients before the server.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import threading
@@ -28,6 +29,7 @@ class LoadResult:
     seconds: float
     latencies_ms: np.ndarray
     versions: set[str]
+    steal_s: float = 0.0  # CPU time the hypervisor took from this host's vCPUs meanwhile (noise, not ours)
 
     @property
     def rps(self) -> float:
@@ -115,6 +117,16 @@ def _open(seconds: float, interval: float, offset: float) -> Any:
         yield start + k * interval
 
 
+def host_steal_s() -> float:
+    """The host's total steal time so far (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return 0.0
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+
+
 def run_load(url: str, *, body: dict[str, Any], headers: dict[str, str], clients: int, seconds: float,
              rate: float | None = None) -> LoadResult:
     """Closed loop (RATE None: each client sends as soon as its last answer came) or open loop (RATE
@@ -129,7 +141,7 @@ def run_load(url: str, *, body: dict[str, Any], headers: dict[str, str], clients
         schedule = _open(seconds, interval, k * interval / clients) if rate else _closed(seconds)
         errs[k] = _client_loop(host, port, request, schedule, lat[k], versions[k])
 
-    t0 = time.perf_counter()
+    t0, steal0 = time.perf_counter(), host_steal_s()
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     for t in threads:
         t.start()
@@ -137,4 +149,4 @@ def run_load(url: str, *, body: dict[str, Any], headers: dict[str, str], clients
         t.join()
     all_lat = np.asarray([v for per in lat for v in per])
     return LoadResult(len(all_lat), sum(errs), time.perf_counter() - t0, all_lat,
-                      {v.decode() for per in versions for v in per})
+                      {v.decode() for per in versions for v in per}, host_steal_s() - steal0)

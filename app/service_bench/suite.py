@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -103,6 +104,17 @@ def _can_pin() -> bool:
     return hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
 
 
+def _wait_listening(proc: subprocess.Popen[bytes], port: int, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the bare endpoint exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.2)
+    raise TimeoutError("the bare endpoint did not listen")
+
+
 def _bare(svc: LiveService, version: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**svc.env, "BARE_MODEL_DIR": str(svc.settings.models_dir / version),
@@ -110,25 +122,30 @@ def _bare(svc: LiveService, version: str) -> tuple[subprocess.Popen[bytes], str]
     log = (svc.home / "bare.log").open("ab")
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.service_bench.bare:app", "--port", str(port),
                              "--log-level", "warning", "--no-access-log"], env=env, stdout=log, stderr=log)
-    time.sleep(5)
+    _wait_listening(proc, port)
     if svc.server_cpus:
         _pin(proc.pid, svc.server_cpus)
     return proc, f"http://127.0.0.1:{port}/predict"
 
 
-def _pin_for_load(svc: LiveService, redis: EmbeddedRedis) -> None:
-    """The server on the first CPU (the API, the worker started after this, Redis; the bare endpoint
-    too), the clients on the others (this process: the load generator, and the churn it spawns).
-    Unpinned on a 2-vCPU host, the scheduler puts the worker beside the load generator now and then,
-    and the generator's own wake-up delays, not the service, set the p99 of whichever run that hits
-    (a nice-19 CPU burner beside the generator took a quiet p99 of 1.3 ms to 5-16 ms)."""
+def _pin_for_load(svc: LiveService, redis: EmbeddedRedis) -> set[int]:
+    """The API (and Redis; the bare endpoint too) on the first CPU, as a deployment gives its serving
+    process a CPU of its own; the clients (this process: the load generator, and the churn it spawns)
+    and the worker started after this on the others. Returns the worker's CPUs.
+
+    Unpinned on a 2-vCPU host, the scheduler put the worker beside the load generator now and then, and
+    the generator's own wake-up delays set the p99 of whichever run that hit (a nice-19 CPU burner beside
+    it took a quiet p99 of 1.3 ms to 5-16 ms). Pinned beside the API, the worker's batches (SCHED_BATCH,
+    nice 10, yet ~130 ms of CPU a second) took /predict's swap p99 from ~4 to 11-14 ms; beside the
+    clients, it yields to them on each wake-up and costs them little."""
     cpus = sorted(os.sched_getaffinity(0))
     server, clients = {cpus[0]}, set(cpus[1:])
     assert svc.api is not None and redis.proc is not None
     _pin(svc.api.pid, server)
     _pin(redis.proc.pid, server)
     os.sched_setaffinity(0, clients)
-    svc.server_cpus = server
+    svc.server_cpus, svc.worker_cpus = server, clients
+    return clients
 
 
 def _summ(runs: list[LoadResult]) -> dict[str, Any]:
@@ -136,6 +153,7 @@ def _summ(runs: list[LoadResult]) -> dict[str, Any]:
     return {"rps": [r.rps for r in runs], "rps_mean": float(np.mean([r.rps for r in runs])),
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
             "errors": int(sum(r.errors for r in runs)), "requests": int(sum(r.requests for r in runs)),
+            "p99_ms_each": [r.pct(99) for r in runs], "steal_s": [r.steal_s for r in runs],
             "versions_seen": sorted(set().union(*(r.versions for r in runs)))}
 
 
@@ -244,10 +262,9 @@ def run_service_bench(cfg: ServiceBenchConfig, *, out: Path, data_dir: Path | No
             # measuring latency without the window, not how a service is run.
             svc.stop_workers()
             pinned = cfg.pin_cpus and _can_pin()
-            if pinned:
-                _pin_for_load(svc, redis)
-            # pinned, the worker shares the server's one CPU: more torch threads than CPUs only spin
-            svc.start_worker(UNLEARND_BATCH_MAX_WAIT_S=cfg.swap_window_s, **({"UNLEARND_THREADS": 1} if pinned else {}))
+            # pinned, the worker gets as many torch threads as its CPUs: more only spin
+            threads = {"UNLEARND_THREADS": len(_pin_for_load(svc, redis))} if pinned else {}
+            svc.start_worker(UNLEARND_BATCH_MAX_WAIT_S=cfg.swap_window_s, **threads)
             load = {**_throughput_and_swaps(svc, cfg), "pinned": pinned}
         finally:
             svc.stop()
@@ -279,8 +296,8 @@ def _markdown(s: dict[str, Any], cfg: ServiceBenchConfig) -> str:
         f"req/s = {cfg.open_share:g} × our idle capacity, latency from each request's scheduled time. Swapping: a "
         f"process POSTs /delete of one id {cfg.deletes_per_s:g}×/s; the worker batches them with the default "
         f"window ({cfg.swap_window_s:g} s), so a new version serves about every window; swaps = versions that "
-        "answered the load, less one. " + ("CPUs: the server (API, worker, Redis; the bare endpoint) pinned to "
-                                           "the first CPU, the clients (load generator, churn) to the others."
+        "answered the load, less one. " + ("CPUs: the API (with Redis; the bare endpoint too) pinned to the first "
+                                           "CPU, the clients (load generator, churn) and the worker to the others."
                                            if s.get("pinned") else "CPUs: not pinned."), "",
         "| check | measured | target | met |", "|---|---|---|---|",
         f"| POST /delete → new version serving, p50 (window 0) | {s['delete_to_serving_p50_s']:.2f} s | ≤ 2 s | "
@@ -299,6 +316,11 @@ def _markdown(s: dict[str, Any], cfg: ServiceBenchConfig) -> str:
         f"{w['rps_mean'] / o['rps_mean']:.2f}× | — | — |",
         f"| errors during swaps | {errors} of {requests} | 0 | {_yes(errors == 0)} |",
         f"| deletions streamed during the load: completed / all | {done} / {asked} | all | {_yes(done == asked)} |",
+        "", "Open loop, each repeat's p99 (ms), and the host's steal time meanwhile (s: CPU the hypervisor gave "
+        "to other guests; a stall it causes lands in whichever phase it hits):", "",
+        "| repeat | idle p99 | steal | swapping p99 | steal |", "|---|---|---|---|---|",
+        *(f"| {i + 1} | {a:.1f} | {sa:.2f} | {b:.1f} | {sb:.2f} |" for i, (a, sa, b, sb) in
+          enumerate(zip(oi["p99_ms_each"], oi["steal_s"], ow["p99_ms_each"], ow["steal_s"], strict=True))),
         ""])
 
 

@@ -11,10 +11,11 @@ from sqlalchemy import func, select
 from app.api.deps import State, require
 from app.api.problems import responses
 from app.api.schemas import AuditItem, AuditPage
+from app.api.threads import BackgroundRoute
 from app.db.models import AuditEntry
 from app.db.session import transaction
 
-router = APIRouter(tags=["audit"])
+router = APIRouter(route_class=BackgroundRoute, tags=["audit"])
 
 
 @router.get("/audit", response_model=AuditPage, dependencies=[Depends(require("audit"))],

@@ -9,12 +9,13 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from app.api.deps import State, require
 from app.api.problems import responses
 from app.api.schemas import DeleteAccepted, DeleteBody, RequestStatus
+from app.api.threads import BackgroundRoute
 from app.db import ledger
 from app.db.keys import Principal
 from app.db.session import as_utc, transaction, utcnow
 from worker.queue import notify
 
-router = APIRouter(tags=["delete"])
+router = APIRouter(route_class=BackgroundRoute, tags=["delete"])
 
 
 @router.post("/delete", status_code=202, response_model=DeleteAccepted,

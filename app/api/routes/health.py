@@ -10,8 +10,9 @@ from sqlalchemy import text
 
 from app.api.deps import State
 from app.api.problems import problem, responses
+from app.api.threads import BackgroundRoute
 
-router = APIRouter(tags=["health"])
+router = APIRouter(route_class=BackgroundRoute, tags=["health"])
 
 
 @router.get("/healthz", summary="Liveness: the process answers (checks no dependency)")

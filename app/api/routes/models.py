@@ -7,12 +7,14 @@ from fastapi import APIRouter, Depends
 from app.api.deps import State, require
 from app.api.problems import responses
 from app.api.schemas import CurrentModel, ModelInfo
+from app.api.threads import BackgroundRoute
 from app.db import ledger
 from app.db.models import ModelVersion
 from app.db.session import as_utc, transaction
 from app.ml.errors import Unavailable
 
-router = APIRouter(tags=["models"], dependencies=[Depends(require("predict", "audit", open_if_predict_open=True))])
+router = APIRouter(route_class=BackgroundRoute, tags=["models"],
+                   dependencies=[Depends(require("predict", "audit", open_if_predict_open=True))])
 
 
 def _info(v: ModelVersion) -> dict[str, object]:

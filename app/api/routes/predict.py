@@ -15,12 +15,13 @@ from app.api.deps import AppState, State, authorize, require
 from app.api.problems import responses
 from app.api.schemas import PredictBody, PredictResponse
 from app.api.serving import Served
+from app.api.threads import BackgroundRoute
 from app.db import ledger
 from app.db.session import transaction
 from app.ml.errors import Gone, InvalidRequest, MalformedRequest, NotFound, Unavailable
 from app.service.store import raw_to_features
 
-router = APIRouter(tags=["predict"])
+router = APIRouter(route_class=BackgroundRoute, tags=["predict"])
 auth = Depends(require("predict", open_if_predict_open=True))
 
 
