@@ -56,7 +56,7 @@ class ServiceBenchConfig:
     open_share: float = 0.5
     deletes_per_s: float = 3.0
     swap_window_s: float = Settings.model_fields["batch_max_wait_s"].default
-    repeats: int = 3
+    repeats: int = 5  # odd: the p99 check takes the median repeat
     seed: int = 0
     pin_cpus: bool = True
 
@@ -153,7 +153,8 @@ def _summ(runs: list[LoadResult]) -> dict[str, Any]:
     return {"rps": [r.rps for r in runs], "rps_mean": float(np.mean([r.rps for r in runs])),
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
             "errors": int(sum(r.errors for r in runs)), "requests": int(sum(r.requests for r in runs)),
-            "p99_ms_each": [r.pct(99) for r in runs], "steal_s": [r.steal_s for r in runs],
+            "p99_ms_each": [r.pct(99) for r in runs], "p99_ms_median": float(np.median([r.pct(99) for r in runs])),
+            "steal_s": [r.steal_s for r in runs],
             "versions_seen": sorted(set().union(*(r.versions for r in runs)))}
 
 
@@ -193,8 +194,11 @@ def _throughput_and_swaps(svc: LiveService, cfg: ServiceBenchConfig) -> dict[str
         out[k]["deletes"] = dict(deletes[k])
     out["open_rate"] = rate
     out["throughput_ratio"] = out["ours_idle"]["rps_mean"] / out["bare"]["rps_mean"]
-    out["p99_ratio_swapping_vs_idle"] = out["ours_swapping"]["p99_ms"] / out["ours_idle"]["p99_ms"]
-    out["p99_ratio_open"] = out["open_swapping"]["p99_ms"] / out["open_idle"]["p99_ms"]
+    # The check: the median repeat's p99, which a stall of the host's (steal) in one repeat does not set.
+    for key, (swapping, idle) in (("p99_ratio_swapping_vs_idle", ("ours_swapping", "ours_idle")),
+                                  ("p99_ratio_open", ("open_swapping", "open_idle"))):
+        out[key] = out[swapping]["p99_ms_median"] / out[idle]["p99_ms_median"]
+        out[key + "_pooled"] = out[swapping]["p99_ms"] / out[idle]["p99_ms"]
     return out
 
 
@@ -306,18 +310,23 @@ def _markdown(s: dict[str, Any], cfg: ServiceBenchConfig) -> str:
         f"| batches on the fast path | {100 * s['fast_path_share']:.0f}% | — | — |",
         f"| /predict throughput ours / bare uvicorn+torch (closed loop) | {o['rps_mean']:.0f} / {b['rps_mean']:.0f} "
         f"req/s = {s['throughput_ratio']:.2f}× | ≥ 0.8× | {_yes(s['throughput_ratio'] >= 0.8)} |",
-        f"| p99 while versions swap / idle, open loop at {cfg.open_share:g}× capacity | {ow['p99_ms']:.1f} / "
-        f"{oi['p99_ms']:.1f} ms = {s['p99_ratio_open']:.2f}× ({sum(ow['swaps'])} swaps) | ≤ 1.5× | "
-        f"{_yes(s['p99_ratio_open'] <= 1.5)} |",
-        f"| p99 while versions swap / idle, closed loop (saturated) | {w['p99_ms']:.1f} / {o['p99_ms']:.1f} ms = "
-        f"{s['p99_ratio_swapping_vs_idle']:.2f}× ({sum(w['swaps'])} swaps) | ≤ 1.5× | "
-        f"{_yes(s['p99_ratio_swapping_vs_idle'] <= 1.5)} |",
+        f"| p99 while versions swap / idle, open loop at {cfg.open_share:g}× capacity, median of {cfg.repeats} "
+        f"repeats | {ow['p99_ms_median']:.1f} / {oi['p99_ms_median']:.1f} ms = {s['p99_ratio_open']:.2f}× "
+        f"({sum(ow['swaps'])} swaps) | ≤ 1.5× | {_yes(s['p99_ratio_open'] <= 1.5)} |",
+        f"| same, all repeats pooled | {ow['p99_ms']:.1f} / {oi['p99_ms']:.1f} ms = "
+        f"{s['p99_ratio_open_pooled']:.2f}× | — | — |",
+        f"| p99 while versions swap / idle, closed loop (saturated), median of {cfg.repeats} repeats | "
+        f"{w['p99_ms_median']:.1f} / {o['p99_ms_median']:.1f} ms = {s['p99_ratio_swapping_vs_idle']:.2f}× "
+        f"({sum(w['swaps'])} swaps) | ≤ 1.5× | {_yes(s['p99_ratio_swapping_vs_idle'] <= 1.5)} |",
+        f"| same, all repeats pooled | {w['p99_ms']:.1f} / {o['p99_ms']:.1f} ms = "
+        f"{s['p99_ratio_swapping_vs_idle_pooled']:.2f}× | — | — |",
         f"| throughput while swapping / idle (closed loop) | {w['rps_mean']:.0f} / {o['rps_mean']:.0f} req/s = "
         f"{w['rps_mean'] / o['rps_mean']:.2f}× | — | — |",
         f"| errors during swaps | {errors} of {requests} | 0 | {_yes(errors == 0)} |",
         f"| deletions streamed during the load: completed / all | {done} / {asked} | all | {_yes(done == asked)} |",
         "", "Open loop, each repeat's p99 (ms), and the host's steal time meanwhile (s: CPU the hypervisor gave "
-        "to other guests; a stall it causes lands in whichever phase it hits):", "",
+        "to other guests; a stall it causes lands in whichever phase it hits, which is why the check takes the "
+        "median repeat):", "",
         "| repeat | idle p99 | steal | swapping p99 | steal |", "|---|---|---|---|---|",
         *(f"| {i + 1} | {a:.1f} | {sa:.2f} | {b:.1f} | {sb:.2f} |" for i, (a, sa, b, sb) in
           enumerate(zip(oi["p99_ms_each"], oi["steal_s"], ow["p99_ms_each"], ow["steal_s"], strict=True))),
