@@ -101,6 +101,15 @@ class LiveService:
                 time.sleep(poll_s)
         raise TimeoutError(f"API never served {version}")
 
+    def wait_grad_cache(self, version: str, timeout_s: float = 600) -> None:
+        """Until the worker has refreshed VERSION's gradient cache (the IAU fast path needs it)."""
+        cache = self.settings.models_dir / version / "grad_cache.safetensors"
+        deadline = time.monotonic() + timeout_s
+        while not cache.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no gradient cache for {version}; logs in {self.home}")
+            time.sleep(0.05)
+
     def stop_workers(self) -> None:
         _terminate(self.workers)
         self.workers = []

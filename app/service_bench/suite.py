@@ -87,9 +87,7 @@ def _delete_latencies(svc: LiveService, cfg: ServiceBenchConfig) -> list[dict[st
             entry = c.get("/audit", params={"offset": done["audit_entry"] - 1, "limit": 1}).json()["items"][0]
             rows.append({"seconds": total, "path": entry["payload"]["path"],
                          "unlearn_s": entry["payload"]["unlearn_time_s"], "version": done["model_version"]})
-            cache = svc.settings.models_dir / done["model_version"] / "grad_cache.safetensors"
-            while not cache.exists():  # the next delete should find the refreshed cache (fast path)
-                time.sleep(0.05)
+            svc.wait_grad_cache(done["model_version"])  # the next delete should find it (fast path)
     return rows
 
 
@@ -231,6 +229,8 @@ def _load_while_swapping(svc: LiveService, cfg: ServiceBenchConfig, url: str, hd
                          ) -> tuple[LoadResult, int, Counter[str]]:
     """The load, while deletions stream in; swaps = versions that answered it, less the first; and how the
     deletions ended."""
+    with svc.client() as c:  # the last phase's last batch may still be refreshing its cache: on CIFAR-10,
+        svc.wait_grad_cache(c.get("/models/current").json()["id"])  # longer than a repeat, and nothing swaps
     ctx = multiprocessing.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
     log = svc.home / f"churn-{seed}.ids"
