@@ -172,6 +172,7 @@ def _throughput_and_swaps(svc: LiveService, cfg: ServiceBenchConfig) -> dict[str
     rate = 0.0
     try:
         for i in range(cfg.repeats):  # interleaved, so drift in the machine hits all alike
+            _wait_worker_idle(svc)  # or the last repeat's cache refresh (seconds on CIFAR-10) loads the idle phases
             runs["bare"].append(run_load(bare_url, body=body, headers={}, clients=cfg.clients, seconds=cfg.load_s))
             runs["ours_idle"].append(run_load(url, body=body, headers=hdr, clients=cfg.clients, seconds=cfg.load_s))
             rate = rate or cfg.open_share * runs["ours_idle"][0].rps
@@ -192,7 +193,8 @@ def _throughput_and_swaps(svc: LiveService, cfg: ServiceBenchConfig) -> dict[str
         out[k]["deletes"] = dict(deletes[k])
     out["open_rate"] = rate
     out["throughput_ratio"] = out["ours_idle"]["rps_mean"] / out["bare"]["rps_mean"]
-    # The check: the median repeat's p99, which a stall of the host's (steal) in one repeat does not set.
+    # Two views, and the check needs both: the median repeat's p99, which a stall of the host's (steal) in
+    # one repeat does not set; and all repeats pooled, where a swap that stalls one repeat in five still shows.
     for key, (swapping, idle) in (("p99_ratio_swapping_vs_idle", ("ours_swapping", "ours_idle")),
                                   ("p99_ratio_open", ("open_swapping", "open_idle"))):
         out[key] = out[swapping]["p99_ms_median"] / out[idle]["p99_ms_median"]
@@ -224,13 +226,18 @@ def _outcomes(svc: LiveService, log: Path) -> Counter[str]:
     return Counter(svc.wait_request(rid, timeout_s=300)["state"] for rid in log.read_text().split())
 
 
+def _wait_worker_idle(svc: LiveService) -> None:
+    """Until the last batch's gradient cache refresh is done: the head has its cache."""
+    with svc.client() as c:
+        svc.wait_grad_cache(c.get("/models/current").json()["id"])
+
+
 def _load_while_swapping(svc: LiveService, cfg: ServiceBenchConfig, url: str, hdr: dict[str, str],
                          body: dict[str, Any], *, seed: int, rate: float | None
                          ) -> tuple[LoadResult, int, Counter[str]]:
     """The load, while deletions stream in; swaps = versions that answered it, less the first; and how the
     deletions ended."""
-    with svc.client() as c:  # the last phase's last batch may still be refreshing its cache: on CIFAR-10,
-        svc.wait_grad_cache(c.get("/models/current").json()["id"])  # longer than a repeat, and nothing swaps
+    _wait_worker_idle(svc)  # on CIFAR-10 the last refresh outlasted a repeat, and nothing swapped in it
     ctx = multiprocessing.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
     log = svc.home / f"churn-{seed}.ids"
@@ -283,6 +290,10 @@ def run_service_bench(cfg: ServiceBenchConfig, *, out: Path, data_dir: Path | No
                          markdown=_markdown(summary, cfg))
 
 
+def _met(s: dict[str, Any], key: str) -> bool:
+    return bool(s[key] <= 1.5 and s[key + "_pooled"] <= 1.5)
+
+
 def _yes(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
@@ -312,21 +323,21 @@ def _markdown(s: dict[str, Any], cfg: ServiceBenchConfig) -> str:
         f"req/s = {s['throughput_ratio']:.2f}× | ≥ 0.8× | {_yes(s['throughput_ratio'] >= 0.8)} |",
         f"| p99 while versions swap / idle, open loop at {cfg.open_share:g}× capacity, median of {cfg.repeats} "
         f"repeats | {ow['p99_ms_median']:.1f} / {oi['p99_ms_median']:.1f} ms = {s['p99_ratio_open']:.2f}× "
-        f"({sum(ow['swaps'])} swaps) | ≤ 1.5× | {_yes(s['p99_ratio_open'] <= 1.5)} |",
+        f"({sum(ow['swaps'])} swaps) | ≤ 1.5× | {_yes(_met(s, 'p99_ratio_open'))} |",
         f"| same, all repeats pooled | {ow['p99_ms']:.1f} / {oi['p99_ms']:.1f} ms = "
-        f"{s['p99_ratio_open_pooled']:.2f}× | — | — |",
+        f"{s['p99_ratio_open_pooled']:.2f}× | ≤ 1.5× | (both) |",
         f"| p99 while versions swap / idle, closed loop (saturated), median of {cfg.repeats} repeats | "
         f"{w['p99_ms_median']:.1f} / {o['p99_ms_median']:.1f} ms = {s['p99_ratio_swapping_vs_idle']:.2f}× "
-        f"({sum(w['swaps'])} swaps) | ≤ 1.5× | {_yes(s['p99_ratio_swapping_vs_idle'] <= 1.5)} |",
+        f"({sum(w['swaps'])} swaps) | ≤ 1.5× | {_yes(_met(s, 'p99_ratio_swapping_vs_idle'))} |",
         f"| same, all repeats pooled | {w['p99_ms']:.1f} / {o['p99_ms']:.1f} ms = "
-        f"{s['p99_ratio_swapping_vs_idle_pooled']:.2f}× | — | — |",
+        f"{s['p99_ratio_swapping_vs_idle_pooled']:.2f}× | ≤ 1.5× | (both) |",
         f"| throughput while swapping / idle (closed loop) | {w['rps_mean']:.0f} / {o['rps_mean']:.0f} req/s = "
         f"{w['rps_mean'] / o['rps_mean']:.2f}× | — | — |",
         f"| errors during swaps | {errors} of {requests} | 0 | {_yes(errors == 0)} |",
         f"| deletions streamed during the load: completed / all | {done} / {asked} | all | {_yes(done == asked)} |",
         "", "Open loop, each repeat's p99 (ms), and the host's steal time meanwhile (s: CPU the hypervisor gave "
-        "to other guests; a stall it causes lands in whichever phase it hits, which is why the check takes the "
-        "median repeat):", "",
+        "to other guests; a stall it causes lands in whichever phase it hits; the check needs the median repeat "
+        "and the pooled ratio both within 1.5×):", "",
         "| repeat | idle p99 | steal | swapping p99 | steal |", "|---|---|---|---|---|",
         *(f"| {i + 1} | {a:.1f} | {sa:.2f} | {b:.1f} | {sb:.2f} |" for i, (a, sa, b, sb) in
           enumerate(zip(oi["p99_ms_each"], oi["steal_s"], ow["p99_ms_each"], ow["steal_s"], strict=True))),
