@@ -107,7 +107,7 @@ def test_concurrent_overlapping_deletes(backend: str, tmp_path: Path, digits_mod
             responses = list(ex.map(lambda ids: c.post("/delete", json={"sample_ids": ids}), sets))
             assert all(r.status_code == 202 for r in responses)
             done = [svc.wait_request(r.json()["id"], timeout_s=180) for r in responses]
-        assert all(d["state"] == "completed" for d in done), done
+        assert all(d["state"] == "completed" for d in done), [(d["state"], d["reason"]) for d in done]
         _assert_forgotten_once(svc, sorted({i for s in sets for i in s}))
     finally:
         svc.stop()

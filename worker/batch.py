@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy.exc import IntegrityError
 from torch import nn
 
 from app.core.config import Settings
@@ -204,14 +205,27 @@ def _write_and_commit(settings: Settings, conn: LedgerConn, c: Claimed, md: Mode
                                   version_id=v.id, forget_ids=c.forget, audit_seq=entry.seq, now=now,
                                   already=c.already)
     except Conflict as e:
-        log.info("batch %s released: %s", c.batch_id, e)
-        with transaction(conn.write) as s:
-            ledger.release_batch(s, batch_id=c.batch_id)
-        return Outcome(c.batch_id, "released", info={"why": str(e)})
+        return _release(conn, c, str(e))
+    except IntegrityError:
+        # Two workers built on one head: the slower one's version row collides on seq before set_head can
+        # say so. That is the head moving, not a fault of the batch's (which abandon() would count towards
+        # failing it); anything else is.
+        with transaction(conn.read) as s:
+            head = ledger.head(s)
+        if head is None or head.id == c.head.id:
+            raise
+        return _release(conn, c, "the head moved while this batch ran")
     record["total_s"] = time.perf_counter() - t0
     log.info("batch %s: forgot %d samples → version %s in %.2f s", c.batch_id, len(c.forget), sha[:16],
              record["total_s"])
     return Outcome(c.batch_id, "completed", sha[:16], len(c.forget), record)
+
+
+def _release(conn: LedgerConn, c: Claimed, why: str) -> Outcome:
+    log.info("batch %s released: %s", c.batch_id, why)
+    with transaction(conn.write) as s:
+        ledger.release_batch(s, batch_id=c.batch_id)
+    return Outcome(c.batch_id, "released", info={"why": why})
 
 
 def _fail(conn: LedgerConn, c: Claimed, reason: str) -> Outcome:
