@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from app.api.threads import BACKGROUND_NICE, BackgroundRoute
+from app.service_bench.live import LiveService
 from tests.service_harness import Service, db_url_for
 
 
@@ -229,3 +230,31 @@ def test_openapi_is_complete(svc: Service) -> None:
     assert "Problem" in spec["components"]["schemas"]
     assert "410" in spec["paths"]["/predict"]["get"]["responses"]
     assert "202" in spec["paths"]["/delete"]["post"]["responses"]
+
+
+def test_control_work_in_threads_answers_like_the_control_process(svc: Service) -> None:
+    """`control_processes=0` (the ledger work on threads of the API) and the default control process
+    give the same answers, on the same ledger: a second API with 0 beside the module's."""
+    keep = ("UNLEARND_QUEUE_NAME", "UNLEARND_SUBJECTS_FILE", "UNLEARND_MAX_DELETE_IDS", "UNLEARND_POLL_INTERVAL_S")
+    inline = LiveService(svc.home, svc.model_dir, db_url=svc.settings.db_url, redis_url=svc.env["REDIS_URL"],
+                         UNLEARND_CONTROL_PROCESSES=0, **{k: svc.env[k] for k in keep})
+    try:
+        inline.start_api()
+        assert svc.control_pids() and not inline.control_pids()
+        ids = svc.train_ids()
+        with svc.client() as a, inline.client() as b:
+            rid = b.post("/delete", json={"sample_ids": ids[-3:]}).json()["id"]  # accepted by the threads
+            done = svc.wait_request(rid)  # completed by the worker, seen through the control process
+            assert done["state"] == "completed" and done["sample_ids"] == sorted(ids[-3:])
+            replay = a.post("/delete", json={"sample_ids": ids[-2:]})
+            assert replay.json()["already_forgotten"] == sorted(ids[-2:])
+            for path in (f"/requests/{rid}", f"/requests/{replay.json()['id']}", "/models",
+                         "/audit?offset=1&limit=2", "/requests/no-such-request"):
+                ra, rb = a.get(path), b.get(path)
+                assert ra.status_code == rb.status_code
+                body_a, body_b = ra.json(), rb.json()
+                if isinstance(body_a, dict) and body_a.get("next"):  # a link to each server's own port
+                    body_a["next"], body_b["next"] = (x.split("/", 3)[3] for x in (body_a["next"], body_b["next"]))
+                assert body_a == body_b, path
+    finally:
+        inline.stop()

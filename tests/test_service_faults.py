@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import signal
 import threading
 import time
@@ -212,5 +213,39 @@ def test_too_large_iau_step_is_halved_until_valid(tmp_path: Path, digits_model_d
         assert p["eta_halvings"] == 2 and p["params"]["eta"] == pytest.approx(2e-3)
         assert [s.split(":")[0] for s in p["rejected_steps"]] == ["η=0.008", "η=0.004"]
         assert p["test_acc_after"] >= p["test_acc_before"] - 0.25
+    finally:
+        svc.stop()
+
+
+def test_control_process_killed_is_restarted_and_loses_nothing(tmp_path: Path, digits_model_dir: Path,
+                                                              redis_url: str) -> None:
+    """The deletion endpoints' ledger work runs in a child of the API. SIGKILLed, the request in its
+    way gets a 503 problem (its outcome unknown: the client retries with its Idempotency-Key), the
+    next is served by a new process, and every accepted request completes."""
+    svc = Service(tmp_path, digits_model_dir, db_url=db_url_for("sqlite", tmp_path / "home"), redis_url=redis_url)
+    try:
+        svc.start_api()
+        svc.start_worker()
+        ids = svc.train_ids()
+        with svc.client() as c:
+            first = c.post("/delete", json={"sample_ids": ids[:2]}).json()["id"]
+            [pid] = svc.control_pids()
+            assert pid != svc.api.pid  # type: ignore[union-attr]
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while pid in svc.children():  # reaped by the pool once it sees the death
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            key = {"Idempotency-Key": "after-the-kill"}
+            r = c.post("/delete", json={"sample_ids": ids[2:4]}, headers=key)
+            assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json", r.text
+            retry = c.post("/delete", json={"sample_ids": ids[2:4]}, headers=key)
+            assert retry.status_code == 202, retry.text
+            [new_pid] = svc.control_pids()
+            assert new_pid != pid
+            for rid in (first, retry.json()["id"]):
+                assert svc.wait_request(rid)["state"] == "completed"
+            assert c.get("/audit").status_code == 200
+        _assert_forgotten_once(svc, ids[:4])
     finally:
         svc.stop()

@@ -18,6 +18,7 @@ from app.db.keys import Principal, authenticate
 from app.db.session import transaction
 from app.ml.data import Dataset
 from app.ml.errors import Forbidden, Unauthorized
+from app.service.control_process import ControlRunner
 from app.service.ledger_conn import LedgerConn
 
 KEY_CACHE_S = 5.0  # a revoked key stops working within this many seconds
@@ -31,6 +32,7 @@ class AppState:
     holder: ModelHolder
     redis: Redis | None
     metrics: Metrics
+    control: ControlRunner
     _keys: dict[str, tuple[float, Principal | None]] = field(default_factory=dict)
 
     def principal(self, key: str) -> Principal | None:

@@ -23,6 +23,8 @@ from app.api.serving import ModelHolder
 from app.core.config import Settings
 from app.db.keys import ensure_key
 from app.db.session import transaction
+from app.service.control import ControlContext
+from app.service.control_process import ControlRunner
 from app.service.ledger_conn import LedgerConn
 from app.service.store import open_store
 from worker.queue import connect
@@ -74,8 +76,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         holder = ModelHolder(settings, conn, store)
         holder.start()
         redis = connect(settings.redis_url) if settings.redis_url else None
+        control = ControlRunner(settings, inline=ControlContext(settings, conn, redis),
+                                processes=settings.control_processes)
+        control.start()
         app.state.unlearnd = AppState(settings=settings, conn=conn, store=store, holder=holder, redis=redis,
-                                      metrics=metrics)
+                                      metrics=metrics, control=control)
         # ~260k long-lived objects (torch, SQLAlchemy, the app) make a full collection a ~100 ms pause,
         # and the objects a version swap leaves behind trigger one. Frozen, they are never scanned again.
         gc.collect()
@@ -83,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            control.stop()
             holder.stop()
             conn.close()
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from redis.exceptions import RedisError
 from torch import nn
 
-from app.api.threads import lower_this_thread
 from app.core.config import Settings
+from app.core.priority import lower_this_thread
 from app.db import ledger
 from app.db.session import transaction
 from app.ml.data import Dataset

@@ -33,6 +33,9 @@ class UnknownNameError(UnlearndError, KeyError):
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
 
+    def __reduce__(self) -> tuple[object, ...]:  # errors cross process boundaries pickled
+        return type(self), (self.kind, self.name, self.valid)
+
 
 class ConfigError(UnlearndError):
     """A method or suite was given parameters it does not accept."""
@@ -48,6 +51,9 @@ class ForgetSetError(UnlearndError):
     def __init__(self, message: str, bad_ids: Sequence[int] = ()) -> None:
         self.bad_ids = list(bad_ids)
         super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return type(self), (str(self), self.bad_ids)
 
 
 class ModelLoadError(UnlearndError):
@@ -68,6 +74,13 @@ class ServiceError(UnlearndError):
     def __init__(self, detail: str, **extra: object) -> None:
         self.detail, self.extra = detail, extra
         super().__init__(detail)
+
+    def __reduce__(self) -> tuple[object, ...]:  # the extra fields are keywords, which pickle's default drops
+        return _rebuild_service_error, (type(self), self.detail, self.extra)
+
+
+def _rebuild_service_error(cls: type[ServiceError], detail: str, extra: dict[str, object]) -> ServiceError:
+    return cls(detail, **extra)
 
 
 class InvalidRequest(ServiceError):

@@ -3,6 +3,7 @@ Used by the service benchmark and by the service tests."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -68,6 +69,19 @@ class LiveService:
             time.sleep(0.3)
         raise TimeoutError((self.home / "api.log").read_text()[-3000:])
 
+    def children(self) -> list[int]:
+        """The API process's child processes (its control process among them). Linux."""
+        assert self.api is not None
+        kids: list[int] = []
+        for tid in os.listdir(f"/proc/{self.api.pid}/task"):
+            with contextlib.suppress(FileNotFoundError):
+                kids += [int(p) for p in Path(f"/proc/{self.api.pid}/task/{tid}/children").read_text().split()]
+        return kids
+
+    def control_pids(self) -> list[int]:
+        """The API's control processes: the pool processes it spawned (not multiprocessing's tracker)."""
+        return [p for p in self.children() if b"spawn_main" in _cmdline(p)]
+
     def start_worker(self, **env: Any) -> subprocess.Popen[bytes]:
         log = self._log(f"worker{len(self.workers)}.log")
         cpus = self.worker_cpus
@@ -116,6 +130,13 @@ class LiveService:
 
     def stop(self) -> None:
         _terminate([p for p in (*self.workers, self.api) if p is not None])
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
 
 
 def _terminate(procs: list[subprocess.Popen[bytes]]) -> None:

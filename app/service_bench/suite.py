@@ -128,8 +128,9 @@ def _bare(svc: LiveService, version: str) -> tuple[subprocess.Popen[bytes], str]
 
 def _pin_for_load(svc: LiveService, redis: EmbeddedRedis) -> set[int]:
     """The API (and Redis; the bare endpoint too) on the first CPU, as a deployment gives its serving
-    process a CPU of its own; the clients (this process: the load generator, and the churn it spawns)
-    and the worker started after this on the others. Returns the worker's CPUs.
+    process a CPU of its own; the clients (this process: the load generator, and the churn it spawns),
+    the API's control process (the deletion endpoints' ledger work) and the worker started after this
+    on the others. Returns the worker's CPUs.
 
     Unpinned on a 2-vCPU host, the scheduler put the worker beside the load generator now and then, and
     the generator's own wake-up delays set the p99 of whichever run that hit (a nice-19 CPU burner beside
@@ -141,6 +142,8 @@ def _pin_for_load(svc: LiveService, redis: EmbeddedRedis) -> set[int]:
     assert svc.api is not None and redis.proc is not None
     _pin(svc.api.pid, server)
     _pin(redis.proc.pid, server)
+    for pid in svc.control_pids():
+        _pin(pid, clients)
     os.sched_setaffinity(0, clients)
     svc.server_cpus, svc.worker_cpus = server, clients
     return clients

@@ -1,0 +1,81 @@
+"""The deletion endpoints' work: functions of (ControlContext, keyword arguments) → plain data.
+
+Plain data (dicts of str, int, datetime) because they run in the API's control process
+(app/service/control_process.py), and their answers and errors cross a process boundary.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+from sqlalchemy import func, select
+
+from app.core.config import Settings
+from app.db import ledger
+from app.db.models import AuditEntry, ModelVersion
+from app.db.session import as_utc, transaction, utcnow
+from app.service.ledger_conn import LedgerConn
+from worker.queue import notify
+
+
+@dataclass
+class ControlContext:
+    settings: Settings
+    conn: LedgerConn
+    redis: Redis | None
+
+
+def ping(ctx: ControlContext) -> bool:
+    with transaction(ctx.conn.read) as s:
+        s.scalar(select(func.count()).select_from(ModelVersion))
+    return True
+
+
+def accept_deletion(ctx: ControlContext, *, sample_ids: list[int] | None, subject_id: str | None,
+                    idempotency_key: str | None, api_key_id: str | None) -> dict[str, Any]:
+    """Commit a deletion request (or find the one this Idempotency-Key made), then tell the queue.
+    `notified` is False when Redis was unreachable: the request is accepted all the same (the
+    sweep enqueues it later), as it is a ledger row."""
+    st = ctx.settings
+    with transaction(ctx.conn.write) as s:
+        new = ledger.create_request(s, sample_ids=sample_ids, subject_id=subject_id,
+                                    idempotency_key=idempotency_key, api_key_id=api_key_id, now=utcnow(),
+                                    retention_days=st.retention_days, max_ids=st.max_delete_ids)
+        req = new.request
+        n = len(ledger.request_sample_ids(s, request_ids=[req.id])[req.id])
+    notified = new.created and ctx.redis is not None and notify(st, ctx.redis, reason=f"request {req.id}")
+    return {"id": req.id, "state": req.state, "received_at": as_utc(req.received_at), "due_at": as_utc(req.due_at),
+            "n_samples": n, "already_forgotten": new.already_forgotten, "created": new.created,
+            "notified": notified}
+
+
+def request_status(ctx: ControlContext, *, request_id: str) -> dict[str, Any]:
+    with transaction(ctx.conn.read) as s:
+        req = ledger.get_request(s, request_id=request_id)
+        ids = ledger.request_sample_ids(s, request_ids=[req.id])[req.id]
+    return {"id": req.id, "state": req.state, "received_at": as_utc(req.received_at), "due_at": as_utc(req.due_at),
+            "completed_at": as_utc(req.completed_at), "sample_ids": ids, "subject_id": req.subject_id,
+            "already_forgotten": list(req.already_forgotten or []), "model_version": req.model_version_id,
+            "audit_entry": req.audit_seq, "reason": req.reason, "attempts": req.attempts}
+
+
+def audit_page(ctx: ControlContext, *, offset: int, limit: int) -> dict[str, Any]:
+    with transaction(ctx.conn.read) as s:
+        total = s.scalar(select(func.count()).select_from(AuditEntry)) or 0
+        rows = list(s.scalars(select(AuditEntry).order_by(AuditEntry.seq).offset(offset).limit(limit)))
+    items = [{"seq": e.seq, "created_at": e.created_at, "batch_id": e.batch_id, "payload": json.loads(e.payload),
+              "prev_hash": e.prev_hash, "hash": e.hash} for e in rows]
+    return {"items": items, "total": total}
+
+
+def version_info(v: ModelVersion) -> dict[str, Any]:
+    return {"id": v.id, "seq": v.seq, "sha256": v.sha256, "parent_id": v.parent_id,
+            "created_at": as_utc(v.created_at), "weights_present": v.weights_present, "metrics": v.metrics}
+
+
+def versions(ctx: ControlContext) -> list[dict[str, Any]]:
+    with transaction(ctx.conn.read) as s:
+        return [version_info(v) for v in ledger.versions(s)]

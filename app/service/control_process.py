@@ -1,0 +1,91 @@
+"""The API's control process: the deletion endpoints' ledger and queue work (app/service/control.py)
+runs in a child process of the API, not in the process whose event loop answers predictions.
+
+In a thread of the API process, a POST /delete's ~3.5 ms of SQLAlchemy and RQ work shared the GIL
+with the event loop. The GIL is handed over fairly whatever the threads' CPU priorities, so for those
+milliseconds the loop ran at about half speed, and the predictions that arrived meanwhile waited:
+at 3 deletions a second that was the /predict p99. A child process shares no GIL, and runs lowered
+(app/core/priority.py). With `control_processes=0` the work runs on lowered threads instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import signal
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
+
+from app.core.config import Settings
+from app.core.priority import lower_this_thread
+from app.ml.errors import Unavailable
+from app.service.control import ControlContext, ping
+from app.service.ledger_conn import LedgerConn
+from worker.queue import connect
+
+T = TypeVar("T")
+Op = Callable[..., T]
+START_TIMEOUT_S = 120.0  # a spawned process imports torch (through the settings) before it answers
+INLINE_THREADS = 4
+
+# The one context of a control process, made by its initializer: a pool process runs plain functions,
+# so its state cannot be an argument. The API process itself never sets it.
+_ctx: ControlContext | None = None
+
+
+def _init(settings: Settings) -> None:
+    global _ctx
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the API, and the API stops this process
+    lower_this_thread()
+    _ctx = ControlContext(settings, LedgerConn.open(settings), connect(settings.redis_url) if settings.redis_url
+                          else None)
+
+
+def _call(op: Op[T], kwargs: dict[str, Any]) -> T:
+    assert _ctx is not None, "not a control process"
+    return op(_ctx, **kwargs)
+
+
+class ControlRunner:
+    """`await runner(op, **kwargs)` runs OP(ctx, **kwargs) in a control process, or with PROCESSES=0 on a
+    lowered thread of this process with this process's ledger connection and Redis client."""
+
+    def __init__(self, settings: Settings, *, inline: ControlContext, processes: int) -> None:
+        self.settings, self.inline, self.processes = settings, inline, processes
+        self._pool: Executor | None = None
+
+    def _new_pool(self) -> Executor:
+        if self.processes == 0:
+            return ThreadPoolExecutor(INLINE_THREADS, thread_name_prefix="control", initializer=lower_this_thread)
+        return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init, initargs=(self.settings,))
+
+    def start(self) -> None:
+        """Start the pool and wait until it answers from the ledger (a bad database URL fails here)."""
+        self._pool = self._new_pool()
+        self._submit(ping, {}).result(timeout=START_TIMEOUT_S)
+
+    def _submit(self, op: Op[T], kwargs: dict[str, Any]) -> Any:
+        assert self._pool is not None, "ControlRunner.start() first"
+        if self.processes == 0:
+            return self._pool.submit(op, self.inline, **kwargs)
+        return self._pool.submit(_call, op, kwargs)
+
+    async def __call__(self, op: Op[T], /, **kwargs: Any) -> T:
+        pool = self._pool
+        try:
+            return await asyncio.wrap_future(self._submit(op, kwargs))  # type: ignore[no-any-return]
+        except BrokenProcessPool as e:
+            # The process died (killed, out of memory). Whether an unanswered write committed is unknown,
+            # so it is not retried here: the client retries, with its Idempotency-Key.
+            if self._pool is pool and pool is not None:  # the first of the calls that failed together
+                self._pool = self._new_pool()
+                pool.shutdown(wait=False, cancel_futures=True)
+            raise Unavailable("the control process stopped and was restarted: retry the request") from e
+
+    def stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

@@ -1,0 +1,33 @@
+"""The exception tree crosses process boundaries (the API's control process answers with them)."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+
+from app.ml import errors
+
+
+def _tree(cls: type[errors.UnlearndError]) -> Iterator[type[errors.UnlearndError]]:
+    yield cls
+    for sub in cls.__subclasses__():
+        yield from _tree(sub)
+
+
+def _example(cls: type[errors.UnlearndError]) -> errors.UnlearndError:
+    if cls is errors.UnknownNameError:
+        return cls("arch", "resnet-9000", ["lenet5", "mlp"])  # type: ignore[call-arg]
+    if cls is errors.ForgetSetError:
+        return cls("2 ids are not training samples", [7, 9])  # type: ignore[call-arg]
+    if issubclass(cls, errors.ServiceError):
+        return cls("3 unknown sample ids", unknown_ids=[1, 2, 3])
+    return cls("something went wrong")
+
+
+def test_every_error_survives_pickling_with_its_fields() -> None:
+    classes = list(_tree(errors.UnlearndError))
+    assert errors.InvalidRequest in classes and errors.UnknownNameError in classes
+    for cls in classes:
+        e = _example(cls)
+        back = pickle.loads(pickle.dumps(e))
+        assert type(back) is cls and str(back) == str(e) and vars(back) == vars(e), cls
