@@ -12,9 +12,6 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from app.core.config import Settings
 from app.ml.errors import UnlearndError
 
@@ -82,6 +79,8 @@ def _bench(ns: argparse.Namespace, settings: Settings) -> int:
 
 def _demo(ns: argparse.Namespace, settings: Settings) -> int:
     """Train a GR model on digits, forget 5% of its training set, print both models."""
+    import numpy as np
+
     from app.ml.data import Splits
 
     home = settings.home / "demo"
@@ -164,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     settings = Settings()
     if settings.threads:
+        import torch
+
         torch.set_num_threads(settings.threads)
     func: Callable[[argparse.Namespace, Settings], int] = ns.func
     try:

@@ -4,6 +4,7 @@ sends, reads versions, counts errors, and charges a stalled server for the reque
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from app.service_bench.load import run_load
+from app.service_bench.load import _realtime_thread, run_load
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -71,3 +72,20 @@ def test_non_200_answers_are_errors(url: str) -> None:
     _Handler.status = 503
     r = run_load(url, body={"instances": [[1.0]]}, headers={}, clients=1, seconds=0.3)
     assert r.requests > 0 and r.errors == r.requests and not r.versions
+
+
+def _fifo_allowed() -> bool:
+    out: list[bool] = []
+    t = threading.Thread(target=lambda: out.append(_realtime_thread()))  # a throwaway thread: it dies with it
+    t.start()
+    t.join()
+    return out[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setscheduler"), reason="no POSIX scheduling here")
+def test_realtime_clients_run_at_sched_fifo_when_allowed(url: str) -> None:
+    r = run_load(url, body={"instances": [[1.0]]}, headers={}, clients=2, seconds=0.5, rate=100, realtime=True)
+    assert r.requests == 50 and r.errors == 0
+    assert r.realtime == _fifo_allowed()
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's own thread is left as it was
+    assert not run_load(url, body={"instances": [[1.0]]}, headers={}, clients=1, seconds=0.2, rate=20).realtime

@@ -246,6 +246,7 @@ def test_control_process_killed_is_restarted_and_loses_nothing(tmp_path: Path, d
             for rid in (first, retry.json()["id"]):
                 assert svc.wait_request(rid)["state"] == "completed"
             assert c.get("/audit").status_code == 200
+            assert c.get("/readyz").json()["checks"]["control"] == "ok"
         _assert_forgotten_once(svc, ids[:4])
     finally:
         svc.stop()

@@ -8,8 +8,6 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -30,6 +28,8 @@ def git_hash() -> str | None:
 
 
 def provenance() -> dict[str, object]:
+    import torch  # here, not above: the settings import PROJECT_ROOT, and a ledger-only process needs no torch
+
     return {
         "version": package_version(),
         "git_hash": git_hash(),

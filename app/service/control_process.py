@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import signal
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -55,6 +56,7 @@ class ControlRunner:
     def __init__(self, settings: Settings, *, inline: ControlContext, processes: int) -> None:
         self.settings, self.inline, self.processes = settings, inline, processes
         self._pool: Executor | None = None
+        self._lock = threading.Lock()  # the event loop and threadpool threads may both replace a dead pool
 
     def _new_pool(self) -> Executor:
         if self.processes == 0:
@@ -78,12 +80,24 @@ class ControlRunner:
         try:
             return await asyncio.wrap_future(self._submit(op, kwargs))  # type: ignore[no-any-return]
         except BrokenProcessPool as e:
-            # The process died (killed, out of memory). Whether an unanswered write committed is unknown,
-            # so it is not retried here: the client retries, with its Idempotency-Key.
+            raise self._replace(pool) from e
+
+    def call(self, op: Op[T], /, timeout_s: float | None = None, **kwargs: Any) -> T:
+        """The same, blocking the calling thread (not the event loop's)."""
+        pool = self._pool
+        try:
+            return self._submit(op, kwargs).result(timeout=timeout_s)  # type: ignore[no-any-return]
+        except BrokenProcessPool as e:
+            raise self._replace(pool) from e
+
+    def _replace(self, pool: Executor | None) -> Unavailable:
+        """A new pool for one whose process died (killed, out of memory). Whether an unanswered write
+        committed is unknown, so it is not retried here: the client retries, with its Idempotency-Key."""
+        with self._lock:
             if self._pool is pool and pool is not None:  # the first of the calls that failed together
                 self._pool = self._new_pool()
                 pool.shutdown(wait=False, cancel_futures=True)
-            raise Unavailable("the control process stopped and was restarted: retry the request") from e
+        return Unavailable("the control process stopped and was restarted: retry the request")
 
     def stop(self) -> None:
         if self._pool is not None:

@@ -30,6 +30,7 @@ class LoadResult:
     latencies_ms: np.ndarray
     versions: set[str]
     steal_s: float = 0.0  # CPU time the hypervisor took from this host's vCPUs meanwhile (noise, not ours)
+    realtime: bool = False  # every client thread ran at SCHED_FIFO
 
     @property
     def rps(self) -> float:
@@ -127,17 +128,30 @@ def host_steal_s() -> float:
     return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
 
 
+def _realtime_thread() -> bool:
+    """The calling thread to SCHED_FIFO 1, above every normal process (root, Linux); False if refused."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
 def run_load(url: str, *, body: dict[str, Any], headers: dict[str, str], clients: int, seconds: float,
-             rate: float | None = None) -> LoadResult:
+             rate: float | None = None, realtime: bool = False) -> LoadResult:
     """Closed loop (RATE None: each client sends as soon as its last answer came) or open loop (RATE
-    requests/s in all, spread evenly over the clients, whatever the server does)."""
+    requests/s in all, spread evenly over the clients, whatever the server does). REALTIME: the client
+    threads ask for SCHED_FIFO, so that nothing else on their CPU delays a send or a receipt; the
+    result says whether all got it."""
     host, port, request = _request(url, body, headers)
     lat: list[list[float]] = [[] for _ in range(clients)]
     versions: list[set[bytes]] = [set() for _ in range(clients)]
     errs = [0] * clients
+    rt = [False] * clients
     interval = clients / rate if rate else 0.0
 
     def client(k: int) -> None:
+        rt[k] = realtime and _realtime_thread()
         schedule = _open(seconds, interval, k * interval / clients) if rate else _closed(seconds)
         errs[k] = _client_loop(host, port, request, schedule, lat[k], versions[k])
 
@@ -149,4 +163,4 @@ def run_load(url: str, *, body: dict[str, Any], headers: dict[str, str], clients
         t.join()
     all_lat = np.asarray([v for per in lat for v in per])
     return LoadResult(len(all_lat), sum(errs), time.perf_counter() - t0, all_lat,
-                      {v.decode() for per in versions for v in per}, host_steal_s() - steal0)
+                      {v.decode() for per in versions for v in per}, host_steal_s() - steal0, all(rt))

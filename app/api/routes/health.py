@@ -11,6 +11,7 @@ from sqlalchemy import text
 from app.api.deps import State
 from app.api.problems import problem, responses
 from app.api.threads import BackgroundRoute
+from app.service import control
 
 router = APIRouter(route_class=BackgroundRoute, tags=["health"])
 
@@ -20,7 +21,8 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses=responses(503), summary="Readiness: ledger, Redis and a loaded model")
+@router.get("/readyz", responses=responses(503),
+            summary="Readiness: ledger, Redis, the control process and a loaded model")
 def readyz(state: State, request: Request) -> Response:
     checks: dict[str, str] = {}
     try:
@@ -33,6 +35,11 @@ def readyz(state: State, request: Request) -> Response:
         checks["redis"] = "ok" if state.redis is not None and state.redis.ping() else "not configured"
     except RedisError as e:
         checks["redis"] = f"error: {type(e).__name__}"
+    try:
+        state.control.call(control.ping, timeout_s=5.0)
+        checks["control"] = "ok"
+    except Exception as e:
+        checks["control"] = f"error: {type(e).__name__}"
     served = state.holder.current
     checks["model"] = f"ok: {served.version_id}" if served else "not loaded"
     if all(v.startswith("ok") for v in checks.values()):
