@@ -28,7 +28,7 @@ from worker.queue import connect
 
 T = TypeVar("T")
 Op = Callable[..., T]
-START_TIMEOUT_S = 120.0  # a spawned process imports torch (through the settings) before it answers
+START_TIMEOUT_S = 120.0  # a spawned process imports SQLAlchemy and RQ, then opens the ledger: seconds
 INLINE_THREADS = 4
 
 # The one context of a control process, made by its initializer: a pool process runs plain functions,
