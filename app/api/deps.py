@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -11,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from redis import Redis
 
+from app.api.keycache import KeyCache
 from app.api.metrics import Metrics
 from app.api.serving import ModelHolder
 from app.core.config import Settings
@@ -20,8 +19,6 @@ from app.ml.data import Dataset
 from app.ml.errors import Forbidden, Unauthorized
 from app.service.control_process import ControlRunner
 from app.service.ledger_conn import LedgerConn
-
-KEY_CACHE_S = 5.0  # a revoked key stops working within this many seconds
 
 
 @dataclass
@@ -33,19 +30,17 @@ class AppState:
     redis: Redis | None
     metrics: Metrics
     control: ControlRunner
-    _keys: dict[str, tuple[float, Principal | None]] = field(default_factory=dict)
+    keys: KeyCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = KeyCache(self._authenticate)
+
+    def _authenticate(self, key: str) -> Principal | None:
+        with transaction(self.conn.read) as s:
+            return authenticate(s, key=key)
 
     def principal(self, key: str) -> Principal | None:
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        hit = self._keys.get(digest)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-        with transaction(self.conn.read) as s:
-            p = authenticate(s, key=key)
-        if len(self._keys) > 10_000:
-            self._keys.clear()
-        self._keys[digest] = (time.monotonic() + KEY_CACHE_S, p)
-        return p
+        return self.keys.get(key)
 
 
 async def get_state(request: Request) -> AppState:  # async: sync dependencies cost a thread hop

@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            app.state.unlearnd.keys.close()
             control.stop()
             holder.stop()
             conn.close()
