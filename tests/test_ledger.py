@@ -65,6 +65,26 @@ def test_claims_never_overlap_and_stale_claims_return(factory) -> None:  # type:
         assert ledger.pending_summary(s)[0] == 4
 
 
+def test_a_batch_released_for_a_lost_race_does_not_count_an_attempt(factory) -> None:  # type: ignore[no-untyped-def]
+    rid = _request(factory, [0, 1])
+
+    def claim_and_release(*, count_attempt: bool) -> int:
+        with transaction(factory) as s:
+            [req] = ledger.claim_batch(s, batch_id="A", max_samples=10, now=utcnow())
+            assert req.attempts >= 1
+        with transaction(factory) as s:
+            assert ledger.release_batch(s, batch_id="A", count_attempt=count_attempt) == 1
+        with transaction(factory) as s:
+            req = ledger.get_request(s, request_id=rid)
+            assert req.state == "pending" and req.batch_id is None
+            return int(req.attempts)
+
+    assert claim_and_release(count_attempt=False) == 0  # the head moved: no fault of the request's
+    assert claim_and_release(count_attempt=False) == 0
+    assert claim_and_release(count_attempt=True) == 1  # an error: counted towards failing it
+    assert claim_and_release(count_attempt=True) == 2
+
+
 def test_head_compare_and_set_serialises_commits(factory) -> None:  # type: ignore[no-untyped-def]
     with transaction(factory) as s:
         head = ledger.head(s)

@@ -224,7 +224,7 @@ def _write_and_commit(settings: Settings, conn: LedgerConn, c: Claimed, md: Mode
 def _release(conn: LedgerConn, c: Claimed, why: str) -> Outcome:
     log.info("batch %s released: %s", c.batch_id, why)
     with transaction(conn.write) as s:
-        ledger.release_batch(s, batch_id=c.batch_id)
+        ledger.release_batch(s, batch_id=c.batch_id, count_attempt=False)
     return Outcome(c.batch_id, "released", info={"why": why})
 
 
@@ -241,5 +241,5 @@ def abandon(conn: LedgerConn, c: Claimed, error: BaseException) -> Outcome:
         return _fail(conn, c, f"{type(error).__name__}: {error} (after {MAX_ATTEMPTS} attempts)")
     log.exception("batch %s will be retried", c.batch_id, exc_info=error)
     with transaction(conn.write) as s:
-        ledger.release_batch(s, batch_id=c.batch_id)
+        ledger.release_batch(s, batch_id=c.batch_id, count_attempt=True)
     return Outcome(c.batch_id, "released", info={"why": str(error)})

@@ -184,11 +184,14 @@ def claim_batch(session: Session, *, batch_id: str, max_samples: int, now: datet
     return list(session.scalars(select(DeletionRequest).where(DeletionRequest.id.in_(claimed))))
 
 
-def release_batch(session: Session, *, batch_id: str) -> int:
-    """Give a batch's requests back to pending (its commit lost the race for the head)."""
+def release_batch(session: Session, *, batch_id: str, count_attempt: bool) -> int:
+    """Give a batch's requests back to pending. COUNT_ATTEMPT False (its commit lost the race for the
+    head, no fault of its requests) takes back the attempt its claim counted: a request fails after
+    MAX_ATTEMPTS errors, not after losing races to other workers."""
     res = session.execute(update(DeletionRequest)
                           .where(DeletionRequest.batch_id == batch_id, DeletionRequest.state == "processing")
-                          .values(state="pending", batch_id=None, claimed_at=None))
+                          .values(state="pending", batch_id=None, claimed_at=None,
+                                  attempts=DeletionRequest.attempts - (0 if count_attempt else 1)))
     return int(res.rowcount)  # type: ignore[attr-defined]
 
 
