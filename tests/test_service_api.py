@@ -16,7 +16,8 @@ from fastapi import APIRouter, FastAPI, Query
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from app.api.threads import BACKGROUND_NICE, BackgroundRoute
+from app.api.threads import BackgroundRoute
+from app.core.priority import BACKGROUND_NICE
 from app.service_bench.live import LiveService
 from tests.service_harness import Service, db_url_for
 

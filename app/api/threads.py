@@ -19,9 +19,7 @@ from typing import Any
 
 from fastapi.routing import APIRoute
 
-from app.core.priority import BACKGROUND_NICE, lower_this_thread
-
-__all__ = ["BACKGROUND_NICE", "BackgroundRoute", "lower_this_thread"]
+from app.core.priority import lower_this_thread
 
 
 class BackgroundRoute(APIRoute):
