@@ -20,15 +20,22 @@ def _train(ns: argparse.Namespace, settings: Settings) -> int:
     from app.ml.data import SplitConfig
     from app.ml.pipeline import train_to_dir
     from app.ml.train import TrainConfig
+    from app.ml.verify.base import VerifierConfig
 
     cfg = TrainConfig(alpha=ns.alpha, gr_norm=ns.gr_norm, gr_grad=ns.gr_grad, lr=ns.lr, batch_size=ns.batch_size,
                       max_epochs=ns.max_epochs, patience=ns.patience, seed=ns.seed)
     meta = train_to_dir(dataset=ns.dataset, arch=ns.arch, out=ns.out, train_cfg=cfg,
                         split_cfg=SplitConfig(seed=ns.seed), data_path=ns.data, data_dir=settings.data_dir,
-                        progress=not ns.quiet, with_cache=not ns.no_cache, chunk_size=settings.chunk_size)
+                        progress=not ns.quiet, with_cache=not ns.no_cache, chunk_size=settings.chunk_size,
+                        verifier=ns.verifier if ns.verify_refs else None,
+                        verifier_cfg=VerifierConfig(n_refs=ns.verify_refs, seed=ns.seed))
     print(f"trained {ns.arch} on {ns.dataset} (α={ns.alpha}, {meta['epochs']} epochs, "
           f"{meta['wall_time_s']:.1f} s): train {meta['train_acc']:.4f} val {meta['val_acc']:.4f} "
           f"test {meta['test_acc']:.4f} → {ns.out}")
+    if "verifier" in meta:
+        from app.ml.verify.cli import power_line
+
+        print(power_line(meta["verifier"]))
     return 0
 
 
@@ -47,6 +54,18 @@ def _unlearn(ns: argparse.Namespace, settings: Settings) -> int:
     print(f"forgot {u['n_forget']} samples in {u['time_s']:.3f} s ({u['path']} path): forget acc "
           f"{u['forget_acc_before']:.4f} → {u['forget_acc_after']:.4f}, test acc {u['test_acc_before']:.4f} → "
           f"{u['test_acc_after']:.4f} → {ns.out}")
+    if "verification" in u:
+        from app.ml.verify.cli import forgetting_line
+
+        print(forgetting_line(u["verification"]))
+    return 0
+
+
+def _verify(ns: argparse.Namespace, settings: Settings) -> int:
+    from app.ml.verify.cli import verify_command
+
+    verify_command(model=ns.model, ids_file=ns.ids, against=ns.against, data=ns.data, data_dir=settings.data_dir,
+                   as_json=ns.json)
     return 0
 
 
@@ -119,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--patience", type=int, default=10)
     t.add_argument("--data", type=Path, help="dataset file or folder (default: under UNLEARND_DATA_DIR)")
     t.add_argument("--no-cache", action="store_true", help="skip writing the fast path's gradient cache")
+    t.add_argument("--verifier", default="lira", help="membership verifier built with the model (lira, loss)")
+    t.add_argument("--verify-refs", type=int, default=4, metavar="K",
+                   help="reference models of the verifier (LiRA needs ≥ 2; 0: no verifier)")
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--out", type=Path, required=True)
     t.set_defaults(func=_train)
@@ -135,6 +157,14 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--data", type=Path)
     u.add_argument("--out", type=Path, required=True)
     u.set_defaults(func=_unlearn)
+
+    v = sub.add_parser("verify", help="test whether a model still shows membership of training samples")
+    v.add_argument("--model", type=Path, required=True, help="a model directory with a verifier")
+    v.add_argument("--ids", type=Path, required=True, help="file with one training sample id per line")
+    v.add_argument("--against", type=Path, help="a model retrained without the ids: adds UE_lira")
+    v.add_argument("--data", type=Path)
+    v.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    v.set_defaults(func=_verify)
 
     c = sub.add_parser("cache", help="(re)build a model's gradient cache for the fast path")
     c.add_argument("--model", type=Path, required=True)

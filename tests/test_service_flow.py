@@ -53,6 +53,14 @@ def test_delete_flow_end_to_end(live: Service) -> None:
         entry = next(e for e in audit["items"] if e["seq"] == done["audit_entry"])
         assert acc["id"] in entry["payload"]["request_ids"] and entry["payload"]["n_forget"] == 3
         assert entry["payload"]["path"] == "fast"  # the gradient cache matched the served weights
+        # the verifier judged the 3 samples: this model's minimum detectable batch is far above 3 (or none)
+        ver = entry["payload"]["verification"]
+        assert ver["after"]["n"] == 3 and ver["before"]["n"] == 3 and "ue_estimate" not in entry["payload"]
+        assert done["forgetting"]["verdict"] == ver["verdict"] == "not measurable", ver
+        assert ver["power"]["K"] == 4 and ver["seconds"] < 1.0
+        publish = audit["items"][0]["payload"]
+        assert publish["event"] == "publish" and publish["verifier"]["K"] == 4
+        assert 0 <= publish["verifier"]["power"]["tpr@0.05"]["rate"] <= 1
         versions = {m["id"]: m for m in c.get("/models").json()}
     verify = live.cli("audit", "verify")
     assert verify.returncode == 0 and "OK" in verify.stdout

@@ -36,6 +36,20 @@ class DeleteAccepted(BaseModel):
     already_forgotten: list[int] = Field(description="ids in the request that were already forgotten")
 
 
+class Forgetting(BaseModel):
+    method: str | None
+    exact: bool = Field(description="true when the batch retrained from scratch on the remaining data")
+    verdict: str = Field(description="forgotten | not forgotten | not measurable | unverified: the membership "
+                                     "verifier on the batch's forgotten samples after the update")
+    over_forgotten: bool | None = Field(description="the samples look less member-like than non-members")
+    set_auc_before: float | None = Field(description="forgotten samples against held-out non-members, before")
+    set_auc_after: float | None = Field(description="the same after the update; 0.5 is non-member level")
+    p_member_after: float | None
+    flagged_after: float | None = Field(description="share flagged as members at 5% FPR after the update")
+    min_detectable_batch: int | None = Field(description="smallest batch the verifier can judge; None: none")
+    n_forget: int | None
+
+
 class RequestStatus(BaseModel):
     id: str
     state: str = Field(description="pending | processing | completed | rejected | failed")
@@ -49,6 +63,7 @@ class RequestStatus(BaseModel):
     audit_entry: int | None
     reason: str | None
     attempts: int
+    forgetting: Forgetting | None = Field(default=None, description="how the batch that served it forgot")
 
 
 class PredictBody(BaseModel):

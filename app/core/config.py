@@ -71,6 +71,12 @@ class Settings(BaseSettings):
                                                    description="what a batch whose weights fail validation does")
     subjects_file: Path | None = Field(default=None, description="JSON {sample_id: subject_id} for the samples")
     mia_shadows: int = Field(default=3, ge=1, description="shadow models of the audit's membership attack")
+    verifier: str = Field(default="lira", description="membership verifier that judges each batch (lira, loss)")
+    verify_refs: int = Field(default=4, ge=0,
+                             description="reference models the verifier trains at publication (LiRA needs ≥ 2; "
+                                         "0: no verifier, batches are recorded as unverified). 4 costs about "
+                                         "4 × a training run on the shadow split (digits: seconds, CIFAR-10 "
+                                         "LeNet5: ~1 minute each on 2 cores)")
     worker_priority: Literal["normal", "low", "idle"] = Field(
         default="low", description="CPU priority of the worker: a deletion has seconds of slack, a prediction "
                                    "milliseconds. low: SCHED_BATCH at nice 10 (Linux; else nice 10), still ~10% of "

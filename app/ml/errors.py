@@ -10,6 +10,7 @@ message (no traceback) and the HTTP layer maps each class once to a problem+json
     ├── ForgetSetError        empty forget list, or ids not in the train split
     ├── ModelLoadError        weights that do not match their meta.json or arch
     ├── CacheMismatchError    a gradient cache computed for other weights or ids
+    ├── VerifierError         no (or too few) reference models, a split too small to calibrate
     └── ServiceError          the deletion service (status + slug → problem+json)
         ├── InvalidRequest 422  ├── NotFound 404   ├── Gone 410 (forgotten sample)
         ├── Conflict 409        ├── Unauthorized 401 ├── Forbidden 403
@@ -62,6 +63,10 @@ class ModelLoadError(UnlearndError):
 
 class CacheMismatchError(UnlearndError):
     """A gradient cache does not belong to these exact weights and training ids."""
+
+
+class VerifierError(UnlearndError):
+    """A membership verifier cannot be built or used for this model (e.g. no reference models)."""
 
 
 class ServiceError(UnlearndError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from app.ml.checkpoint import ModelDir, load_model_dir, save_model_dir
+from app.ml.checkpoint import ModelDir, load_model_dir, save_model_dir, set_meta_fields
 from app.ml.data import Dataset, SplitConfig, make_splits
 from app.ml.datasets import load_dataset
 from app.ml.errors import DataError, ForgetSetError
@@ -20,13 +21,23 @@ from app.ml.provenance import provenance
 from app.ml.train import TrainConfig, fit
 from app.ml.unlearn import run_method
 from app.ml.unlearn.base import UnlearnTask, check_forget_ids
+from app.ml.verify import DEFAULT, build_verifier, check_verifier
+from app.ml.verify.base import BuildInputs, VerifierConfig
+from app.ml.verify.report import power_summary, verify_forgetting
+from app.ml.verify.store import FOLDER as VERIFIER_FOLDER
+from app.ml.verify.store import load_verifier, save_verifier
 
 
 def train_to_dir(*, dataset: str, arch: str, out: Path, train_cfg: TrainConfig, split_cfg: SplitConfig,
                  data_path: Path | None = None, data_dir: Path | None = None, progress: bool = True,
-                 with_cache: bool = True, chunk_size: int = 1024) -> dict[str, Any]:
-    """Train ARCH on DATASET with the GR loss and write a model directory to OUT."""
+                 with_cache: bool = True, chunk_size: int = 1024, verifier: str | None = DEFAULT,
+                 verifier_cfg: VerifierConfig | None = None) -> dict[str, Any]:
+    """Train ARCH on DATASET with the GR loss and write a model directory to OUT (with its membership
+    verifier under OUT/verifier unless VERIFIER is None)."""
     t0 = time.perf_counter()
+    vcfg = verifier_cfg or VerifierConfig(seed=train_cfg.seed)
+    if verifier is not None:
+        check_verifier(verifier, vcfg)
     ds = load_dataset(dataset, path=data_path, data_dir=data_dir)
     splits = make_splits(ds, split_cfg)
     model_cfg = ModelConfig(arch=arch, in_shape=ds.in_shape, num_classes=ds.num_classes)
@@ -48,7 +59,22 @@ def train_to_dir(*, dataset: str, arch: str, out: Path, train_cfg: TrainConfig, 
     save_model_dir(out, model=model, model_cfg=model_cfg, meta=meta, splits=splits)
     if with_cache:
         save_cache(build_cache(model, ds, splits.train, chunk_size=chunk_size), out)
+    if verifier is not None:
+        inputs = BuildInputs(model=model, ds=ds, splits=splits, model_cfg=model_cfg, train_cfg=train_cfg,
+                             epochs=result.best_epoch)
+        meta["verifier"] = attach_verifier(out, inputs, verifier, vcfg)
+        meta["wall_time_s"] = time.perf_counter() - t0
+        set_meta_fields(out, {"verifier": meta["verifier"], "wall_time_s": meta["wall_time_s"]})
     return meta
+
+
+def attach_verifier(folder: Path, inputs: BuildInputs, name: str, cfg: VerifierConfig) -> dict[str, Any]:
+    """Build a verifier for the model in INPUTS, measure its power, save it to FOLDER/verifier."""
+    t0 = time.perf_counter()
+    v = build_verifier(name, inputs, cfg)
+    v.power = v.measure_power(inputs.model, inputs.ds)
+    save_verifier(v, folder / VERIFIER_FOLDER)
+    return {**power_summary(v), "build_seconds": time.perf_counter() - t0, "power": v.power}
 
 
 def dataset_for(md: ModelDir, *, data_path: Path | None, data_dir: Path | None) -> Dataset:
@@ -108,10 +134,16 @@ def unlearn_to_dir(*, model_dir: Path, forget_ids: np.ndarray, out: Path, method
         "test_acc_after": accuracy(res.model, ds, md.splits.test),
         "params": res.params, "parent_weights_sha256": md.weights_sha256, "chunk_size": chunk_size,
     }
+    vdir = model_dir / VERIFIER_FOLDER
+    if vdir.is_dir():
+        record["verification"] = verify_forgetting(load_verifier(vdir), ds, forget, before=md.model,
+                                                   after=res.model)
     keep = {k: v for k, v in md.meta.items() if k not in ("unlearn", "weights_sha256")}
     meta = {**keep, **provenance(), "n_train": len(new_splits.train), "test_acc": record["test_acc_after"],
             "train_acc": accuracy(res.model, ds, new_splits.train), "unlearn": record}
     save_model_dir(out, model=res.model, model_cfg=md.model_cfg, meta=meta, splits=new_splits)
+    if vdir.is_dir():  # the references never saw a training sample: they stay valid for every descendant
+        shutil.copytree(vdir, out / VERIFIER_FOLDER, dirs_exist_ok=True)
     if refresh_cache:
         save_cache(build_cache(res.model, ds, new_splits.train, chunk_size=chunk_size), out)
     return meta

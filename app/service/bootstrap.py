@@ -24,8 +24,12 @@ from app.ml.gradcache import build_cache, cache_matches, load_cache, save_cache
 from app.ml.metrics import accuracy
 from app.ml.mia.shadow import MIAConfig, fit_attack
 from app.ml.mia.store import save_attack
-from app.ml.pipeline import dataset_for, train_config_from_meta, train_to_dir
+from app.ml.pipeline import attach_verifier, dataset_for, train_config_from_meta, train_to_dir
 from app.ml.train import TrainConfig
+from app.ml.verify.base import BuildInputs, VerifierConfig
+from app.ml.verify.report import power_summary
+from app.ml.verify.store import FOLDER as VERIFIER_FOLDER
+from app.ml.verify.store import load_verifier, save_verifier
 from app.service.ledger_conn import LedgerConn
 from app.service.store import create_store
 from app.service.versions import holdout_ids, write_version
@@ -45,7 +49,9 @@ def train_default(settings: Settings, out: Path, *, progress: bool = True) -> Pa
     """The digits model `make run` serves: GR-trained, with the digits sweep's IAU step in its meta."""
     cfg = TrainConfig(alpha=settings.demo_alpha, max_epochs=settings.demo_max_epochs, seed=0)
     train_to_dir(dataset="digits", arch=settings.demo_arch, out=out, train_cfg=cfg, split_cfg=SplitConfig(seed=0),
-                 progress=progress, chunk_size=settings.chunk_size)
+                 progress=progress, chunk_size=settings.chunk_size,
+                 verifier=settings.verifier if settings.verify_refs else None,
+                 verifier_cfg=VerifierConfig(n_refs=settings.verify_refs, seed=0))
     set_meta_fields(out, {"iau": DIGITS_SERVICE_IAU})
     return out
 
@@ -87,12 +93,13 @@ def publish_initial(settings: Settings, conn: LedgerConn, *, model_dir: Path | N
                         MIAConfig(n_shadows=settings.mia_shadows, seed=int(md.meta.get("seed", 0))))
     attack_eval = attack.evaluate(md.model, ds, train_ids, hold)
     save_attack(attack, settings.home / "attack")
+    verifier = _publish_verifier(settings, md, ds, train_cfg, epochs)
     meta = {**md.meta, "published_from": str(model_dir)}
     sha, path = write_version(settings.models_dir, model=md.model, model_cfg=md.model_cfg, meta=meta,
                               splits=md.splits)
     save_cache(cache, path)
     metrics: dict[str, Any] = {"holdout_acc": accuracy(md.model, ds, hold), "n_train": len(train_ids),
-                               "attack": attack_eval}
+                               "attack": attack_eval, "verifier": verifier}
     now = utcnow()
     with transaction(conn.write) as s:
         if ledger.head(s) is not None:  # another process published first
@@ -105,3 +112,23 @@ def publish_initial(settings: Settings, conn: LedgerConn, *, model_dir: Path | N
                               "arch": md.model_cfg.arch, "n_train": len(train_ids), **metrics})
         log.info("published version %s (%d training samples)", v.id, len(train_ids))
         return v.id
+
+
+def _publish_verifier(settings: Settings, md: ModelDir, ds: Any, train_cfg: TrainConfig,
+                      epochs: int) -> dict[str, Any] | None:
+    """The model directory's own verifier when it was built for these training ids, else a new one,
+    kept under HOME/verifier; its power goes into the publish entry."""
+    if not settings.verify_refs:
+        return None
+    target = settings.home / VERIFIER_FOLDER
+    own = md.path / VERIFIER_FOLDER
+    if own.is_dir():
+        v = load_verifier(own, with_refs=True)
+        if v.name == settings.verifier and np.array_equal(v.member_ids, np.sort(md.splits.train)) and v.power:
+            save_verifier(v, target)
+            return {**power_summary(v), "power": v.power, "reused_from": str(own)}
+    print(f"training the membership verifier ({settings.verifier}, K={settings.verify_refs} reference models)")
+    inputs = BuildInputs(model=md.model, ds=ds, splits=md.splits, model_cfg=md.model_cfg, train_cfg=train_cfg,
+                         epochs=epochs)
+    return attach_verifier(settings.home, inputs, settings.verifier,
+                           VerifierConfig(n_refs=settings.verify_refs, seed=int(md.meta.get("seed", 0))))

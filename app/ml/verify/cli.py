@@ -1,0 +1,81 @@
+"""`unlearnd verify` and the one-line summaries that `train` and `unlearn` print."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.ml.checkpoint import load_model_dir
+from app.ml.errors import DataError
+from app.ml.verify.base import FPRS, verdict
+from app.ml.verify.report import power_summary, ue_lira
+from app.ml.verify.store import FOLDER, load_verifier
+
+
+def _rate(r: dict[str, Any]) -> str:
+    return f"{100 * r['rate']:.1f}% [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
+
+
+def power_line(summary: dict[str, Any]) -> str:
+    tprs = ", ".join(f"TPR@{100 * q:g}%FPR {_rate(summary[f'tpr@{q:g}'])}" for q in FPRS)
+    lo, hi = summary["auc_ci"]
+    return (f"membership verifier {summary['verifier']} (K={summary['K']}): AUC {summary['auc']:.3f} "
+            f"[{lo:.3f}, {hi:.3f}], {tprs}; {summary['measurable']}")
+
+
+def _set_line(label: str, a: dict[str, Any]) -> str:
+    t = a["set"]
+    flags = ", ".join(f"flagged@{100 * q:g}% {_rate(a[f'flagged@{q:g}'])}" for q in FPRS)
+    return (f"{label}: set AUC {t['auc']:.3f} [{t['ci_low']:.3f}, {t['ci_high']:.3f}] p={t['p_member']:.2g}; "
+            f"{flags}; KS {a['ks']:.3f}")
+
+
+def forgetting_line(v: dict[str, Any]) -> str:
+    parts = [_set_line("D_f before", v["before"])] if "before" in v else []
+    parts.append(_set_line("after", v["after"]))
+    over = " (pushed past non-member level)" if v["over_forgotten"] else ""
+    need = v["min_detectable_batch"]
+    return "; ".join(parts) + f" → {v['verdict']}{over} (minimum detectable batch {need})"
+
+
+def verify_command(*, model: Path, ids_file: Path, against: Path | None, data: Path | None,
+                   data_dir: Path | None, as_json: bool) -> dict[str, Any]:
+    from app.ml.pipeline import dataset_for, read_ids
+
+    md = load_model_dir(model)
+    v = load_verifier(model / FOLDER)
+    ids = v.check_ids(read_ids(ids_file))
+    ds = dataset_for(md, data_path=data, data_dir=data_dir)
+    result: dict[str, Any] = {"model": str(model), "power": power_summary(v), "assessed": v.assess(md.model, ds, ids)}
+    result.update(verdict(result["assessed"], v.power))
+    pvals = {"model": v.pvalues(md.model, ds, ids)}
+    if against is not None:
+        other = load_model_dir(against)
+        if other.meta.get("dataset") != md.meta.get("dataset") or not np.array_equal(other.splits.test,
+                                                                                     md.splits.test):
+            raise DataError(f"{against} was not trained on {model}'s dataset and splits")
+        result["against"] = {"model": str(against), "assessed": v.assess(other.model, ds, ids)}
+        result["ue_lira"] = ue_lira(result["assessed"], result["against"]["assessed"])
+        pvals["against"] = v.pvalues(other.model, ds, ids)
+    result["pvalues"] = {k: {int(i): float(p) for i, p in zip(ids, ps, strict=True)} for k, ps in pvals.items()}
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_text(result, ids, pvals)
+    return result
+
+
+def _print_text(result: dict[str, Any], ids: np.ndarray, pvals: dict[str, np.ndarray]) -> None:
+    print(power_line(result["power"]))
+    print(_set_line(f"{len(ids)} ids on {result['model']}", result["assessed"])
+          + f" → {result['verdict']}" + (" (pushed past non-member level)" if result["over_forgotten"] else ""))
+    if "against" in result:
+        print(_set_line(f"on {result['against']['model']}", result["against"]["assessed"]))
+        print(f"UE_lira = {result['ue_lira']:.2f} points (flagged@{100 * FPRS[-1]:g}%FPR, model vs against)")
+    print("id\tp_value" + ("\tp_value_against" if "against" in pvals else ""))
+    for k, i in enumerate(ids):
+        row = [str(int(i)), f"{pvals['model'][k]:.4g}"] + ([f"{pvals['against'][k]:.4g}"] if "against" in pvals else [])
+        print("\t".join(row))
