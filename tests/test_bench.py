@@ -31,6 +31,11 @@ def test_tiny_table_writes_json_md_png_with_every_method(tmp_path: Path) -> None
     md = (tmp_path / "results.md").read_text()
     for m in BASELINES:
         assert f"| {m} |" in md
+    assert "UE_lira" in md and "| shokri on θ* (α=0.0) |" in md and "| LiRA on θ* (α=0.0) |" in md
+    for r in saved["rows"]:
+        assert 0 <= r["lira_flagged"] <= 100 and 0 <= r["lira_auc"] <= 1 and r["UE_lira"] >= 0
+    assert next(r for r in saved["rows"] if r["method"] == "retrain")["UE_lira"] == 0
+    assert saved["verifier_power"][0]["verifier"]["K"] == 4
     ranked = [r for r in doc["summary"] if "avg_rank" in r]
     assert {r["method"] for r in ranked} == set(BASELINES) - {"retrain"}
     assert (tmp_path / "mu_ue.png").read_bytes()[:4] == b"\x89PNG"

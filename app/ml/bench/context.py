@@ -22,6 +22,9 @@ from app.ml.mia.shadow import MembershipAttack, MIAConfig, fit_attack
 from app.ml.models import ModelConfig
 from app.ml.train import TrainConfig, TrainResult, fit
 from app.ml.unlearn.base import UnlearnTask
+from app.ml.verify import DEFAULT, build_verifier
+from app.ml.verify.base import BuildInputs, Verifier, VerifierConfig, power_from_scores
+from app.ml.verify.report import flagged
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class ExperimentConfig:
     attack: str = "authors"
     forget: str = "random"  # random | outliers (IsolationForest on the inputs, paper Table V)
     extra_alphas: tuple[float, ...] = ()  # more GR models, for sweeps
+    verifier: str = DEFAULT
+    verify_refs: int = 4
 
     def train_cfg(self, seed: int, alpha: float) -> TrainConfig:
         return TrainConfig(alpha=alpha, gr_norm=self.gr_norm, max_epochs=self.max_epochs, patience=self.patience,
@@ -55,6 +60,7 @@ class SeedContext:
     attack: MembershipAttack
     attack_eval: dict[str, float]
     cfg: ExperimentConfig
+    verifier: Verifier
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -100,9 +106,23 @@ def prepare(cfg: ExperimentConfig, ds: Dataset, seed: int, *, progress: bool = T
     attack = fit_attack(ds, splits.shadow, model_cfg, cfg.train_cfg(seed, 0.0), epochs=plain.best_epoch,
                         cfg=MIAConfig(attack=cfg.attack, seed=seed))
     attack_eval = attack.evaluate(plain.model, ds, retain, splits.test, seed=seed)
+    # one verifier for every row: references with the plain recipe (the retrain's and the baselines')
+    verifier = build_verifier(cfg.verifier, BuildInputs(plain.model, ds, splits, model_cfg, cfg.train_cfg(seed, 0.0),
+                                                        epochs=plain.best_epoch),
+                              VerifierConfig(n_refs=cfg.verify_refs, seed=seed))
+    verifier.power = verifier.measure_power(plain.model, ds)
+    power = {f"θ* (α={a})": verifier.measure_power(t.model, ds) for a, t in models.items()}
+    power["shokri on θ* (α=0.0)"] = shokri_power(attack, verifier, plain.model, ds)
     return SeedContext(seed=seed, ds=ds, splits=splits, forget=forget, model_cfg=model_cfg, models=models,
                        retrain=retrain, retrain_seconds=retrain_seconds, attack=attack, attack_eval=attack_eval,
-                       cfg=cfg, info={"attack": attack.info})
+                       cfg=cfg, verifier=verifier, info={"attack": attack.info, "verifier": verifier.info,
+                                                         "power": power})
+
+
+def shokri_power(attack: MembershipAttack, v: Verifier, model: nn.Module, ds: Dataset) -> dict[str, Any]:
+    """The Shokri attack's member probability as a score, on exactly the verifier's samples and FPRs."""
+    return power_from_scores(*(attack.member_prob(model, ds, ids) for ids in (v.power_members(), v.eval_ids,
+                                                                              v.calib_ids)))
 
 
 def evaluate_model(ctx: SeedContext, model: nn.Module, *, ids: str = "test") -> dict[str, float]:
@@ -110,4 +130,7 @@ def evaluate_model(ctx: SeedContext, model: nn.Module, *, ids: str = "test") -> 
     evaluated = {"forget": ctx.forget, "retain": ctx.retain, ids: getattr(ctx.splits, ids)}
     out = {f"{k}_acc": 100 * accuracy(model, ctx.ds, v) for k, v in evaluated.items()}
     out["mia_forget"] = 100 * ctx.attack.member_rate(model, ctx.ds, ctx.forget)
+    assessed = ctx.verifier.assess(model, ctx.ds, ctx.forget)
+    out.update(lira_flagged=100 * flagged(assessed), lira_auc=assessed["set"]["auc"],
+               lira_p=assessed["set"]["p_member"], lira_ks=assessed["ks"])
     return out

@@ -1,8 +1,10 @@
 """Table II suites: every method against Retrain on MU, Time, UE, with mean ± std over seeds.
 
 MU = |test acc(method) − test acc(retrain)|, UE = |MIA member rate on D_f (method) − (retrain)|,
-both in points; Time in seconds of the unlearning step. Avg rank: the mean of each method's
-ranks on mean MU, Time and UE among the compared methods (Retrain excluded). IAU starts from
+both in points (UE with the paper's Shokri attack); UE_lira = |D_f's flagged rate at 5% FPR under
+the membership verifier (method) − (retrain)|, beside D_f's set-level AUC against non-members and
+the KS distance of its p-values from uniform; Time in seconds of the unlearning step. Avg rank:
+the mean of each method's ranks on mean MU, Time and UE among the compared methods (Retrain excluded). IAU starts from
 the GR-trained θ*, every other method from the plainly trained θ* (as in the paper).
 """
 
@@ -59,12 +61,13 @@ def _row(name: str, seed: int, metrics: dict[str, float], gold: dict[str, float]
          params: dict[str, Any]) -> dict[str, Any]:
     return {"method": name, "seed": seed, "time_s": seconds, **metrics,
             "MU": abs(metrics["test_acc"] - gold["test_acc"]), "UE": abs(metrics["mia_forget"] - gold["mia_forget"]),
-            "params": params}
+            "UE_lira": abs(metrics["lira_flagged"] - gold["lira_flagged"]), "params": params}
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     names = list(dict.fromkeys(r["method"] for r in rows))
-    keys = ("MU", "UE", "time_s", "test_acc", "forget_acc", "retain_acc", "mia_forget")
+    keys = ("MU", "UE", "UE_lira", "time_s", "test_acc", "forget_acc", "retain_acc", "mia_forget", "lira_flagged",
+            "lira_auc", "lira_ks")
     summary = []
     for name in names:
         mine = [r for r in rows if r["method"] == name]
@@ -84,29 +87,54 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _markdown(cfg: TableConfig, rows: list[dict[str, Any]], summary: list[dict[str, Any]],
-              attack: list[dict[str, float]]) -> str:
+              attack: list[dict[str, float]], power: list[dict[str, Any]]) -> str:
     seeds = sorted({r["seed"] for r in rows})
     how = "at random" if cfg.experiment.forget == "random" else "as the IsolationForest's most anomalous"
     lines = [f"{cfg.experiment.dataset} / {cfg.experiment.arch}, forget {cfg.experiment.forget_frac:.0%} {how}, "
              f"seeds {seeds}; mean ± std over seeds. MU, UE and accuracies in points, Time in seconds.", "",
-             "| method | MU ↓ | Time (s) ↓ | UE ↓ | Avg rank ↓ | test acc | forget acc | retain acc | MIA on D_f |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| method | MU ↓ | Time (s) ↓ | UE ↓ | Avg rank ↓ | test acc | forget acc | retain acc | MIA on D_f "
+             "| D_f flagged @5% | UE_lira ↓ | D_f set AUC | D_f p (member) | KS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in summary:
         mine = [r for r in rows if r["method"] == e["method"]]
         cells = [fmt_pm([r[k] for r in mine]) for k in ("MU", "time_s", "UE")]
         rank = f"{e['avg_rank']:.2f}" if "avg_rank" in e else "—"
-        accs = [fmt_pm([r[k] for r in mine], 1) for k in ("test_acc", "forget_acc", "retain_acc", "mia_forget")]
-        lines.append(f"| {e['method']} | {' | '.join(cells)} | {rank} | {' | '.join(accs)} |")
+        accs = [fmt_pm([r[k] for r in mine], 1) for k in ("test_acc", "forget_acc", "retain_acc", "mia_forget",
+                                                           "lira_flagged", "UE_lira")]
+        lira = [fmt_pm([r["lira_auc"] for r in mine], 3), " / ".join(f"{r['lira_p']:.1e}" for r in mine),
+                fmt_pm([r["lira_ks"] for r in mine], 3)]
+        lines.append(f"| {e['method']} | {' | '.join(cells)} | {rank} | {' | '.join(accs)} | {' | '.join(lira)} |")
     ba = [a["balanced_accuracy"] for a in attack]
     auc = [a["auc"] for a in attack]
     lines += ["", f"Membership attack ({cfg.experiment.attack} features, 3 shadows) on the plain θ*, held-out "
               f"members vs test non-members: balanced accuracy {fmt_pm([100 * b for b in ba], 1)} %, "
               f"AUC {fmt_pm(auc, 3)}. Near 50 % / 0.5, UE differences are mostly noise."]
+    lines += ["", power_table(power), "",
+              "D_f p (member): the set-level Mann-Whitney p-value of D_f against held-out non-members, per seed; "
+              "below 0.01 the verifier still sees D_f as members."]
     if cfg.paper:
         lines += ["", "The paper's Table II for this setting:", "", "| method | MU | Time (s) | UE |",
                   "|---|---|---|---|"]
         lines += [f"| {m} | {v.get('MU', '—')} | {v.get('time_s', '—')} | {v.get('UE', '—')} |"
                   for m, v in cfg.paper.items()]
+    return "\n".join(lines)
+
+
+def power_table(power: list[dict[str, Any]]) -> str:
+    """The verifier's power on each θ*, next to the Shokri attack's on the same samples, mean ± std over seeds."""
+    k = power[0]["verifier"].get("K")
+    lines = [f"Membership power on held-out members vs test non-members (verifier: offline LiRA, K={k} references "
+             "on the shadow split; same samples and calibration for the Shokri attack):", "",
+             "| scorer | AUC | TPR@1%FPR | TPR@5%FPR | FPR@5% (evaluation non-members) | min. detectable batch |",
+             "|---|---|---|---|---|---|"]
+    for name in power[0]["by_model"]:
+        ps = [p["by_model"][name] for p in power]
+        mdb = " / ".join(str(p["min_detectable_batch"]) for p in ps)
+        label = name if name.startswith("shokri") else f"LiRA on {name}"
+        lines.append(f"| {label} | {fmt_pm([p['auc'] for p in ps], 3)} "
+                     f"| {fmt_pm([100 * p['tpr@0.01']['rate'] for p in ps], 2)} % "
+                     f"| {fmt_pm([100 * p['tpr@0.05']['rate'] for p in ps], 2)} % "
+                     f"| {fmt_pm([100 * p['fpr@0.05']['rate'] for p in ps], 2)} % | {mdb} |")
     return "\n".join(lines)
 
 
@@ -140,17 +168,19 @@ def run_table(cfg: TableConfig, *, out: Path, data_dir: Path | None, data_path: 
     ds = load_dataset(cfg.experiment.dataset, path=data_path, data_dir=data_dir)
     rows: list[dict[str, Any]] = []
     attack: list[dict[str, float]] = []
+    power: list[dict[str, Any]] = []
     for seed in range(n_seeds):
         ctx = prepare(cfg.experiment, ds, seed, progress=progress)
         attack.append({"seed": seed, **ctx.attack_eval})
+        power.append({"seed": seed, "verifier": ctx.verifier.info, "by_model": ctx.info["power"]})
         rows += run_seed(cfg, ctx)
     summary = summarise(rows)
     _plot(out / "mu_ue.png", summary)
     command = f"unlearnd bench --suite {cfg.name} --out {out}" + (f" --seeds {seeds}" if seeds else "")
     return write_results(out, suite=cfg.name, command=command,
                          config={**asdict(cfg), "seeds": list(range(n_seeds))},
-                         results={"rows": rows, "summary": summary, "attack": attack},
-                         markdown=_markdown(cfg, rows, summary, attack))
+                         results={"rows": rows, "summary": summary, "attack": attack, "verifier_power": power},
+                         markdown=_markdown(cfg, rows, summary, attack, power))
 
 
 def _suite(cfg: TableConfig) -> Any:

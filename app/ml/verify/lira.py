@@ -17,13 +17,12 @@ import numpy as np
 
 from app.ml.train import fit
 from app.ml.verify import VERIFIERS, Design
-from app.ml.verify.base import BuildInputs, Verifier, VerifierConfig, split_nonmembers, true_class_logit, use_flip
+from app.ml.verify.base import BuildInputs, Verifier, VerifierConfig, split_nonmembers, true_class_logit
 
 
 def build(inputs: BuildInputs, cfg: VerifierConfig) -> Verifier:
     ds, splits = inputs.ds, inputs.splits
     calib, evaluation = split_nonmembers(splits.test, cfg)
-    flip = use_flip(ds, cfg)
     scored = np.union1d(splits.train, splits.test)
     rng = np.random.default_rng(cfg.seed)
     n_in = max(1, round(cfg.ref_frac * len(splits.shadow)))
@@ -35,13 +34,13 @@ def build(inputs: BuildInputs, cfg: VerifierConfig) -> Verifier:
         t0 = time.perf_counter()
         ref = fit(inputs.model_cfg, ds, inside, None, recipe, progress=False).model
         seconds.append(time.perf_counter() - t0)
-        phis.append(true_class_logit(ref, ds, scored, flip=flip))
+        phis.append(true_class_logit(ref, ds, scored, flip=cfg.flip))
         states.append({k2: v.detach().clone().contiguous() for k2, v in ref.state_dict().items()})
     phi = np.stack(phis)  # (K, n_scored)
     spread = float(np.sqrt(phi.var(axis=0, ddof=1).mean()))
     return Verifier(name="lira", config=cfg, member_ids=np.sort(splits.train), calib_ids=calib,
                     eval_ids=evaluation, ref_ids=scored, out_mean=phi.mean(axis=0), out_std=max(spread, 1e-6),
-                    flip=flip, ref_states=states,
+                    flip=cfg.flip, ref_states=states,
                     info={"K": cfg.n_refs, "ref_train_samples": n_in, "ref_epochs": inputs.epochs,
                           "ref_train_seconds": float(np.sum(seconds)), "variance": "global"})
 

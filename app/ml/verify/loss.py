@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from app.ml.verify import VERIFIERS, Design
-from app.ml.verify.base import BuildInputs, Verifier, VerifierConfig, split_nonmembers, use_flip
+from app.ml.verify.base import BuildInputs, Verifier, VerifierConfig, split_nonmembers
 
 
 def build(inputs: BuildInputs, cfg: VerifierConfig) -> Verifier:
@@ -17,7 +17,7 @@ def build(inputs: BuildInputs, cfg: VerifierConfig) -> Verifier:
     calib, evaluation = split_nonmembers(splits.test, cfg)
     scored = np.union1d(splits.train, splits.test)
     return Verifier(name="loss", config=cfg, member_ids=np.sort(splits.train), calib_ids=calib, eval_ids=evaluation,
-                    ref_ids=scored, out_mean=np.zeros(len(scored)), out_std=1.0, flip=use_flip(inputs.ds, cfg),
+                    ref_ids=scored, out_mean=np.zeros(len(scored)), out_std=1.0, flip=cfg.flip,
                     info={"K": 0, "ref_train_seconds": 0.0})
 
 
