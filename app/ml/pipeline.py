@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -143,7 +142,7 @@ def unlearn_to_dir(*, model_dir: Path, forget_ids: np.ndarray, out: Path, method
             "train_acc": accuracy(res.model, ds, new_splits.train), "unlearn": record}
     save_model_dir(out, model=res.model, model_cfg=md.model_cfg, meta=meta, splits=new_splits)
     if vdir.is_dir():  # the references never saw a training sample: they stay valid for every descendant
-        shutil.copytree(vdir, out / VERIFIER_FOLDER, dirs_exist_ok=True)
+        save_verifier(load_verifier(vdir, with_refs=True), out / VERIFIER_FOLDER)
     if refresh_cache:
         save_cache(build_cache(res.model, ds, new_splits.train, chunk_size=chunk_size), out)
     return meta

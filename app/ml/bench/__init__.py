@@ -35,6 +35,7 @@ def _register_builtin() -> None:
         speed,
         sweep,
         table,
+        verifier,
     )
 
 

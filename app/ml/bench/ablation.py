@@ -1,4 +1,4 @@
-"""`ablation` (paper Fig. 2): IA alone, IA + GC, IA + GC + GR; MU and UE per variant.
+"""`ablation` (paper Fig. 2): IA alone, IA + GC, IA + GC + GR; MU, UE and UE_lira per variant.
 
 IA: ascent on D_f only (no correction), on the plainly trained θ*. IA+GC: Eq. 8 on the plain
 θ*. IA+GC+GR: Eq. 8 on the GR-trained θ*. Every variant uses IAU's defaults otherwise.
@@ -37,7 +37,10 @@ def ablation_rows(ctx: SeedContext) -> list[dict[str, Any]]:
         res = run_method("iau", ctx.task(ctx.cfg.alpha if use_gr else 0.0), params)
         m = evaluate_model(ctx, res.model)
         rows.append({"variant": name, "seed": ctx.seed, **m, "time_s": res.time_s,
-                     "MU": abs(m["test_acc"] - gold["test_acc"]), "UE": abs(m["mia_forget"] - gold["mia_forget"])})
+                     "MU": abs(m["test_acc"] - gold["test_acc"]), "UE": abs(m["mia_forget"] - gold["mia_forget"]),
+                     "UE_lira": abs(m["lira_flagged"] - gold["lira_flagged"])})
+    rows.append({"variant": "retrain", "seed": ctx.seed, **gold, "time_s": ctx.retrain_seconds, "MU": 0.0, "UE": 0.0,
+                 "UE_lira": 0.0})
     return rows
 
 
@@ -51,11 +54,14 @@ def run_ablation(cfg: AblationConfig, *, out: Path, data_dir: Path | None, data_
         ctx = prepare(cfg.experiment, ds, seed, progress=progress)
         attack.append(ctx.attack_eval)
         rows += ablation_rows(ctx)
-    lines = ["| variant | MU ↓ | UE ↓ | test acc | forget acc |", "|---|---|---|---|---|"]
-    for v in VARIANTS:
+    lines = ["| variant | MU ↓ | UE ↓ | UE_lira ↓ | D_f flagged @5% | D_f set AUC | test acc | forget acc |",
+             "|---|---|---|---|---|---|---|---|"]
+    for v in (*VARIANTS, "retrain"):
         mine = [r for r in rows if r["variant"] == v]
-        lines.append(f"| {v} | {fmt_pm([r['MU'] for r in mine])} | {fmt_pm([r['UE'] for r in mine])} | "
-                     f"{fmt_pm([r['test_acc'] for r in mine], 1)} | {fmt_pm([r['forget_acc'] for r in mine], 1)} |")
+        cells = [fmt_pm([r[k] for r in mine]) for k in ("MU", "UE", "UE_lira")]
+        cells += [fmt_pm([r["lira_flagged"] for r in mine], 1), fmt_pm([r["lira_auc"] for r in mine], 3)]
+        cells += [fmt_pm([r[k] for r in mine], 1) for k in ("test_acc", "forget_acc")]
+        lines.append(f"| {v} | {' | '.join(cells)} |")
     lines += ["", "Attack balanced accuracy on θ*: " + fmt_pm([100 * a["balanced_accuracy"] for a in attack], 1)
               + " %; the paper's Fig. 2 claim is that MU and UE fall as GC, then GR, are added."]
     _plot(out / "ablation.png", rows)
@@ -71,8 +77,8 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
-    for ax, key in zip(axes, ("MU", "UE"), strict=True):
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.5))
+    for ax, key in zip(axes, ("MU", "UE", "UE_lira"), strict=True):
         vals = [[r[key] for r in rows if r["variant"] == v] for v in VARIANTS]
         ax.bar(list(VARIANTS), [np.mean(v) for v in vals], yerr=[np.std(v) for v in vals], capsize=4,
                color=["C0", "C1", "C2"])

@@ -38,7 +38,8 @@ def forgetting_line(v: dict[str, Any]) -> str:
     parts.append(_set_line("after", v["after"]))
     over = " (pushed past non-member level)" if v["over_forgotten"] else ""
     need = v["min_detectable_batch"]
-    return "; ".join(parts) + f" → {v['verdict']}{over} (minimum detectable batch {need})"
+    size = f"minimum detectable batch {need}" if need is not None else "no batch size is detectable on this model"
+    return "; ".join(parts) + f" → {v['verdict']}{over} ({size})"
 
 
 def verify_command(*, model: Path, ids_file: Path, against: Path | None, data: Path | None,
