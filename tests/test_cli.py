@@ -40,8 +40,14 @@ def _forget_file(model: Path, tmp_path: Path, n: int = 40) -> tuple[Path, list[i
 
 def test_train_writes_the_documented_layout(trained: Path) -> None:
     assert {p.name for p in trained.iterdir()} == {"model.safetensors", "meta.json", "splits.json",
-                                                    "grad_cache.safetensors"}
+                                                    "grad_cache.safetensors", "verifier"}
+    assert {p.name for p in (trained / "verifier").iterdir()} == {
+        "verifier.json", "stats.safetensors", *(f"ref-{k}.safetensors" for k in range(4))}
     meta = json.loads((trained / "meta.json").read_text())
+    power = meta["verifier"]["power"]
+    assert meta["verifier"]["K"] == 4 and meta["verifier"]["ref_train_seconds"] > 0
+    for key in ("auc", "tpr@0.01", "tpr@0.05", "min_detectable_batch", "measurable"):
+        assert key in power, key
     for key in ("arch", "dataset", "alpha", "gr_norm", "seed", "epochs", "train_acc", "val_acc", "test_acc",
                 "wall_time_s", "version", "git_hash"):
         assert key in meta, key

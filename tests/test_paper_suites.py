@@ -43,7 +43,8 @@ def test_ablation(tmp_path: Path) -> None:
     cfg = replace(ABLATION, seeds=1, experiment=replace(ABLATION.experiment, dataset="digits", max_epochs=3,
                                                         patience=2))
     doc = run_ablation(cfg, out=tmp_path, data_dir=None, data_path=None, progress=False)
-    assert {r["variant"] for r in doc["rows"]} == {"IA", "IA+GC", "IA+GC+GR"}
+    assert {r["variant"] for r in doc["rows"]} == {"IA", "IA+GC", "IA+GC+GR", "retrain"}
+    assert all(r["UE_lira"] >= 0 for r in doc["rows"]) and "| UE_lira ↓ |" in (tmp_path / "results.md").read_text()
     _outputs(tmp_path, "ablation.png")
 
 

@@ -83,4 +83,4 @@ def test_verifier_suite_runs_end_to_end(tmp_path: Path) -> None:
     doc = run(cfg, out=tmp_path, seeds=None, data_dir=None, data_path=None)
     assert doc["memorise"][0]["lira"]["tpr@0.01"]["n"] == 150
     assert doc["cost"][0]["batches"][0]["verify_s"] > 0
-    assert "| LiRA (K=2) |" in (tmp_path / "results.md").read_text()
+    assert "| LiRA (K=2) |" in (tmp_path / "results.md").read_text() and (tmp_path / "verifier.png").exists()

@@ -126,6 +126,30 @@ def _markdown(cfg: VerifierSuiteConfig, mem: list[dict[str, Any]], cost: list[di
     return "\n".join(lines)
 
 
+def plot_power(path: Path, mem: list[dict[str, Any]], refs: int) -> None:
+    """TPR at each FPR for LiRA and the loss score on the memorising model, mean ± std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ("tpr@0.01", "tpr@0.05")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for i, (name, label) in enumerate((("lira", f"LiRA (K={refs})"), ("loss", "loss (no references)"))):
+        vals = [[100 * m[name][k]["rate"] for m in mem] for k in keys]
+        ax.bar(np.arange(len(keys)) + 0.38 * i, [np.mean(v) for v in vals], 0.36, yerr=[np.std(v) for v in vals],
+               capsize=4, label=label)
+    for j, q in enumerate((1, 5)):
+        ax.hlines(q, j - 0.2, j + 0.58, colors="k", linestyles="dotted")
+    ax.set_xticks(np.arange(len(keys)) + 0.19, ["TPR @ 1% FPR", "TPR @ 5% FPR"])
+    ax.set_ylabel("members flagged (%); dotted: the FPR")
+    ax.set_title("memorising model: per-sample power")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def run(cfg: VerifierSuiteConfig, *, out: Path, seeds: int | None, data_dir: Path | None,
         data_path: Path | None) -> dict[str, Any]:
     n = seeds or cfg.seeds
@@ -135,6 +159,7 @@ def run(cfg: VerifierSuiteConfig, *, out: Path, seeds: int | None, data_dir: Pat
     cost = [_cost(cfg, cost_ds, s) for s in range(n)]
     summary = {"lira_tpr@0.01": mean_std([m["lira"]["tpr@0.01"]["rate"] for m in mem]),
                "loss_tpr@0.01": mean_std([m["loss"]["tpr@0.01"]["rate"] for m in mem])}
+    plot_power(out / "verifier.png", mem, cfg.refs)
     command = f"unlearnd bench --suite {cfg.name} --out {out}" + (f" --seeds {seeds}" if seeds else "")
     return write_results(out, suite=cfg.name, command=command, config={**asdict(cfg), "seeds": list(range(n))},
                          results={"memorise": mem, "cost": cost, "summary": summary},
