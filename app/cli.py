@@ -40,18 +40,23 @@ def _train(ns: argparse.Namespace, settings: Settings) -> int:
 
 
 def _unlearn(ns: argparse.Namespace, settings: Settings) -> int:
+    from app.ml.errors import ConfigError
     from app.ml.pipeline import read_ids, unlearn_to_dir
 
-    params: dict[str, object] = {"correction": not ns.no_correction}
-    for key in ("eta", "reduction", "step"):
-        if getattr(ns, key) is not None:
-            params[key] = getattr(ns, key)
-    meta = unlearn_to_dir(model_dir=ns.model, forget_ids=read_ids(ns.forget_ids), out=ns.out, method="iau",
+    iau_flags = {k: getattr(ns, k) for k in ("eta", "reduction", "step") if getattr(ns, k) is not None}
+    if ns.method == "iau":
+        params: dict[str, object] = {"correction": not ns.no_correction, **iau_flags}
+    elif iau_flags or ns.no_correction:
+        raise ConfigError(f"--eta, --reduction, --step and --no-correction are IAU's; --method is {ns.method!r}")
+    else:
+        params = {}
+    meta = unlearn_to_dir(model_dir=ns.model, forget_ids=read_ids(ns.forget_ids), out=ns.out, method=ns.method,
                           params=params, data_path=ns.data, data_dir=settings.data_dir,
                           use_cache=not ns.no_cache, refresh_cache=ns.refresh_cache,
                           chunk_size=settings.chunk_size)
     u = meta["unlearn"]
-    print(f"forgot {u['n_forget']} samples in {u['time_s']:.3f} s ({u['path']} path): forget acc "
+    print(f"forgot {u['n_forget']} samples with {u['method']} in {u['time_s']:.3f} s "
+          f"({u.get('path', 'no')} path): forget acc "
           f"{u['forget_acc_before']:.4f} → {u['forget_acc_after']:.4f}, test acc {u['test_acc_before']:.4f} → "
           f"{u['test_acc_after']:.4f} → {ns.out}")
     if "verification" in u:
@@ -114,9 +119,9 @@ def _demo(ns: argparse.Namespace, settings: Settings) -> int:
     forget = rng.choice(train_ids, size=max(1, len(train_ids) // 20), replace=False)
     ids_file = home / "forget.txt"
     ids_file.write_text("\n".join(str(int(i)) for i in sorted(forget)) + "\n")
-    unlearn_ns = argparse.Namespace(model=home / "model", forget_ids=ids_file, out=home / "unlearned", eta=5e-4,
-                                    reduction="sum", step="sgd", no_correction=False, data=None, no_cache=False,
-                                    refresh_cache=True)
+    unlearn_ns = argparse.Namespace(model=home / "model", forget_ids=ids_file, out=home / "unlearned", method="iau",
+                                    eta=5e-4, reduction="sum", step="sgd", no_correction=False, data=None,
+                                    no_cache=False, refresh_cache=True)
     return _unlearn(unlearn_ns, settings)
 
 
@@ -145,8 +150,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, required=True)
     t.set_defaults(func=_train)
 
-    u = sub.add_parser("unlearn", help="forget training samples with IAU")
+    u = sub.add_parser("unlearn", help="forget training samples (IAU by default)")
     u.add_argument("--model", type=Path, required=True)
+    u.add_argument("--method", default="iau", help="iau, out_match, finetune, retrain, … (unknown names list them)")
     u.add_argument("--forget-ids", type=Path, required=True, help="file with one sample id per line")
     u.add_argument("--eta", type=float)
     u.add_argument("--reduction", choices=("sum", "mean"))

@@ -59,6 +59,8 @@ def train_to_dir(*, dataset: str, arch: str, out: Path, train_cfg: TrainConfig, 
     if with_cache:
         save_cache(build_cache(model, ds, splits.train, chunk_size=chunk_size), out)
     if verifier is not None:
+        if progress:
+            print(f"training the membership verifier ({verifier}, K={vcfg.n_refs} reference models)", flush=True)
         inputs = BuildInputs(model=model, ds=ds, splits=splits, model_cfg=model_cfg, train_cfg=train_cfg,
                              epochs=result.best_epoch)
         meta["verifier"] = attach_verifier(out, inputs, verifier, vcfg)
@@ -119,11 +121,13 @@ def unlearn_to_dir(*, model_dir: Path, forget_ids: np.ndarray, out: Path, method
     md = load_model_dir(model_dir)
     forget = check_forget_ids(md.splits.train, forget_ids)
     ds = dataset_for(md, data_path=data_path, data_dir=data_dir)
+    vdir = model_dir / VERIFIER_FOLDER
+    verifier = load_verifier(vdir) if vdir.is_dir() else None
     task = UnlearnTask(model=md.model, ds=ds, train_ids=md.splits.train, forget_ids=forget,
                        weights_sha256=md.weights_sha256, cache=load_cache(model_dir) if use_cache else None,
                        chunk_size=chunk_size, seed=int(md.meta.get("seed", 0)), model_cfg=md.model_cfg,
                        train_cfg=train_config_from_meta(md.meta), val_ids=md.splits.val,
-                       epochs_trained=md.meta.get("epochs"))
+                       epochs_trained=md.meta.get("epochs"), verifier=verifier)
     res = run_method(method, task, params)
     new_splits = md.splits.without_train(forget)
     record = {
@@ -133,15 +137,13 @@ def unlearn_to_dir(*, model_dir: Path, forget_ids: np.ndarray, out: Path, method
         "test_acc_after": accuracy(res.model, ds, md.splits.test),
         "params": res.params, "parent_weights_sha256": md.weights_sha256, "chunk_size": chunk_size,
     }
-    vdir = model_dir / VERIFIER_FOLDER
-    if vdir.is_dir():
-        record["verification"] = verify_forgetting(load_verifier(vdir), ds, forget, before=md.model,
-                                                   after=res.model)
+    if verifier is not None:
+        record["verification"] = verify_forgetting(verifier, ds, forget, before=md.model, after=res.model)
     keep = {k: v for k, v in md.meta.items() if k not in ("unlearn", "weights_sha256")}
     meta = {**keep, **provenance(), "n_train": len(new_splits.train), "test_acc": record["test_acc_after"],
             "train_acc": accuracy(res.model, ds, new_splits.train), "unlearn": record}
     save_model_dir(out, model=res.model, model_cfg=md.model_cfg, meta=meta, splits=new_splits)
-    if vdir.is_dir():  # the references never saw a training sample: they stay valid for every descendant
+    if verifier is not None:  # the references never saw a training sample: they stay valid for every descendant
         save_verifier(load_verifier(vdir, with_refs=True), out / VERIFIER_FOLDER)
     if refresh_cache:
         save_cache(build_cache(res.model, ds, new_splits.train, chunk_size=chunk_size), out)

@@ -22,6 +22,7 @@ def _register_builtin() -> None:
         fisher,
         gradient_ascent,
         iau,
+        out_match,
         retrain,
         unrolling,
     )

@@ -15,6 +15,7 @@ from app.ml.errors import ConfigError, ForgetSetError
 from app.ml.gradcache import GradCache
 from app.ml.models import ModelConfig
 from app.ml.train import TrainConfig
+from app.ml.verify.base import Verifier
 
 
 @dataclass
@@ -32,6 +33,7 @@ class UnlearnTask:
     train_cfg: TrainConfig | None = None
     val_ids: np.ndarray | None = None
     epochs_trained: int | None = None
+    verifier: Verifier | None = None  # the model's membership verifier, for methods that target it
 
     def require_training_setup(self, method: str) -> tuple[ModelConfig, TrainConfig, np.ndarray]:
         if self.model_cfg is None or self.train_cfg is None or self.val_ids is None:

@@ -77,7 +77,8 @@ class Verifier:
     power: dict[str, Any] | None = None
 
     # --- scores
-    def _out(self, ids: np.ndarray) -> np.ndarray:
+    def out_mean_of(self, ids: np.ndarray) -> np.ndarray:
+        """The references' mean true-class logit for each id: what a non-member's looks like."""
         pos = np.searchsorted(self.ref_ids, ids)
         ok = (pos < len(self.ref_ids)) & (self.ref_ids[np.minimum(pos, len(self.ref_ids) - 1)] == ids)
         if not ok.all():
@@ -86,7 +87,7 @@ class Verifier:
 
     def scores(self, model: nn.Module, ds: Dataset, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
-        return (true_class_logit(model, ds, ids, flip=self.flip) - self._out(ids)) / self.out_std
+        return (true_class_logit(model, ds, ids, flip=self.flip) - self.out_mean_of(ids)) / self.out_std
 
     def check_ids(self, ids: np.ndarray) -> np.ndarray:
         ids = np.unique(np.asarray(ids, dtype=np.int64))
@@ -168,13 +169,13 @@ def true_class_logit(model: nn.Module, ds: Dataset, ids: np.ndarray, *, flip: bo
         c = ids[start : start + chunk]
         x, y = ds.features(c), ds.labels(c)
         views = [x, x.flip(-1)] if flip else [x]
-        phi = torch.stack([_phi(model(v), y) for v in views]).mean(0)
+        phi = torch.stack([phi_from_logits(model(v), y) for v in views]).mean(0)
         out.append(phi)
     model.train(was_training)
     return torch.cat(out).double().numpy() if out else np.empty(0)
 
 
-def _phi(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def phi_from_logits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     logits = logits.double()
     true = logits.gather(1, y[:, None]).squeeze(1)
     others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
