@@ -59,18 +59,19 @@ def train_to_dir(*, dataset: str, arch: str, out: Path, train_cfg: TrainConfig, 
     if with_cache:
         save_cache(build_cache(model, ds, splits.train, chunk_size=chunk_size), out)
     if verifier is not None:
-        if progress:
-            print(f"training the membership verifier ({verifier}, K={vcfg.n_refs} reference models)", flush=True)
         inputs = BuildInputs(model=model, ds=ds, splits=splits, model_cfg=model_cfg, train_cfg=train_cfg,
                              epochs=result.best_epoch)
-        meta["verifier"] = attach_verifier(out, inputs, verifier, vcfg)
+        meta["verifier"] = attach_verifier(out, inputs, verifier, vcfg, progress=progress)
         meta["wall_time_s"] = time.perf_counter() - t0
         set_meta_fields(out, {"verifier": meta["verifier"], "wall_time_s": meta["wall_time_s"]})
     return meta
 
 
-def attach_verifier(folder: Path, inputs: BuildInputs, name: str, cfg: VerifierConfig) -> dict[str, Any]:
+def attach_verifier(folder: Path, inputs: BuildInputs, name: str, cfg: VerifierConfig, *,
+                    progress: bool = True) -> dict[str, Any]:
     """Build a verifier for the model in INPUTS, measure its power, save it to FOLDER/verifier."""
+    if progress:
+        print(f"training the membership verifier ({name}, K={cfg.n_refs} reference models)", flush=True)
     t0 = time.perf_counter()
     v = build_verifier(name, inputs, cfg)
     v.power = v.measure_power(inputs.model, inputs.ds)
@@ -122,7 +123,7 @@ def unlearn_to_dir(*, model_dir: Path, forget_ids: np.ndarray, out: Path, method
     forget = check_forget_ids(md.splits.train, forget_ids)
     ds = dataset_for(md, data_path=data_path, data_dir=data_dir)
     vdir = model_dir / VERIFIER_FOLDER
-    verifier = load_verifier(vdir) if vdir.is_dir() else None
+    verifier = load_verifier(vdir, with_refs=True) if vdir.is_dir() else None
     task = UnlearnTask(model=md.model, ds=ds, train_ids=md.splits.train, forget_ids=forget,
                        weights_sha256=md.weights_sha256, cache=load_cache(model_dir) if use_cache else None,
                        chunk_size=chunk_size, seed=int(md.meta.get("seed", 0)), model_cfg=md.model_cfg,
@@ -144,7 +145,7 @@ def unlearn_to_dir(*, model_dir: Path, forget_ids: np.ndarray, out: Path, method
             "train_acc": accuracy(res.model, ds, new_splits.train), "unlearn": record}
     save_model_dir(out, model=res.model, model_cfg=md.model_cfg, meta=meta, splits=new_splits)
     if verifier is not None:  # the references never saw a training sample: they stay valid for every descendant
-        save_verifier(load_verifier(vdir, with_refs=True), out / VERIFIER_FOLDER)
+        save_verifier(verifier, out / VERIFIER_FOLDER)
     if refresh_cache:
         save_cache(build_cache(res.model, ds, new_splits.train, chunk_size=chunk_size), out)
     return meta

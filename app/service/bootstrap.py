@@ -127,7 +127,6 @@ def _publish_verifier(settings: Settings, md: ModelDir, ds: Any, train_cfg: Trai
         if v.name == settings.verifier and np.array_equal(v.member_ids, np.sort(md.splits.train)) and v.power:
             save_verifier(v, target)
             return {**power_summary(v), "power": v.power, "reused_from": str(own)}
-    print(f"training the membership verifier ({settings.verifier}, K={settings.verify_refs} reference models)")
     inputs = BuildInputs(model=md.model, ds=ds, splits=md.splits, model_cfg=md.model_cfg, train_cfg=train_cfg,
                          epochs=epochs)
     return attach_verifier(settings.home, inputs, settings.verifier,

@@ -110,8 +110,8 @@ def prepare(cfg: ExperimentConfig, ds: Dataset, seed: int, *, progress: bool = T
     verifier = build_verifier(cfg.verifier, BuildInputs(plain.model, ds, splits, model_cfg, cfg.train_cfg(seed, 0.0),
                                                         epochs=plain.best_epoch),
                               VerifierConfig(n_refs=cfg.verify_refs, seed=seed))
-    verifier.power = verifier.measure_power(plain.model, ds)
     power = {f"θ* (α={a})": verifier.measure_power(t.model, ds) for a, t in models.items()}
+    verifier.power = power["θ* (α=0.0)"]  # the plain θ*, the verifier's own target
     power["shokri on θ* (α=0.0)"] = shokri_power(attack, verifier, plain.model, ds)
     return SeedContext(seed=seed, ds=ds, splits=splits, forget=forget, model_cfg=model_cfg, models=models,
                        retrain=retrain, retrain_seconds=retrain_seconds, attack=attack, attack_eval=attack_eval,

@@ -102,13 +102,17 @@ class Verifier:
     # --- tests
     def assess(self, model: nn.Module, ds: Dataset, ids: np.ndarray) -> dict[str, Any]:
         """IDS against the calibration non-members, both scored by MODEL."""
+        return self.assess_with_pvalues(model, ds, ids)[0]
+
+    def assess_with_pvalues(self, model: nn.Module, ds: Dataset,
+                            ids: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
         s, cal = self.scores(model, ds, ids), self.scores(model, ds, self.calib_ids)
         p = stats.conformal_pvalues(s, cal)
-        return {"n": len(s), "set": stats.rank_test(s, cal).to_dict(),
-                **{f"flagged@{q:g}": stats.rate(p <= q) for q in FPRS}, **stats.ks_distance(s, cal)}
+        return ({"n": len(s), "set": stats.rank_test(s, cal).to_dict(),
+                 **{f"flagged@{q:g}": stats.rate(p <= q) for q in FPRS}, **stats.ks_distance(s, cal)}, p)
 
     def pvalues(self, model: nn.Module, ds: Dataset, ids: np.ndarray) -> np.ndarray:
-        return stats.conformal_pvalues(self.scores(model, ds, ids), self.scores(model, ds, self.calib_ids))
+        return self.assess_with_pvalues(model, ds, ids)[1]
 
     def measure_power(self, model: nn.Module, ds: Dataset) -> dict[str, Any]:
         """Members against evaluation non-members: AUC, TPR/FPR at each FPR, minimum detectable batch."""

@@ -50,17 +50,18 @@ def verify_command(*, model: Path, ids_file: Path, against: Path | None, data: P
     v = load_verifier(model / FOLDER)
     ids = v.check_ids(read_ids(ids_file))
     ds = dataset_for(md, data_path=data, data_dir=data_dir)
-    result: dict[str, Any] = {"model": str(model), "power": power_summary(v), "assessed": v.assess(md.model, ds, ids)}
-    result.update(verdict(result["assessed"], v.power))
-    pvals = {"model": v.pvalues(md.model, ds, ids)}
+    assessed, p_model = v.assess_with_pvalues(md.model, ds, ids)
+    result: dict[str, Any] = {"model": str(model), "power": power_summary(v), "assessed": assessed}
+    result.update(verdict(assessed, v.power))
+    pvals = {"model": p_model}
     if against is not None:
         other = load_model_dir(against)
         if other.meta.get("dataset") != md.meta.get("dataset") or not np.array_equal(other.splits.test,
                                                                                      md.splits.test):
             raise DataError(f"{against} was not trained on {model}'s dataset and splits")
-        result["against"] = {"model": str(against), "assessed": v.assess(other.model, ds, ids)}
-        result["ue_lira"] = ue_lira(result["assessed"], result["against"]["assessed"])
-        pvals["against"] = v.pvalues(other.model, ds, ids)
+        other_assessed, pvals["against"] = v.assess_with_pvalues(other.model, ds, ids)
+        result["against"] = {"model": str(against), "assessed": other_assessed}
+        result["ue_lira"] = ue_lira(assessed, other_assessed)
     result["pvalues"] = {k: {int(i): float(p) for i, p in zip(ids, ps, strict=True)} for k, ps in pvals.items()}
     if as_json:
         print(json.dumps(result, indent=2))
