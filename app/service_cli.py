@@ -96,6 +96,33 @@ def worker(ns: argparse.Namespace, settings: Settings) -> int:
     return run_worker(settings)
 
 
+def consolidate_now(ns: argparse.Namespace, settings: Settings) -> int:
+    """Retrain exactly on the active samples now; the worker's announcements and clean-up follow."""
+    from worker.consolidate import consolidate
+    from worker.housekeeping import purge_forgotten, refresh_cache
+
+    _logging()
+    conn = LedgerConn.open(settings)
+    try:
+        result = consolidate(settings, conn, reason="on demand (unlearnd consolidate)")
+        if result.state == "completed":
+            purge_forgotten(settings, conn)
+            refresh_cache(settings, conn)
+            if settings.redis_url:
+                from worker.queue import announce, connect
+
+                announce(settings, connect(settings.redis_url), version_id=result.version_id or "")
+            info = result.info or {}
+            print(f"consolidated: version {result.version_id} retrained on {info['n_train']} samples in "
+                  f"{info['train_s']:.1f} s (held-out {info['holdout_acc_after']:.4f}); "
+                  f"{len(info['request_ids'])} requests are now exact")
+            return 0
+        print(f"consolidation {result.state}: {(result.info or {}).get('why')}")
+        return 0 if result.state == "nothing" else 1
+    finally:
+        conn.close()
+
+
 def db_upgrade(ns: argparse.Namespace, settings: Settings) -> int:
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade(settings.db_url)
@@ -161,6 +188,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     s.set_defaults(func=serve)
     w = sub.add_parser("worker", help="process deletion requests (needs REDIS_URL)")
     w.set_defaults(func=worker)
+    sub.add_parser("consolidate", help="retrain exactly on the remaining samples now: every approximately "
+                                       "forgotten request becomes exact").set_defaults(func=consolidate_now)
     d = sub.add_parser("db", help="ledger schema").add_subparsers(dest="db_command", required=True)
     d.add_parser("upgrade", help="migrate the ledger to the newest revision").set_defaults(func=db_upgrade)
     k = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)

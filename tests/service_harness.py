@@ -44,7 +44,8 @@ class Service(LiveService):
         subjects.write_text(json.dumps({str(i): f"person-{int(i) % 50}" for i in train}))
         defaults = {"UNLEARND_THREADS": 1, "UNLEARND_BATCH_MAX_WAIT_S": 0.2, "UNLEARND_POLL_INTERVAL_S": 0.3,
                     "UNLEARND_SWEEP_INTERVAL_S": 1, "UNLEARND_LEASE_S": 6, "UNLEARND_MAX_DELETE_IDS": 50,
-                    "UNLEARND_MAX_ACCURACY_DROP": 0.25, "UNLEARND_IAU_PARAMS": json.dumps(TEST_IAU),
+                    "UNLEARND_MAX_ACCURACY_DROP": 0.25, "UNLEARND_UNLEARN_METHOD": "iau",
+                    "UNLEARND_UNLEARN_PARAMS": json.dumps(TEST_IAU), "UNLEARND_ON_PARTIAL": "accept",
                     "UNLEARND_SUBJECTS_FILE": subjects, "UNLEARND_MIA_SHADOWS": 2}
         super().__init__(tmp / "home", model_dir, db_url=db_url, redis_url=redis_url, **{**defaults, **env})
 

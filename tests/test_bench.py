@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from app.ml.bench import SUITES
 from app.ml.bench.speed import SpeedConfig, run_speed
 from app.ml.bench.table import run_table, tiny
@@ -66,3 +68,26 @@ def test_sweep_default_respects_the_accuracy_bound() -> None:
     assert select_default(rows, 2.0)["name"] == "tie-break"
     assert select_default(rows, 10.0)["name"] == "damaging"
     assert select_default(rows, 0.1)["name"] == "tie-break"  # nothing feasible: the least damage
+
+
+def test_forgetting_suite_rows_frontier_and_chain(tmp_path: Path) -> None:
+    from app.ml.bench.forgetting import CALIBRATED, CONFIGS, FAST, run
+
+    quick = next(c for c in CONFIGS if c.name == "forgetting-quick")
+    doc = run(quick, out=tmp_path, seeds=None, data_dir=None, data_path=None)
+    names = [r["method"] for r in doc["rows"]]
+    assert names == ["θ*", "retrain", *(f[0] for f in FAST), CALIBRATED]
+    rows = {r["method"]: r for r in doc["rows"]}
+    gap = rows["retrain"]["gap_closed"]
+    assert rows["retrain"]["MU"] == 0 and (gap == pytest.approx(1.0) or gap != gap)  # NaN: θ* shows no gap at all
+    assert rows["θ*"]["time_s"] is None and rows["iau (paper: one step)"]["speedup"] > 1
+    cal = doc["per_seed"][0]["calibration"]
+    assert "candidates" in cal and rows[CALIBRATED]["params"]["method"] in {"retrain", *(
+        c["setting"]["method"] for c in cal["candidates"])}
+    (chain,) = doc["per_seed"][0]["chains"]
+    assert chain["size"] == 10 and len(chain["steps"]) == 3
+    assert all(s["verdict"] in ("forgotten", "partial", "not measurable") for s in chain["steps"])
+    assert chain["max_drop"] <= quick.max_accuracy_drop + 1e-9  # the policy never keeps a model below the floor
+    md = (tmp_path / "results.md").read_text()
+    assert "| calibrated (policy) |" in md and "Chained deletions" in md and "speed-up" in md
+    assert (tmp_path / "frontier.png").read_bytes()[:4] == b"\x89PNG"

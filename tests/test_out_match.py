@@ -31,8 +31,8 @@ def test_out_match_closes_most_of_the_membership_gap(setting: Setting, digit_spl
     forget = np.sort(np.random.default_rng(3).choice(setting.members, 100, replace=False))
     v, ds = setting.verifier, setting.ds
     before = v.assess(setting.target, ds, forget)  # type: ignore[arg-type]
-    # the step size is model-dependent (CIFAR-10 LeNet5 wants 1e-3, this small MLP 3e-4): issue 13's calibration
-    res = run_method("out_match", _task(setting, forget), {"epochs": 5, "lr": 3e-4})
+    # the step size is model-dependent (this small MLP overshoots at 1e-3 without warmup): calibration's job
+    res = run_method("out_match", _task(setting, forget), {"epochs": 5, "lr": 6e-4})
     after = v.assess(res.model, ds, forget)
     assert before["set"]["p_member"] < 1e-3, before["set"]
     gap = before["set"]["auc"] - 0.5

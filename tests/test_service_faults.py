@@ -178,8 +178,8 @@ def test_weights_below_floor_fail_loudly(tmp_path: Path, digits_model_dir: Path,
 
 def test_rejected_iau_step_falls_back_to_retraining(tmp_path: Path, digits_model_dir: Path, redis_url: str) -> None:
     svc = Service(tmp_path, digits_model_dir, db_url=db_url_for("sqlite", tmp_path / "home"), redis_url=redis_url,
-                  UNLEARND_IAU_PARAMS=json.dumps({"eta": 1.0, "reduction": "mean", "step": "sgd"}),
-                  UNLEARND_ON_INVALID="retrain", UNLEARND_IAU_BACKTRACKS=0)  # this step wrecks the model
+                  UNLEARND_UNLEARN_PARAMS=json.dumps({"eta": 1.0, "reduction": "mean", "step": "sgd"}),
+                  UNLEARND_ON_INVALID="retrain", UNLEARND_BACKTRACKS=0)  # this step wrecks the model
     try:
         svc.start_api()
         svc.start_worker()
@@ -189,8 +189,9 @@ def test_rejected_iau_step_falls_back_to_retraining(tmp_path: Path, digits_model
             assert done["state"] == "completed", done
             entry = c.get("/audit", params={"offset": done["audit_entry"] - 1, "limit": 1}).json()["items"][0]
         p = entry["payload"]
-        assert p["method"] == "retrain" and p["iau_rejected"]  # below the floor, or not finite
-        assert [s.split(":")[0] for s in p["rejected_steps"]] == ["η=1"]
+        assert p["method"] == "retrain" and p["exact"] and p["attempts"][0]["rejected"]  # below the floor, or NaN
+        assert [(a["method"], a["params"].get("eta")) for a in p["attempts"]] == [("iau", 1.0), ("retrain", None)]
+        assert done["forgetting"]["exact"] and done["forgetting"]["exact_at"] == done["completed_at"]
         assert p["test_acc_after"] >= p["test_acc_before"] - 0.25
     finally:
         svc.stop()
@@ -199,7 +200,7 @@ def test_rejected_iau_step_falls_back_to_retraining(tmp_path: Path, digits_model
 def test_too_large_iau_step_is_halved_until_valid(tmp_path: Path, digits_model_dir: Path, redis_url: str) -> None:
     # on the fixture model one Adam step of 8e-3 leaves held-out ~0.26, 4e-3 ~0.47, 2e-3 ~0.87 (floor ~0.70)
     svc = Service(tmp_path, digits_model_dir, db_url=db_url_for("sqlite", tmp_path / "home"), redis_url=redis_url,
-                  UNLEARND_IAU_PARAMS=json.dumps({"eta": 8e-3, "reduction": "mean", "step": "adam"}))
+                  UNLEARND_UNLEARN_PARAMS=json.dumps({"eta": 8e-3, "reduction": "mean", "step": "adam"}))
     try:
         svc.start_api()
         svc.start_worker()
@@ -209,9 +210,9 @@ def test_too_large_iau_step_is_halved_until_valid(tmp_path: Path, digits_model_d
             assert done["state"] == "completed", done
             entry = c.get("/audit", params={"offset": done["audit_entry"] - 1, "limit": 1}).json()["items"][0]
         p = entry["payload"]
-        assert p["method"] == "iau" and p["iau_rejected"] is None
-        assert p["eta_halvings"] == 2 and p["params"]["eta"] == pytest.approx(2e-3)
-        assert [s.split(":")[0] for s in p["rejected_steps"]] == ["η=0.008", "η=0.004"]
+        assert p["method"] == "iau" and not p["exact"] and p["params"]["eta"] == pytest.approx(2e-3)
+        assert [a["params"]["eta"] for a in p["attempts"]] == pytest.approx([8e-3, 4e-3, 2e-3])
+        assert [bool(a["rejected"]) for a in p["attempts"]] == [True, True, False]
         assert p["test_acc_after"] >= p["test_acc_before"] - 0.25
     finally:
         svc.stop()

@@ -52,7 +52,7 @@ def test_delete_flow_end_to_end(live: Service) -> None:
         audit = c.get("/audit").json()
         entry = next(e for e in audit["items"] if e["seq"] == done["audit_entry"])
         assert acc["id"] in entry["payload"]["request_ids"] and entry["payload"]["n_forget"] == 3
-        assert entry["payload"]["path"] == "fast"  # the gradient cache matched the served weights
+        assert entry["payload"]["attempts"][0]["path"] == "fast"  # the gradient cache matched the served weights
         # the verifier judged the 3 samples: this model's minimum detectable batch is far above 3 (or none)
         ver = entry["payload"]["verification"]
         assert ver["after"]["n"] == 3 and ver["before"]["n"] == 3 and "ue_estimate" not in entry["payload"]

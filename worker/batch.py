@@ -1,4 +1,7 @@
-"""One batch: claim pending requests, unlearn their samples with IAU, validate, write, commit.
+"""One batch: claim pending requests, forget their samples through the forgetting policy, write, commit.
+
+The policy (app.ml.policy) runs the model's calibrated setting, validates, verifies and escalates;
+this module only claims, orchestrates and records.
 
 The commit is one transaction: new version + head compare-and-set + audit entry + requests
 completed + samples forgotten. If another batch moved the head first, this batch's requests
@@ -28,18 +31,15 @@ from app.ml.data import Dataset
 from app.ml.errors import Conflict, ModelLoadError
 from app.ml.gradcache import load_cache
 from app.ml.grads import ids_sha256
-from app.ml.metrics import accuracy
 from app.ml.mia.store import load_attack
 from app.ml.pipeline import train_config_from_meta
-from app.ml.train import TrainConfig, fit
-from app.ml.unlearn import run_method
+from app.ml.policy import PolicyConfig, Setting, forget, settings_from_meta
 from app.ml.unlearn.base import UnlearnTask
-from app.ml.verify.report import verify_forgetting
 from app.ml.verify.store import FOLDER as VERIFIER_FOLDER
 from app.ml.verify.store import load_verifier
 from app.service.ledger_conn import LedgerConn
 from app.service.store import open_store
-from app.service.versions import check_finite, holdout_ids, load_version, write_version
+from app.service.versions import holdout_ids, load_version, write_version
 
 log = logging.getLogger("unlearnd.worker")
 MAX_ATTEMPTS = 3
@@ -88,53 +88,20 @@ def _floor(settings: Settings, first: ModelVersion) -> float:
     return float(first.metrics.get("holdout_acc", 0.0)) - settings.max_accuracy_drop
 
 
-def _validate(model: nn.Module, ds: Dataset, hold: np.ndarray, floor: float) -> tuple[float, str | None]:
-    try:
-        check_finite(model)
-    except ModelLoadError as e:
-        return float("nan"), str(e)
-    acc = accuracy(model, ds, hold)
-    return acc, None if acc >= floor else f"held-out accuracy {acc:.4f} is below the floor {floor:.4f}"
+def _task(settings: Settings, c: Claimed, md: ModelDir, ds: Dataset) -> UnlearnTask:
+    folder = settings.home / VERIFIER_FOLDER
+    verifier = load_verifier(folder) if settings.verify_refs and folder.is_dir() else None
+    return UnlearnTask(model=md.model, ds=ds, train_ids=c.train_ids, forget_ids=np.asarray(c.forget),
+                       weights_sha256=md.weights_sha256, cache=load_cache(Path(c.head.path)),
+                       chunk_size=settings.chunk_size, seed=int(md.meta.get("seed", 0)), model_cfg=md.model_cfg,
+                       train_cfg=train_config_from_meta(md.meta), val_ids=md.splits.val, verifier=verifier)
 
 
-def _unlearn(settings: Settings, c: Claimed, md: ModelDir, ds: Dataset, hold: np.ndarray,
-             floor: float) -> tuple[nn.Module, dict[str, Any], float, str | None]:
-    """IAU's step; one that fails validation is retried at half the η, up to settings.iau_backtracks times.
-
-    Chained deletions make the retain term Σ_{D_r}∇ℓ a full-batch gradient step of rate η·|D_r|: past the
-    loss's stability edge it grows geometrically from deletion to deletion until a version collapses, and
-    with a fixed η every later batch would fail on that same head. A smaller step is stable there and pulls
-    the model back, so halving is both the repair and the guard."""
-    cache = load_cache(Path(c.head.path))
-    params = {**md.meta.get("iau", {}), **settings.iau_params}
-    task = UnlearnTask(model=md.model, ds=ds, train_ids=c.train_ids, forget_ids=np.asarray(c.forget),
-                       weights_sha256=md.weights_sha256, cache=cache, chunk_size=settings.chunk_size,
-                       seed=int(md.meta.get("seed", 0)), model_cfg=md.model_cfg,
-                       train_cfg=train_config_from_meta(md.meta), val_ids=md.splits.val)
-    rejected: list[str] = []
-    spent = 0.0
-    for _ in range(settings.iau_backtracks + 1):
-        res = run_method("iau", task, params)
-        spent += res.time_s
-        acc, problem = _validate(res.model, ds, hold, floor)
-        if problem is None:
-            break
-        rejected.append(f"η={res.params['eta']:g}: {problem}")
-        params = {**res.params, "eta": res.params["eta"] / 2}
-    if rejected and problem is None:
-        log.warning("batch %s: IAU step accepted at η=%g after %d halvings", c.batch_id, res.params["eta"],
-                    len(rejected))
-    return res.model, {"method": "iau", "params": res.params, "time_s": spent, "eta_halvings": len(rejected),
-                       "rejected_steps": rejected, **res.info}, acc, problem
-
-
-def _retrain(c: Claimed, md: ModelDir, ds: Dataset) -> tuple[nn.Module, dict[str, Any]]:
-    cfg = train_config_from_meta(md.meta) or TrainConfig()
-    t0 = time.perf_counter()
-    retain = np.setdiff1d(c.train_ids, c.forget)
-    model = fit(md.model_cfg, ds, retain, md.splits.val, cfg, progress=False).model
-    return model, {"method": "retrain", "params": {"alpha": cfg.alpha, "seed": cfg.seed},
-                   "time_s": time.perf_counter() - t0}
+def _settings(settings: Settings, c: Claimed, md: ModelDir) -> list[Setting]:
+    """The operator's override, else what calibration chose for this model at publication."""
+    if settings.unlearn_method:
+        return [Setting(settings.unlearn_method, dict(settings.unlearn_params))]
+    return settings_from_meta(md.meta, len(c.forget))
 
 
 def _mia(settings: Settings, before: nn.Module, after: nn.Module, ds: Dataset, forget: np.ndarray,
@@ -145,14 +112,6 @@ def _mia(settings: Settings, before: nn.Module, after: nn.Module, ds: Dataset, f
     return {"mia_forget_before": attack.member_rate(before, ds, forget),
             "mia_forget_after": attack.member_rate(after, ds, forget),
             "mia_nonmember_after": attack.member_rate(after, ds, hold)}
-
-
-def _verify(settings: Settings, before: nn.Module, after: nn.Module, ds: Dataset,
-            forget: np.ndarray) -> dict[str, Any]:
-    folder = settings.home / VERIFIER_FOLDER
-    if not settings.verify_refs or not folder.is_dir():
-        return {"verdict": "unverified", "why": "no membership verifier was built at publication"}
-    return verify_forgetting(load_verifier(folder), ds, forget, before=before, after=after)
 
 
 def process(settings: Settings, conn: LedgerConn, c: Claimed) -> Outcome:
@@ -169,20 +128,21 @@ def process(settings: Settings, conn: LedgerConn, c: Claimed) -> Outcome:
         raise ModelLoadError(f"version {c.head.id} was not trained on the ledger's active samples")
     hold = holdout_ids(md.splits, settings.holdout_size)
     floor = _floor(settings, c.first)
-    model, record, acc, problem = _unlearn(settings, c, md, ds, hold, floor)
-    if problem and settings.on_invalid == "retrain":
-        log.warning("batch %s: IAU result rejected (%s); retraining on D_r", c.batch_id, problem)
-        rejected = record["rejected_steps"]
-        model, record = _retrain(c, md, ds)
-        record.update(iau_rejected=problem, rejected_steps=rejected)
-        acc, problem = _validate(model, ds, hold, floor)
-    if problem:
-        return _fail(conn, c, f"new weights failed validation: {problem}")
-    forget = np.asarray(c.forget)
-    record.update(_mia(settings, md.model, model, ds, forget, hold))
-    record["verification"] = _verify(settings, md.model, model, ds, forget)
-    record.update(holdout_acc_before=float(c.head.metrics.get("holdout_acc", float("nan"))), holdout_acc_after=acc,
-                  accuracy_floor=floor, n_forget=len(forget), forget_ids_sha256=ids_sha256(forget))
+    policy = PolicyConfig(floor=floor, backtracks=settings.backtracks, on_partial=settings.on_partial,
+                          retrain_if_invalid=settings.on_invalid == "retrain")
+    out = forget(_task(settings, c, md, ds), _settings(settings, c, md), hold, policy)
+    if out.model is None:
+        return _fail(conn, c, f"new weights failed validation: {out.problem}")
+    model = out.model
+    forget_ids = np.asarray(c.forget)
+    record = out.record()
+    record.update(_mia(settings, md.model, model, ds, forget_ids, hold))
+    record.update(time_s=sum(a["time_s"] for a in out.attempts),
+                  holdout_acc_before=float(c.head.metrics.get("holdout_acc", float("nan"))),
+                  holdout_acc_after=out.holdout_acc, accuracy_floor=floor, n_forget=len(forget_ids),
+                  forget_ids_sha256=ids_sha256(forget_ids))
+    if out.consolidate_now:
+        log.warning("batch %s: verdict partial; an exact consolidation follows", c.batch_id)
     return _write_and_commit(settings, conn, c, md, model, record, t0)
 
 
@@ -196,17 +156,16 @@ def _write_and_commit(settings: Settings, conn: LedgerConn, c: Claimed, md: Mode
         time.sleep(settings.debug_commit_delay_s)
     now = utcnow()
     metrics = {"holdout_acc": record["holdout_acc_after"], "n_train": len(c.train_ids) - len(c.forget),
-               "verdict": record["verification"]["verdict"]}
+               "verdict": record["verdict"], "method": record["method"], "exact": record["exact"]}
     payload = {"event": "unlearn", "request_ids": sorted(r.id for r in c.requests),
                "forget_ids_sha256": record["forget_ids_sha256"], "n_forget": len(c.forget),
                "parent_model_sha256": c.head.sha256, "model_sha256": sha, "method": record["method"],
-               "params": record["params"], "unlearn_time_s": record["time_s"],
-               "path": record.get("path"), "iau_rejected": record.get("iau_rejected"),
-               "eta_halvings": record.get("eta_halvings"), "rejected_steps": record.get("rejected_steps"),
+               "params": record["params"], "exact": record["exact"], "unlearn_time_s": record["time_s"],
+               "attempts": record["attempts"], "consolidate_now": record["consolidate_now"],
                "test_acc_before": record["holdout_acc_before"],
                "test_acc_after": record["holdout_acc_after"],
                **{k: record[k] for k in ("mia_forget_before", "mia_forget_after", "mia_nonmember_after")},
-               "verification": record["verification"], "verdict": record["verification"]["verdict"]}
+               "verification": record["verification"], "verdict": record["verdict"]}
     try:
         with transaction(conn.write) as s:
             v = ledger.add_version(s, sha256=sha, parent_id=c.head.id, path=str(path), now=now, metrics=metrics)
@@ -215,7 +174,8 @@ def _write_and_commit(settings: Settings, conn: LedgerConn, c: Claimed, md: Mode
             entry = append_entry(s, batch_id=c.batch_id, created_at=now.isoformat(), payload=payload)
             ledger.complete_batch(s, batch_id=c.batch_id, request_ids=[r.id for r in c.requests],
                                   version_id=v.id, forget_ids=c.forget, audit_seq=entry.seq, now=now,
-                                  already=c.already)
+                                  already=c.already, method=record["method"], verdict=record["verdict"],
+                                  exact=record["exact"])
     except Conflict as e:
         return _release(conn, c, str(e))
     except IntegrityError:

@@ -12,6 +12,7 @@ import signal
 import time
 from types import FrameType
 
+from redis import Redis
 from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.exceptions import StopRequested
@@ -19,11 +20,12 @@ from rq.serializers import JSONSerializer
 
 from app.core.config import Settings
 from app.db import ledger
-from app.db.session import transaction
+from app.db.session import transaction, utcnow
 from app.service.ledger_conn import LedgerConn
+from worker.consolidate import consolidate, due
 from worker.housekeeping import purge_forgotten, refresh_cache, sweep
 from worker.jobs import process_pending  # noqa: F401  imported now, not inside the first deletion's latency
-from worker.queue import connect, queue
+from worker.queue import announce, connect, queue
 
 log = logging.getLogger("unlearnd.worker")
 
@@ -65,6 +67,18 @@ def _lower_priority(priority: str) -> None:
             os.nice(19)
 
 
+def maybe_consolidate(settings: Settings, conn: LedgerConn, redis: Redis) -> None:
+    """Between bursts, not inside an RQ job: a retrain may outlast the job timeout."""
+    reason = due(settings, conn, utcnow())
+    if reason is None:
+        return
+    result = consolidate(settings, conn, reason=reason)
+    if result.state == "completed" and result.version_id:
+        announce(settings, redis, version_id=result.version_id)
+        purge_forgotten(settings, conn)
+        refresh_cache(settings, conn)
+
+
 def run_worker(settings: Settings) -> int:
     if not settings.redis_url:
         raise SystemExit("unlearnd worker needs REDIS_URL (`unlearnd serve` starts an embedded Redis)")
@@ -82,6 +96,7 @@ def run_worker(settings: Settings) -> int:
         try:
             if time.monotonic() >= next_sweep:
                 sweep(settings, conn, redis)
+                maybe_consolidate(settings, conn, redis)
                 next_sweep = time.monotonic() + settings.sweep_interval_s
             w = SimpleWorker([queue(settings, redis)], connection=redis, serializer=JSONSerializer)
             try:  # blocks on the queue; returns when idle for a sweep interval

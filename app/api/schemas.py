@@ -38,9 +38,13 @@ class DeleteAccepted(BaseModel):
 
 class Forgetting(BaseModel):
     method: str | None
-    exact: bool = Field(description="true when the batch retrained from scratch on the remaining data")
-    verdict: str = Field(description="forgotten | not forgotten | not measurable | unverified: the membership "
+    exact: bool = Field(description="true once a model retrained from scratch without the samples is served: "
+                                    "at once when the batch retrained, else after an exact consolidation")
+    exact_at: datetime | None = Field(description="when that exact model was first served")
+    verdict: str = Field(description="forgotten | partial | not measurable | unverified: the membership "
                                      "verifier on the batch's forgotten samples after the update")
+    gap_closed: float | None = Field(default=None, description="share of the samples' membership signal (set AUC "
+                                                               "above 0.5) the update removed")
     over_forgotten: bool | None = Field(description="the samples look less member-like than non-members")
     set_auc_before: float | None = Field(description="forgotten samples against held-out non-members, before")
     set_auc_after: float | None = Field(description="the same after the update; 0.5 is non-member level")

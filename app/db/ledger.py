@@ -206,7 +206,8 @@ def release_stale(session: Session, *, now: datetime, lease_s: float) -> int:
 
 def complete_batch(session: Session, *, batch_id: str, request_ids: Sequence[str], version_id: str,
                    forget_ids: Sequence[int], audit_seq: int | None, now: datetime,
-                   already: dict[str, list[int]]) -> None:
+                   already: dict[str, list[int]], method: str | None = None, verdict: str | None = None,
+                   exact: bool = False) -> None:
     """Requests → completed and samples → forgotten; raises Conflict if anything moved meanwhile."""
     if forget_ids:
         res = session.execute(update(Sample).where(Sample.id.in_(list(forget_ids)), Sample.state == "active")
@@ -218,9 +219,24 @@ def complete_batch(session: Session, *, batch_id: str, request_ids: Sequence[str
                               .where(DeletionRequest.id == rid, DeletionRequest.batch_id == batch_id,
                                      DeletionRequest.state == "processing")
                               .values(state="completed", completed_at=now, model_version_id=version_id,
-                                      audit_seq=audit_seq, already_forgotten=already.get(rid, [])))
+                                      audit_seq=audit_seq, already_forgotten=already.get(rid, []), method=method,
+                                      verdict=verdict, exact_at=now if exact else None))
         if res.rowcount != 1:  # type: ignore[attr-defined]
             raise Conflict(f"request {rid} is no longer held by batch {batch_id}")
+
+
+def approximate_requests(session: Session) -> list[DeletionRequest]:
+    """Completed requests no exact model covers yet, oldest due first."""
+    return list(session.scalars(select(DeletionRequest)
+                                .where(DeletionRequest.state == "completed", DeletionRequest.exact_at.is_(None))
+                                .order_by(DeletionRequest.due_at, DeletionRequest.id)))
+
+
+def mark_exact(session: Session, *, request_ids: Sequence[str], now: datetime) -> int:
+    res = session.execute(update(DeletionRequest)
+                          .where(DeletionRequest.id.in_(list(request_ids)), DeletionRequest.exact_at.is_(None))
+                          .values(exact_at=now))
+    return int(res.rowcount)  # type: ignore[attr-defined]
 
 
 def fail_batch(session: Session, *, batch_id: str, reason: str, now: datetime) -> int:

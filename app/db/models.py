@@ -65,6 +65,10 @@ class DeletionRequest(Base):
     audit_seq: Mapped[int | None] = mapped_column(ForeignKey("audit_entries.seq"))
     reason: Mapped[str | None] = mapped_column(Text)
     already_forgotten: Mapped[list[int]] = mapped_column(JSON, default=list)
+    # how the batch forgot it, and when a model retrained without it from scratch was first served
+    method: Mapped[str | None] = mapped_column(String(64))
+    verdict: Mapped[str | None] = mapped_column(String(32))  # forgotten | partial | not measurable | unverified
+    exact_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class RequestSample(Base):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -101,3 +102,9 @@ def load_model_dir(path: Path, *, pause: Callable[[], None] = no_pause) -> Model
     pause()
     splits = Splits.load(path / SPLITS_FILE)
     return ModelDir(path=path, model=model, model_cfg=cfg, meta=meta, splits=splits, weights_sha256=sha)
+
+
+def check_finite(model: nn.Module) -> None:
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ModelLoadError(f"weights are not finite in {bad[:5]}")

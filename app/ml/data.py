@@ -100,6 +100,10 @@ class Splits:
         keep = np.setdiff1d(self.train, ids)
         return Splits(train=keep, val=self.val, test=self.test, shadow=self.shadow)
 
+    def holdout(self, size: int) -> np.ndarray:
+        """The held-out ids every validation of a model's descendants uses: the same ones each time."""
+        return np.sort(self.test)[:size]
+
 
 def make_splits(ds: Dataset, cfg: SplitConfig) -> Splits:
     """Deterministic from cfg.seed alone; every id lands in exactly one split."""

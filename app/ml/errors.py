@@ -65,6 +65,10 @@ class CacheMismatchError(UnlearndError):
     """A gradient cache does not belong to these exact weights and training ids."""
 
 
+class UnlearnFailed(UnlearndError):
+    """No unlearning setting, the exact retrain included, produced a model within the accuracy budget."""
+
+
 class VerifierError(UnlearndError):
     """A membership verifier cannot be built or used for this model (e.g. no reference models)."""
 

@@ -9,20 +9,21 @@ from typing import Any
 
 import numpy as np
 
+from app.ml.calibrate import CalibrationConfig, calibrate
 from app.ml.checkpoint import ModelDir, load_model_dir, save_model_dir, set_meta_fields
 from app.ml.data import Dataset, SplitConfig, make_splits
 from app.ml.datasets import load_dataset
-from app.ml.errors import DataError, ForgetSetError
-from app.ml.gradcache import build_cache, load_cache, save_cache
+from app.ml.errors import DataError, ForgetSetError, UnlearnFailed
+from app.ml.gradcache import GradCache, build_cache, load_cache, save_cache
 from app.ml.metrics import accuracy
 from app.ml.models import ModelConfig
+from app.ml.policy import PolicyConfig, Setting, forget, settings_from_meta
 from app.ml.provenance import provenance
 from app.ml.train import TrainConfig, fit
-from app.ml.unlearn import run_method
 from app.ml.unlearn.base import UnlearnTask, check_forget_ids
 from app.ml.verify import DEFAULT, build_verifier, check_verifier
-from app.ml.verify.base import BuildInputs, VerifierConfig
-from app.ml.verify.report import power_summary, verify_forgetting
+from app.ml.verify.base import BuildInputs, Verifier, VerifierConfig
+from app.ml.verify.report import power_summary
 from app.ml.verify.store import FOLDER as VERIFIER_FOLDER
 from app.ml.verify.store import load_verifier, save_verifier
 
@@ -30,9 +31,11 @@ from app.ml.verify.store import load_verifier, save_verifier
 def train_to_dir(*, dataset: str, arch: str, out: Path, train_cfg: TrainConfig, split_cfg: SplitConfig,
                  data_path: Path | None = None, data_dir: Path | None = None, progress: bool = True,
                  with_cache: bool = True, chunk_size: int = 1024, verifier: str | None = DEFAULT,
-                 verifier_cfg: VerifierConfig | None = None) -> dict[str, Any]:
+                 verifier_cfg: VerifierConfig | None = None,
+                 calibration: CalibrationConfig | None = None) -> dict[str, Any]:
     """Train ARCH on DATASET with the GR loss and write a model directory to OUT (with its membership
-    verifier under OUT/verifier unless VERIFIER is None)."""
+    verifier under OUT/verifier unless VERIFIER is None, and the forgetting setting calibrated for it in
+    meta.json unless CALIBRATION is None)."""
     t0 = time.perf_counter()
     vcfg = verifier_cfg or VerifierConfig(seed=train_cfg.seed)
     if verifier is not None:
@@ -56,15 +59,39 @@ def train_to_dir(*, dataset: str, arch: str, out: Path, train_cfg: TrainConfig, 
     }
     meta["wall_time_s"] = time.perf_counter() - t0
     save_model_dir(out, model=model, model_cfg=model_cfg, meta=meta, splits=splits)
-    if with_cache:
-        save_cache(build_cache(model, ds, splits.train, chunk_size=chunk_size), out)
+    cache = build_cache(model, ds, splits.train, chunk_size=chunk_size) if with_cache else None
+    if cache is not None:
+        save_cache(cache, out)
     if verifier is not None:
         inputs = BuildInputs(model=model, ds=ds, splits=splits, model_cfg=model_cfg, train_cfg=train_cfg,
                              epochs=result.best_epoch)
         meta["verifier"] = attach_verifier(out, inputs, verifier, vcfg, progress=progress)
+        if calibration is not None:
+            md = load_model_dir(out)
+            meta["calibration"] = calibrate_model(md, ds, load_verifier(out / VERIFIER_FOLDER, with_refs=True),
+                                                  cache, calibration, progress=progress)
         meta["wall_time_s"] = time.perf_counter() - t0
-        set_meta_fields(out, {"verifier": meta["verifier"], "wall_time_s": meta["wall_time_s"]})
+        set_meta_fields(out, {k: meta[k] for k in ("verifier", "calibration", "wall_time_s") if k in meta})
     return meta
+
+
+def training_seconds(meta: dict[str, Any]) -> float:
+    """What retraining this model costs, as its own training run measured it."""
+    return float(meta.get("seconds_per_epoch") or 0.0) * int(meta.get("epochs") or 0)
+
+
+def calibrate_model(md: ModelDir, ds: Dataset, verifier: Verifier | None, cache: GradCache | None,
+                    cfg: CalibrationConfig, *, holdout_size: int = 10000, progress: bool = True) -> dict[str, Any]:
+    """Choose the forgetting setting for MD by simulated deletions (app.ml.calibrate); its record."""
+    if progress:
+        print("calibrating the forgetting update (simulated deletions, every candidate setting)", flush=True)
+    base = UnlearnTask(model=md.model, ds=ds, train_ids=np.sort(md.splits.train), forget_ids=np.empty(0, np.int64),
+                       weights_sha256=md.weights_sha256, cache=cache, seed=cfg.seed, model_cfg=md.model_cfg,
+                       train_cfg=train_config_from_meta(md.meta), val_ids=md.splits.val,
+                       epochs_trained=md.meta.get("epochs"), verifier=verifier)
+    out = calibrate(base, md.splits.holdout(holdout_size), training_seconds(md.meta), cfg, progress=progress)
+    out["holdout_size"] = holdout_size
+    return out
 
 
 def attach_verifier(folder: Path, inputs: BuildInputs, name: str, cfg: VerifierConfig, *,
@@ -114,32 +141,42 @@ def read_ids(path: Path) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
-def unlearn_to_dir(*, model_dir: Path, forget_ids: np.ndarray, out: Path, method: str = "iau",
+def unlearn_to_dir(*, model_dir: Path, forget_ids: np.ndarray, out: Path, method: str | None = None,
                    params: dict[str, Any] | None = None, data_path: Path | None = None,
                    data_dir: Path | None = None, use_cache: bool = True, refresh_cache: bool = False,
-                   chunk_size: int = 1024) -> dict[str, Any]:
-    """Forget FORGET_IDS from the model in MODEL_DIR; write the new model to OUT."""
+                   chunk_size: int = 1024, max_accuracy_drop: float | None = None,
+                   on_partial: str = "accept") -> dict[str, Any]:
+    """Forget FORGET_IDS from the model in MODEL_DIR through the forgetting policy (app.ml.policy); write
+    the new model to OUT. METHOD None: the model's calibrated setting. Nothing is written when no setting
+    (retrain included) keeps the held-out accuracy within MAX_ACCURACY_DROP (default: calibration's)."""
     md = load_model_dir(model_dir)
-    forget = check_forget_ids(md.splits.train, forget_ids)
+    forget_set = check_forget_ids(md.splits.train, forget_ids)
     ds = dataset_for(md, data_path=data_path, data_dir=data_dir)
     vdir = model_dir / VERIFIER_FOLDER
     verifier = load_verifier(vdir, with_refs=True) if vdir.is_dir() else None
-    task = UnlearnTask(model=md.model, ds=ds, train_ids=md.splits.train, forget_ids=forget,
+    task = UnlearnTask(model=md.model, ds=ds, train_ids=md.splits.train, forget_ids=forget_set,
                        weights_sha256=md.weights_sha256, cache=load_cache(model_dir) if use_cache else None,
                        chunk_size=chunk_size, seed=int(md.meta.get("seed", 0)), model_cfg=md.model_cfg,
                        train_cfg=train_config_from_meta(md.meta), val_ids=md.splits.val,
                        epochs_trained=md.meta.get("epochs"), verifier=verifier)
-    res = run_method(method, task, params)
-    new_splits = md.splits.without_train(forget)
+    settings = [Setting(method, dict(params or {}))] if method else settings_from_meta(md.meta, len(forget_set))
+    hold = md.splits.holdout(int((md.meta.get("calibration") or {}).get("holdout_size", len(md.splits.test))))
+    acc0 = accuracy(md.model, ds, hold)
+    drop = max_accuracy_drop if max_accuracy_drop is not None else default_accuracy_drop(md.meta)
+    res = forget(task, settings, hold, PolicyConfig(floor=acc0 - drop, on_partial=on_partial))
+    if res.model is None:
+        raise UnlearnFailed(f"no setting kept held-out accuracy within {100 * drop:g} points of "
+                            f"{acc0:.4f}: {res.problem}; nothing was written")
+    new_splits = md.splits.without_train(forget_set)
     record = {
-        "method": method, "n_forget": len(forget), "time_s": res.time_s, **res.info,
-        "forget_acc_before": accuracy(md.model, ds, forget), "forget_acc_after": accuracy(res.model, ds, forget),
+        **res.record(), "n_forget": len(forget_set), "time_s": sum(a["time_s"] for a in res.attempts),
+        "chosen_by": "caller" if method else ("calibration" if md.meta.get("calibration") else "defaults"),
+        "forget_acc_before": accuracy(md.model, ds, forget_set),
+        "forget_acc_after": accuracy(res.model, ds, forget_set),
         "test_acc_before": accuracy(md.model, ds, md.splits.test),
-        "test_acc_after": accuracy(res.model, ds, md.splits.test),
-        "params": res.params, "parent_weights_sha256": md.weights_sha256, "chunk_size": chunk_size,
+        "test_acc_after": accuracy(res.model, ds, md.splits.test), "holdout_acc_before": acc0,
+        "parent_weights_sha256": md.weights_sha256, "chunk_size": chunk_size,
     }
-    if verifier is not None:
-        record["verification"] = verify_forgetting(verifier, ds, forget, before=md.model, after=res.model)
     keep = {k: v for k, v in md.meta.items() if k not in ("unlearn", "weights_sha256")}
     meta = {**keep, **provenance(), "n_train": len(new_splits.train), "test_acc": record["test_acc_after"],
             "train_acc": accuracy(res.model, ds, new_splits.train), "unlearn": record}
@@ -149,3 +186,8 @@ def unlearn_to_dir(*, model_dir: Path, forget_ids: np.ndarray, out: Path, method
     if refresh_cache:
         save_cache(build_cache(res.model, ds, new_splits.train, chunk_size=chunk_size), out)
     return meta
+
+
+def default_accuracy_drop(meta: dict[str, Any]) -> float:
+    budget = (meta.get("calibration") or {}).get("budget") or {}
+    return float(budget.get("max_accuracy_drop", CalibrationConfig.max_accuracy_drop))

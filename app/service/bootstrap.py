@@ -18,13 +18,14 @@ from app.core.config import Settings
 from app.db import ledger
 from app.db.audit import append_entry
 from app.db.session import transaction, utcnow
-from app.ml.checkpoint import ModelDir, load_model_dir, set_meta_fields
+from app.ml.calibrate import CalibrationConfig
+from app.ml.checkpoint import ModelDir, load_model_dir
 from app.ml.data import SplitConfig
 from app.ml.gradcache import build_cache, cache_matches, load_cache, save_cache
 from app.ml.metrics import accuracy
 from app.ml.mia.shadow import MIAConfig, fit_attack
 from app.ml.mia.store import save_attack
-from app.ml.pipeline import attach_verifier, dataset_for, train_config_from_meta, train_to_dir
+from app.ml.pipeline import attach_verifier, calibrate_model, dataset_for, train_config_from_meta, train_to_dir
 from app.ml.train import TrainConfig
 from app.ml.verify.base import BuildInputs, VerifierConfig
 from app.ml.verify.report import power_summary
@@ -36,23 +37,21 @@ from app.service.versions import holdout_ids, write_version
 
 log = logging.getLogger("unlearnd.bootstrap")
 DEMO_SUBJECT_GROUP = 4
-# The paper's sum/sgd step. docs/results/iau-sweep-quick picked η=5e-4 for ONE deletion, but a service
-# chains them, and each step's retain term is a full-batch gradient step at rate η·|D_r| (~0.1 here). Over
-# chained deletions on this model (sessions' measurements): η=5e-4 collapses at the 2nd; η=2e-4 holds for
-# ~9 and then Σ_{D_r}∇ℓ, growing 6-60% per step from the first, collapses it (held-out 0.98 → 0.71 →
-# 0.11); η=1e-4 holds 0.9805 over 100 deletions of 10 ids with Σ_{D_r}∇ℓ shrinking. The worker also halves a
-# step that fails validation (settings.iau_backtracks).
-DIGITS_SERVICE_IAU = {"eta": 1e-4, "reduction": "sum", "step": "sgd"}
+
+
+def calibration_config(settings: Settings, seed: int) -> CalibrationConfig:
+    return CalibrationConfig(max_accuracy_drop=settings.max_accuracy_drop,
+                             max_time_frac=settings.max_unlearn_time_frac, seed=seed)
 
 
 def train_default(settings: Settings, out: Path, *, progress: bool = True) -> Path:
-    """The digits model `make run` serves: GR-trained, with the digits sweep's IAU step in its meta."""
+    """The digits model `make run` serves: GR-trained, its forgetting setting calibrated in its meta."""
     cfg = TrainConfig(alpha=settings.demo_alpha, max_epochs=settings.demo_max_epochs, seed=0)
     train_to_dir(dataset="digits", arch=settings.demo_arch, out=out, train_cfg=cfg, split_cfg=SplitConfig(seed=0),
                  progress=progress, chunk_size=settings.chunk_size,
                  verifier=settings.verifier if settings.verify_refs else None,
-                 verifier_cfg=VerifierConfig(n_refs=settings.verify_refs, seed=0))
-    set_meta_fields(out, {"iau": DIGITS_SERVICE_IAU})
+                 verifier_cfg=VerifierConfig(n_refs=settings.verify_refs, seed=0),
+                 calibration=calibration_config(settings, 0))
     return out
 
 
@@ -94,12 +93,14 @@ def publish_initial(settings: Settings, conn: LedgerConn, *, model_dir: Path | N
     attack_eval = attack.evaluate(md.model, ds, train_ids, hold)
     save_attack(attack, settings.home / "attack")
     verifier = _publish_verifier(settings, md, ds, train_cfg, epochs)
-    meta = {**md.meta, "published_from": str(model_dir)}
+    calibration = _publish_calibration(settings, md, ds, cache, progress=progress)
+    meta = {**md.meta, "published_from": str(model_dir), "calibration": calibration}
     sha, path = write_version(settings.models_dir, model=md.model, model_cfg=md.model_cfg, meta=meta,
                               splits=md.splits)
     save_cache(cache, path)
     metrics: dict[str, Any] = {"holdout_acc": accuracy(md.model, ds, hold), "n_train": len(train_ids),
-                               "attack": attack_eval, "verifier": verifier}
+                               "attack": attack_eval, "verifier": verifier, "exact": True,
+                               "calibration": calibration_summary(calibration)}
     now = utcnow()
     with transaction(conn.write) as s:
         if ledger.head(s) is not None:  # another process published first
@@ -131,3 +132,22 @@ def _publish_verifier(settings: Settings, md: ModelDir, ds: Any, train_cfg: Trai
                          epochs=epochs)
     return attach_verifier(settings.home, inputs, settings.verifier,
                            VerifierConfig(n_refs=settings.verify_refs, seed=int(md.meta.get("seed", 0))))
+
+
+def _publish_calibration(settings: Settings, md: ModelDir, ds: Any, cache: Any, *,
+                         progress: bool) -> dict[str, Any]:
+    """The model's own calibration when it was made with this service's budgets, else a new one."""
+    own = md.meta.get("calibration")
+    want = calibration_config(settings, int(md.meta.get("seed", 0)))
+    if isinstance(own, dict) and own.get("config", {}).get("max_accuracy_drop") == want.max_accuracy_drop \
+            and own.get("holdout_size") == settings.holdout_size and "candidates" in own:
+        return own
+    folder = settings.home / VERIFIER_FOLDER
+    verifier = load_verifier(folder) if settings.verify_refs and folder.is_dir() else None
+    return calibrate_model(md, ds, verifier, cache, want, holdout_size=settings.holdout_size, progress=progress)
+
+
+def calibration_summary(cal: dict[str, Any]) -> dict[str, Any]:
+    """What the publish entry says of the calibration: the choice, why, and the budgets."""
+    keep = ("choice", "choice_small", "why", "measurable", "min_detectable_batch", "budget", "seconds")
+    return {k: cal.get(k) for k in keep}

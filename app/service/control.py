@@ -57,7 +57,11 @@ def request_status(ctx: ControlContext, *, request_id: str) -> dict[str, Any]:
         req = ledger.get_request(s, request_id=request_id)
         ids = ledger.request_sample_ids(s, request_ids=[req.id])[req.id]
         entry = s.scalar(select(AuditEntry).where(AuditEntry.seq == req.audit_seq)) if req.audit_seq else None
-    return {"forgetting": forgetting(json.loads(entry.payload)) if entry is not None else None,
+    how = forgetting(json.loads(entry.payload)) if entry is not None else None
+    if how is not None:
+        how["exact_at"] = as_utc(req.exact_at)
+        how["exact"] = req.exact_at is not None
+    return {"forgetting": how,
             "id": req.id, "state": req.state, "received_at": as_utc(req.received_at), "due_at": as_utc(req.due_at),
             "completed_at": as_utc(req.completed_at), "sample_ids": ids, "subject_id": req.subject_id,
             "already_forgotten": list(req.already_forgotten or []), "model_version": req.model_version_id,
@@ -68,8 +72,9 @@ def forgetting(payload: dict[str, Any]) -> dict[str, Any]:
     """How the batch that served a request forgot: method, the verifier's verdict and its evidence."""
     v = payload.get("verification") or {}
     after = v.get("after") or {}
-    return {"method": payload.get("method"), "exact": payload.get("method") == "retrain",
-            "verdict": v.get("verdict", "unverified"), "over_forgotten": v.get("over_forgotten"),
+    return {"method": payload.get("method"), "exact": bool(payload.get("exact")), "exact_at": None,
+            "verdict": payload.get("verdict") or v.get("verdict", "unverified"), "gap_closed": v.get("gap_closed"),
+            "over_forgotten": v.get("over_forgotten"),
             "set_auc_before": (v.get("before") or {}).get("set", {}).get("auc"),
             "set_auc_after": after.get("set", {}).get("auc"), "p_member_after": after.get("set", {}).get("p_member"),
             "flagged_after": after.get("flagged@0.05", {}).get("rate"),

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from app.db.models import ModelVersion
-from app.ml.checkpoint import ModelDir, load_model_dir, no_pause, save_model_dir
+from app.ml.checkpoint import ModelDir, check_finite, load_model_dir, no_pause, save_model_dir
 from app.ml.data import Dataset, Splits
 from app.ml.errors import ModelLoadError
 from app.ml.metrics import predict_logits
@@ -41,12 +41,6 @@ def write_version(models_dir: Path, *, model: nn.Module, model_cfg: ModelConfig,
     return sha, final
 
 
-def check_finite(model: nn.Module) -> None:
-    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise ModelLoadError(f"weights are not finite in {bad[:5]}")
-
-
 def load_version(version: ModelVersion, *, probe: Dataset | None = None,
                  pause: Callable[[], None] = no_pause) -> ModelDir:
     """Load, check the sha256 the ledger recorded, and (given PROBE) run a finite forward pass
@@ -65,4 +59,4 @@ def load_version(version: ModelVersion, *, probe: Dataset | None = None,
 
 
 def holdout_ids(splits: Splits, size: int) -> np.ndarray:
-    return np.sort(splits.test)[:size]
+    return splits.holdout(size)

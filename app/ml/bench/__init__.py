@@ -31,6 +31,7 @@ def _register_builtin() -> None:
         ablation,
         alpha_rho,
         epochs,
+        forgetting,
         grad_norms,
         speed,
         sweep,

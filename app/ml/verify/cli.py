@@ -42,6 +42,25 @@ def forgetting_line(v: dict[str, Any]) -> str:
     return "; ".join(parts) + f" → {v['verdict']}{over} ({size})"
 
 
+def calibration_line(cal: dict[str, Any]) -> str:
+    """What calibration chose for batches the verifier can judge and for smaller ones, and why."""
+    if "candidates" not in cal:
+        return f"forgetting setting: not calibrated ({cal.get('why')})"
+
+    def one(setting: dict[str, Any] | None, regime: str) -> str:
+        if setting is None:
+            return "exact retrain"
+        x = next(c[regime] for c in cal["candidates"] if c["setting"] == setting)
+        return (f"{setting['method']} {setting['params']} (score {x['score']}, worst accuracy cost "
+                f"{100 * x['max_acc_drop']:.2f} points, {x['time_s']:.2f} s)")
+
+    need = cal.get("min_detectable_batch")
+    large = f"batches of {need}+ ids: {one(cal['choice'], 'large')}; " if cal.get("large_sizes") else ""
+    why = f"; {cal['why']}" if cal.get("why") else ""
+    return (f"forgetting setting: {large}smaller batches: {one(cal['choice_small'], 'small')}, stable over "
+            f"{cal['config']['chain']} chained deletions; calibrated in {cal['seconds']:.0f} s{why}")
+
+
 def verify_command(*, model: Path, ids_file: Path, against: Path | None, data: Path | None,
                    data_dir: Path | None, as_json: bool) -> dict[str, Any]:
     from app.ml.pipeline import dataset_for, read_ids

@@ -1,0 +1,235 @@
+"""Suite `forgetting` (issue 13): does each fast method forget like retrain, at what accuracy and speed?
+
+Per seed, on one θ* (the experiment's recipe): a random D_f, the gold-standard retrain on D_r, the
+membership verifier, the calibration the service would run at publication (app.ml.calibrate), then
+every fast method and the calibrated choice through the forgetting policy, all on the same D_f.
+Columns: test / forget accuracy and MU against retrain; Shokri UE; the verifier's flagged rate,
+UE_lira, set AUC and KS; the share of the membership gap closed, (AUC θ* − AUC method) / (AUC θ* −
+AUC retrain); time and the speed-up against the retrain timed in the same run. Plus the chained
+scenario: 20 successive deletions through the policy with the calibrated setting, per step the
+held-out accuracy, the method that served and the verdict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.ml.bench import SUITES, Suite
+from app.ml.bench.context import ExperimentConfig, SeedContext, evaluate_model, prepare
+from app.ml.bench.report import fmt_pm, mean_std, write_results
+from app.ml.calibrate import CalibrationConfig, calibrate
+from app.ml.datasets import load_dataset
+from app.ml.grads import weights_sha256
+from app.ml.metrics import accuracy
+from app.ml.policy import PolicyConfig, forget, settings_from_meta, with_model
+from app.ml.unlearn import run_method
+
+FAST = (("iau (paper: one step)", "iau", {}), ("out_match (ceiling)", "out_match", {}),
+        ("out_match (shift)", "out_match", {"target": "shift"}), ("finetune", "finetune", {}),
+        ("gradient_ascent", "gradient_ascent", {}))
+CALIBRATED = "calibrated (policy)"
+
+
+@dataclass(frozen=True)
+class ForgettingConfig:
+    name: str
+    experiment: ExperimentConfig
+    seeds: int = 3
+    chain: int = 20
+    chain_sizes: tuple[float, ...] = (10, 0.005)  # ≥ 1: ids per deletion; < 1: share of the training set
+    max_accuracy_drop: float = 0.01
+
+
+def run_seed(cfg: ForgettingConfig, ctx: SeedContext) -> dict[str, Any]:
+    task = replace(ctx.task(0.0), verifier=ctx.verifier)
+    hold = ctx.splits.holdout(10000)
+    gold = evaluate_model(ctx, ctx.retrain.model)
+    start = evaluate_model(ctx, task.model)
+    rows = [_row("θ*", start, start, gold, ctx, None), _row("retrain", gold, start, gold, ctx, ctx.retrain_seconds)]
+    for name, method, params in FAST:
+        res = run_method(method, task, params)
+        rows.append(_row(name, evaluate_model(ctx, res.model), start, gold, ctx, res.time_s, res.params))
+    cal = calibrate(task, hold, ctx.models[0.0].seconds,
+                    CalibrationConfig(max_accuracy_drop=cfg.max_accuracy_drop, seed=ctx.seed))
+    policy = PolicyConfig(floor=accuracy(task.model, ctx.ds, hold) - cfg.max_accuracy_drop, on_partial="accept")
+    meta = {"calibration": cal}
+    out = forget(task, settings_from_meta(meta, len(task.forget_ids)), hold, policy)
+    assert out.model is not None
+    rows.append(_row(CALIBRATED, evaluate_model(ctx, out.model), start, gold, ctx,
+                     sum(a["time_s"] for a in out.attempts), {**out.record(), "verification": None}))
+    chains = [_chain(cfg, ctx, task, hold, meta, policy, size) for size in cfg.chain_sizes]
+    return {"seed": ctx.seed, "rows": rows, "calibration": {k: v for k, v in cal.items() if k != "trials"},
+            "chains": chains, "retrain_seconds": ctx.retrain_seconds}
+
+
+def _row(name: str, m: dict[str, float], start: dict[str, float], gold: dict[str, float], ctx: SeedContext,
+         seconds: float | None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    gap = start["lira_auc"] - gold["lira_auc"]
+    return {"method": name, "seed": ctx.seed, **m, "time_s": seconds,
+            "speedup": ctx.retrain_seconds / seconds if seconds else None,
+            "MU": abs(m["test_acc"] - gold["test_acc"]), "UE": abs(m["mia_forget"] - gold["mia_forget"]),
+            "UE_lira": abs(m["lira_flagged"] - gold["lira_flagged"]),
+            "gap_closed": (start["lira_auc"] - m["lira_auc"]) / gap if gap > 0 else float("nan"),
+            "params": params or {}}
+
+
+def _chain(cfg: ForgettingConfig, ctx: SeedContext, task: Any, hold: np.ndarray, meta: dict[str, Any],
+           policy: PolicyConfig, size: float) -> dict[str, Any]:
+    rng = np.random.default_rng(1000 + ctx.seed)
+    n = int(size) if size >= 1 else max(1, round(size * len(task.train_ids)))
+    model, train, steps = task.model, np.asarray(task.train_ids), []
+    acc0 = accuracy(model, ctx.ds, hold)
+    for k in range(cfg.chain):
+        ids = np.sort(rng.choice(train, n, replace=False))
+        step = with_model(task, model, train_ids=train, forget_ids=ids,
+                          weights_sha256=weights_sha256(model.state_dict()))
+        out = forget(step, settings_from_meta(meta, n), hold, policy)
+        assert out.model is not None  # the policy escalates to retrain rather than return nothing
+        steps.append({"k": k + 1, "holdout_acc": out.holdout_acc, "method": out.setting.method if out.setting else None,
+                      "exact": out.exact, "verdict": out.verdict, "gap_closed": out.verification.get("gap_closed"),
+                      "time_s": sum(a["time_s"] for a in out.attempts)})
+        model, train = out.model, np.setdiff1d(train, ids)
+    return {"size": n, "holdout_acc_start": acc0, "steps": steps,
+            "max_drop": acc0 - min(s["holdout_acc"] for s in steps)}
+
+
+KEYS = ("test_acc", "forget_acc", "MU", "UE", "lira_flagged", "UE_lira", "lira_auc", "lira_ks", "gap_closed",
+        "time_s", "speedup")
+
+
+def summarise(per_seed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = [r for s in per_seed for r in s["rows"]]
+    out = []
+    for name in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == name]
+        e: dict[str, Any] = {"method": name, "n_seeds": len(mine)}
+        for k in KEYS:
+            e[k], e[f"{k}_std"] = mean_std([float("nan") if r[k] is None else r[k] for r in mine])
+        out.append(e)
+    return out
+
+
+def _markdown(cfg: ForgettingConfig, per_seed: list[dict[str, Any]]) -> str:
+    x = cfg.experiment
+    rows = [r for s in per_seed for r in s["rows"]]
+    lines = [f"{x.dataset} / {x.arch} (α = {x.alpha}), forget {x.forget_frac:.0%} at random, seeds "
+             f"{[s['seed'] for s in per_seed]}; mean ± std over seeds. Accuracies, MU, UE and flagged rates in points; "
+             f"gap closed = (AUC θ* − AUC method) / (AUC θ* − AUC retrain) on D_f's set AUC against non-members "
+             f"(1 = retrain's level, > 1 past it); speed-up = retrain's seconds / the method's, same run.", "",
+             "| method | test acc | forget acc | MU ↓ | UE (Shokri) | D_f flagged @5% | UE_lira ↓ | D_f set AUC | KS "
+             "| gap closed ↑ | time (s) | speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == name]
+        cell = [fmt_pm([r[k] for r in mine], d) for k, d in (("test_acc", 2), ("forget_acc", 2), ("MU", 2), ("UE", 2),
+                                                            ("lira_flagged", 1), ("UE_lira", 1), ("lira_auc", 3),
+                                                            ("lira_ks", 3), ("gap_closed", 2))]
+        t = [r["time_s"] for r in mine if r["time_s"] is not None]
+        sp = [r["speedup"] for r in mine if r["speedup"] is not None]
+        cell += [fmt_pm(t, 2) if t else "—", f"{fmt_pm(sp, 0)}×" if sp and name != "retrain" else "—"]
+        lines.append(f"| {name} | {' | '.join(cell)} |")
+    lines += ["", "Calibration's choice per seed (budget: held-out accuracy within "
+              f"{100 * cfg.max_accuracy_drop:g} point; chained {CalibrationConfig.chain} × 10 ids):", ""]
+    for s in per_seed:
+        c = s["calibration"]
+        lines.append(f"- seed {s['seed']}: batches ≥ {c['min_detectable_batch']} ids: **{_name(c['choice'])}**; "
+                     f"smaller: **{_name(c['choice_small'])}** ({c['why'] or 'both measured'}; {c['seconds']:.0f} s). "
+                     "Candidates: " + "; ".join(
+                         f"{x['setting']['method']} {x['setting']['params']} → " + ", ".join(
+                             f"{k} {v['why'] or 'qualifies'} ({v['score']})" for k in ("large", "small")
+                             if (v := x[k]) is not None) for x in c["candidates"]))
+    lines += ["", f"Chained deletions through the policy with the calibrated setting ({cfg.chain} steps; "
+              "held-out accuracy drop from the start, worst step; verdicts over all steps; steps served by retrain):",
+              "", "| size | worst drop (points) | final drop (points) | verdicts | exact steps |",
+              "|---|---|---|---|---|"]
+    for i in range(len(cfg.chain_sizes)):
+        ch = [s["chains"][i] for s in per_seed]
+        finals = [100 * (c["holdout_acc_start"] - c["steps"][-1]["holdout_acc"]) for c in ch]
+        verdicts: dict[str, int] = {}
+        for c in ch:
+            for st in c["steps"]:
+                verdicts[st["verdict"]] = verdicts.get(st["verdict"], 0) + 1
+        exact = sum(st["exact"] for c in ch for st in c["steps"])
+        said = ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items()))
+        lines.append(f"| {ch[0]['size']} ids | {fmt_pm([100 * c['max_drop'] for c in ch])} | {fmt_pm(finals)} | "
+                     f"{said} | {exact} / {len(ch) * cfg.chain} |")
+    return "\n".join(lines)
+
+
+def _name(setting: dict[str, Any] | None) -> str:
+    return f"{setting['method']} {setting['params']}" if setting else "exact retrain"
+
+
+def plot(path: Path, per_seed: list[dict[str, Any]], title: str) -> None:
+    """The frontier: gap closed against MU, each method's speed-up in its label; mean ± std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = [e for e in summarise(per_seed) if e["method"] != "θ*"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for e in summary:
+        ax.errorbar(e["MU"], e["gap_closed"], xerr=e["MU_std"], yerr=e["gap_closed_std"], fmt="o", capsize=3)
+        speed = "" if e["method"] == "retrain" or np.isnan(e["speedup"]) else f" ({e['speedup']:.0f}×)"
+        ax.annotate(e["method"] + speed, (e["MU"], e["gap_closed"]), textcoords="offset points", xytext=(5, 4),
+                    fontsize=7)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.axhline(0.5, color="grey", lw=0.6, ls=":")
+    ax.axvline(1.0, color="grey", lw=0.6, ls=":")
+    ax.set_xlabel("MU: |test acc − retrain's| (points)")
+    ax.set_ylabel("share of the membership gap closed")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def run(cfg: ForgettingConfig, *, out: Path, seeds: int | None, data_dir: Path | None,
+        data_path: Path | None) -> dict[str, Any]:
+    n = seeds or cfg.seeds
+    ds = load_dataset(cfg.experiment.dataset, path=data_path, data_dir=data_dir)
+    per_seed = [run_seed(cfg, prepare(cfg.experiment, ds, s, progress=False)) for s in range(n)]
+    plot(out / "frontier.png", per_seed, f"{cfg.experiment.dataset} / {cfg.experiment.arch}, "
+         f"{cfg.experiment.forget_frac:.0%} forgotten, {n} seeds")
+    command = f"unlearnd bench --suite {cfg.name} --out {out}" + (f" --seeds {seeds}" if seeds else "")
+    return write_results(out, suite=cfg.name, command=command, config={**asdict(cfg), "seeds": list(range(n))},
+                         results={"per_seed": per_seed, "summary": summarise(per_seed), "rows":
+                                  [r for s in per_seed for r in s["rows"]]},
+                         markdown=_markdown(cfg, per_seed))
+
+
+def _suite(cfg: ForgettingConfig) -> Any:
+    def go(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None) -> dict[str, Any]:
+        return run(cfg, out=out, seeds=seeds, data_dir=data_dir, data_path=data_path)
+
+    return go
+
+
+CONFIGS = (
+    ForgettingConfig("forgetting-digits", ExperimentConfig("digits", "lenet5", alpha=0.0)),
+    ForgettingConfig("forgetting-cifar10", ExperimentConfig("cifar10", "lenet5", alpha=0.0)),
+    # tests: a few epochs of everything, one chain of 5
+    ForgettingConfig("forgetting-quick", ExperimentConfig("digits", "lenet5", alpha=0.0, max_epochs=4,
+                                                          verify_refs=2), seeds=1, chain=3, chain_sizes=(10,)),
+)
+for _c in CONFIGS:
+    SUITES.register(_c.name)(Suite(f"does each fast method forget like retrain: {_c.experiment.dataset} "
+                                   f"{_c.experiment.arch}, {_c.seeds} seeds, frontier PNG, chained deletions",
+                                   _suite(_c)))
+
+
+def _both(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None) -> dict[str, Any]:
+    done = {}
+    for c in CONFIGS[:2]:
+        (out / c.experiment.dataset).mkdir(parents=True, exist_ok=True)
+        done[c.experiment.dataset] = run(c, out=out / c.experiment.dataset, seeds=seeds, data_dir=data_dir,
+                                         data_path=None)
+    return {"rows": [r for d in done.values() for r in d["rows"]]}
+
+
+SUITES.register("forgetting")(Suite("forgetting-digits then forgetting-cifar10, into OUT/digits and OUT/cifar10",
+                                    _both))

@@ -1,0 +1,186 @@
+"""One forgetting policy for the CLI, the bench and the worker: update → validate → verify → escalate.
+
+- **update**: the model's calibrated setting (meta.json's `calibration`), or one the caller names;
+- **validate**: finite weights and held-out accuracy at or above a floor; a setting that breaks it is
+  retried smaller (its step halved) a bounded number of times, then the next calibrated setting;
+- **verify**: D_f under the membership verifier → `forgotten`, `partial` (with the share of the
+  membership signal removed) or `not measurable`;
+- **escalate**: nothing valid, or a `partial` verdict under on_partial=retrain, runs the exact path
+  (retrain on D_r with the model's own recipe). on_partial=consolidate leaves the update in place and
+  says so (`consolidate_now`): the service then queues an exact consolidation with priority.
+
+A model below the floor is never returned: the outcome then carries `problem` and no model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from app.ml.checkpoint import check_finite
+from app.ml.errors import ConfigError, ModelLoadError
+from app.ml.metrics import accuracy
+from app.ml.unlearn import METHODS, run_method
+from app.ml.unlearn.base import UnlearnTask
+from app.ml.verify.report import verify_forgetting
+
+ON_PARTIAL = ("consolidate", "retrain", "accept")
+EXACT = "retrain"
+# the parameter each method's step size lives in: halved when a result breaks the accuracy floor
+STEP_PARAM = {"iau": "eta", "out_match": "lr", "finetune": "lr", "gradient_ascent": "lr"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "params": dict(self.params)}
+
+    def smaller(self) -> Setting | None:
+        """Half the step; None for a method without one. Called on the parameters a method reported using,
+        so its defaults are filled in."""
+        key = STEP_PARAM.get(self.method)
+        if key is None or key not in self.params:
+            return None
+        return Setting(self.method, {**self.params, key: float(self.params[key]) / 2})
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    floor: float  # held-out accuracy a result needs (in [0, 1])
+    backtracks: int = 2  # halvings of one setting's step before the next setting is tried
+    on_partial: str = "consolidate"
+    retrain_if_invalid: bool = True  # else: no valid fast result → no model (the caller fails the batch)
+
+    def __post_init__(self) -> None:
+        if self.on_partial not in ON_PARTIAL:
+            raise ConfigError(f"on_partial must be one of {list(ON_PARTIAL)}, not {self.on_partial!r}")
+
+
+@dataclass
+class Outcome:
+    model: nn.Module | None
+    setting: Setting | None  # the setting whose result was kept
+    holdout_acc: float
+    attempts: list[dict[str, Any]]  # every try: setting, seconds, held-out accuracy, why rejected
+    verification: dict[str, Any]
+    time_s: float  # every try's update, validation and verification
+    consolidate_now: bool = False
+    problem: str | None = None
+
+    @property
+    def exact(self) -> bool:
+        return self.setting is not None and self.setting.method == EXACT
+
+    @property
+    def verdict(self) -> str:
+        return str(self.verification.get("verdict", "unverified"))
+
+    def record(self) -> dict[str, Any]:
+        """What the audit, meta.json and GET /requests/{id} say about how D_f was forgotten."""
+        s = self.setting
+        return {"method": s.method if s else None, "params": s.params if s else None, "exact": self.exact,
+                "verdict": self.verdict, "holdout_acc": self.holdout_acc, "attempts": self.attempts,
+                "consolidate_now": self.consolidate_now, "policy_time_s": self.time_s, "problem": self.problem,
+                "verification": self.verification}
+
+
+def settings_from_meta(meta: dict[str, Any], n_forget: int) -> list[Setting]:
+    """The calibrated settings for a batch of N_FORGET, best first; [] when calibration chose the exact path
+    for batches of that size; IAU's registered defaults for a model never calibrated (or without verifier)."""
+    cal = meta.get("calibration")
+    if not isinstance(cal, dict) or "candidates" not in cal:
+        return [Setting("iau")]
+    need = cal.get("min_detectable_batch")
+    large = bool(cal.get("large_sizes")) and need is not None and n_forget >= need
+    chosen = cal.get("ranked" if large else "ranked_small") or []
+    return [Setting(r["method"], dict(r.get("params") or {})) for r in chosen]
+
+
+def check_setting(s: Setting) -> Setting:
+    METHODS.get(s.method)  # unknown names fail with the valid ones
+    return s
+
+
+def validate(model: nn.Module, task: UnlearnTask, hold: np.ndarray, floor: float) -> tuple[float, str | None]:
+    try:
+        check_finite(model)
+    except ModelLoadError as e:
+        return float("nan"), str(e)
+    acc = accuracy(model, task.ds, hold)
+    return acc, None if acc >= floor else f"held-out accuracy {acc:.4f} is below the floor {floor:.4f}"
+
+
+def _try(task: UnlearnTask, s: Setting, hold: np.ndarray, floor: float,
+         attempts: list[dict[str, Any]]) -> tuple[nn.Module | None, Setting, float]:
+    res = run_method(s.method, task, s.params)
+    acc, problem = validate(res.model, task, hold, floor)
+    kept = Setting(s.method, res.params if s.method != EXACT else {})
+    attempts.append({**kept.to_dict(), "time_s": res.time_s, "holdout_acc": acc, "rejected": problem,
+                     **({"path": res.info["path"]} if "path" in res.info else {})})
+    return (None if problem else res.model), kept, acc
+
+
+def forget(task: UnlearnTask, settings: list[Setting], hold: np.ndarray, cfg: PolicyConfig) -> Outcome:
+    """Forget task.forget_ids from task.model under CFG, trying SETTINGS in order ([]: exact at once)."""
+    t0 = time.perf_counter()
+    attempts: list[dict[str, Any]] = []
+    model, kept, acc = None, None, float("nan")
+    for s in settings:
+        cur: Setting | None = check_setting(s)
+        for _ in range(cfg.backtracks + 1):
+            if cur is None:
+                break
+            model, kept, acc = _try(task, cur, hold, cfg.floor, attempts)
+            if model is not None:
+                break
+            cur = kept.smaller()
+        if model is not None:
+            break
+    verification = _verify(task, model)
+    exact_why = None
+    if model is None and (cfg.retrain_if_invalid or not settings):
+        exact_why = "no fast setting kept the accuracy floor" if settings else "calibration chose the exact path"
+    elif model is not None and verification.get("verdict") == "partial" and cfg.on_partial == "retrain":
+        exact_why = "the fast update left D_f partially member-like (on_partial=retrain)"
+    if exact_why:
+        exact_model, exact_kept, exact_acc = _try(task, Setting(EXACT), hold, cfg.floor, attempts)
+        attempts[-1]["why"] = exact_why
+        if exact_model is not None or model is None:  # a retrain below the floor never replaces a valid update
+            model, kept, acc = exact_model, exact_kept, exact_acc
+            verification = _verify(task, model)
+    out = Outcome(model=model, setting=kept if model is not None else None, holdout_acc=acc, attempts=attempts,
+                  verification=verification, time_s=time.perf_counter() - t0)
+    if model is None:
+        out.problem = attempts[-1]["rejected"] if attempts else "no setting to try"
+    out.consolidate_now = (model is not None and not out.exact and out.verdict == "partial"
+                           and cfg.on_partial == "consolidate")
+    return out
+
+
+def _verify(task: UnlearnTask, model: nn.Module | None) -> dict[str, Any]:
+    if model is None:
+        return {"verdict": "unverified", "why": "no model passed validation"}
+    if task.verifier is None:
+        return {"verdict": "unverified", "why": "the model has no membership verifier"}
+    out = verify_forgetting(task.verifier, task.ds, task.forget_ids, before=task.model, after=model)
+    out["verdict"] = VERDICTS[out["verdict"]]
+    return out
+
+
+# the verifier's words → the policy's: a detection after unlearning means some membership signal is left
+VERDICTS = {"forgotten": "forgotten", "not forgotten": "partial", "not measurable": "not measurable"}
+
+
+def with_model(task: UnlearnTask, model: nn.Module, *, train_ids: np.ndarray, forget_ids: np.ndarray,
+               weights_sha256: str) -> UnlearnTask:
+    """The same task on another model (a chain's next step): no gradient cache matches it."""
+    return dataclasses.replace(task, model=model, train_ids=train_ids, forget_ids=forget_ids,
+                               weights_sha256=weights_sha256, cache=None)

@@ -1,0 +1,143 @@
+"""Exact consolidation: approximate unlearning is fast evidence, not erasure.
+
+A retrain from scratch on the ledger's active samples, with the served model's own recipe and seed,
+validated and swapped in like any version (head compare-and-set, one transaction with its audit entry
+and the covered requests' `exact_at`). It runs when
+
+- a completed request is still approximate and due within `consolidate_margin_days`,
+- a batch's verdict was `partial` and on_partial is `consolidate`,
+- `consolidate_after` approximate versions follow the last exact one,
+- or an operator asks (`unlearnd consolidate`).
+
+Deletions that arrive meanwhile stay pending and are forgotten on the new head; a batch that
+commits first moves the head, and this consolidation is then discarded and redone. Killed or
+failed, it leaves the served version as it was (its folder is an orphan the sweep removes).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from app.core.config import Settings
+from app.db import ledger
+from app.db.audit import append_entry
+from app.db.models import ModelVersion
+from app.db.session import as_utc, transaction, utcnow
+from app.ml.data import Splits
+from app.ml.errors import Conflict
+from app.ml.grads import ids_sha256
+from app.ml.pipeline import train_config_from_meta
+from app.ml.policy import validate
+from app.ml.train import TrainConfig, fit
+from app.ml.unlearn.base import UnlearnTask
+from app.service.ledger_conn import LedgerConn
+from app.service.store import open_store
+from app.service.versions import holdout_ids, load_version, write_version
+
+log = logging.getLogger("unlearnd.consolidate")
+
+
+@dataclass
+class Result:
+    state: str  # completed | nothing | released | failed
+    version_id: str | None = None
+    info: dict[str, Any] | None = None
+
+
+def chain_length(session: Any) -> int:
+    """Approximate versions since the newest exact one (publish, retrain or consolidation)."""
+    n = 0
+    for v in session.scalars(select(ModelVersion).order_by(ModelVersion.seq.desc())):
+        if (v.metrics or {}).get("exact", v.parent_id is None):
+            return n
+        n += 1
+    return n
+
+
+def due(settings: Settings, conn: LedgerConn, now: datetime) -> str | None:
+    """Why a consolidation should run now, or None."""
+    with transaction(conn.read) as s:
+        approx = ledger.approximate_requests(s)
+        chain = chain_length(s)
+    if not approx:
+        return None
+    if settings.on_partial == "consolidate" and any(r.verdict == "partial" for r in approx):
+        return "a batch's verdict was partial"
+    first = approx[0]
+    by = as_utc(first.due_at) - timedelta(days=settings.consolidate_margin_days)  # type: ignore[operator]
+    if by <= now:
+        return f"request {first.id} is due at {as_utc(first.due_at).isoformat()}"  # type: ignore[union-attr]
+    if chain >= settings.consolidate_after:
+        return f"{chain} approximate versions in a row"
+    return None
+
+
+def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
+    with transaction(conn.read) as s:
+        head, first = ledger.head(s), ledger.first_version(s)
+        active = np.asarray(ledger.active_ids(s), dtype=np.int64)
+        covered = [r.id for r in ledger.approximate_requests(s)]
+        chain = chain_length(s)
+    if head is None or first is None or (not covered and chain == 0):
+        return Result("nothing", info={"why": "every completed request is already exact"})
+    log.info("consolidating (%s): retraining on %d samples, %d requests to make exact", reason, len(active),
+             len(covered))
+    t0 = time.perf_counter()
+    ds = open_store(settings.store_dir)
+    md = load_version(head)
+    cfg = train_config_from_meta(md.meta) or TrainConfig()
+    model = fit(md.model_cfg, ds, active, md.splits.val, cfg, progress=False).model
+    model.eval()
+    train_s = time.perf_counter() - t0
+    hold = holdout_ids(md.splits, settings.holdout_size)
+    floor = settings.accuracy_floor if settings.accuracy_floor is not None else \
+        float(first.metrics.get("holdout_acc", 0.0)) - settings.max_accuracy_drop
+    probe = UnlearnTask(model=model, ds=ds, train_ids=active, forget_ids=active[:0], weights_sha256="")
+    acc, problem = validate(model, probe, hold, floor)
+    if problem:
+        log.error("consolidation rejected, the served version stays: %s", problem)
+        return Result("failed", info={"why": problem, "train_s": train_s})
+    splits = Splits(train=active, val=md.splits.val, test=md.splits.test, shadow=md.splits.shadow)
+    record = {"reason": reason, "n_train": len(active), "train_ids_sha256": ids_sha256(active), "train_s": train_s,
+              "recipe": {"alpha": cfg.alpha, "seed": cfg.seed, "max_epochs": cfg.max_epochs},
+              "holdout_acc_before": float(head.metrics.get("holdout_acc", float("nan"))), "holdout_acc_after": acc,
+              "accuracy_floor": floor, "request_ids": covered, "replaces_chain_of": chain}
+    keep = {k: v for k, v in md.meta.items() if k not in ("unlearn", "weights_sha256", "published_from")}
+    sha, path = write_version(settings.models_dir, model=model, model_cfg=md.model_cfg,
+                              meta={**keep, "consolidation": record, "parent_weights_sha256": md.weights_sha256},
+                              splits=splits)
+    if settings.debug_commit_delay_s:
+        time.sleep(settings.debug_commit_delay_s)
+    return _commit(conn, head, sha, str(path), record)
+
+
+def _commit(conn: LedgerConn, head: ModelVersion, sha: str, path: str, record: dict[str, Any]) -> Result:
+    now = utcnow()
+    payload = {"event": "consolidate", "parent_model_sha256": head.sha256, "model_sha256": sha, "exact": True,
+               "method": "retrain", **{k: v for k, v in record.items() if k != "request_ids"},
+               "request_ids": sorted(record["request_ids"])}
+    metrics = {"holdout_acc": record["holdout_acc_after"], "n_train": record["n_train"], "exact": True,
+               "method": "consolidate"}
+    try:
+        with transaction(conn.write) as s:
+            if ledger.head(s) is None or ledger.head(s).id != head.id:  # type: ignore[union-attr]
+                raise Conflict("the head moved while the consolidation trained")
+            v = ledger.add_version(s, sha256=sha, parent_id=head.id, path=path, now=now, metrics=metrics)
+            if not ledger.set_head(s, version_id=v.id, expected=head.id, now=now):
+                raise Conflict("the head moved while the consolidation trained")
+            append_entry(s, batch_id="consolidate", created_at=now.isoformat(), payload=payload)
+            ledger.mark_exact(s, request_ids=record["request_ids"], now=now)
+    except (Conflict, IntegrityError) as e:  # IntegrityError: another version took the next seq first
+        log.info("consolidation discarded (%s); it will be redone on the new head", e)
+        return Result("released", info={"why": str(e)})
+    log.info("consolidated: version %s is exact for %d samples; %d requests are now exact", v.id,
+             record["n_train"], len(record["request_ids"]))
+    return Result("completed", v.id, record)
