@@ -88,6 +88,14 @@ def _floor(settings: Settings, first: ModelVersion) -> float:
     return float(first.metrics.get("holdout_acc", 0.0)) - settings.max_accuracy_drop
 
 
+def exact_floor(settings: Settings, first: ModelVersion) -> float:
+    """An operator's absolute floor binds everything; else a retrain only has to clear the broken-run guard."""
+    if settings.accuracy_floor is not None:
+        return settings.accuracy_floor
+    return float(first.metrics.get("holdout_acc", 0.0)) - max(settings.exact_max_accuracy_drop,
+                                                                 settings.max_accuracy_drop)
+
+
 def _task(settings: Settings, c: Claimed, md: ModelDir, ds: Dataset) -> UnlearnTask:
     folder = settings.home / VERIFIER_FOLDER
     verifier = load_verifier(folder) if settings.verify_refs and folder.is_dir() else None
@@ -128,7 +136,8 @@ def process(settings: Settings, conn: LedgerConn, c: Claimed) -> Outcome:
         raise ModelLoadError(f"version {c.head.id} was not trained on the ledger's active samples")
     hold = holdout_ids(md.splits, settings.holdout_size)
     floor = _floor(settings, c.first)
-    policy = PolicyConfig(floor=floor, backtracks=settings.backtracks, on_partial=settings.on_partial,
+    policy = PolicyConfig(floor=floor, exact_floor=exact_floor(settings, c.first),
+                          backtracks=settings.backtracks, on_partial=settings.on_partial,
                           retrain_if_invalid=settings.on_invalid == "retrain")
     out = forget(_task(settings, c, md, ds), _settings(settings, c, md), hold, policy)
     if out.model is None:

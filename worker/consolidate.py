@@ -41,6 +41,7 @@ from app.ml.unlearn.base import UnlearnTask
 from app.service.ledger_conn import LedgerConn
 from app.service.store import open_store
 from app.service.versions import holdout_ids, load_version, write_version
+from worker.batch import exact_floor
 
 log = logging.getLogger("unlearnd.consolidate")
 
@@ -98,8 +99,7 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
     model.eval()
     train_s = time.perf_counter() - t0
     hold = holdout_ids(md.splits, settings.holdout_size)
-    floor = settings.accuracy_floor if settings.accuracy_floor is not None else \
-        float(first.metrics.get("holdout_acc", 0.0)) - settings.max_accuracy_drop
+    floor = exact_floor(settings, first)
     probe = UnlearnTask(model=model, ds=ds, train_ids=active, forget_ids=active[:0], weights_sha256="")
     acc, problem = validate(model, probe, hold, floor)
     if problem:

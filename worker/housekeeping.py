@@ -44,7 +44,9 @@ def purge_forgotten(settings: Settings, conn: LedgerConn) -> None:
     if initial.exists():
         shutil.rmtree(initial)
     for v in stale:
-        if v.id == head.id:
+        # only versions older than the head we read: the list may have been read after another worker moved
+        # the head on (SQLite reads outside an explicit transaction), and the newer head must keep its weights
+        if v.seq >= head.seq:
             continue
         shutil.rmtree(Path(v.path), ignore_errors=True)
         with transaction(conn.write) as s:

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     max_accuracy_drop: float = Field(default=0.01, ge=0, le=1,
                                      description="held-out accuracy a version may lose against the first "
                                                  "(0.01 = 1 point); also calibration's budget at publication")
+    exact_max_accuracy_drop: float = Field(default=0.05, ge=0, le=1,
+                                           description="an exact retrain (fallback or consolidation) only has to "
+                                                       "stay this close to the first version: it is the model "
+                                                       "without the data, the floor only guards a broken run")
     max_unlearn_time_frac: float = Field(default=0.1, gt=0,
                                          description="calibration: a fast setting slower than this share of a "
                                                      "retrain is not worth it")

@@ -145,7 +145,7 @@ def unlearn_to_dir(*, model_dir: Path, forget_ids: np.ndarray, out: Path, method
                    params: dict[str, Any] | None = None, data_path: Path | None = None,
                    data_dir: Path | None = None, use_cache: bool = True, refresh_cache: bool = False,
                    chunk_size: int = 1024, max_accuracy_drop: float | None = None,
-                   on_partial: str = "accept") -> dict[str, Any]:
+                   exact_max_accuracy_drop: float = 0.05, on_partial: str = "accept") -> dict[str, Any]:
     """Forget FORGET_IDS from the model in MODEL_DIR through the forgetting policy (app.ml.policy); write
     the new model to OUT. METHOD None: the model's calibrated setting. Nothing is written when no setting
     (retrain included) keeps the held-out accuracy within MAX_ACCURACY_DROP (default: calibration's)."""
@@ -163,7 +163,8 @@ def unlearn_to_dir(*, model_dir: Path, forget_ids: np.ndarray, out: Path, method
     hold = md.splits.holdout(int((md.meta.get("calibration") or {}).get("holdout_size", len(md.splits.test))))
     acc0 = accuracy(md.model, ds, hold)
     drop = max_accuracy_drop if max_accuracy_drop is not None else default_accuracy_drop(md.meta)
-    res = forget(task, settings, hold, PolicyConfig(floor=acc0 - drop, on_partial=on_partial))
+    res = forget(task, settings, hold, PolicyConfig(floor=acc0 - drop, on_partial=on_partial,
+                                                    exact_floor=acc0 - max(drop, exact_max_accuracy_drop)))
     if res.model is None:
         raise UnlearnFailed(f"no setting kept held-out accuracy within {100 * drop:g} points of "
                             f"{acc0:.4f}: {res.problem}; nothing was written")
