@@ -65,7 +65,9 @@ def _epoch_seconds(ds: Dataset, splits: Splits, model_cfg: ModelConfig, cfg: Spe
 
 
 def _peak_rss(model_dir: Path, forget_file: Path, out: Path, *, slow: bool, chunk_size: int) -> dict[str, Any]:
-    args = ["unlearn", "--model", str(model_dir), "--forget-ids", str(forget_file), "--out", str(out)]
+    # IAU's own footprint, whatever the model's calibrated setting and however far its one step moves accuracy
+    args = ["unlearn", "--model", str(model_dir), "--method", "iau", "--max-accuracy-drop", "1", "--forget-ids",
+            str(forget_file), "--out", str(out)]
     if slow:
         args.append("--no-cache")
     proc = subprocess.run([sys.executable, "-m", "app.ml.bench.memprobe", *args], capture_output=True, text=True,
@@ -74,7 +76,7 @@ def _peak_rss(model_dir: Path, forget_file: Path, out: Path, *, slow: bool, chun
         raise RuntimeError(f"unlearn child failed: {proc.stderr[-2000:]}")
     probe = json.loads(proc.stdout.strip().splitlines()[-1])
     meta = json.loads((out / "meta.json").read_text())
-    return {"peak_rss_mib": probe["maxrss_mib"], "path": meta["unlearn"]["path"]}
+    return {"peak_rss_mib": probe["maxrss_mib"], "path": meta["unlearn"]["attempts"][0]["path"]}
 
 
 def run_speed(cfg: SpeedConfig, *, out: Path, data_dir: Path | None, data_path: Path | None) -> dict[str, Any]:
