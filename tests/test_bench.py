@@ -71,12 +71,13 @@ def test_sweep_default_respects_the_accuracy_bound() -> None:
 
 
 def test_forgetting_suite_rows_frontier_and_chain(tmp_path: Path) -> None:
-    from app.ml.bench.forgetting import CALIBRATED, CONFIGS, FAST, run
+    from app.ml.bench.forgetting import CALIBRATED, CONFIGS, FAST, label, run
+    from app.ml.calibrate import CANDIDATES
 
     quick = next(c for c in CONFIGS if c.name == "forgetting-quick")
     doc = run(quick, out=tmp_path, seeds=None, data_dir=None, data_path=None)
     names = [r["method"] for r in doc["rows"]]
-    assert names == ["θ*", "retrain", *(f[0] for f in FAST), CALIBRATED]
+    assert names == ["θ*", "retrain", *(f[0] for f in FAST), *(label(c.to_dict()) for c in CANDIDATES), CALIBRATED]
     rows = {r["method"]: r for r in doc["rows"]}
     gap = rows["retrain"]["gap_closed"]
     assert rows["retrain"]["MU"] == 0 and (gap == pytest.approx(1.0) or gap != gap)  # NaN: θ* shows no gap at all

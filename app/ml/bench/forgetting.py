@@ -21,7 +21,7 @@ import numpy as np
 from app.ml.bench import SUITES, Suite
 from app.ml.bench.context import ExperimentConfig, SeedContext, evaluate_model, prepare
 from app.ml.bench.report import fmt_pm, mean_std, write_results
-from app.ml.calibrate import CalibrationConfig, calibrate
+from app.ml.calibrate import CANDIDATES, CalibrationConfig, calibrate
 from app.ml.datasets import load_dataset
 from app.ml.grads import weights_sha256
 from app.ml.metrics import accuracy
@@ -53,6 +53,10 @@ def run_seed(cfg: ForgettingConfig, ctx: SeedContext) -> dict[str, Any]:
     for name, method, params in FAST:
         res = run_method(method, task, params)
         rows.append(_row(name, evaluate_model(ctx, res.model), start, gold, ctx, res.time_s, res.params))
+    for cand in CANDIDATES:  # every setting calibration weighs, on this D_f and against this retrain
+        res = run_method(cand.method, task, cand.params)
+        rows.append(_row(label(cand.to_dict()), evaluate_model(ctx, res.model), start, gold, ctx, res.time_s,
+                         res.params))
     cal = calibrate(task, hold, ctx.models[0.0].seconds,
                     CalibrationConfig(max_accuracy_drop=cfg.max_accuracy_drop, seed=ctx.seed))
     policy = PolicyConfig(floor=accuracy(task.model, ctx.ds, hold) - cfg.max_accuracy_drop, on_partial="accept")
@@ -135,8 +139,10 @@ def _markdown(cfg: ForgettingConfig, per_seed: list[dict[str, Any]]) -> str:
               f"{100 * cfg.max_accuracy_drop:g} point; chained {CalibrationConfig.chain} × 10 ids):", ""]
     for s in per_seed:
         c = s["calibration"]
-        lines.append(f"- seed {s['seed']}: batches ≥ {c['min_detectable_batch']} ids: **{_name(c['choice'])}**; "
-                     f"smaller: **{_name(c['choice_small'])}** ({c['why'] or 'both measured'}; {c['seconds']:.0f} s). "
+        big = (f"batches ≥ {c['min_detectable_batch']} ids: **{_name(c['choice'])}**; smaller"
+               if c["large_sizes"] else "no batch size measurable; every batch")
+        lines.append(f"- seed {s['seed']}: {big}: **{_name(c['choice_small'])}** "
+                     f"({c['why'] or 'both measured'}; {c['seconds']:.0f} s). "
                      "Candidates: " + "; ".join(
                          f"{x['setting']['method']} {x['setting']['params']} → " + ", ".join(
                              f"{k} {v['why'] or 'qualifies'} ({v['score']})" for k in ("large", "small")
@@ -163,6 +169,12 @@ def _name(setting: dict[str, Any] | None) -> str:
     return f"{setting['method']} {setting['params']}" if setting else "exact retrain"
 
 
+def label(setting: dict[str, Any]) -> str:
+    """A candidate's row name: `cand. out_match target=shift,epochs=5,…`."""
+    return f"cand. {setting['method']} " + ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                                     for k, v in setting["params"].items())
+
+
 def plot(path: Path, per_seed: list[dict[str, Any]], title: str) -> None:
     """The frontier: gap closed against MU, each method's speed-up in its label; mean ± std over seeds."""
     import matplotlib
@@ -171,12 +183,13 @@ def plot(path: Path, per_seed: list[dict[str, Any]], title: str) -> None:
     import matplotlib.pyplot as plt
 
     summary = [e for e in summarise(per_seed) if e["method"] != "θ*"]
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(8.5, 6.0))
     for e in summary:
         ax.errorbar(e["MU"], e["gap_closed"], xerr=e["MU_std"], yerr=e["gap_closed_std"], fmt="o", capsize=3)
         speed = "" if e["method"] == "retrain" or np.isnan(e["speedup"]) else f" ({e['speedup']:.0f}×)"
-        ax.annotate(e["method"] + speed, (e["MU"], e["gap_closed"]), textcoords="offset points", xytext=(5, 4),
-                    fontsize=7)
+        name = e["method"].replace("cand. ", "").replace("out_match", "om").replace("retain_weight", "rw")
+        ax.annotate(name + speed, (e["MU"], e["gap_closed"]), textcoords="offset points", xytext=(5, 4),
+                    fontsize=6)
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.axhline(0.5, color="grey", lw=0.6, ls=":")
     ax.axvline(1.0, color="grey", lw=0.6, ls=":")
