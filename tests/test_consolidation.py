@@ -29,9 +29,13 @@ def _wait_exact(c: httpx.Client, rid: str, timeout_s: float = 120) -> dict[str, 
     raise TimeoutError(f"request {rid} never became exact: {body}")
 
 
-def _consolidations(svc: Service) -> list[dict[str, Any]]:
+def _consolidations(svc: Service, events: tuple[str, ...] = ("consolidate",)) -> list[dict[str, Any]]:
     rows = _ledger(svc, "SELECT payload FROM audit_entries ORDER BY seq")
-    return [p for p in (json.loads(str(r[0])) for r in rows) if p["event"] == "consolidate"]
+    return [p for p in (json.loads(str(r[0])) for r in rows) if p["event"] in events]
+
+
+def _is_exact(c: httpx.Client, rid: str) -> bool:
+    return bool(c.get(f"/requests/{rid}").json()["forgetting"]["exact"])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -51,6 +55,10 @@ def test_on_demand_consolidation_makes_requests_exact(backend: str, tmp_path: Pa
             assert not c.get(f"/requests/{rid}").json()["forgetting"]["exact"]
             assert _consolidations(svc) == []
             svc.stop_workers()
+            v2 = c.get("/models/current").json()["id"]
+            refused = svc.cli("consolidate", UNLEARND_ACCURACY_FLOOR="0.999")  # an operator's floor it cannot meet
+            assert refused.returncode == 1 and "failed" in refused.stdout, refused.stdout + refused.stderr
+            assert c.get("/models/current").json()["id"] == v2 and not _is_exact(c, rid)
             proc = svc.cli("consolidate")
             assert proc.returncode == 0 and "1 requests are now exact" in proc.stdout, proc.stdout + proc.stderr
             body = _wait_exact(c, rid)
@@ -59,7 +67,8 @@ def test_on_demand_consolidation_makes_requests_exact(backend: str, tmp_path: Pa
             assert head["metrics"]["exact"] and head["metrics"]["n_train"] == len(svc.train_ids()) - 3
             again = svc.cli("consolidate")  # nothing approximate left, no chain: nothing to do
             assert again.returncode == 0 and "nothing" in again.stdout
-        (entry,) = _consolidations(svc)
+        failed, entry = _consolidations(svc, events=("consolidate_failed", "consolidate"))
+        assert failed["event"] == "consolidate_failed" and failed["request_ids"] == [rid] and "below" in failed["why"]
         assert entry["request_ids"] == [rid] and entry["exact"] and entry["reason"].startswith("on demand")
         assert entry["n_train"] == len(svc.train_ids()) - 3 and entry["replaces_chain_of"] == 1
         assert svc.cli("audit", "verify").returncode == 0

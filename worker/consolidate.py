@@ -104,6 +104,12 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
     acc, problem = validate(model, probe, hold, floor)
     if problem:
         log.error("consolidation rejected, the served version stays: %s", problem)
+        now = utcnow()
+        with transaction(conn.write) as s:  # auditors see the attempt: the requests stay approximate meanwhile
+            append_entry(s, batch_id="consolidate", created_at=now.isoformat(),
+                         payload={"event": "consolidate_failed", "reason": reason, "why": problem,
+                                  "parent_model_sha256": head.sha256, "train_s": train_s,
+                                  "request_ids": sorted(covered)})
         return Result("failed", info={"why": problem, "train_s": train_s})
     splits = Splits(train=active, val=md.splits.val, test=md.splits.test, shadow=md.splits.shadow)
     record = {"reason": reason, "n_train": len(active), "train_ids_sha256": ids_sha256(active), "train_s": train_s,
