@@ -71,6 +71,7 @@ def test_partial_verdict_follows_on_partial(mem: Memorised, digit_splits: Splits
     assert not forget(task, tiny, hold, PolicyConfig(floor=0.0, on_partial="accept")).consolidate_now
     redone = forget(task, tiny, hold, PolicyConfig(floor=0.0, on_partial="retrain"))
     assert redone.exact and redone.verdict == "forgotten" and len(redone.attempts) == 2
+    assert [a["verdict"] for a in redone.attempts] == ["partial", "forgotten"]  # every try's verdict is kept
     with pytest.raises(ConfigError, match="on_partial"):
         PolicyConfig(floor=0.0, on_partial="ignore")
     with pytest.raises(UnknownNameError, match="valid: "):

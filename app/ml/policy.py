@@ -148,6 +148,8 @@ def forget(task: UnlearnTask, settings: list[Setting], hold: np.ndarray, cfg: Po
         if model is not None:
             break
     verification = _verify(task, model)
+    if model is not None:
+        attempts[-1]["verdict"] = verification["verdict"]
     exact_why = None
     if model is None and (cfg.retrain_if_invalid or not settings):
         exact_why = "no fast setting kept the accuracy floor" if settings else "calibration chose the exact path"
@@ -160,6 +162,7 @@ def forget(task: UnlearnTask, settings: list[Setting], hold: np.ndarray, cfg: Po
         if exact_model is not None or model is None:  # a retrain below the floor never replaces a valid update
             model, kept, acc = exact_model, exact_kept, exact_acc
             verification = _verify(task, model)
+            attempts[-1]["verdict"] = verification["verdict"]
     out = Outcome(model=model, setting=kept if model is not None else None, holdout_acc=acc, attempts=attempts,
                   verification=verification, time_s=time.perf_counter() - t0)
     if model is None:
