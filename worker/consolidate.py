@@ -37,7 +37,6 @@ from app.ml.grads import ids_sha256
 from app.ml.pipeline import train_config_from_meta
 from app.ml.policy import validate
 from app.ml.train import TrainConfig, fit
-from app.ml.unlearn.base import UnlearnTask
 from app.service.ledger_conn import LedgerConn
 from app.service.store import open_store
 from app.service.versions import holdout_ids, load_version, write_version
@@ -100,8 +99,7 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
     train_s = time.perf_counter() - t0
     hold = holdout_ids(md.splits, settings.holdout_size)
     floor = exact_floor(settings, first)
-    probe = UnlearnTask(model=model, ds=ds, train_ids=active, forget_ids=active[:0], weights_sha256="")
-    acc, problem = validate(model, probe, hold, floor)
+    acc, problem = validate(model, ds, hold, floor)
     if problem:
         log.error("consolidation rejected, the served version stays: %s", problem)
         now = utcnow()

@@ -73,6 +73,7 @@ def calibrate(base: UnlearnTask, hold: np.ndarray, train_seconds: float, cfg: Ca
     acc0 = accuracy(base.model, base.ds, hold)
     sizes = [_size(len(base.train_ids), s) for s in cfg.sizes]
     sets = [np.sort(rng.choice(base.train_ids, n, replace=False)) for n in sizes]
+    before = [base.verifier.assess(base.model, base.ds, f) for f in sets]  # θ* on each set: once, not per candidate
     need = (base.verifier.power or {}).get("min_detectable_batch")
     budget = {"max_accuracy_drop": cfg.max_accuracy_drop, "holdout_acc": acc0, "n_holdout": len(hold),
               "train_seconds": train_seconds, "max_time_s": cfg.max_time_frac * train_seconds}
@@ -80,7 +81,7 @@ def calibrate(base: UnlearnTask, hold: np.ndarray, train_seconds: float, cfg: Ca
     large = [i for i, n in enumerate(sizes) if i not in small]
     trials, summary = [], []
     for s in candidates:
-        rows = [_trial(base, s, f, hold, acc0) for f in sets]
+        rows = [_trial(base, s, f, b, hold, acc0) for f, b in zip(sets, before, strict=True)]
         trials += rows
         summary.append({"setting": s.to_dict(),
                         "large": _judge([rows[i] for i in large], budget, need) if large else None,
@@ -127,12 +128,13 @@ def _why(measurable: bool, ranked: list[dict[str, Any]], choice_small: dict[str,
     return "; ".join(parts) or None
 
 
-def _trial(base: UnlearnTask, s: Setting, forget: np.ndarray, hold: np.ndarray, acc0: float) -> dict[str, Any]:
-    task = dataclasses.replace(base, forget_ids=forget)
-    res = run_method(s.method, task, s.params)
-    acc, problem = validate(res.model, task, hold, -1.0)
+def _trial(base: UnlearnTask, s: Setting, forget: np.ndarray, before: dict[str, Any], hold: np.ndarray,
+           acc0: float) -> dict[str, Any]:
+    """One candidate on one simulated D_f; BEFORE is θ*'s assessment of that D_f, the same for every candidate."""
+    res = run_method(s.method, dataclasses.replace(base, forget_ids=forget), s.params)
+    acc, problem = validate(res.model, base.ds, hold, -1.0)
     assert base.verifier is not None
-    before, after = base.verifier.assess(base.model, base.ds, forget), base.verifier.assess(res.model, base.ds, forget)
+    after = base.verifier.assess(res.model, base.ds, forget)
     return {**s.to_dict(), "n": len(forget), "time_s": res.time_s, "holdout_acc": acc, "acc_drop": acc0 - acc,
             "finite": problem is None, "auc_before": before["set"]["auc"], "auc_after": after["set"]["auc"],
             "gap_closed": gap_closed(before, after), "p_member": after["set"]["p_member"],
@@ -167,7 +169,7 @@ def _chain(base: UnlearnTask, setting: dict[str, Any], hold: np.ndarray, acc0: f
                                               weights_sha256=weights_sha256(model.state_dict()))
         task = dataclasses.replace(task, forget_ids=forget)
         res = run_method(s.method, task, s.params)
-        acc, problem = validate(res.model, task, hold, acc0 - cfg.max_accuracy_drop)
+        acc, problem = validate(res.model, base.ds, hold, acc0 - cfg.max_accuracy_drop)
         steps.append({"k": k + 1, "holdout_acc": acc, "time_s": res.time_s})
         if problem:
             return {"setting": setting, "stable": False, "why": f"deletion {k + 1}: {problem}", "steps": steps}

@@ -23,6 +23,7 @@ import numpy as np
 from torch import nn
 
 from app.ml.checkpoint import check_finite
+from app.ml.data import Dataset
 from app.ml.errors import ConfigError, ModelLoadError
 from app.ml.metrics import accuracy
 from app.ml.unlearn import METHODS, run_method
@@ -112,19 +113,19 @@ def check_setting(s: Setting) -> Setting:
     return s
 
 
-def validate(model: nn.Module, task: UnlearnTask, hold: np.ndarray, floor: float) -> tuple[float, str | None]:
+def validate(model: nn.Module, ds: Dataset, hold: np.ndarray, floor: float) -> tuple[float, str | None]:
     try:
         check_finite(model)
     except ModelLoadError as e:
         return float("nan"), str(e)
-    acc = accuracy(model, task.ds, hold)
+    acc = accuracy(model, ds, hold)
     return acc, None if acc >= floor else f"held-out accuracy {acc:.4f} is below the floor {floor:.4f}"
 
 
 def _try(task: UnlearnTask, s: Setting, hold: np.ndarray, floor: float,
          attempts: list[dict[str, Any]]) -> tuple[nn.Module | None, Setting, float]:
     res = run_method(s.method, task, s.params)
-    acc, problem = validate(res.model, task, hold, floor)
+    acc, problem = validate(res.model, task.ds, hold, floor)
     kept = Setting(s.method, res.params if s.method != EXACT else {})
     attempts.append({**kept.to_dict(), "time_s": res.time_s, "holdout_acc": acc, "rejected": problem,
                      **({"path": res.info["path"]} if "path" in res.info else {})})
