@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from app.core.config import Settings
 from app.ml.errors import UnlearndError
 
@@ -31,7 +33,8 @@ def _train(ns: argparse.Namespace, settings: Settings) -> int:
                         verifier=ns.verifier if ns.verify_refs else None,
                         verifier_cfg=VerifierConfig(n_refs=ns.verify_refs, seed=ns.seed),
                         calibration=None if ns.no_calibrate else CalibrationConfig(
-                            max_accuracy_drop=ns.max_accuracy_drop, seed=ns.seed))
+                            max_accuracy_drop=ns.max_accuracy_drop, seed=ns.seed),
+                        device=ns.device or settings.device)
     print(f"trained {ns.arch} on {ns.dataset} (α={ns.alpha}, {meta['epochs']} epochs, "
           f"{meta['wall_time_s']:.1f} s): train {meta['train_acc']:.4f} val {meta['val_acc']:.4f} "
           f"test {meta['test_acc']:.4f} → {ns.out}")
@@ -61,7 +64,7 @@ def _unlearn(ns: argparse.Namespace, settings: Settings) -> int:
                           params=params, data_path=ns.data, data_dir=settings.data_dir,
                           use_cache=not ns.no_cache, refresh_cache=ns.refresh_cache,
                           chunk_size=settings.chunk_size, max_accuracy_drop=ns.max_accuracy_drop,
-                          on_partial=ns.on_partial)
+                          on_partial=ns.on_partial, device=ns.device or settings.device)
     u = meta["unlearn"]
     tries = f", {len(u['attempts'])} tries" if len(u["attempts"]) > 1 else ""
     path = u["attempts"][-1].get("path")
@@ -80,16 +83,17 @@ def _verify(ns: argparse.Namespace, settings: Settings) -> int:
     from app.ml.verify.cli import verify_command
 
     verify_command(model=ns.model, ids_file=ns.ids, against=ns.against, data=ns.data, data_dir=settings.data_dir,
-                   as_json=ns.json)
+                   as_json=ns.json, device=ns.device or settings.device)
     return 0
 
 
 def _cache(ns: argparse.Namespace, settings: Settings) -> int:
     from app.ml.checkpoint import load_model_dir
+    from app.ml.device import resolve
     from app.ml.gradcache import build_cache, save_cache
     from app.ml.pipeline import dataset_for
 
-    md = load_model_dir(ns.model)
+    md = load_model_dir(ns.model, device=resolve(ns.device or settings.device))
     ds = dataset_for(md, data_path=ns.data, data_dir=settings.data_dir)
     path = save_cache(build_cache(md.model, ds, md.splits.train, chunk_size=settings.chunk_size), ns.model)
     print(f"gradient cache over {len(md.splits.train)} samples → {path}")
@@ -105,7 +109,8 @@ def _bench(ns: argparse.Namespace, settings: Settings) -> int:
             print(f"{name:20s} {SUITES.get(name).summary}")
         return 0
     out = ns.out or Path("bench-out") / ns.suite
-    results = run_suite(ns.suite, out=out, seeds=ns.seeds, data_dir=settings.data_dir, data_path=ns.data)
+    results = run_suite(ns.suite, out=out, seeds=ns.seeds, data_dir=settings.data_dir, data_path=ns.data,
+                        device=ns.device or settings.device)
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.json, results.md and plots ({len(results.get('rows', []))} rows)")
     return 0
@@ -122,7 +127,7 @@ def _demo(ns: argparse.Namespace, settings: Settings) -> int:
     train_ns = argparse.Namespace(dataset="digits", arch="lenet5", alpha=0.1, gr_norm="global", gr_grad="exact",
                                   lr=1e-3, batch_size=64, max_epochs=100, patience=10, seed=ns.seed,
                                   data=None, out=home / "model", quiet=False, no_cache=False, verifier="lira",
-                                  verify_refs=4, max_accuracy_drop=0.01, no_calibrate=False)
+                                  verify_refs=4, max_accuracy_drop=0.01, no_calibrate=False, device=ns.device)
     _train(train_ns, settings)
     train_ids = Splits.load(home / "model" / "splits.json").train
     rng = np.random.default_rng(ns.seed)
@@ -132,8 +137,11 @@ def _demo(ns: argparse.Namespace, settings: Settings) -> int:
     unlearn_ns = argparse.Namespace(model=home / "model", forget_ids=ids_file, out=home / "unlearned", method=None,
                                     eta=None, reduction=None, step=None, no_correction=False, data=None,
                                     no_cache=False, refresh_cache=True, max_accuracy_drop=None,
-                                    on_partial="accept")
+                                    on_partial="accept", device=ns.device)
     return _unlearn(unlearn_ns, settings)
+
+
+DEVICE_HELP = "auto, cpu, cuda or cuda:N (default: UNLEARND_DEVICE, auto: the first GPU if any)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -163,6 +171,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="skip choosing the forgetting setting by simulated deletions (unlearn then uses IAU)")
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--device", help=DEVICE_HELP)
     t.set_defaults(func=_train)
 
     u = sub.add_parser("unlearn", help="forget training samples (the model's calibrated setting by default)")
@@ -182,6 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--refresh-cache", action="store_true", help="write a gradient cache for the new model")
     u.add_argument("--data", type=Path)
     u.add_argument("--out", type=Path, required=True)
+    u.add_argument("--device", help=DEVICE_HELP)
     u.set_defaults(func=_unlearn)
 
     v = sub.add_parser("verify", help="test whether a model still shows membership of training samples")
@@ -190,11 +200,13 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--against", type=Path, help="a model retrained without the ids: adds UE_lira")
     v.add_argument("--data", type=Path)
     v.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    v.add_argument("--device", help=DEVICE_HELP)
     v.set_defaults(func=_verify)
 
     c = sub.add_parser("cache", help="(re)build a model's gradient cache for the fast path")
     c.add_argument("--model", type=Path, required=True)
     c.add_argument("--data", type=Path)
+    c.add_argument("--device", help=DEVICE_HELP)
     c.set_defaults(func=_cache)
 
     b = sub.add_parser("bench", help="run a benchmark suite")
@@ -203,6 +215,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=int, default=None)
     b.add_argument("--data", type=Path)
     b.add_argument("--out", type=Path)
+    b.add_argument("--device", help=DEVICE_HELP)
     b.set_defaults(func=_bench)
 
     from app.service_cli import add_parsers
@@ -211,13 +224,18 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train on digits, forget 5%%, print the result")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", help=DEVICE_HELP)
     d.set_defaults(func=_demo)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        print(f"unlearnd: error: {settings_error(e)}", file=sys.stderr)
+        return 2
     if settings.threads:
         import torch
 
@@ -234,6 +252,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nunlearnd: interrupted", file=sys.stderr)
         return 130
+
+
+def settings_error(e: ValidationError) -> str:
+    """One line naming the environment variable: `UNLEARND_DEVICE: must be auto, cpu, … got 'gpu'`."""
+    parts = []
+    for err in e.errors():
+        name = "UNLEARND_" + "_".join(str(x) for x in err["loc"]).upper()
+        parts.append(f"{name}: {str(err['msg']).removeprefix('Value error, ')}")
+    return "; ".join(parts)
 
 
 if __name__ == "__main__":

@@ -58,9 +58,11 @@ def serve(ns: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from app.core.embedded_redis import EmbeddedRedis
+    from app.ml.device import resolve
     from app.service.bootstrap import publish_initial
 
     _logging()
+    resolve(settings.device)  # a GPU asked for and absent stops here, before anything starts
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade(settings.db_url)
     embedded = worker = None
@@ -90,9 +92,15 @@ def serve(ns: argparse.Namespace, settings: Settings) -> int:
 
 
 def worker(ns: argparse.Namespace, settings: Settings) -> int:
+    from app.ml.device import check_spec, resolve
     from worker.main import run_worker
 
     _logging()
+    if ns.device:
+        # the RQ jobs read their settings from the environment: one worker process per GPU
+        os.environ["UNLEARND_DEVICE"] = check_spec(ns.device)
+        settings = settings.model_copy(update={"device": ns.device})
+    resolve(settings.device)
     return run_worker(settings)
 
 
@@ -187,6 +195,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     s.add_argument("--no-worker", action="store_true", help="API only; run `unlearnd worker` separately")
     s.set_defaults(func=serve)
     w = sub.add_parser("worker", help="process deletion requests (needs REDIS_URL)")
+    w.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: UNLEARND_DEVICE, auto); run one worker "
+                                    "per GPU")
     w.set_defaults(func=worker)
     sub.add_parser("consolidate", help="retrain exactly on the remaining samples now: every approximately "
                                        "forgotten request becomes exact").set_defaults(func=consolidate_now)

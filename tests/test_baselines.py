@@ -1,6 +1,11 @@
-"""Every registered method runs on a tiny config, changes the weights, and Retrain is the gold."""
+"""Every registered method runs on a tiny config, changes the weights, and Retrain is the gold.
+
+The context is built on each device this machine has, named explicitly ("cpu" always; "cuda" where torch
+sees a GPU), so every method runs with its data and models on that device."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,27 +18,30 @@ from app.ml.errors import UnknownNameError
 from app.ml.unlearn import METHODS, run_method
 
 BASELINES = ["retrain", "iau", "fisher", "amnesiac", "bad_teaching", "unrolling", "finetune", "gradient_ascent"]
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
-@pytest.fixture(scope="module")
-def ctx(digits: Dataset) -> SeedContext:
-    return prepare(ExperimentConfig("digits", "lenet5", max_epochs=4, patience=2), digits, seed=0, progress=False)
+@pytest.fixture(scope="module", params=DEVICES)
+def ctx(digits: Dataset, request: pytest.FixtureRequest) -> SeedContext:
+    return prepare(ExperimentConfig("digits", "lenet5", max_epochs=4, patience=2), digits.on(request.param), seed=0,
+                   progress=False)
 
 
 def test_registry_holds_every_method() -> None:
     assert set(BASELINES) <= set(METHODS.names())
 
 
-@pytest.mark.parametrize("method", BASELINES)
+@pytest.mark.parametrize("method", [*BASELINES, "out_match"])
 def test_method_changes_the_weights(ctx: SeedContext, method: str) -> None:
     alpha = ctx.cfg.alpha if method == "iau" else 0.0
-    task = ctx.task(alpha)
+    task = replace(ctx.task(alpha), verifier=ctx.verifier)
     before = {k: v.clone() for k, v in task.model.state_dict().items()}
     res = run_method(method, task, {})
     after = res.model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before), f"{method} left θ* as it was"
     assert all(torch.equal(before[k], v) for k, v in task.model.state_dict().items()), "θ* itself must not change"
     assert res.time_s > 0
+    assert all(v.device.type == ctx.ds.device.type for v in after.values()), "the result stays on the task's device"
     assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
 
 

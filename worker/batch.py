@@ -28,6 +28,7 @@ from app.db.models import DeletionRequest, ModelVersion
 from app.db.session import transaction, utcnow
 from app.ml.checkpoint import ModelDir
 from app.ml.data import Dataset
+from app.ml.device import describe, resolve
 from app.ml.errors import Conflict, ModelLoadError
 from app.ml.gradcache import load_cache
 from app.ml.grads import ids_sha256
@@ -100,7 +101,7 @@ def _task(settings: Settings, c: Claimed, md: ModelDir, ds: Dataset) -> UnlearnT
     folder = settings.home / VERIFIER_FOLDER
     verifier = load_verifier(folder) if settings.verify_refs and folder.is_dir() else None
     return UnlearnTask(model=md.model, ds=ds, train_ids=c.train_ids, forget_ids=np.asarray(c.forget),
-                       weights_sha256=md.weights_sha256, cache=load_cache(Path(c.head.path)),
+                       weights_sha256=md.weights_sha256, cache=load_cache(Path(c.head.path), ds.device),
                        chunk_size=settings.chunk_size, seed=int(md.meta.get("seed", 0)), model_cfg=md.model_cfg,
                        train_cfg=train_config_from_meta(md.meta), val_ids=md.splits.val, verifier=verifier)
 
@@ -130,8 +131,9 @@ def process(settings: Settings, conn: LedgerConn, c: Claimed) -> Outcome:
                                   already=c.already)
         return Outcome(c.batch_id, "completed", c.head.id)
     t0 = time.perf_counter()
-    ds = open_store(settings.store_dir)
-    md = load_version(c.head)
+    dev = resolve(settings.device)
+    ds = open_store(settings.store_dir).on(dev)
+    md = load_version(c.head, device=dev)
     if not np.array_equal(np.sort(md.splits.train), c.train_ids):
         raise ModelLoadError(f"version {c.head.id} was not trained on the ledger's active samples")
     hold = holdout_ids(md.splits, settings.holdout_size)
@@ -149,7 +151,7 @@ def process(settings: Settings, conn: LedgerConn, c: Claimed) -> Outcome:
     record.update(time_s=sum(a["time_s"] for a in out.attempts),
                   holdout_acc_before=float(c.head.metrics.get("holdout_acc", float("nan"))),
                   holdout_acc_after=out.holdout_acc, accuracy_floor=floor, n_forget=len(forget_ids),
-                  forget_ids_sha256=ids_sha256(forget_ids))
+                  forget_ids_sha256=ids_sha256(forget_ids), device=describe(dev), data_placement=ds.placement)
     if out.consolidate_now:
         log.warning("batch %s: verdict partial; an exact consolidation follows", c.batch_id)
     return _write_and_commit(settings, conn, c, md, model, record, t0)
@@ -174,7 +176,7 @@ def _write_and_commit(settings: Settings, conn: LedgerConn, c: Claimed, md: Mode
                "test_acc_before": record["holdout_acc_before"],
                "test_acc_after": record["holdout_acc_after"],
                **{k: record[k] for k in ("mia_forget_before", "mia_forget_after", "mia_nonmember_after")},
-               "verification": record["verification"], "verdict": record["verdict"]}
+               "verification": record["verification"], "verdict": record["verdict"], "device": record["device"]}
     try:
         with transaction(conn.write) as s:
             v = ledger.add_version(s, sha256=sha, parent_id=c.head.id, path=str(path), now=now, metrics=metrics)

@@ -32,6 +32,7 @@ from app.db.audit import append_entry
 from app.db.models import ModelVersion
 from app.db.session import as_utc, transaction, utcnow
 from app.ml.data import Splits
+from app.ml.device import describe, resolve
 from app.ml.errors import Conflict
 from app.ml.grads import ids_sha256
 from app.ml.pipeline import train_config_from_meta
@@ -91,8 +92,9 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
     log.info("consolidating (%s): retraining on %d samples, %d requests to make exact", reason, len(active),
              len(covered))
     t0 = time.perf_counter()
-    ds = open_store(settings.store_dir)
-    md = load_version(head)
+    dev = resolve(settings.device)
+    ds = open_store(settings.store_dir).on(dev)
+    md = load_version(head, device=dev)
     cfg = train_config_from_meta(md.meta) or TrainConfig()
     model = fit(md.model_cfg, ds, active, md.splits.val, cfg, progress=False).model
     model.eval()
@@ -107,11 +109,13 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
             append_entry(s, batch_id="consolidate", created_at=now.isoformat(),
                          payload={"event": "consolidate_failed", "reason": reason, "why": problem,
                                   "parent_model_sha256": head.sha256, "train_s": train_s,
+                                  "device": describe(dev),
                                   "request_ids": sorted(covered)})
         return Result("failed", info={"why": problem, "train_s": train_s})
     splits = Splits(train=active, val=md.splits.val, test=md.splits.test, shadow=md.splits.shadow)
     record = {"reason": reason, "n_train": len(active), "train_ids_sha256": ids_sha256(active), "train_s": train_s,
               "recipe": {"alpha": cfg.alpha, "seed": cfg.seed, "max_epochs": cfg.max_epochs},
+              "device": describe(dev), "data_placement": ds.placement,
               "holdout_acc_before": float(head.metrics.get("holdout_acc", float("nan"))), "holdout_acc_after": acc,
               "accuracy_floor": floor, "request_ids": covered, "replaces_chain_of": chain}
     keep = {k: v for k, v in md.meta.items() if k not in ("unlearn", "weights_sha256", "published_from")}

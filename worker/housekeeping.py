@@ -23,6 +23,7 @@ from app.core.config import Settings
 from app.db import ledger
 from app.db.models import ModelVersion
 from app.db.session import transaction, utcnow
+from app.ml.device import resolve
 from app.ml.gradcache import build_cache, cache_matches, load_cache, save_cache
 from app.service.ledger_conn import LedgerConn
 from app.service.store import open_store, purge
@@ -78,8 +79,9 @@ def refresh_cache(settings: Settings, conn: LedgerConn) -> bool:
         return False
     if cache_matches(load_cache(Path(head.path)), weights=head.sha256, ids=active):
         return False
-    md = load_version(head)
-    save_cache(build_cache(md.model, open_store(settings.store_dir), active, chunk_size=settings.chunk_size),
+    dev = resolve(settings.device)
+    md = load_version(head, device=dev)
+    save_cache(build_cache(md.model, open_store(settings.store_dir).on(dev), active, chunk_size=settings.chunk_size),
                Path(head.path))
     log.info("gradient cache built for version %s (%d samples)", head.id, len(active))
     return True

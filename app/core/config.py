@@ -8,9 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.ml.device import DEVICE_SPEC
 from app.ml.provenance import PROJECT_ROOT
 
 
@@ -27,6 +28,9 @@ class Settings(BaseSettings):
                                   description="where datasets other than digits are looked for")
     chunk_size: int = Field(default=1024, ge=1, description="samples per gradient chunk")
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads (None: torch's choice)")
+    device: str = Field(default="auto", description="where training, unlearning, verification and the worker run: "
+                                                    "auto (the first GPU if torch sees one, else the CPU), cpu, "
+                                                    "cuda or cuda:N; the API always serves on the CPU")
 
     # --- service: storage and queue
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("UNLEARND_DATABASE_URL",
@@ -114,6 +118,13 @@ class Settings(BaseSettings):
     demo_arch: str = "lenet5"
     demo_alpha: float = 0.1
     demo_max_epochs: int = 100
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not DEVICE_SPEC.fullmatch(v):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N (N a GPU index), got {v!r}")
+        return v
 
     @property
     def db_url(self) -> str:

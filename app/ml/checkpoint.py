@@ -1,7 +1,8 @@
 """Model directories: model.safetensors + meta.json + splits.json (+ grad_cache.safetensors).
 
 Weights are a safetensors state_dict (never a pickle), loaded strictly into the architecture
-that meta.json names, and checked against the sha256 recorded there.
+that meta.json names, and checked against the sha256 recorded there. They are written from
+the CPU and mapped onto the caller's device on load, so any device reads any checkpoint.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def save_model_dir(path: Path, *, model: nn.Module, model_cfg: ModelConfig, meta
                    splits: Splits) -> str:
     """Write all three files atomically; returns the weights' sha256 (also put in meta)."""
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     sha = weights_sha256(state)
     full_meta = {**meta, "arch": model_cfg.arch, "in_shape": list(model_cfg.in_shape),
                  "num_classes": model_cfg.num_classes, "weights_sha256": sha}
@@ -70,7 +71,8 @@ def no_pause() -> None:
     pass
 
 
-def load_model_dir(path: Path, *, pause: Callable[[], None] = no_pause) -> ModelDir:
+def load_model_dir(path: Path, *, device: torch.device | str | None = None,
+                   pause: Callable[[], None] = no_pause) -> ModelDir:
     """Load and verify a model directory. PAUSE runs between its steps (each well under a millisecond
     of CPU for small models): a serving process loading a new version beside live traffic passes a
     short sleep, so its event loop never waits behind the whole load for the GIL."""
@@ -83,10 +85,10 @@ def load_model_dir(path: Path, *, pause: Callable[[], None] = no_pause) -> Model
         raise ModelLoadError(f"{path / META_FILE} is not valid JSON ({e})") from e
     cfg = model_config_from_meta(meta)
     pause()
-    model = create_model(cfg)
+    model = create_model(cfg, device)
     pause()
     try:
-        state = load_file(str(path / MODEL_FILE))
+        state = load_file(str(path / MODEL_FILE), device=str(device or "cpu"))
     except (SafetensorError, OSError) as e:
         raise ModelLoadError(f"{path / MODEL_FILE} is not a readable safetensors file ({e})") from e
     try:

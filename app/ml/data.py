@@ -4,18 +4,25 @@ A sample's id is its row in the dataset: ids [0, n_pool) come from the official 
 split (or the whole set when there is none), the rest from the official test split.
 Images stay uint8 in memory and are converted per batch, so a chunked gradient pass
 never holds a float copy of the whole set.
+
+A dataset also says where its batches go: `ds.on(device)` is the same data whose `features`
+and `labels` are tensors on DEVICE, and every ML function puts its models on `ds.device`.
+On a GPU the normalised set is copied there once when it takes at most RESIDENT_SHARE of the
+free memory (CIFAR-10: 737 MB) and indexed on the device; otherwise each batch is converted on
+the CPU and copied (`placement` says which).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 SPLIT_NAMES = ("train", "val", "test", "shadow")
+RESIDENT_SHARE = 0.25  # the rest of the GPU is for activations, double backprop and several models
 
 
 @dataclass
@@ -27,6 +34,8 @@ class Dataset:
     n_pool: int  # ids below this come from the official train split
     mean: np.ndarray | None = None  # per-channel, images only
     std: np.ndarray | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    _resident: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.y = np.asarray(self.y, dtype=np.int64)
@@ -57,17 +66,51 @@ class Dataset:
     def _unit(x: np.ndarray) -> np.ndarray:
         return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
 
+    @property
+    def placement(self) -> str:
+        """cpu | resident (the whole set on the device) | streamed (batch by batch to the device)."""
+        if self.device.type == "cpu":
+            return "cpu"
+        return "resident" if self._resident is not None else "streamed"
+
+    def on(self, device: torch.device | str) -> Dataset:
+        """This dataset with its batches on DEVICE (the arrays are shared, not copied)."""
+        dev = torch.device(device)
+        out = replace(self, device=dev)
+        if dev.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(dev)
+            need = int(np.prod(self.x.shape)) * 4 + len(self) * 8
+            if need <= RESIDENT_SHARE * free:
+                chunks = [self._cpu_features(np.arange(i, min(i + 8192, len(self))))
+                          for i in range(0, len(self), 8192)]
+                out._resident = (torch.cat(chunks).to(dev), torch.from_numpy(self.y).to(dev))
+        return out
+
     def features(self, ids: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Model input for these ids: (n, C, H, W) normalised, or (n, F)."""
+        """Model input for these ids, on self.device: (n, C, H, W) normalised, or (n, F)."""
+        if self._resident is not None:
+            return self._resident[0][self._index(ids)]
+        x = self._cpu_features(ids)
+        return x if self.device.type == "cpu" else x.to(self.device, non_blocking=True)
+
+    def labels(self, ids: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if self._resident is not None:
+            return self._resident[1][self._index(ids)]
+        y = torch.from_numpy(self.y[np.asarray(ids)])
+        return y if self.device.type == "cpu" else y.to(self.device, non_blocking=True)
+
+    def _index(self, ids: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if isinstance(ids, torch.Tensor):
+            return ids.to(self.device)
+        return torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(self.device)
+
+    def _cpu_features(self, ids: np.ndarray | torch.Tensor) -> torch.Tensor:
         x = self._unit(self.x[np.asarray(ids)])
         if self.is_image:
             assert self.mean is not None and self.std is not None
             x = (x - self.mean) / self.std
             return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
         return torch.from_numpy(x)
-
-    def labels(self, ids: np.ndarray | torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.y[np.asarray(ids)])
 
 
 @dataclass(frozen=True)

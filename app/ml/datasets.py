@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import torch
 
 from app.ml.data import Dataset
 from app.ml.errors import DataError
@@ -43,8 +44,9 @@ def _dataset(name: str, default_path: str | None) -> Callable[[Callable[[Path | 
     return deco
 
 
-def load_dataset(name: str, *, path: Path | None = None, data_dir: Path | None = None) -> Dataset:
-    """Load dataset NAME from PATH, else from its default place under DATA_DIR."""
+def load_dataset(name: str, *, path: Path | None = None, data_dir: Path | None = None,
+                 device: torch.device | str | None = None) -> Dataset:
+    """Load dataset NAME from PATH, else from its default place under DATA_DIR; batches on DEVICE (default CPU)."""
     spec = DATASETS.get(name)
     if path is None and spec.default_path is not None:
         if data_dir is None:
@@ -52,7 +54,8 @@ def load_dataset(name: str, *, path: Path | None = None, data_dir: Path | None =
         path = data_dir / spec.default_path
     if path is not None and not path.exists():
         raise DataError(f"dataset {name!r}: {path} does not exist")
-    return spec.load(path)
+    ds = spec.load(path)
+    return ds if device is None else ds.on(device)
 
 
 def _require(path: Path | None) -> Path:

@@ -42,6 +42,10 @@ class ConfigError(UnlearndError):
     """A method or suite was given parameters it does not accept."""
 
 
+class DeviceError(ConfigError):
+    """A device that is not valid, or not present on this machine."""
+
+
 class DataError(UnlearndError):
     """A dataset cannot be found or read."""
 

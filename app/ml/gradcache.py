@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -61,11 +62,11 @@ def save_cache(cache: GradCache, model_dir: Path) -> Path:
     path = model_dir / CACHE_FILE
     meta = {"weights_sha256": cache.weights_sha256, "ids_sha256": cache.ids_sha256, "n": str(cache.n)}
     with atomic_replace(path) as tmp:
-        save_file({k: v.contiguous() for k, v in cache.sums.items()}, str(tmp), metadata=meta)
+        save_file({k: v.cpu().contiguous() for k, v in cache.sums.items()}, str(tmp), metadata=meta)
     return path
 
 
-def load_cache(model_dir: Path) -> GradCache | None:
+def load_cache(model_dir: Path, device: torch.device | str | None = None) -> GradCache | None:
     path = model_dir / CACHE_FILE
     if not path.exists():
         return None
@@ -74,4 +75,4 @@ def load_cache(model_dir: Path) -> GradCache | None:
     if not {"weights_sha256", "ids_sha256", "n"} <= meta.keys():
         raise CacheMismatchError(f"{path}: header lacks its keys")
     return GradCache(weights_sha256=meta["weights_sha256"], ids_sha256=meta["ids_sha256"],
-                     n=int(meta["n"]), sums=load_file(str(path)))
+                     n=int(meta["n"]), sums=load_file(str(path), device=str(device or "cpu")))

@@ -21,7 +21,7 @@ def predict_logits(model: nn.Module, ds: Dataset, ids: np.ndarray, *, chunk: int
     model.eval()
     out = [model(ds.features(c)) for c in _chunks(np.asarray(ids), chunk)]
     model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, ds.num_classes)
+    return torch.cat(out) if out else torch.empty(0, ds.num_classes, device=ds.device)
 
 
 def accuracy(model: nn.Module, ds: Dataset, ids: np.ndarray, *, chunk: int = 2048) -> float:
@@ -55,4 +55,4 @@ def per_sample_grad_norms(model: nn.Module, ds: Dataset, ids: np.ndarray, *, chu
         sq = sum(g.flatten(1).pow(2).sum(1) for g in gs.values())
         norms.append(torch.sqrt(sq))  # type: ignore[arg-type]
     model.train(was_training)
-    return torch.cat(norms).numpy()
+    return torch.cat(norms).cpu().numpy()

@@ -24,8 +24,14 @@ class ModelConfig:
 MODELS: Registry[Callable[[ModelConfig], nn.Module]] = Registry("arch")
 
 
-def create_model(cfg: ModelConfig) -> nn.Module:
-    return MODELS.get(cfg.arch)(cfg)
+def create_model(cfg: ModelConfig, device: torch.device | str | None = None) -> nn.Module:
+    """Built on the CPU, then moved: a seeded initialisation is the same on every device."""
+    model = MODELS.get(cfg.arch)(cfg)
+    return model if device is None else model.to(device)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _image_shape(cfg: ModelConfig) -> tuple[int, int, int]:

@@ -13,10 +13,11 @@ from app.ml.calibrate import CalibrationConfig, calibrate
 from app.ml.checkpoint import ModelDir, load_model_dir, save_model_dir, set_meta_fields
 from app.ml.data import Dataset, SplitConfig, make_splits
 from app.ml.datasets import load_dataset
+from app.ml.device import resolve
 from app.ml.errors import DataError, ForgetSetError, UnlearnFailed
 from app.ml.gradcache import GradCache, build_cache, load_cache, save_cache
 from app.ml.metrics import accuracy
-from app.ml.models import ModelConfig
+from app.ml.models import ModelConfig, model_device
 from app.ml.policy import PolicyConfig, Setting, forget, settings_from_meta
 from app.ml.provenance import provenance
 from app.ml.train import TrainConfig, fit
@@ -32,15 +33,16 @@ def train_to_dir(*, dataset: str, arch: str, out: Path, train_cfg: TrainConfig, 
                  data_path: Path | None = None, data_dir: Path | None = None, progress: bool = True,
                  with_cache: bool = True, chunk_size: int = 1024, verifier: str | None = DEFAULT,
                  verifier_cfg: VerifierConfig | None = None,
-                 calibration: CalibrationConfig | None = None) -> dict[str, Any]:
+                 calibration: CalibrationConfig | None = None, device: str = "cpu") -> dict[str, Any]:
     """Train ARCH on DATASET with the GR loss and write a model directory to OUT (with its membership
     verifier under OUT/verifier unless VERIFIER is None, and the forgetting setting calibrated for it in
-    meta.json unless CALIBRATION is None)."""
+    meta.json unless CALIBRATION is None). DEVICE: auto | cpu | cuda | cuda:N."""
     t0 = time.perf_counter()
     vcfg = verifier_cfg or VerifierConfig(seed=train_cfg.seed)
     if verifier is not None:
         check_verifier(verifier, vcfg)
-    ds = load_dataset(dataset, path=data_path, data_dir=data_dir)
+    dev = resolve(device)
+    ds = load_dataset(dataset, path=data_path, data_dir=data_dir, device=dev)
     splits = make_splits(ds, split_cfg)
     model_cfg = ModelConfig(arch=arch, in_shape=ds.in_shape, num_classes=ds.num_classes)
     result = fit(model_cfg, ds, splits.train, splits.val, train_cfg, progress=progress)
@@ -55,7 +57,7 @@ def train_to_dir(*, dataset: str, arch: str, out: Path, train_cfg: TrainConfig, 
         "train_acc": accuracy(model, ds, splits.train), "val_acc": result.val_acc,
         "test_acc": accuracy(model, ds, splits.test),
         "n_train": len(splits.train),
-        **provenance(),
+        **provenance(dev, ds.placement),
     }
     meta["wall_time_s"] = time.perf_counter() - t0
     save_model_dir(out, model=model, model_cfg=model_cfg, meta=meta, splits=splits)
@@ -67,7 +69,7 @@ def train_to_dir(*, dataset: str, arch: str, out: Path, train_cfg: TrainConfig, 
                              epochs=result.best_epoch)
         meta["verifier"] = attach_verifier(out, inputs, verifier, vcfg, progress=progress)
         if calibration is not None:
-            md = load_model_dir(out)
+            md = load_model_dir(out, device=dev)
             meta["calibration"] = calibrate_model(md, ds, load_verifier(out / VERIFIER_FOLDER, with_refs=True),
                                                   cache, calibration, progress=progress)
         meta["wall_time_s"] = time.perf_counter() - t0
@@ -107,10 +109,11 @@ def attach_verifier(folder: Path, inputs: BuildInputs, name: str, cfg: VerifierC
 
 
 def dataset_for(md: ModelDir, *, data_path: Path | None, data_dir: Path | None) -> Dataset:
-    """The dataset a model was trained on, checked against the model's input shape and ids."""
+    """The dataset a model was trained on, checked against the model's input shape and ids; on the model's
+    device."""
     stored = md.meta.get("data_path")
     path = data_path or (Path(stored) if stored else None)
-    ds = load_dataset(md.meta["dataset"], path=path, data_dir=data_dir)
+    ds = load_dataset(md.meta["dataset"], path=path, data_dir=data_dir, device=model_device(md.model))
     if tuple(ds.in_shape) != tuple(md.model_cfg.in_shape):
         raise DataError(f"dataset input shape {ds.in_shape} differs from the model's {md.model_cfg.in_shape}")
     top = max(int(md.splits.train.max(initial=-1)), int(md.splits.test.max(initial=-1)))
@@ -145,17 +148,19 @@ def unlearn_to_dir(*, model_dir: Path, forget_ids: np.ndarray, out: Path, method
                    params: dict[str, Any] | None = None, data_path: Path | None = None,
                    data_dir: Path | None = None, use_cache: bool = True, refresh_cache: bool = False,
                    chunk_size: int = 1024, max_accuracy_drop: float | None = None,
-                   exact_max_accuracy_drop: float = 0.05, on_partial: str = "accept") -> dict[str, Any]:
+                   exact_max_accuracy_drop: float = 0.05, on_partial: str = "accept",
+                   device: str = "cpu") -> dict[str, Any]:
     """Forget FORGET_IDS from the model in MODEL_DIR through the forgetting policy (app.ml.policy); write
     the new model to OUT. METHOD None: the model's calibrated setting. Nothing is written when no setting
     (retrain included) keeps the held-out accuracy within MAX_ACCURACY_DROP (default: calibration's)."""
-    md = load_model_dir(model_dir)
+    dev = resolve(device)
+    md = load_model_dir(model_dir, device=dev)
     forget_set = check_forget_ids(md.splits.train, forget_ids)
     ds = dataset_for(md, data_path=data_path, data_dir=data_dir)
     vdir = model_dir / VERIFIER_FOLDER
     verifier = load_verifier(vdir, with_refs=True) if vdir.is_dir() else None
     task = UnlearnTask(model=md.model, ds=ds, train_ids=md.splits.train, forget_ids=forget_set,
-                       weights_sha256=md.weights_sha256, cache=load_cache(model_dir) if use_cache else None,
+                       weights_sha256=md.weights_sha256, cache=load_cache(model_dir, dev) if use_cache else None,
                        chunk_size=chunk_size, seed=int(md.meta.get("seed", 0)), model_cfg=md.model_cfg,
                        train_cfg=train_config_from_meta(md.meta), val_ids=md.splits.val,
                        epochs_trained=md.meta.get("epochs"), verifier=verifier)
@@ -179,8 +184,9 @@ def unlearn_to_dir(*, model_dir: Path, forget_ids: np.ndarray, out: Path, method
         "parent_weights_sha256": md.weights_sha256, "chunk_size": chunk_size,
     }
     keep = {k: v for k, v in md.meta.items() if k not in ("unlearn", "weights_sha256")}
-    meta = {**keep, **provenance(), "n_train": len(new_splits.train), "test_acc": record["test_acc_after"],
-            "train_acc": accuracy(res.model, ds, new_splits.train), "unlearn": record}
+    meta = {**keep, **provenance(dev, ds.placement), "n_train": len(new_splits.train),
+            "test_acc": record["test_acc_after"], "train_acc": accuracy(res.model, ds, new_splits.train),
+            "unlearn": record}
     save_model_dir(out, model=res.model, model_cfg=md.model_cfg, meta=meta, splits=new_splits)
     if verifier is not None:  # the references never saw a training sample: they stay valid for every descendant
         save_verifier(verifier, out / VERIFIER_FOLDER)

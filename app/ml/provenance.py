@@ -7,6 +7,10 @@ import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,13 +31,17 @@ def git_hash() -> str | None:
     return out.stdout.strip() or None
 
 
-def provenance() -> dict[str, object]:
+def provenance(device: torch.device | None = None, placement: str | None = None) -> dict[str, object]:
+    """DEVICE: what the work ran on (None: the CPU); PLACEMENT: where its data lived (Dataset.placement)."""
     import torch  # here, not above: the settings import PROJECT_ROOT, and a ledger-only process needs no torch
+
+    from app.ml.device import describe
 
     return {
         "version": package_version(),
         "git_hash": git_hash(),
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "device": describe(device or torch.device("cpu")), "data_placement": placement or "cpu"},
     }

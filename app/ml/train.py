@@ -56,9 +56,9 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def seeded_model(cfg: ModelConfig, seed: int) -> nn.Module:
+def seeded_model(cfg: ModelConfig, seed: int, device: torch.device | str | None = None) -> nn.Module:
     torch.manual_seed(seed)
-    return create_model(cfg)
+    return create_model(cfg, device)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -101,9 +101,9 @@ def fit(model_cfg: ModelConfig, ds: Dataset, train_ids: np.ndarray, val_ids: np.
         cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
     """Train from a seeded init; keep the weights of the best validation epoch.
 
-    With no validation ids, train exactly cfg.max_epochs and keep the last weights.
+    With no validation ids, train exactly cfg.max_epochs and keep the last weights. Runs on ds.device.
     """
-    model = seeded_model(model_cfg, cfg.seed)
+    model = seeded_model(model_cfg, cfg.seed, ds.device)
     opt = make_optimizer(model, cfg)
     rng = np.random.default_rng(cfg.seed)
     best_acc, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())

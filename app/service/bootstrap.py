@@ -21,6 +21,7 @@ from app.db.session import transaction, utcnow
 from app.ml.calibrate import CalibrationConfig
 from app.ml.checkpoint import ModelDir, load_model_dir
 from app.ml.data import SplitConfig
+from app.ml.device import resolve
 from app.ml.gradcache import build_cache, cache_matches, load_cache, save_cache
 from app.ml.metrics import accuracy
 from app.ml.mia.shadow import MIAConfig, fit_attack
@@ -51,7 +52,7 @@ def train_default(settings: Settings, out: Path, *, progress: bool = True) -> Pa
                  progress=progress, chunk_size=settings.chunk_size,
                  verifier=settings.verifier if settings.verify_refs else None,
                  verifier_cfg=VerifierConfig(n_refs=settings.verify_refs, seed=0),
-                 calibration=calibration_config(settings, 0))
+                 calibration=calibration_config(settings, 0), device=settings.device)
     return out
 
 
@@ -77,12 +78,12 @@ def publish_initial(settings: Settings, conn: LedgerConn, *, model_dir: Path | N
         if not (model_dir / "meta.json").is_file():
             print(f"first start: training the default digits model ({settings.demo_arch}, GR α={settings.demo_alpha})")
             train_default(settings, model_dir, progress=progress)
-    md = load_model_dir(model_dir)
+    md = load_model_dir(model_dir, device=resolve(settings.device))
     ds = dataset_for(md, data_path=None, data_dir=settings.data_dir)
     create_store(settings.store_dir, ds)
     train_ids = np.sort(md.splits.train)
     hold = holdout_ids(md.splits, settings.holdout_size)
-    cache = load_cache(model_dir)
+    cache = load_cache(model_dir, ds.device)
     if not cache_matches(cache, weights=md.weights_sha256, ids=train_ids):
         cache = build_cache(md.model, ds, train_ids, chunk_size=settings.chunk_size)
     train_cfg = train_config_from_meta(md.meta) or TrainConfig()

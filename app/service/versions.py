@@ -41,13 +41,13 @@ def write_version(models_dir: Path, *, model: nn.Module, model_cfg: ModelConfig,
     return sha, final
 
 
-def load_version(version: ModelVersion, *, probe: Dataset | None = None,
+def load_version(version: ModelVersion, *, probe: Dataset | None = None, device: torch.device | str | None = None,
                  pause: Callable[[], None] = no_pause) -> ModelDir:
     """Load, check the sha256 the ledger recorded, and (given PROBE) run a finite forward pass
     on a few of the version's held-out samples. PAUSE runs between steps (see load_model_dir)."""
     if not version.weights_present:
         raise ModelLoadError(f"weights of version {version.id} were purged")
-    md = load_model_dir(Path(version.path), pause=pause)
+    md = load_model_dir(Path(version.path), device=device, pause=pause)
     if md.weights_sha256 != version.sha256:
         raise ModelLoadError(f"version {version.id}: weights on disk do not match the ledger's sha256")
     check_finite(md.model)

@@ -29,6 +29,7 @@ from app.core.embedded_redis import EmbeddedRedis
 from app.ml.bench.report import write_results
 from app.ml.calibrate import CalibrationConfig
 from app.ml.data import SplitConfig
+from app.ml.device import resolve
 from app.ml.pipeline import train_to_dir
 from app.ml.train import TrainConfig
 from app.service.store import open_store
@@ -64,11 +65,13 @@ class ServiceBenchConfig:
     realtime_clients: bool = True
 
 
-def _model(cfg: ServiceBenchConfig, work: Path, data_dir: Path | None, data_path: Path | None) -> Path:
+def _model(cfg: ServiceBenchConfig, work: Path, data_dir: Path | None, data_path: Path | None,
+           device: str) -> Path:
     out = work / "model"
     train_to_dir(dataset=cfg.dataset, arch="lenet5", out=out, split_cfg=SplitConfig(seed=cfg.seed),
                  train_cfg=TrainConfig(alpha=cfg.alpha, max_epochs=cfg.train_epochs, seed=cfg.seed),
-                 data_path=data_path, data_dir=data_dir, progress=True, calibration=CalibrationConfig(seed=cfg.seed))
+                 data_path=data_path, data_dir=data_dir, progress=True, calibration=CalibrationConfig(seed=cfg.seed),
+                 device=device)
     return out
 
 
@@ -265,13 +268,14 @@ def _load_while_swapping(svc: LiveService, cfg: ServiceBenchConfig, url: str, hd
 
 
 def run_service_bench(cfg: ServiceBenchConfig, *, out: Path, data_dir: Path | None,
-                      data_path: Path | None) -> dict[str, Any]:
+                      data_path: Path | None, device: str = "cpu") -> dict[str, Any]:
+    """DEVICE is the worker's (and the model's training); the API serves on the CPU, as deployed."""
     with tempfile.TemporaryDirectory(prefix="unlearnd-bench-") as tmp:
         work = Path(tmp)
-        model_dir = _model(cfg, work, data_dir, data_path)
+        model_dir = _model(cfg, work, data_dir, data_path, device)
         redis = EmbeddedRedis(free_port(), work / "redis").start()
         svc = LiveService(work / "home", model_dir, db_url=f"sqlite:///{work / 'home' / 'ledger.db'}",
-                          redis_url=redis.url, UNLEARND_BATCH_MAX_WAIT_S=0,
+                          redis_url=redis.url, UNLEARND_BATCH_MAX_WAIT_S=0, UNLEARND_DEVICE=device,
                           **NO_CONSOLIDATION, **({"UNLEARND_DATA_DIR": str(data_dir)} if data_dir else {}))
         try:
             svc.start_api()
@@ -295,7 +299,7 @@ def run_service_bench(cfg: ServiceBenchConfig, *, out: Path, data_dir: Path | No
     _plot(out / "service.png", secs, load, cfg)
     return write_results(out, suite=cfg.name, command=f"unlearnd bench --suite {cfg.name} --out {out}",
                          config=asdict(cfg), results={"summary": summary, "deletes": deletes},
-                         markdown=_markdown(summary, cfg))
+                         markdown=_markdown(summary, cfg), device=resolve(device))
 
 
 def _met(s: dict[str, Any], key: str) -> bool:
@@ -375,7 +379,8 @@ def _plot(path: Path, secs: np.ndarray, load: dict[str, Any], cfg: ServiceBenchC
 
 
 def make_suite(cfg: ServiceBenchConfig) -> Any:
-    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None) -> dict[str, Any]:
-        return run_service_bench(cfg, out=out, data_dir=data_dir, data_path=data_path)
+    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
+            device: str = "cpu") -> dict[str, Any]:
+        return run_service_bench(cfg, out=out, data_dir=data_dir, data_path=data_path, device=device)
 
     return run

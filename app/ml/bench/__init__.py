@@ -13,17 +13,17 @@ from app.ml.registry import Registry
 @dataclass(frozen=True)
 class Suite:
     summary: str
-    run: Callable[..., dict[str, Any]]  # (out=, seeds=, data_dir=, data_path=) → results
+    run: Callable[..., dict[str, Any]]  # (out=, seeds=, data_dir=, data_path=, device=) → results
 
 
 SUITES: Registry[Suite] = Registry("suite")
 
 
 def run_suite(name: str, *, out: Path, seeds: int | None, data_dir: Path | None,
-              data_path: Path | None) -> dict[str, Any]:
+              data_path: Path | None, device: str = "cpu") -> dict[str, Any]:
     suite = SUITES.get(name)
     out.mkdir(parents=True, exist_ok=True)
-    return suite.run(out=out, seeds=seeds, data_dir=data_dir, data_path=data_path)
+    return suite.run(out=out, seeds=seeds, data_dir=data_dir, data_path=data_path, device=device)
 
 
 def _register_builtin() -> None:

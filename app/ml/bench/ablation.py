@@ -45,10 +45,10 @@ def ablation_rows(ctx: SeedContext) -> list[dict[str, Any]]:
 
 
 def run_ablation(cfg: AblationConfig, *, out: Path, data_dir: Path | None, data_path: Path | None,
-                 seeds: int | None = None, progress: bool = True) -> dict[str, Any]:
+                 device: str = "cpu", seeds: int | None = None, progress: bool = True) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     n = seeds or cfg.seeds
-    ds = load_dataset(cfg.experiment.dataset, path=data_path, data_dir=data_dir)
+    ds = load_dataset(cfg.experiment.dataset, path=data_path, data_dir=data_dir, device=device)
     rows, attack = [], []
     for seed in range(n):
         ctx = prepare(cfg.experiment, ds, seed, progress=progress)
@@ -65,7 +65,8 @@ def run_ablation(cfg: AblationConfig, *, out: Path, data_dir: Path | None, data_
     lines += ["", "Attack balanced accuracy on θ*: " + fmt_pm([100 * a["balanced_accuracy"] for a in attack], 1)
               + " %; the paper's Fig. 2 claim is that MU and UE fall as GC, then GR, are added."]
     _plot(out / "ablation.png", rows)
-    return write_results(out, suite=cfg.name, command=f"unlearnd bench --suite {cfg.name} --out {out}",
+    return write_results(out, device=ds.device, placement=ds.placement,
+                         suite=cfg.name, command=f"unlearnd bench --suite {cfg.name} --out {out}",
                          config={**asdict(cfg), "seeds": list(range(n))},
                          results={"rows": rows, "attack": attack}, markdown="\n".join(lines))
 
@@ -89,8 +90,9 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _suite(cfg: AblationConfig) -> Any:
-    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None) -> dict[str, Any]:
-        return run_ablation(cfg, out=out, data_dir=data_dir, data_path=data_path, seeds=seeds)
+    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
+            device: str = "cpu") -> dict[str, Any]:
+        return run_ablation(cfg, out=out, data_dir=data_dir, data_path=data_path, device=device, seeds=seeds)
 
     return run
 

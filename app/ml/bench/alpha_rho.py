@@ -40,9 +40,9 @@ class AlphaRhoConfig:
 
 
 def run_alpha_rho(cfg: AlphaRhoConfig, *, out: Path, data_dir: Path | None, data_path: Path | None,
-                  progress: bool = True) -> dict[str, Any]:
+                  device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    ds = load_dataset(cfg.dataset, path=data_path, data_dir=data_dir)
+    ds = load_dataset(cfg.dataset, path=data_path, data_dir=data_dir, device=device)
     splits = make_splits(ds, SplitConfig(seed=cfg.seed))
     model_cfg = ModelConfig(cfg.arch, ds.in_shape, ds.num_classes)
 
@@ -68,7 +68,8 @@ def run_alpha_rho(cfg: AlphaRhoConfig, *, out: Path, data_dir: Path | None, data
             rows.append({"alpha": alpha, "rho": rho, "MU": 100 * abs(acc - gold_acc), "UE": 100 * abs(mia - gold_mia),
                          "test_acc": 100 * acc, "time_s": res.time_s})
     _plot(out / "alpha_rho.png", rows, cfg)
-    return write_results(out, suite=cfg.name, command=f"unlearnd bench --suite {cfg.name} --out {out}",
+    return write_results(out, device=ds.device, placement=ds.placement,
+                         suite=cfg.name, command=f"unlearnd bench --suite {cfg.name} --out {out}",
                          config=asdict(cfg), results={"rows": rows}, markdown=_markdown(rows, cfg))
 
 
@@ -116,8 +117,9 @@ def _plot(path: Path, rows: list[dict[str, Any]], cfg: AlphaRhoConfig) -> None:
 
 
 def _suite(cfg: AlphaRhoConfig) -> Any:
-    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None) -> dict[str, Any]:
-        return run_alpha_rho(cfg, out=out, data_dir=data_dir, data_path=data_path)
+    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
+            device: str = "cpu") -> dict[str, Any]:
+        return run_alpha_rho(cfg, out=out, data_dir=data_dir, data_path=data_path, device=device)
 
     return run
 

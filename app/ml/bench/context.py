@@ -41,10 +41,12 @@ class ExperimentConfig:
     extra_alphas: tuple[float, ...] = ()  # more GR models, for sweeps
     verifier: str = DEFAULT
     verify_refs: int = 4
+    batch_size: int = 64
+    gr_grad: str = "exact"  # fd: the finite-difference HVP, for large models on a GPU
 
     def train_cfg(self, seed: int, alpha: float) -> TrainConfig:
-        return TrainConfig(alpha=alpha, gr_norm=self.gr_norm, max_epochs=self.max_epochs, patience=self.patience,
-                           seed=seed)
+        return TrainConfig(alpha=alpha, gr_norm=self.gr_norm, gr_grad=self.gr_grad, max_epochs=self.max_epochs,
+                           patience=self.patience, batch_size=self.batch_size, seed=seed)
 
 
 @dataclass
@@ -86,7 +88,7 @@ def choose_forget(ds: Dataset, train: np.ndarray, *, frac: float, how: str, seed
     if how == "outliers":
         from sklearn.ensemble import IsolationForest
 
-        x = ds.features(train).flatten(1).numpy()
+        x = ds.features(train).flatten(1).cpu().numpy()
         forest = IsolationForest(n_estimators=100, random_state=seed).fit(x)
         return np.sort(train[np.argsort(forest.score_samples(x))[:n]])  # lowest score = most anomalous
     raise ValueError(f"unknown forget selection {how!r}; valid: outliers, random")

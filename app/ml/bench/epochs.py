@@ -27,10 +27,10 @@ class EpochsConfig:
 
 
 def run_epochs_suite(cfg: EpochsConfig, *, out: Path, data_dir: Path | None, data_path: Path | None,
-                     seeds: int | None = None, progress: bool = True) -> dict[str, Any]:
+                     device: str = "cpu", seeds: int | None = None, progress: bool = True) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     n = seeds or cfg.seeds
-    ds = load_dataset(cfg.dataset, path=data_path, data_dir=data_dir)
+    ds = load_dataset(cfg.dataset, path=data_path, data_dir=data_dir, device=device)
     model_cfg = ModelConfig(cfg.arch, ds.in_shape, ds.num_classes)
     rows = []
     for seed in range(n):
@@ -51,7 +51,8 @@ def run_epochs_suite(cfg: EpochsConfig, *, out: Path, data_dir: Path | None, dat
                      f"{fmt_pm([r['seconds_per_epoch'] for r in mine])} | {fmt_pm([r['test_acc'] for r in mine], 1)} |")
     lines += ["", "The paper's Table VI claim: GR training reaches its early stop in fewer epochs."]
     _plot(out / "epochs.png", rows, names)
-    return write_results(out, suite=cfg.name, command=f"unlearnd bench --suite {cfg.name} --out {out}",
+    return write_results(out, device=ds.device, placement=ds.placement,
+                         suite=cfg.name, command=f"unlearnd bench --suite {cfg.name} --out {out}",
                          config={**asdict(cfg), "seeds": list(range(n))}, results={"rows": rows},
                          markdown="\n".join(lines))
 
@@ -75,8 +76,9 @@ def _plot(path: Path, rows: list[dict[str, Any]], names: list[str]) -> None:
 
 
 def _suite(cfg: EpochsConfig) -> Any:
-    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None) -> dict[str, Any]:
-        return run_epochs_suite(cfg, out=out, data_dir=data_dir, data_path=data_path, seeds=seeds)
+    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
+            device: str = "cpu") -> dict[str, Any]:
+        return run_epochs_suite(cfg, out=out, data_dir=data_dir, data_path=data_path, device=device, seeds=seeds)
 
     return run
 

@@ -214,22 +214,24 @@ def plot(path: Path, per_seed: list[dict[str, Any]], title: str) -> None:
 
 
 def run(cfg: ForgettingConfig, *, out: Path, seeds: int | None, data_dir: Path | None,
-        data_path: Path | None) -> dict[str, Any]:
+        data_path: Path | None, device: str = "cpu") -> dict[str, Any]:
     n = seeds or cfg.seeds
-    ds = load_dataset(cfg.experiment.dataset, path=data_path, data_dir=data_dir)
+    ds = load_dataset(cfg.experiment.dataset, path=data_path, data_dir=data_dir, device=device)
     per_seed = [run_seed(cfg, prepare(cfg.experiment, ds, s, progress=False)) for s in range(n)]
     plot(out / "frontier.png", per_seed, f"{cfg.experiment.dataset} / {cfg.experiment.arch}, "
          f"{cfg.experiment.forget_frac:.0%} forgotten, {n} seeds")
     command = f"unlearnd bench --suite {cfg.name} --out {out}" + (f" --seeds {seeds}" if seeds else "")
-    return write_results(out, suite=cfg.name, command=command, config={**asdict(cfg), "seeds": list(range(n))},
+    return write_results(out, device=ds.device, placement=ds.placement,
+                         suite=cfg.name, command=command, config={**asdict(cfg), "seeds": list(range(n))},
                          results={"per_seed": per_seed, "summary": summarise(per_seed), "rows":
                                   [r for s in per_seed for r in s["rows"]]},
                          markdown=_markdown(cfg, per_seed))
 
 
 def _suite(cfg: ForgettingConfig) -> Any:
-    def go(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None) -> dict[str, Any]:
-        return run(cfg, out=out, seeds=seeds, data_dir=data_dir, data_path=data_path)
+    def go(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
+            device: str = "cpu") -> dict[str, Any]:
+        return run(cfg, out=out, seeds=seeds, data_dir=data_dir, data_path=data_path, device=device)
 
     return go
 
@@ -247,12 +249,13 @@ for _c in CONFIGS:
                                    _suite(_c)))
 
 
-def _both(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None) -> dict[str, Any]:
+def _both(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
+          device: str = "cpu") -> dict[str, Any]:
     done = {}
     for c in CONFIGS[:2]:
         (out / c.experiment.dataset).mkdir(parents=True, exist_ok=True)
         done[c.experiment.dataset] = run(c, out=out / c.experiment.dataset, seeds=seeds, data_dir=data_dir,
-                                         data_path=None)
+                                         data_path=None, device=device)
     return {"rows": [r for d in done.values() for r in d["rows"]]}
 
 

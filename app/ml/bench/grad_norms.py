@@ -42,9 +42,9 @@ class GradNormsConfig:
 
 
 def run_grad_norms(cfg: GradNormsConfig, *, out: Path, data_dir: Path | None, data_path: Path | None,
-                   progress: bool = True) -> dict[str, Any]:
+                   device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    ds = load_dataset(cfg.dataset, path=data_path, data_dir=data_dir)
+    ds = load_dataset(cfg.dataset, path=data_path, data_dir=data_dir, device=device)
     splits = make_splits(ds, SplitConfig(seed=cfg.seed))
     model_cfg = ModelConfig(cfg.arch, ds.in_shape, ds.num_classes)
     norms, rows = {}, []
@@ -61,7 +61,8 @@ def run_grad_norms(cfg: GradNormsConfig, *, out: Path, data_dir: Path | None, da
     gr_lowest = min(rows, key=lambda r: r["mean"])["variant"] == "GR"
     lines += ["", f"GR has the lowest mean per-sample gradient norm: **{gr_lowest}** (the paper's Fig. 3 claim)."]
     _plot(out / "grad_norms.png", norms)
-    return write_results(out, suite=cfg.name, command=f"unlearnd bench --suite {cfg.name} --out {out}",
+    return write_results(out, device=ds.device, placement=ds.placement,
+                         suite=cfg.name, command=f"unlearnd bench --suite {cfg.name} --out {out}",
                          config=asdict(cfg), results={"rows": rows, "gr_lowest": gr_lowest},
                          markdown="\n".join(lines))
 
@@ -88,8 +89,9 @@ def _plot(path: Path, norms: dict[str, np.ndarray]) -> None:
 
 
 def _suite(cfg: GradNormsConfig) -> Any:
-    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None) -> dict[str, Any]:
-        return run_grad_norms(cfg, out=out, data_dir=data_dir, data_path=data_path)
+    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
+            device: str = "cpu") -> dict[str, Any]:
+        return run_grad_norms(cfg, out=out, data_dir=data_dir, data_path=data_path, device=device)
 
     return run
 

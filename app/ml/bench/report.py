@@ -8,10 +8,13 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.ml.fsutil import atomic_write_text
 from app.ml.provenance import provenance
+
+if TYPE_CHECKING:
+    import torch
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -26,24 +29,35 @@ def fmt_pm(values: Sequence[float], digits: int = 2) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """Seconds of each fn, run round-robin so that machine noise hits all of them alike."""
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int,
+                device: torch.device | None = None) -> dict[str, list[float]]:
+    """Seconds of each fn, run round-robin so that machine noise hits all of them alike; on a GPU each
+    time includes the kernels the fn queued."""
+    from app.ml.device import synchronize
+
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            if device is not None:
+                synchronize(device)
             t0 = time.perf_counter()
             fn()
+            if device is not None:
+                synchronize(device)
             times[name].append(time.perf_counter() - t0)
     return times
 
 
 def write_results(out: Path, *, suite: str, command: str, config: dict[str, Any], results: dict[str, Any],
-                  markdown: str) -> dict[str, Any]:
-    doc = {"suite": suite, "command": command, "config": config, "provenance": provenance(), **results}
+                  markdown: str, device: torch.device | None = None, placement: str | None = None) -> dict[str, Any]:
+    """DEVICE and PLACEMENT: what the suite ran on, and where its data lived (Dataset.placement)."""
+    doc = {"suite": suite, "command": command, "config": config, "provenance": provenance(device, placement),
+           **results}
     atomic_write_text(out / "results.json", json.dumps(doc, indent=2, default=float))
     header = f"# {suite}\n\nCommand: `{command}`\n\n"
     p = doc["provenance"]
     footer = (f"\n\n_unlearnd {p['version']} ({p['git_hash'] or 'no git'}), {p['created_at']}, "
-              f"{p['machine']['platform']}, torch {p['machine']['torch']}, {p['machine']['threads']} threads._\n")
+              f"{p['machine']['platform']}, torch {p['machine']['torch']}, {p['machine']['threads']} threads, "
+              f"device {p['machine']['device']}._\n")
     atomic_write_text(out / "results.md", header + markdown + footer)
     return doc

@@ -28,6 +28,7 @@ from app.ml.bench.report import interleaved, write_results
 from app.ml.checkpoint import save_model_dir
 from app.ml.data import Dataset, SplitConfig, Splits, make_splits
 from app.ml.datasets import load_dataset
+from app.ml.device import synchronize
 from app.ml.gradcache import build_cache, save_cache
 from app.ml.grads import grad_sum, weights_sha256
 from app.ml.metrics import accuracy
@@ -48,30 +49,34 @@ class SpeedConfig:
     epoch_repeats: int = 3  # epochs timed per training variant
     repeats: int = 7  # timings per unlearning variant
     chunk_size: int = 1024
+    batch_size: int = 64
+    gr_grad: str = "exact"  # the GR recipe of the trained model and the retrain (the epoch rows time both)
     seed: int = 0
 
 
 def _epoch_seconds(ds: Dataset, splits: Splits, model_cfg: ModelConfig, cfg: SpeedConfig) -> dict[str, list[float]]:
-    variants = {"plain": TrainConfig(alpha=0.0, seed=cfg.seed),
-                "gr_exact": TrainConfig(alpha=cfg.alpha, gr_grad="exact", seed=cfg.seed),
-                "gr_fd": TrainConfig(alpha=cfg.alpha, gr_grad="fd", seed=cfg.seed)}
+    variants = {"plain": TrainConfig(alpha=0.0, batch_size=cfg.batch_size, seed=cfg.seed),
+                "gr_exact": TrainConfig(alpha=cfg.alpha, gr_grad="exact", batch_size=cfg.batch_size, seed=cfg.seed),
+                "gr_fd": TrainConfig(alpha=cfg.alpha, gr_grad="fd", batch_size=cfg.batch_size, seed=cfg.seed)}
     fns = {}
     for name, tcfg in variants.items():
-        model = seeded_model(model_cfg, cfg.seed)
+        model = seeded_model(model_cfg, cfg.seed, ds.device)
         opt = make_optimizer(model, tcfg)
         rng = np.random.default_rng(cfg.seed)
         fns[name] = (lambda m=model, o=opt, t=tcfg, r=rng: train_epoch(m, o, ds, splits.train, t, r))
-    return interleaved(fns, cfg.epoch_repeats)
+    return interleaved(fns, cfg.epoch_repeats, ds.device)
 
 
-def _peak_rss(model_dir: Path, forget_file: Path, out: Path, *, slow: bool, chunk_size: int) -> dict[str, Any]:
+def _peak_rss(model_dir: Path, forget_file: Path, out: Path, *, slow: bool, chunk_size: int,
+              device: torch.device) -> dict[str, Any]:
     # IAU's own footprint, whatever the model's calibrated setting and however far its one step moves accuracy
     args = ["unlearn", "--model", str(model_dir), "--method", "iau", "--max-accuracy-drop", "1", "--forget-ids",
             str(forget_file), "--out", str(out)]
     if slow:
         args.append("--no-cache")
     proc = subprocess.run([sys.executable, "-m", "app.ml.bench.memprobe", *args], capture_output=True, text=True,
-                          env={**os.environ, "UNLEARND_CHUNK_SIZE": str(chunk_size)}, timeout=1800, check=False)
+                          env={**os.environ, "UNLEARND_CHUNK_SIZE": str(chunk_size), "UNLEARND_DEVICE": str(device)},
+                          timeout=1800, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"unlearn child failed: {proc.stderr[-2000:]}")
     probe = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -79,10 +84,11 @@ def _peak_rss(model_dir: Path, forget_file: Path, out: Path, *, slow: bool, chun
     return {"peak_rss_mib": probe["maxrss_mib"], "path": meta["unlearn"]["attempts"][0]["path"]}
 
 
-def run_speed(cfg: SpeedConfig, *, out: Path, data_dir: Path | None, data_path: Path | None) -> dict[str, Any]:
+def run_speed(cfg: SpeedConfig, *, out: Path, data_dir: Path | None, data_path: Path | None,
+              device: str = "cpu") -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    ds = load_dataset(cfg.dataset, path=data_path, data_dir=data_dir)
+    ds = load_dataset(cfg.dataset, path=data_path, data_dir=data_dir, device=device)
     splits = make_splits(ds, SplitConfig(seed=cfg.seed))
     model_cfg = ModelConfig(arch=cfg.arch, in_shape=ds.in_shape, num_classes=ds.num_classes)
     rng = np.random.default_rng(cfg.seed)
@@ -90,7 +96,8 @@ def run_speed(cfg: SpeedConfig, *, out: Path, data_dir: Path | None, data_path: 
     retain = np.setdiff1d(splits.train, forget)
 
     epochs = _epoch_seconds(ds, splits, model_cfg, cfg)
-    tcfg = TrainConfig(alpha=cfg.alpha, max_epochs=cfg.max_epochs, patience=cfg.patience, seed=cfg.seed)
+    tcfg = TrainConfig(alpha=cfg.alpha, max_epochs=cfg.max_epochs, patience=cfg.patience, seed=cfg.seed,
+                       batch_size=cfg.batch_size, gr_grad=cfg.gr_grad)
     trained = fit(model_cfg, ds, splits.train, splits.val, tcfg)
     retrained = fit(model_cfg, ds, retain, splits.val, tcfg)
     model = trained.model
@@ -101,8 +108,10 @@ def run_speed(cfg: SpeedConfig, *, out: Path, data_dir: Path | None, data_path: 
                    meta={"dataset": cfg.dataset, "data_path": str(data_path.resolve()) if data_path else None,
                          "alpha": cfg.alpha, "gr_norm": "global", "seed": cfg.seed, "train_config": asdict(tcfg),
                          "epochs": trained.epochs_run, "val_acc": trained.val_acc})
+    synchronize(ds.device)
     t_cache = time.perf_counter()
     cache = build_cache(model, ds, splits.train, chunk_size=cfg.chunk_size)
+    synchronize(ds.device)
     cache_seconds = time.perf_counter() - t_cache
     save_cache(cache, model_dir)
 
@@ -123,20 +132,24 @@ def run_speed(cfg: SpeedConfig, *, out: Path, data_dir: Path | None, data_path: 
         "fwd_bwd_train": lambda: grad_sum(model, ds, splits.train, chunk_size=cfg.chunk_size),
         "iau_fast": fast,
         "iau_slow": slow,
-    }, cfg.repeats)
+    }, cfg.repeats, ds.device)
     # the methods' own clocks (update only) agree with the outer ones; report the outer medians
     diff = max(float((a - b).detach().abs().max()) for a, b in zip(results["fast"].model.parameters(),
                                                           results["slow"].model.parameters(), strict=True))
 
     forget_file = work / "forget_ids.txt"
     forget_file.write_text("\n".join(str(int(i)) for i in forget) + "\n")
-    mem_fast = _peak_rss(model_dir, forget_file, work / "unlearned_fast", slow=False, chunk_size=cfg.chunk_size)
-    mem_slow = _peak_rss(model_dir, forget_file, work / "unlearned_slow", slow=True, chunk_size=cfg.chunk_size)
+    mem_fast = _peak_rss(model_dir, forget_file, work / "unlearned_fast", slow=False, chunk_size=cfg.chunk_size,
+                         device=ds.device)
+    mem_slow = _peak_rss(model_dir, forget_file, work / "unlearned_slow", slow=True, chunk_size=cfg.chunk_size,
+                         device=ds.device)
     shutil.rmtree(work, ignore_errors=True)
 
     med = {k: statistics.median(v) for k, v in {**t, **epochs}.items()}
     summary = {
         "n_train": len(splits.train), "n_forget": len(forget),
+        "recipe": {"gr_grad": cfg.gr_grad, "batch_size": cfg.batch_size, "device": str(ds.device),
+                   "data_placement": ds.placement},
         "seconds": {**med, "retrain": retrained.seconds, "train": trained.seconds,
                     "cache_refresh": cache_seconds},
         "raw_seconds": {**t, **epochs},
@@ -162,15 +175,20 @@ def run_speed(cfg: SpeedConfig, *, out: Path, data_dir: Path | None, data_path: 
         "GR (exact) epoch ≤ 2.0× plain": summary["ratios"]["gr_exact_over_plain_epoch"] <= 2.0,
         "GR (fd) epoch ≤ 2.0× plain": summary["ratios"]["gr_fd_over_plain_epoch"] <= 2.0,
     }
+    if ds.device.type == "cuda":  # issue 14's GPU targets (ResNet18, CIFAR-10, 5% forgotten)
+        targets["GPU: IAU fast path ≤ 0.25 s"] = med["iau_fast"] <= 0.25
+        targets["GPU: cache refresh ≤ 2.5 s"] = cache_seconds <= 2.5
+        targets["GPU: retrain ≥ 100× the fast path"] = summary["ratios"]["retrain_over_fast"] >= 100
     summary["targets_met"] = targets
     _plot(out / "speed.png", med, retrained.seconds)
-    return write_results(out, suite=f"speed ({cfg.dataset}/{cfg.arch})", command=_command(cfg, out),
+    return write_results(out, device=ds.device, placement=ds.placement,
+                         suite=f"speed ({cfg.dataset}/{cfg.arch})", command=_command(cfg, out),
                          config=asdict(cfg), results={"summary": summary, "rows": []},
                          markdown=_markdown(summary))
 
 
 def _command(cfg: SpeedConfig, out: Path) -> str:
-    suite = "speed" if cfg.dataset == "cifar10" else "speed-quick"
+    suite = {"lenet5": "speed", "resnet18": "speed-resnet18"}[cfg.arch] if cfg.dataset == "cifar10" else "speed-quick"
     return f"unlearnd bench --suite {suite} --out {out}"
 
 
@@ -187,7 +205,8 @@ def _markdown(s: dict[str, Any]) -> str:
         f"| epoch, plain | {sec['plain']:.2f} |",
         f"| epoch, GR exact (double backprop) | {sec['gr_exact']:.2f} |",
         f"| epoch, GR fd (finite-difference HVP) | {sec['gr_fd']:.2f} |",
-        f"| full retrain on D_r (GR exact, {s['epochs']['retrain']} epochs) | {sec['retrain']:.1f} |", "",
+        f"| full retrain on D_r (GR {s['recipe']['gr_grad']}, batch {s['recipe']['batch_size']}, "
+        f"{s['epochs']['retrain']} epochs) | {sec['retrain']:.1f} |", "",
         "| ratio | value | target | met |", "|---|---:|---|---|",
         f"| fast / fwd+bwd(D_f) | {r['fast_over_fwd_bwd_forget']:.2f} | ≤ 1.5 | "
         f"{s['targets_met']['fast ≤ 1.5× fwd+bwd over D_f']} |",
@@ -198,7 +217,9 @@ def _markdown(s: dict[str, Any]) -> str:
         f"| GR exact / plain epoch | {r['gr_exact_over_plain_epoch']:.2f} | ≤ 2.0 | "
         f"{s['targets_met']['GR (exact) epoch ≤ 2.0× plain']} |",
         f"| GR fd / plain epoch | {r['gr_fd_over_plain_epoch']:.2f} | ≤ 2.0 | "
-        f"{s['targets_met']['GR (fd) epoch ≤ 2.0× plain']} |", "",
+        f"{s['targets_met']['GR (fd) epoch ≤ 2.0× plain']} |",
+        *[f"| {name} | | | {met} |" for name, met in s["targets_met"].items() if name.startswith("GPU")], "",
+        f"Device {s['recipe']['device']}, data {s['recipe']['data_placement']}.",
         f"Peak RSS of `unlearnd unlearn` (whole process, dataset included): fast path "
         f"{mem['fast']['peak_rss_mib']:.0f} MiB, slow path {mem['slow']['peak_rss_mib']:.0f} MiB.",
         f"Fast vs slow path, max |Δθ_u| = {s['fast_vs_slow_max_abs_weight_diff']:.2e}.",
@@ -230,15 +251,20 @@ def _plot(path: Path, med: dict[str, float], retrain: float) -> None:
 
 
 def _suite(cfg: SpeedConfig) -> Any:
-    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None) -> dict[str, Any]:
+    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
+            device: str = "cpu") -> dict[str, Any]:
         return run_speed(replace(cfg, seed=0 if seeds is None else cfg.seed), out=out, data_dir=data_dir,
-                         data_path=data_path)
+                         data_path=data_path, device=device)
 
     return run
 
 
 SUITES.register("speed")(Suite("CIFAR-10/LeNet5: fast & slow path, retrain, GR epoch cost, peak memory",
                                _suite(SpeedConfig())))
+SUITES.register("speed-resnet18")(Suite("ResNet18/CIFAR-10 on a GPU: the speed suite with batch 128, GR by fd, "
+                                        "≤ 15 epochs", _suite(SpeedConfig(
+                                            arch="resnet18", max_epochs=15, patience=3, epoch_repeats=2, repeats=5,
+                                            batch_size=128, gr_grad="fd"))))
 SUITES.register("speed-quick")(Suite("the speed suite on digits in well under a minute (for tests)",
                                      _suite(SpeedConfig(dataset="digits", max_epochs=5, patience=3, epoch_repeats=1,
                                                         repeats=2))))

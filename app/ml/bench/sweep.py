@@ -43,10 +43,10 @@ def _grid(cfg: SweepConfig, n_retain: int) -> list[dict[str, Any]]:
 
 
 def run_sweep(cfg: SweepConfig, *, out: Path, data_dir: Path | None, data_path: Path | None,
-              progress: bool = True) -> dict[str, Any]:
+              device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     exp = replace(cfg.experiment, alpha=cfg.alphas[0], extra_alphas=cfg.alphas[1:])
-    ds = load_dataset(exp.dataset, path=data_path, data_dir=data_dir)
+    ds = load_dataset(exp.dataset, path=data_path, data_dir=data_dir, device=device)
     ctx = prepare(exp, ds, cfg.seed, progress=progress)
     gold = evaluate_model(ctx, ctx.retrain.model, ids="val")
     rows = []
@@ -67,7 +67,8 @@ def run_sweep(cfg: SweepConfig, *, out: Path, data_dir: Path | None, data_path: 
         if r["MU_val"] <= cfg.max_mu_val and (key not in families or _key(r) < _key(families[key])):
             families[key] = r
     _plot(out / "sweep.png", rows, cfg.alphas)
-    return write_results(out, suite=cfg.name, command=f"unlearnd bench --suite {cfg.name} --out {out}",
+    return write_results(out, device=ds.device, placement=ds.placement,
+                         suite=cfg.name, command=f"unlearnd bench --suite {cfg.name} --out {out}",
                          config=asdict(cfg), results={"rows": rows, "best": best, "best_unconstrained": best_score,
                                                        "best_per_form": families, "retrain_val": gold,
                                                        "attack": ctx.attack_eval},
@@ -135,8 +136,9 @@ def _plot(path: Path, rows: list[dict[str, Any]], alphas: tuple[float, ...]) -> 
 
 
 def _suite(cfg: SweepConfig) -> Any:
-    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None) -> dict[str, Any]:
-        return run_sweep(cfg, out=out, data_dir=data_dir, data_path=data_path)
+    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
+            device: str = "cpu") -> dict[str, Any]:
+        return run_sweep(cfg, out=out, data_dir=data_dir, data_path=data_path, device=device)
 
     return run
 

@@ -151,24 +151,26 @@ def plot_power(path: Path, mem: list[dict[str, Any]], refs: int) -> None:
 
 
 def run(cfg: VerifierSuiteConfig, *, out: Path, seeds: int | None, data_dir: Path | None,
-        data_path: Path | None) -> dict[str, Any]:
+        data_path: Path | None, device: str = "cpu") -> dict[str, Any]:
     n = seeds or cfg.seeds
-    mem_ds = load_dataset(cfg.memorise_dataset, path=data_path, data_dir=data_dir)
+    mem_ds = load_dataset(cfg.memorise_dataset, path=data_path, data_dir=data_dir, device=device)
     mem = [_memorise(cfg, mem_ds, s) for s in range(n)]
-    cost_ds = load_dataset(cfg.cost_dataset, data_dir=data_dir)
+    cost_ds = load_dataset(cfg.cost_dataset, data_dir=data_dir, device=device)
     cost = [_cost(cfg, cost_ds, s) for s in range(n)]
     summary = {"lira_tpr@0.01": mean_std([m["lira"]["tpr@0.01"]["rate"] for m in mem]),
                "loss_tpr@0.01": mean_std([m["loss"]["tpr@0.01"]["rate"] for m in mem])}
     plot_power(out / "verifier.png", mem, cfg.refs)
     command = f"unlearnd bench --suite {cfg.name} --out {out}" + (f" --seeds {seeds}" if seeds else "")
-    return write_results(out, suite=cfg.name, command=command, config={**asdict(cfg), "seeds": list(range(n))},
+    return write_results(out, device=mem_ds.device, placement=mem_ds.placement,
+                         suite=cfg.name, command=command, config={**asdict(cfg), "seeds": list(range(n))},
                          results={"memorise": mem, "cost": cost, "summary": summary},
                          markdown=_markdown(cfg, mem, cost))
 
 
 def _suite(cfg: VerifierSuiteConfig) -> Any:
-    def go(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None) -> dict[str, Any]:
-        return run(cfg, out=out, seeds=seeds, data_dir=data_dir, data_path=data_path)
+    def go(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
+            device: str = "cpu") -> dict[str, Any]:
+        return run(cfg, out=out, seeds=seeds, data_dir=data_dir, data_path=data_path, device=device)
 
     return go
 

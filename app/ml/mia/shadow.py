@@ -55,7 +55,8 @@ class MembershipAttack:
         probs = F.softmax(predict_logits(model, ds, ids), dim=1)
         self.net.eval()
         with torch.no_grad():
-            return torch.sigmoid(self.net(self.features(probs, ds.labels(ids)))).numpy()
+            # the attack MLP is small and stays on the CPU, whatever device the target runs on
+            return torch.sigmoid(self.net(self.features(probs.cpu(), ds.labels(ids).cpu()))).numpy()
 
     def member_rate(self, model: nn.Module, ds: Dataset, ids: np.ndarray) -> float:
         """Fraction of IDS the attack calls members (the paper's MIA score)."""
@@ -88,7 +89,7 @@ def fit_attack(ds: Dataset, shadow_pool: np.ndarray, model_cfg: ModelConfig, tra
         shadow = fit(model_cfg, ds, inside, None, shadow_cfg, progress=False).model
         for ids, label in ((inside, 1.0), (outside, 0.0)):
             probs = F.softmax(predict_logits(shadow, ds, ids), dim=1)
-            xs.append(features(probs, ds.labels(ids)))
+            xs.append(features(probs.cpu(), ds.labels(ids).cpu()))
             ys.append(torch.full((len(ids),), label))
     x, y = torch.cat(xs), torch.cat(ys)
     net = _train_attack_net(x, y, cfg)

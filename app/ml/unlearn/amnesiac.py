@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from app.ml.unlearn import METHODS
-from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params
+from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params, seconds_since
 from app.ml.unlearn.loops import run_epochs
 
 
@@ -42,8 +42,9 @@ def amnesiac(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
     relabel = wrong_labels(task)
 
     def labels(batch: np.ndarray) -> torch.Tensor:
-        return torch.tensor([relabel.get(int(i), int(task.ds.y[i])) for i in batch], dtype=torch.int64)
+        return torch.tensor([relabel.get(int(i), int(task.ds.y[i])) for i in batch], dtype=torch.int64,
+                            device=task.ds.device)
 
     run_epochs(model, task.ds, task.train_ids, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                seed=task.seed, labels=labels)
-    return UnlearnResult(model=model, time_s=time.perf_counter() - t0, params=asdict(cfg))
+    return UnlearnResult(model=model, time_s=seconds_since(t0, task), params=asdict(cfg))

@@ -18,7 +18,7 @@ from torch import nn
 
 from app.ml.models import create_model
 from app.ml.unlearn import METHODS
-from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params
+from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params, seconds_since
 from app.ml.unlearn.loops import run_epochs
 
 
@@ -38,7 +38,7 @@ def bad_teaching(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
     student, good = copy.deepcopy(task.model), task.model
     t0 = time.perf_counter()
     torch.manual_seed(task.seed + 1)
-    bad = create_model(model_cfg).eval()
+    bad = create_model(model_cfg, task.ds.device).eval()
     rng = np.random.default_rng(task.seed)
     retain = task.retain_ids
     subset = rng.choice(retain, size=max(1, int(cfg.retain_frac * len(retain))), replace=False)
@@ -47,10 +47,10 @@ def bad_teaching(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
 
     def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: np.ndarray) -> torch.Tensor:
         with torch.no_grad():
-            is_forget = torch.tensor([int(i) in forget for i in ids]).unsqueeze(1)
+            is_forget = torch.tensor([int(i) in forget for i in ids], device=x.device).unsqueeze(1)
             target = torch.where(is_forget, F.softmax(bad(x) / t, 1), F.softmax(good(x) / t, 1))
         return F.kl_div(F.log_softmax(model(x) / t, 1), target, reduction="batchmean")
 
     run_epochs(student, task.ds, np.concatenate([task.forget_ids, subset]), epochs=cfg.epochs, lr=cfg.lr,
                batch_size=cfg.batch_size, seed=task.seed, loss_fn=loss)
-    return UnlearnResult(model=student, time_s=time.perf_counter() - t0, params=asdict(cfg))
+    return UnlearnResult(model=student, time_s=seconds_since(t0, task), params=asdict(cfg))

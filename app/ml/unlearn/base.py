@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -11,6 +12,7 @@ import numpy as np
 from torch import nn
 
 from app.ml.data import Dataset
+from app.ml.device import synchronize
 from app.ml.errors import ConfigError, ForgetSetError
 from app.ml.gradcache import GradCache
 from app.ml.models import ModelConfig
@@ -43,6 +45,12 @@ class UnlearnTask:
     @property
     def retain_ids(self) -> np.ndarray:
         return np.setdiff1d(self.train_ids, self.forget_ids)
+
+
+def seconds_since(t0: float, task: UnlearnTask) -> float:
+    """Wall time of an update, its queued GPU kernels included (else a GPU time is only the launches)."""
+    synchronize(task.ds.device)
+    return time.perf_counter() - t0
 
 
 @dataclass

@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from app.ml.unlearn import METHODS
-from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params
+from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params, seconds_since
 from app.ml.unlearn.loops import run_epochs
 
 
@@ -30,4 +30,4 @@ def finetune(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
     t0 = time.perf_counter()
     run_epochs(model, task.ds, task.retain_ids, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                seed=task.seed)
-    return UnlearnResult(model=model, time_s=time.perf_counter() - t0, params=asdict(cfg))
+    return UnlearnResult(model=model, time_s=seconds_since(t0, task), params=asdict(cfg))

@@ -22,7 +22,7 @@ from torch.func import functional_call, grad, vmap
 
 from app.ml.data import Dataset
 from app.ml.unlearn import METHODS
-from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params
+from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params, seconds_since
 
 
 @dataclass(frozen=True)
@@ -68,5 +68,6 @@ def fisher(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
                 var = var.flatten(1).mean(1).view(-1, *([1] * (p.ndim - 1))).expand_as(p).clone()
             if name in last or p.ndim == 1:
                 var = var * 10
-            p.add_(var.sqrt() * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return UnlearnResult(model=model, time_s=time.perf_counter() - t0, params=asdict(cfg))
+            # drawn on the CPU: the same seed gives the same noise on every device
+            p.add_(var.sqrt() * torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
+    return UnlearnResult(model=model, time_s=seconds_since(t0, task), params=asdict(cfg))

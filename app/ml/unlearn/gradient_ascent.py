@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from app.ml.unlearn import METHODS
-from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params
+from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params, seconds_since
 from app.ml.unlearn.loops import run_epochs
 
 
@@ -39,4 +39,4 @@ def gradient_ascent(task: UnlearnTask, params: dict[str, object]) -> UnlearnResu
     t0 = time.perf_counter()
     run_epochs(model, task.ds, task.forget_ids, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                seed=task.seed, loss_fn=_negative_ce)
-    return UnlearnResult(model=model, time_s=time.perf_counter() - t0, params=asdict(cfg))
+    return UnlearnResult(model=model, time_s=seconds_since(t0, task), params=asdict(cfg))

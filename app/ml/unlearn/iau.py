@@ -20,7 +20,7 @@ import torch
 from app.ml.errors import CacheMismatchError
 from app.ml.grads import GradSums, grad_sum, trainable
 from app.ml.unlearn import METHODS
-from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params
+from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params, seconds_since
 
 ADAM_EPS = 1e-8  # torch.optim.Adam's default
 
@@ -49,7 +49,7 @@ def _retain_sums(task: UnlearnTask, forget: GradSums) -> tuple[GradSums, str, st
     if task.cache is not None:
         try:
             task.cache.check(weights=task.weights_sha256, ids=task.train_ids)
-            return {k: task.cache.sums[k] - forget[k] for k in forget}, "fast", None
+            return {k: task.cache.sums[k].to(forget[k].device) - forget[k] for k in forget}, "fast", None
         except CacheMismatchError as e:
             reason = str(e)
     return grad_sum(task.model, task.ds, task.retain_ids, chunk_size=task.chunk_size), "slow", reason
@@ -83,5 +83,5 @@ def iau(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
             if cfg.step == "adam":
                 d = d / (d.abs() + ADAM_EPS)
             p.sub_((cfg.eta * d).to(p.dtype))
-    elapsed = time.perf_counter() - t0
+    elapsed = seconds_since(t0, task)
     return UnlearnResult(model=model, time_s=elapsed, params=asdict(cfg), info=info)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from app.ml.errors import ConfigError
 from app.ml.unlearn import METHODS
-from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params
+from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params, seconds_since
 from app.ml.verify.base import phi_from_logits, true_class_logit
 
 CALIB_SAMPLE = 1000
@@ -73,8 +73,8 @@ def targets(task: UnlearnTask, kind: str) -> torch.Tensor:
     phi_f = true_class_logit(task.model, task.ds, task.forget_ids, flip=v.flip)
     if kind == "shift":
         delta = np.median(phi_f - v.out_mean_of(task.forget_ids)) - np.median(excess_cal)
-        return torch.from_numpy(phi_f - max(float(delta), 0.0))
-    return torch.from_numpy(v.out_mean_of(task.forget_ids) + np.median(excess_cal))
+        return torch.from_numpy(phi_f - max(float(delta), 0.0)).to(task.ds.device)
+    return torch.from_numpy(v.out_mean_of(task.forget_ids) + np.median(excess_cal)).to(task.ds.device)
 
 
 @METHODS.register("out_match")
@@ -110,4 +110,4 @@ def out_match(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
             opt.step()
             ramp.step()
     model.eval()
-    return UnlearnResult(model=model, time_s=time.perf_counter() - t0, params=asdict(cfg))
+    return UnlearnResult(model=model, time_s=seconds_since(t0, task), params=asdict(cfg))

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 from app.ml.train import fit
 from app.ml.unlearn import METHODS
-from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params
+from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params, seconds_since
 
 
 @dataclass(frozen=True)
@@ -22,5 +22,5 @@ def retrain(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
     t0 = time.perf_counter()
     result = fit(model_cfg, task.ds, task.retain_ids, val_ids, train_cfg, progress=False)
     result.model.eval()
-    return UnlearnResult(model=result.model, time_s=time.perf_counter() - t0,
+    return UnlearnResult(model=result.model, time_s=seconds_since(t0, task),
                          params={**asdict(cfg), **asdict(train_cfg)}, info={"epochs": result.epochs_run})

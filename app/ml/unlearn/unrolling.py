@@ -17,7 +17,7 @@ import torch
 from app.ml.grads import grad_sum, trainable
 from app.ml.train import seeded_model
 from app.ml.unlearn import METHODS
-from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params
+from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params, seconds_since
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,11 @@ def unrolling(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
     epochs = cfg.epochs or task.epochs_trained or train_cfg.max_epochs
     model = copy.deepcopy(task.model)
     t0 = time.perf_counter()
-    init = seeded_model(model_cfg, train_cfg.seed)
+    init = seeded_model(model_cfg, train_cfg.seed, task.ds.device)
     g0 = grad_sum(init, task.ds, task.forget_ids, chunk_size=task.chunk_size)
     step = cfg.scale * train_cfg.lr * epochs / train_cfg.batch_size
     with torch.no_grad():
         for name, p in trainable(model):
             p.add_((step * g0[name]).to(p.dtype))
-    return UnlearnResult(model=model, time_s=time.perf_counter() - t0,
+    return UnlearnResult(model=model, time_s=seconds_since(t0, task),
                          params={**asdict(cfg), "epochs": epochs, "step": step})

@@ -176,7 +176,7 @@ def true_class_logit(model: nn.Module, ds: Dataset, ids: np.ndarray, *, flip: bo
         phi = torch.stack([phi_from_logits(model(v), y) for v in views]).mean(0)
         out.append(phi)
     model.train(was_training)
-    return torch.cat(out).double().numpy() if out else np.empty(0)
+    return torch.cat(out).double().cpu().numpy() if out else np.empty(0)
 
 
 def phi_from_logits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -62,19 +62,22 @@ def calibration_line(cal: dict[str, Any]) -> str:
 
 
 def verify_command(*, model: Path, ids_file: Path, against: Path | None, data: Path | None,
-                   data_dir: Path | None, as_json: bool) -> dict[str, Any]:
+                   data_dir: Path | None, as_json: bool, device: str = "cpu") -> dict[str, Any]:
+    from app.ml.device import describe, resolve
     from app.ml.pipeline import dataset_for, read_ids
 
-    md = load_model_dir(model)
+    dev = resolve(device)
+    md = load_model_dir(model, device=dev)
     v = load_verifier(model / FOLDER)
     ids = v.check_ids(read_ids(ids_file))
     ds = dataset_for(md, data_path=data, data_dir=data_dir)
     assessed, p_model = v.assess_with_pvalues(md.model, ds, ids)
-    result: dict[str, Any] = {"model": str(model), "power": power_summary(v), "assessed": assessed}
+    result: dict[str, Any] = {"model": str(model), "power": power_summary(v), "assessed": assessed,
+                              "device": describe(dev)}
     result.update(verdict(assessed, v.power))
     pvals = {"model": p_model}
     if against is not None:
-        other = load_model_dir(against)
+        other = load_model_dir(against, device=dev)
         if other.meta.get("dataset") != md.meta.get("dataset") or not np.array_equal(other.splits.test,
                                                                                      md.splits.test):
             raise DataError(f"{against} was not trained on {model}'s dataset and splits")

@@ -35,7 +35,7 @@ def build(inputs: BuildInputs, cfg: VerifierConfig) -> Verifier:
         ref = fit(inputs.model_cfg, ds, inside, None, recipe, progress=False).model
         seconds.append(time.perf_counter() - t0)
         phis.append(true_class_logit(ref, ds, scored, flip=cfg.flip))
-        states.append({k2: v.detach().clone().contiguous() for k2, v in ref.state_dict().items()})
+        states.append({k2: v.detach().cpu().clone().contiguous() for k2, v in ref.state_dict().items()})
     phi = np.stack(phis)  # (K, n_scored)
     spread = float(np.sqrt(phi.var(axis=0, ddof=1).mean()))
     return Verifier(name="lira", config=cfg, member_ids=np.sort(splits.train), calib_ids=calib,
