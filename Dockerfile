@@ -1,6 +1,10 @@
 # The unlearnd image: API (`serve`), worker (`worker`), migrations (`db upgrade`) and the ML CLI.
 # Installed editable from /srv/unlearnd so `unlearnd db upgrade` finds migrations/ beside app/.
+# TORCH_INDEX picks torch's build: cpu (the default, small) or a CUDA one for the GPU worker, e.g.
+#   docker build --build-arg TORCH_INDEX=cu130 -t unlearnd:gpu .
+# (the host needs the NVIDIA driver and container toolkit; the CUDA runtime ships inside torch's wheels)
 FROM python:3.11-slim
+ARG TORCH_INDEX=cpu
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     UNLEARND_HOME=/var/lib/unlearnd \
@@ -11,8 +15,9 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations
-# torch's CPU build (2.14.1+cpu satisfies the ==2.14.1 pin) instead of PyPI's multi-GB CUDA one
-RUN pip install --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple -e . \
+# torch from its own index (2.14.1+cpu or +cu130 satisfies the ==2.14.1 pin): the CPU image stays small
+RUN pip install --index-url "https://download.pytorch.org/whl/${TORCH_INDEX}" --extra-index-url https://pypi.org/simple \
+        -e . \
     && useradd --system --home-dir "$UNLEARND_HOME" --create-home unlearnd
 
 USER unlearnd

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from app.ml.data import Dataset
+from app.ml.device import resolve
 from app.ml.errors import DataError
 from app.ml.registry import Registry
 
@@ -55,7 +56,9 @@ def load_dataset(name: str, *, path: Path | None = None, data_dir: Path | None =
     if path is not None and not path.exists():
         raise DataError(f"dataset {name!r}: {path} does not exist")
     ds = spec.load(path)
-    return ds if device is None else ds.on(device)
+    if device is None:
+        return ds
+    return ds.on(resolve(device) if isinstance(device, str) else device)
 
 
 def _require(path: Path | None) -> Path:
