@@ -46,7 +46,7 @@ def test_exact_gr_gradient_matches_torch_func(digits: Dataset, norm: str, arch: 
     params = {k: v.detach() for k, v in model.named_parameters()}
     objective = _gr_objective(model, x, y, 0.3, norm)
     expected = grad(objective)(params)
-    assert value == pytest.approx(float(objective(params)), rel=1e-10)
+    assert float(value) == pytest.approx(float(objective(params)), rel=1e-10)
     for (name, _), g in zip(model.named_parameters(), grads, strict=True):
         torch.testing.assert_close(g, expected[name], rtol=1e-8, atol=1e-10)
 
@@ -144,6 +144,6 @@ def test_alpha_zero_is_plain_cross_entropy(digits: Dataset) -> None:
     value, grads = gr_loss_and_grads(model, x, y, alpha=0.0)
     loss = F.cross_entropy(model(x), y)
     expected = torch.autograd.grad(loss, list(model.parameters()))
-    assert value == pytest.approx(float(loss.detach()))
+    assert float(value) == pytest.approx(float(loss.detach()))
     for g, e in zip(grads, expected, strict=True):
         assert torch.equal(g, e)

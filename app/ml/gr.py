@@ -52,8 +52,9 @@ def gr_loss_and_grads(
     norm: str = "global",
     method: str = "exact",
     fd_eps: float = 1e-3,
-) -> tuple[float, list[torch.Tensor]]:
-    """Return (ℓ_GR value, ∇_θ ℓ_GR) for one minibatch, without touching .grad."""
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Return (ℓ_GR value, ∇_θ ℓ_GR) for one minibatch, without touching .grad. The value is a detached
+    0-dim tensor: reading it as a float would wait for the GPU at every step."""
     if method not in GR_GRADS:
         raise ValueError(f"unknown gr_grad {method!r}; valid: {', '.join(GR_GRADS)}")
     if alpha != 0.0 and method == "fd":
@@ -61,15 +62,15 @@ def gr_loss_and_grads(
     params = [p for p in model.parameters() if p.requires_grad]
     loss = F.cross_entropy(model(x), y)
     if alpha == 0.0:
-        return float(loss.detach()), list(torch.autograd.grad(loss, params))
+        return loss.detach(), list(torch.autograd.grad(loss, params))
     g = torch.autograd.grad(loss, params, create_graph=True)
     total = loss + alpha * penalty(g, norm)
-    return float(total.detach()), list(torch.autograd.grad(total, params))
+    return total.detach(), list(torch.autograd.grad(total, params))
 
 
 def gr_fd_loss_and_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha: float,
                          norm: str = "global", fd_eps: float = 1e-3,
-                         gates: FrozenGates | None = None) -> tuple[float, list[torch.Tensor]]:
+                         gates: FrozenGates | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The fd form of gr_loss_and_grads. GATES (made once per model) avoids re-hooking per call."""
     own = gates is None
     gates = gates or FrozenGates(model)
@@ -83,8 +84,7 @@ def gr_fd_loss_and_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
         gates.replay()
         hu = _fd_hvp(model, params, x, y, g, u, fd_eps)
         gates.off()
-        pen = float(penalty(g, norm))
-        return float(loss.detach()) + alpha * pen, [gi + alpha * hi for gi, hi in zip(g, hu, strict=True)]
+        return loss.detach() + alpha * penalty(g, norm), [gi + alpha * hi for gi, hi in zip(g, hu, strict=True)]
     finally:
         gates.off()
         if own:
@@ -100,14 +100,15 @@ def _fd_hvp(
     u: Sequence[torch.Tensor],
     eps: float,
 ) -> list[torch.Tensor]:
-    u_norm = float(torch.sqrt(sum((t * t).sum() for t in u)))  # type: ignore[arg-type]
-    r = eps / max(u_norm, 1e-12)
+    # r stays a tensor: a Python float would make the host wait for the GPU at every step
+    u_norm = torch.sqrt(sum((t * t).sum() for t in u))  # type: ignore[arg-type]
+    r = eps / u_norm.clamp(min=1e-12)
     saved = [p.detach().clone() for p in params]
     # The probe forward must not move batch-norm running statistics a second time.
     buffers = [b.detach().clone() for b in model.buffers()]
     with torch.no_grad():
         for p, d in zip(params, u, strict=True):
-            p.add_(d, alpha=r)
+            p.add_(d * r)
     g2 = torch.autograd.grad(F.cross_entropy(model(x), y), params)
     with torch.no_grad():
         for p, s in zip(params, saved, strict=True):

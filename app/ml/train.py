@@ -73,7 +73,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: Dataset, ids: 
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     order = rng.permutation(ids)
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float64, device=ds.device)  # read once at the end, not per step
     gates = FrozenGates(model) if cfg.alpha and cfg.gr_grad == "fd" else None  # hooked once per epoch
     try:
         for start in range(0, len(order), cfg.batch_size):
@@ -86,7 +86,8 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: Dataset, ids: 
                 loss, grads = gr_loss_and_grads(model, x, y, alpha=cfg.alpha, norm=cfg.gr_norm, method=cfg.gr_grad)
             if cfg.clip_norm is not None:
                 total_norm = torch.sqrt(sum((g * g).sum() for g in grads))
-                grads = [g * min(1.0, cfg.clip_norm / (float(total_norm) + 1e-12)) for g in grads]
+                scale = (cfg.clip_norm / (total_norm + 1e-12)).clamp(max=1.0)
+                grads = [g * scale for g in grads]
             for p, g in zip(params, grads, strict=True):
                 p.grad = g.sign() if cfg.optimizer == "signsgd" else g
             opt.step()
@@ -94,7 +95,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: Dataset, ids: 
     finally:
         if gates is not None:
             gates.remove()
-    return total / max(len(order), 1)
+    return float(total) / max(len(order), 1)
 
 
 def fit(model_cfg: ModelConfig, ds: Dataset, train_ids: np.ndarray, val_ids: np.ndarray | None,
