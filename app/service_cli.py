@@ -6,17 +6,21 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import FrameType
 
 from app.core.config import Settings
 from app.db import keys as keys_mod
 from app.db import ledger
-from app.db.audit import verify_chain
+from app.db.audit import head, parse_head, verify_chain
 from app.db.migrate import upgrade
-from app.db.session import transaction
+from app.db.session import transaction, utcnow
+from app.ml.errors import InvalidRequest
 from app.service.ledger_conn import LedgerConn
+from app.service.supervisor import Child, Supervisor, die_with_parent
 
 
 def _logging() -> None:
@@ -24,34 +28,45 @@ def _logging() -> None:
 
 
 def _admin_key(settings: Settings, conn: LedgerConn) -> str:
-    """The bootstrap key if configured; else one made on first start and kept in HOME/admin.key (0600)."""
+    """Where the admin key is, for the start banner. The key itself is shown only on the start that made it:
+    a log is kept, copied and shipped; a key in it is a key leaked."""
     if settings.bootstrap_admin_key:
         with transaction(conn.write) as s:
-            keys_mod.ensure_key(s, key=settings.bootstrap_admin_key, scopes=["admin"], name="bootstrap")
-        return settings.bootstrap_admin_key
+            rotated = keys_mod.ensure_bootstrap_key(s, key=settings.bootstrap_admin_key)
+        return "UNLEARND_BOOTSTRAP_ADMIN_KEY" + (" (new: the previous bootstrap key is revoked)" if rotated else "")
     path = settings.home / "admin.key"
     if path.is_file():
-        return path.read_text().strip()
+        return f"in {path}"
     with transaction(conn.write) as s:
         key = keys_mod.create_key(s, scopes=["admin"], name="first-start")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
-    return key
+    return f"{key} (shown once; also in {path}, mode 0600)"
 
 
-def _start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env)
+def _worker_child(settings: Settings, conn: LedgerConn) -> Child:
+    """The worker `serve` supervises, under one id for all its restarts: when it dies, its claims go back to
+    pending at once (no wait for the lease) and its next incarnation's first sweep enqueues them."""
+    from app.db import workers as workers_mod
+
+    worker_id = f"serve:{socket.gethostname()[:40]}:{os.getpid()}"
+    env = {**os.environ, "UNLEARND_WORKER_ID": worker_id}
+
+    def released(code: int) -> None:
+        with transaction(conn.write) as s:
+            n = workers_mod.stop(s, worker_id=worker_id, now=utcnow())
+        if n:
+            logging.getLogger("unlearnd.supervisor").warning("released %d requests the dead worker held", n)
+
+    return Child("worker", lambda: subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env,
+                                                    preexec_fn=die_with_parent), on_death=released)
 
 
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # uvicorn re-raises the signal after its graceful shutdown; the default action would kill this process
+    # before `serve`'s clean-up stops the worker and Redis
+    raise SystemExit(0)
 
 
 def serve(ns: argparse.Namespace, settings: Settings) -> int:
@@ -63,31 +78,34 @@ def serve(ns: argparse.Namespace, settings: Settings) -> int:
 
     _logging()
     resolve(settings.device)  # a GPU asked for and absent stops here, before anything starts
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade(settings.db_url)
-    embedded = worker = None
+    children = Supervisor()
+    conn = None
     try:
         if not settings.redis_url:
-            embedded = EmbeddedRedis(settings.embedded_redis_port, settings.home / "redis").start()
+            embedded = EmbeddedRedis(settings.embedded_redis_port, settings.home / "redis")
+            children.add(Child("embedded Redis", lambda: embedded.start(preexec_fn=die_with_parent).proc))
             os.environ["UNLEARND_REDIS_URL"] = embedded.url  # for the API factory and the worker
             settings = settings.model_copy(update={"redis_url": embedded.url})
         conn = LedgerConn.open(settings)
         version = publish_initial(settings, conn, model_dir=ns.model)
-        key = _admin_key(settings, conn)
-        conn.close()
+        admin = _admin_key(settings, conn)
         if not ns.no_worker:
-            worker = _start_worker(dict(os.environ))
+            children.add(_worker_child(settings, conn))
+        children.start()
         url = f"http://{ns.host}:{ns.port}"
         print(f"\nunlearnd serving version {version} at {url}  (docs: {url}/docs)\n"
-              f"admin API key: {key}\nstate: {settings.home}  ledger: {settings.db_url.split('@')[-1]}  "
+              f"admin API key: {admin}\nstate: {settings.home}  ledger: {settings.db_url.split('@')[-1]}  "
               f"redis: {settings.redis_url}\nCtrl-C stops.\n", flush=True)
         uvicorn.run("app.api.main:create_app", factory=True, host=ns.host, port=ns.port, workers=ns.workers,
                     log_level="warning", access_log=False)
     finally:
-        _stop(worker)
-        if embedded is not None:
-            embedded.stop()
-    print("unlearnd stopped")
+        children.stop()
+        if conn is not None:
+            conn.close()
+    print("unlearnd stopped", flush=True)
     return 0
 
 
@@ -164,14 +182,32 @@ def keys_revoke(ns: argparse.Namespace, settings: Settings) -> int:
 
 
 def audit_verify(ns: argparse.Namespace, settings: Settings) -> int:
+    try:
+        expect = parse_head(ns.expect_head) if ns.expect_head else None
+    except ValueError as e:
+        raise InvalidRequest(str(e)) from None
     conn = LedgerConn.open(settings)
     with transaction(conn.read) as s:
-        report = verify_chain(s)
+        report = verify_chain(s, expect_head=expect)
     if report.ok:
-        print(f"audit chain OK: {report.entries} entries")
+        anchored = f", contains the exported head {expect[0]}" if expect else " (no exported head given)"
+        print(f"audit chain OK: {report.entries} entries, every request and model version has its entry{anchored}")
         return 0
-    print(f"audit chain BROKEN at entry {report.first_bad_seq}: {report.reason}")
+    where = f" at entry {report.first_bad_seq}" if report.first_bad_seq else ""
+    print(f"audit chain BROKEN{where}: {report.reason}")
     return 1
+
+
+def audit_head(ns: argparse.Namespace, settings: Settings) -> int:
+    """Print SEQ:HASH of the last entry: store it outside this host; `audit verify --expect-head` checks it."""
+    conn = LedgerConn.open(settings)
+    with transaction(conn.read) as s:
+        last = head(s)
+    if last is None:
+        print("the audit log is empty")
+        return 1
+    print(f"{last[0]}:{last[1]}")
+    return 0
 
 
 def requests_retry(ns: argparse.Namespace, settings: Settings) -> int:
@@ -212,7 +248,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     kr.add_argument("key_id")
     kr.set_defaults(func=keys_revoke)
     a = sub.add_parser("audit", help="audit log").add_subparsers(dest="audit_command", required=True)
-    a.add_parser("verify", help="check the hash chain; names the first bad entry").set_defaults(func=audit_verify)
+    av = a.add_parser("verify", help="check the hash chain and its anchors; names the first bad entry")
+    av.add_argument("--expect-head", metavar="SEQ:HASH",
+                    help="a head exported earlier by `audit head`: the chain must still contain it")
+    av.set_defaults(func=audit_verify)
+    a.add_parser("head", help="print the last entry as SEQ:HASH, to keep outside this host").set_defaults(
+        func=audit_head)
     r = sub.add_parser("requests", help="deletion requests").add_subparsers(dest="req_command", required=True)
     rr = r.add_parser("retry", help="put a failed request back to pending")
     rr.add_argument("request_id")

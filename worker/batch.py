@@ -69,7 +69,8 @@ class Outcome:
 def claim(settings: Settings, conn: LedgerConn) -> Claimed | None:
     batch_id = str(uuid.uuid4())
     with transaction(conn.write) as s:
-        reqs = ledger.claim_batch(s, batch_id=batch_id, max_samples=settings.batch_max_samples, now=utcnow())
+        reqs = ledger.claim_batch(s, batch_id=batch_id, max_samples=settings.batch_max_samples, now=utcnow(),
+                                  worker_id=settings.worker_id)
         if not reqs:
             return None
         head = ledger.head(s)
@@ -124,10 +125,14 @@ def _mia(settings: Settings, before: nn.Module, after: nn.Module, ds: Dataset, f
 
 
 def process(settings: Settings, conn: LedgerConn, c: Claimed) -> Outcome:
-    if not c.forget:  # every sample was already forgotten: nothing to unlearn
+    if not c.forget:  # every sample was already forgotten: nothing to unlearn, but the auditors hear of it
+        now = utcnow()
         with transaction(conn.write) as s:
+            entry = append_entry(s, batch_id=c.batch_id, created_at=now.isoformat(), payload={
+                "event": "already_forgotten", "request_ids": sorted(r.id for r in c.requests),
+                "served_model_sha256": c.head.sha256, "n_already_forgotten": sum(map(len, c.already.values()))})
             ledger.complete_batch(s, batch_id=c.batch_id, request_ids=[r.id for r in c.requests],
-                                  version_id=c.head.id, forget_ids=[], audit_seq=None, now=utcnow(),
+                                  version_id=c.head.id, forget_ids=[], audit_seq=entry.seq, now=now,
                                   already=c.already)
         return Outcome(c.batch_id, "completed", c.head.id)
     t0 = time.perf_counter()

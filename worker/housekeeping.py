@@ -20,9 +20,9 @@ from redis import Redis
 from sqlalchemy import select, update
 
 from app.core.config import Settings
-from app.db import ledger
+from app.db import ledger, workers
 from app.db.models import ModelVersion
-from app.db.session import transaction, utcnow
+from app.db.session import transaction, truncate_wal, utcnow
 from app.ml.device import resolve
 from app.ml.gradcache import build_cache, cache_matches, load_cache, save_cache
 from app.service.ledger_conn import LedgerConn
@@ -41,6 +41,8 @@ def purge_forgotten(settings: Settings, conn: LedgerConn) -> None:
     if head is None or not gone:
         return
     purge(open_store(settings.store_dir, writable=True), gone)
+    if not truncate_wal(conn.engine):
+        log.info("the ledger's WAL is still read; its pre-erasure pages go at the next sweep")
     initial = settings.home / "initial-model"
     if initial.exists():
         shutil.rmtree(initial)
@@ -88,17 +90,23 @@ def refresh_cache(settings: Settings, conn: LedgerConn) -> bool:
 
 
 def release_expired(settings: Settings, conn: LedgerConn) -> int:
+    """Claims of dead workers (by heartbeat) and of batches past their lease go back to pending."""
+    now = utcnow()
     with transaction(conn.write) as s:
-        released = ledger.release_stale(s, now=utcnow(), lease_s=settings.lease_s)
+        orphaned = workers.release_dead(s, now=now, timeout_s=settings.worker_timeout_s)
+        released = ledger.release_stale(s, now=now, lease_s=settings.lease_s)
+    if orphaned:
+        log.warning("re-queued %d requests claimed by a worker that died", orphaned)
     if released:
         log.warning("re-queued %d requests whose batch outlived its lease", released)
-    return released
+    return orphaned + released
 
 
 def sweep(settings: Settings, conn: LedgerConn, redis: Redis) -> int:
     """Release expired claims and, if anything is pending, notify; returns the pending count."""
     release_expired(settings, conn)
     remove_orphans(settings, conn)
+    truncate_wal(conn.engine)  # a checkpoint a reader blocked after the last erasure
     with transaction(conn.read) as s:
         pending = ledger.pending_summary(s)[0]
     if pending:

@@ -9,7 +9,10 @@ import contextlib
 import logging
 import os
 import signal
+import socket
+import threading
 import time
+import uuid
 from types import FrameType
 
 from redis import Redis
@@ -19,7 +22,7 @@ from rq.exceptions import StopRequested
 from rq.serializers import JSONSerializer
 
 from app.core.config import Settings
-from app.db import ledger
+from app.db import ledger, workers
 from app.db.session import transaction, utcnow
 from app.service.ledger_conn import LedgerConn
 from worker.consolidate import consolidate, due
@@ -86,13 +89,55 @@ def maybe_consolidate(settings: Settings, conn: LedgerConn, redis: Redis, *, not
     return time.monotonic() + CONSOLIDATE_BACKOFF_S if result.state == "failed" else 0.0
 
 
+class Heartbeat(threading.Thread):
+    """Records in the ledger, every few seconds, that this worker is alive: a thread, so that a batch that
+    runs for minutes (a retrain) still beats."""
+
+    def __init__(self, settings: Settings, conn: LedgerConn) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self.settings, self.conn, self.done = settings, conn, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(self.settings.worker_heartbeat_s):
+            try:
+                with transaction(self.conn.write) as s:
+                    workers.beat(s, worker_id=self.settings.worker_id or "", now=utcnow())
+            except Exception as e:  # a ledger hiccup: the next beat retries well inside the timeout
+                log.warning("heartbeat failed: %s", e)
+
+
+def identify(settings: Settings) -> Settings:
+    """This process's worker id, also in the environment: the RQ jobs build their settings from it."""
+    worker_id = settings.worker_id or f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    os.environ["UNLEARND_WORKER_ID"] = worker_id
+    return settings.model_copy(update={"worker_id": worker_id})
+
+
 def run_worker(settings: Settings) -> int:
     if not settings.redis_url:
         raise SystemExit("unlearnd worker needs REDIS_URL (`unlearnd serve` starts an embedded Redis)")
     stop = _Stop()
     stop.install()
     _lower_priority(settings.worker_priority)
+    settings = identify(settings)
     conn = LedgerConn.open(settings)
+    with transaction(conn.write) as s:
+        workers.register(s, worker_id=settings.worker_id or "", host=socket.gethostname(), pid=os.getpid(),
+                         device=settings.device, now=utcnow())
+    heartbeat = Heartbeat(settings, conn)
+    heartbeat.start()
+    try:
+        return _serve_queue(settings, conn, stop)
+    finally:
+        heartbeat.done.set()
+        with transaction(conn.write) as s:  # a clean exit: whatever it still held is released now
+            workers.stop(s, worker_id=settings.worker_id or "", now=utcnow())
+        conn.close()
+        log.info("worker %s stopped", settings.worker_id)
+
+
+def _serve_queue(settings: Settings, conn: LedgerConn, stop: _Stop) -> int:
+    assert settings.redis_url
     redis = connect(settings.redis_url)
     _wait_for_head(conn, stop)
     purge_forgotten(settings, conn)  # heal a crash between a commit and its clean-up
@@ -117,6 +162,4 @@ def run_worker(settings: Settings) -> int:
             log.warning("Redis unavailable (%s); retrying", e)
             next_sweep = 0.0  # when it is back, re-send what was missed
             time.sleep(1.0)
-    conn.close()
-    log.info("worker stopped")
     return 0

@@ -36,7 +36,8 @@ def _answer(state: AppState, scope: Scope, body: bytes) -> bytes | None:
     """The response body on the happy path; None when the full stack must answer."""
     try:
         return answer_batch(state, authorization=_header(scope, b"authorization"),
-                            x_api_key=_header(scope, b"x-api-key"), body=body)
+                            x_api_key=_header(scope, b"x-api-key"), body=body,
+                            content_type=_header(scope, b"content-type"))
     except UnlearndError:
         return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 
 import torch
 from fastapi import FastAPI
+from sqlalchemy.exc import IntegrityError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import problems
@@ -21,7 +23,7 @@ from app.api.metrics import Metrics
 from app.api.routes import audit, deletes, health, models, predict
 from app.api.serving import ModelHolder
 from app.core.config import Settings
-from app.db.keys import ensure_key
+from app.db.keys import ensure_bootstrap_key
 from app.db.session import transaction
 from app.service.control import ControlContext
 from app.service.control_process import ControlRunner
@@ -70,8 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sys.setswitchinterval(GIL_SWITCH_S)
         conn = LedgerConn.open(settings)
         if settings.bootstrap_admin_key:
-            with transaction(conn.write) as s:
-                ensure_key(s, key=settings.bootstrap_admin_key, scopes=["admin"], name="bootstrap")
+            with contextlib.suppress(IntegrityError), transaction(conn.write) as s:  # another API process did it
+                ensure_bootstrap_key(s, key=settings.bootstrap_admin_key)
         store = open_store(settings.store_dir)
         holder = ModelHolder(settings, conn, store)
         holder.start()

@@ -23,3 +23,14 @@ class Metrics:
         self.swaps = Gauge("unlearnd_model_swaps", "versions swapped in by this process", registry=r)
         self.failed_loads = Gauge("unlearnd_model_failed_loads", "versions this process refused to load",
                                   registry=r)
+        # read from the ledger at each scrape: every API process reports the same service-wide numbers
+        self.pending = Gauge("unlearnd_pending_requests", "deletion requests waiting for a worker", registry=r)
+        self.oldest_pending = Gauge("unlearnd_oldest_pending_age_seconds", "age of the oldest pending request",
+                                    registry=r)
+        self.to_due = Gauge("unlearnd_seconds_to_nearest_due", "seconds until the nearest due_at of an open "
+                                                                "request (negative: overdue; NaN: none open)",
+                            registry=r)
+        self.failed_batches = Gauge("unlearnd_failed_batches", "batches whose requests failed", registry=r)
+        self.live_workers = Gauge("unlearnd_live_workers", "workers with a recent heartbeat", registry=r)
+        self.heartbeat_age = Gauge("unlearnd_worker_heartbeat_age_seconds",
+                                   "age of the freshest worker heartbeat (NaN: no worker ever started)", registry=r)

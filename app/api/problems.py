@@ -53,7 +53,9 @@ def _validation(request: Request, exc: Exception) -> JSONResponse:
 def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
-    return problem(exc.status_code, slug, str(exc.detail), str(exc.detail), request.url.path)
+    out = problem(exc.status_code, slug, str(exc.detail), str(exc.detail), request.url.path)
+    out.headers.update(exc.headers or {})  # a 405's Allow header (RFC 9110 §15.5.6) comes from the router
+    return out
 
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -75,6 +77,6 @@ PROBLEM = {"content": {"application/problem+json": {"schema": {"$ref": "#/compon
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` for the problem codes an endpoint can answer."""
     words = {400: "Malformed JSON", 401: "Missing or unknown API key", 403: "The key lacks the scope",
-             404: "Not found", 409: "Conflict", 410: "The sample was forgotten", 422: "Invalid request",
-             503: "Not ready"}
+             404: "Not found", 409: "Conflict", 410: "The sample was forgotten", 415: "The body is not JSON",
+             422: "Invalid request", 503: "Not ready"}
     return {c: {"description": words.get(c, "Error"), "model": Problem, **PROBLEM} for c in codes}

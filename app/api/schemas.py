@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+INT64_MAX = 2**63 - 1  # the ledger's integer columns (SQLite and PostgreSQL BIGINT)
+SampleId = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]
 
 
 class Problem(BaseModel):
@@ -21,7 +24,7 @@ class Problem(BaseModel):
 
 class DeleteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    sample_ids: list[StrictInt] | None = Field(default=None, description="training sample ids to forget")
+    sample_ids: list[SampleId] | None = Field(default=None, description="training sample ids to forget")
     subject_id: str | None = Field(default=None, min_length=1, max_length=128,
                                    description="forget every sample of this data subject")
 

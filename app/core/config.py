@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     queue_name: str = Field(default="unlearnd", description="RQ queue and pub/sub channel prefix")
 
     # --- service: API
-    bootstrap_admin_key: str | None = Field(default=None, min_length=16,
+    bootstrap_admin_key: str | None = Field(default=None, min_length=32,
                                             description="an admin API key inserted (hashed) at start")
     predict_open: bool = Field(default=False, description="allow /predict without a key")
     max_delete_ids: int = Field(default=1000, ge=1, description="most sample ids in one POST /delete")
@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     batch_max_wait_s: float = Field(default=1.0, ge=0, description="collect requests this long before a batch")
     batch_max_samples: int = Field(default=5000, ge=1, description="a batch starts at once with this many samples")
     lease_s: float = Field(default=300.0, gt=0, description="a claimed batch not done by then is re-queued")
+    worker_id: str | None = Field(default=None, max_length=64,
+                                  description="this worker's id in the ledger (set by `serve` for its own; else "
+                                              "host:pid:random)")
+    worker_heartbeat_s: float = Field(default=2.0, gt=0, description="how often a worker records that it is alive")
+    worker_timeout_s: float = Field(default=15.0, gt=0,
+                                    description="a worker silent this long is dead: its claims go back to pending")
     sweep_interval_s: float = Field(default=10.0, gt=0, description="re-enqueue lost work this often")
     unlearn_method: str | None = Field(default=None,
                                        description="override the model's calibrated forgetting setting with this "

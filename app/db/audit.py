@@ -3,6 +3,11 @@
 hash_n = sha256(prev_hash ‖ seq ‖ created_at ‖ batch_id ‖ payload), with prev_hash of the
 first entry = 64 zeros. Editing, removing or reordering any entry breaks every hash after it;
 `verify_chain` names the first entry that does not check out.
+
+A chain alone cannot show that its tail was cut, or that it was rewritten with every later hash
+recomputed. Two anchors can: the ledger (each request's audit_seq and each model version must
+name an entry that is there), and a head (SEQ:HASH) that an operator exported earlier and kept
+elsewhere (`unlearnd audit head`), which the chain must still contain.
 """
 
 from __future__ import annotations
@@ -12,10 +17,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.db.models import AuditEntry
+from app.db.models import AuditEntry, DeletionRequest, ModelVersion
 
 GENESIS = "0" * 64
 
@@ -53,7 +58,59 @@ class ChainReport:
     reason: str | None = None
 
 
-def verify_chain(session: Session) -> ChainReport:
+def head(session: Session) -> tuple[int, str] | None:
+    """The last entry's (seq, hash): what an operator exports to detect a later truncation or rewrite."""
+    last = session.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).first()
+    return (last.seq, last.hash) if last else None
+
+
+def parse_head(text: str) -> tuple[int, str]:
+    seq, sep, digest = text.partition(":")
+    if not sep or not seq.isascii() or not seq.isdigit() or len(digest) != 64 or \
+            any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"a head is SEQ:HASH (an integer and 64 hex digits), got {text!r}")
+    return int(seq), digest
+
+
+def verify_chain(session: Session, *, expect_head: tuple[int, str] | None = None) -> ChainReport:
+    """The chain's own hashes, then its anchors: the ledger, and EXPECT_HEAD when given."""
+    report = _verify_links(session)
+    if not report.ok:
+        return report
+    hashes = dict(session.execute(select(AuditEntry.seq, AuditEntry.hash)).tuples().all())
+    problem = _ledger_anchor(session, report.entries) or _head_anchor(expect_head, hashes, report.entries)
+    return ChainReport(False, report.entries, None, problem) if problem else report
+
+
+def _ledger_anchor(session: Session, n: int) -> str | None:
+    top = session.scalar(select(func.max(DeletionRequest.audit_seq)))
+    if top is not None and top > n:
+        return f"truncated: a deletion request names audit entry {top}, the chain ends at {n}"
+    named: set[str] = set()
+    for (text,) in session.execute(select(AuditEntry.payload)):
+        sha = json.loads(text).get("model_sha256")
+        if isinstance(sha, str):
+            named.add(sha)
+    versions = session.scalars(select(ModelVersion).order_by(ModelVersion.seq))
+    missing = [v.seq for v in versions if v.sha256 not in named]
+    if missing:
+        return (f"truncated or rewritten: model version {missing[0]} has no audit entry "
+                f"({len(missing)} versions lack one)")
+    return None
+
+
+def _head_anchor(expect: tuple[int, str] | None, hashes: dict[int, str], n: int) -> str | None:
+    if expect is None:
+        return None
+    seq, digest = expect
+    if seq not in hashes:
+        return f"truncated: the exported head is entry {seq}, the chain ends at {n}"
+    if hashes[seq] != digest:
+        return f"rewritten: entry {seq} has hash {hashes[seq][:16]}…, the exported head says {digest[:16]}…"
+    return None
+
+
+def _verify_links(session: Session) -> ChainReport:
     prev, expected_seq, n = GENESIS, 1, 0
     for e in session.scalars(select(AuditEntry).order_by(AuditEntry.seq)):
         n += 1

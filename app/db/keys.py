@@ -1,4 +1,6 @@
-"""API keys: only a sha256 of each key is stored; lookups compare digests in constant time."""
+"""API keys: only a sha256 of each key is stored, found by that digest. A key's id is random: no part
+of the secret is stored or shown. Keys are at least 32 characters, so the unsalted digest of one
+cannot be reversed by search."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from app.db.session import utcnow
 from app.ml.errors import InvalidRequest
 
 SCOPES = ("predict", "delete", "audit", "admin")
-PREFIX_LEN = 12
+MIN_KEY_LEN = 32
+BOOTSTRAP = "bootstrap"
 
 
 @dataclass(frozen=True)
@@ -39,29 +42,47 @@ def parse_scopes(text: str | list[str]) -> list[str]:
     return sorted(set(items))
 
 
+def new_key_id() -> str:
+    return "key_" + secrets.token_hex(8)
+
+
 def create_key(session: Session, *, scopes: list[str], name: str | None = None, key: str | None = None) -> str:
     """Store a key (a new random one unless KEY is given) and return it: the only time it is shown."""
     key = key or "ulk_" + secrets.token_urlsafe(32)
-    if len(key) < 16:
-        raise InvalidRequest("an API key needs at least 16 characters")
-    session.add(ApiKey(id=key[:PREFIX_LEN], key_sha256=_digest(key), scopes=" ".join(parse_scopes(scopes)),
+    check_key(key)
+    if session.scalar(select(ApiKey.id).where(ApiKey.key_sha256 == _digest(key))) is not None:
+        raise InvalidRequest("this key exists already")
+    session.add(ApiKey(id=new_key_id(), key_sha256=_digest(key), scopes=" ".join(parse_scopes(scopes)),
                        name=name, created_at=utcnow()))
     session.flush()
     return key
 
 
-def ensure_key(session: Session, *, key: str, scopes: list[str], name: str) -> None:
-    """Insert KEY unless a key with its prefix exists (bootstrap keys survive restarts)."""
-    if session.get(ApiKey, key[:PREFIX_LEN]) is None:
-        create_key(session, scopes=scopes, name=name, key=key)
+def check_key(key: str) -> None:
+    if len(key) < MIN_KEY_LEN:
+        raise InvalidRequest(f"an API key needs at least {MIN_KEY_LEN} characters")
+
+
+def ensure_bootstrap_key(session: Session, *, key: str) -> bool:
+    """Make KEY the one bootstrap admin key: a new one revokes the previous (rotation), the same one is kept
+    (restarts). True if it was inserted now."""
+    check_key(key)
+    digest = _digest(key)
+    current = list(session.scalars(select(ApiKey).where(ApiKey.name == BOOTSTRAP, ApiKey.revoked_at.is_(None))))
+    if any(hmac.compare_digest(row.key_sha256, digest) for row in current):
+        return False
+    for row in current:
+        row.revoked_at = utcnow()
+    create_key(session, scopes=["admin"], name=BOOTSTRAP, key=key)
+    return True
 
 
 def authenticate(session: Session, *, key: str) -> Principal | None:
-    row = session.get(ApiKey, key[:PREFIX_LEN]) if len(key) >= 16 else None
-    # compare against a dummy digest when no row exists, so a miss costs the same as a mismatch
-    stored = row.key_sha256 if row is not None else "0" * 64
-    ok = hmac.compare_digest(_digest(key), stored)
-    if row is None or not ok or row.revoked_at is not None:
+    if len(key) < MIN_KEY_LEN:
+        return None
+    # found by its digest: an index lookup on a value an attacker cannot steer towards a stored key
+    row = session.scalar(select(ApiKey).where(ApiKey.key_sha256 == _digest(key)))
+    if row is None or row.revoked_at is not None:
         return None
     return Principal(key_id=row.id, scopes=frozenset(row.scopes.split()))
 

@@ -88,6 +88,9 @@ class NewRequest:
     already_forgotten: list[int]
 
 
+SUBJECT_DIGEST = "sha256:"
+
+
 def _body_hash(sample_ids: Sequence[int] | None, subject_id: str | None) -> str:
     body = {"sample_ids": sorted(set(sample_ids)) if sample_ids is not None else None, "subject_id": subject_id}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
@@ -162,7 +165,23 @@ def pending_summary(session: Session) -> tuple[int, int, datetime | None]:
     return int(n), int(rows), as_utc(oldest)
 
 
-def claim_batch(session: Session, *, batch_id: str, max_samples: int, now: datetime) -> list[DeletionRequest]:
+def backlog(session: Session, *, now: datetime) -> dict[str, float]:
+    """What an operator alerts on: pending work, its age, the nearest deadline (negative: overdue), failures."""
+    n, oldest = session.execute(select(func.count(), func.min(DeletionRequest.received_at))
+                                .where(DeletionRequest.state == "pending")).one()
+    due = session.scalar(select(func.min(DeletionRequest.due_at))
+                         .where(DeletionRequest.state.in_(("pending", "processing"))))
+    failed = session.scalar(select(func.count(func.distinct(DeletionRequest.batch_id)))
+                            .where(DeletionRequest.state == "failed")) or 0
+    nan = float("nan")
+    return {"pending": float(n),
+            "oldest_pending_age_s": (now - as_utc(oldest)).total_seconds() if oldest else 0.0,  # type: ignore[operator]
+            "seconds_to_nearest_due": (as_utc(due) - now).total_seconds() if due else nan,  # type: ignore[operator]
+            "failed_batches": float(failed)}
+
+
+def claim_batch(session: Session, *, batch_id: str, max_samples: int, now: datetime,
+                worker_id: str | None = None) -> list[DeletionRequest]:
     """Move pending requests (oldest first, up to MAX_SAMPLES sample rows, at least one request) to
     processing under BATCH_ID. Each row is claimed by a conditional UPDATE, so of several workers
     exactly one wins it, on SQLite and PostgreSQL alike."""
@@ -176,7 +195,7 @@ def claim_batch(session: Session, *, batch_id: str, max_samples: int, now: datet
             break
         res = session.execute(update(DeletionRequest)
                               .where(DeletionRequest.id == rid, DeletionRequest.state == "pending")
-                              .values(state="processing", batch_id=batch_id, claimed_at=now,
+                              .values(state="processing", batch_id=batch_id, claimed_at=now, claimed_by=worker_id,
                                       attempts=DeletionRequest.attempts + 1))
         if res.rowcount == 1:  # type: ignore[attr-defined]
             claimed.append(rid)
@@ -190,7 +209,7 @@ def release_batch(session: Session, *, batch_id: str, count_attempt: bool) -> in
     MAX_ATTEMPTS errors, not after losing races to other workers."""
     res = session.execute(update(DeletionRequest)
                           .where(DeletionRequest.batch_id == batch_id, DeletionRequest.state == "processing")
-                          .values(state="pending", batch_id=None, claimed_at=None,
+                          .values(state="pending", batch_id=None, claimed_at=None, claimed_by=None,
                                   attempts=DeletionRequest.attempts - (0 if count_attempt else 1)))
     return int(res.rowcount)  # type: ignore[attr-defined]
 
@@ -200,7 +219,7 @@ def release_stale(session: Session, *, now: datetime, lease_s: float) -> int:
     cutoff = now - timedelta(seconds=lease_s)
     res = session.execute(update(DeletionRequest)
                           .where(DeletionRequest.state == "processing", DeletionRequest.claimed_at < cutoff)
-                          .values(state="pending", batch_id=None, claimed_at=None))
+                          .values(state="pending", batch_id=None, claimed_at=None, claimed_by=None))
     return int(res.rowcount)  # type: ignore[attr-defined]
 
 
@@ -211,7 +230,8 @@ def complete_batch(session: Session, *, batch_id: str, request_ids: Sequence[str
     """Requests → completed and samples → forgotten; raises Conflict if anything moved meanwhile."""
     if forget_ids:
         res = session.execute(update(Sample).where(Sample.id.in_(list(forget_ids)), Sample.state == "active")
-                              .values(state="forgotten", forgotten_at=now, forgotten_in=version_id))
+                              .values(state="forgotten", forgotten_at=now, forgotten_in=version_id,
+                                      subject_id=None))  # the link to a person is personal data too
         if res.rowcount != len(forget_ids):  # type: ignore[attr-defined]
             raise Conflict("some samples of the batch were forgotten by another batch")
     for rid in request_ids:
@@ -223,6 +243,11 @@ def complete_batch(session: Session, *, batch_id: str, request_ids: Sequence[str
                                       verdict=verdict, exact_at=now if exact else None))
         if res.rowcount != 1:  # type: ignore[attr-defined]
             raise Conflict(f"request {rid} is no longer held by batch {batch_id}")
+    # a request by subject keeps only a digest of whom it named once done: the name is personal data
+    for req in session.scalars(select(DeletionRequest).where(DeletionRequest.id.in_(list(request_ids)),
+                                                             DeletionRequest.subject_id.is_not(None))):
+        if not req.subject_id.startswith(SUBJECT_DIGEST):  # type: ignore[union-attr]
+            req.subject_id = SUBJECT_DIGEST + hashlib.sha256(req.subject_id.encode()).hexdigest()[:32]  # type: ignore[union-attr]
 
 
 def approximate_requests(session: Session) -> list[DeletionRequest]:

@@ -69,6 +69,7 @@ class DeletionRequest(Base):
     method: Mapped[str | None] = mapped_column(String(64))
     verdict: Mapped[str | None] = mapped_column(String(32))  # forgotten | partial | not measurable | unverified
     exact_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(64), index=True)  # the worker processing it
 
 
 class RequestSample(Base):
@@ -90,9 +91,23 @@ class AuditEntry(Base):
 
 class ApiKey(Base):
     __tablename__ = "api_keys"
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # the key's first 12 characters
-    key_sha256: Mapped[str] = mapped_column(String(64))
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # random, shown in `keys list`; not the secret
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     scopes: Mapped[str] = mapped_column(String(100))  # space-separated
     name: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Worker(Base):
+    """A worker process, by its heartbeat: a request claimed by a worker that stopped beating is released
+    at once instead of after the lease."""
+
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

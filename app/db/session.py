@@ -24,6 +24,7 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA secure_delete=ON")  # erased rows (subject links) are zeroed, not left in free pages
             cur.close()
 
         if not read_only:
@@ -34,6 +35,17 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def truncate_wal(engine: Engine) -> bool:
+    """SQLite: copy the WAL into the database and empty it, so page images from before an erasure leave the
+    disk. False while a reader still needs them (the next sweep tries again); True on PostgreSQL, which
+    does not keep them in our home."""
+    if engine.dialect.name != "sqlite":
+        return True
+    with engine.connect() as c:
+        busy, _, _ = c.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+    return not busy
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -104,6 +104,10 @@ class MalformedRequest(ServiceError):
     status, slug, title = 400, "malformed-json", "The body is not valid JSON"
 
 
+class UnsupportedMediaType(ServiceError):
+    status, slug, title = 415, "unsupported-media-type", "The body must be JSON"
+
+
 class NotFound(ServiceError):
     status, slug, title = 404, "not-found", "Not found"
 

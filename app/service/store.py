@@ -33,29 +33,37 @@ def open_store(folder: Path, *, writable: bool = False) -> Dataset:
     try:
         meta = json.loads((folder / "store.json").read_text())
         x = np.load(folder / "x.npy", mmap_mode="r+" if writable else "r")
-        y = np.load(folder / "y.npy")
+        y = np.load(folder / "y.npy", mmap_mode="r+") if writable else np.load(folder / "y.npy")
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"no data store in {folder}: {e}") from e
-    return Dataset(name=meta["name"], x=x, y=y, num_classes=meta["num_classes"], n_pool=meta["n_pool"],
-                   mean=_floats(meta["mean"]), std=_floats(meta["std"]))
+    ds = Dataset(name=meta["name"], x=x, y=y, num_classes=meta["num_classes"], n_pool=meta["n_pool"],
+                 mean=_floats(meta["mean"]), std=_floats(meta["std"]))
+    if writable:
+        ds.y = y  # the memory map itself (Dataset keeps a copy otherwise), so that purge writes the file
+    return ds
 
 
 def _floats(v: list[float] | None) -> np.ndarray | None:
     return None if v is None else np.asarray(v, dtype=np.float32)
 
 
+FORGOTTEN_LABEL = -1
+
+
 def purge(ds: Dataset, ids: Sequence[int]) -> int:
-    """Overwrite the features of IDS with zeros on disk; returns how many rows were not zero yet.
-    Rows already purged are only read, so the sweep can pass every forgotten id each time."""
+    """Overwrite the features of IDS with zeros and their labels with FORGOTTEN_LABEL on disk; returns how
+    many rows were not purged yet. Purged rows are only read, so the sweep can pass every forgotten id."""
     if not len(ids):
         return 0
-    if not isinstance(ds.x, np.memmap) or not ds.x.flags.writeable:
+    if not all(isinstance(a, np.memmap) and a.flags.writeable for a in (ds.x, ds.y)):
         raise DataError("purge needs a writable store")
     ids = np.asarray(ids)
-    live = ids[ds.x[ids].reshape(len(ids), -1).any(axis=1)]
+    live = ids[ds.x[ids].reshape(len(ids), -1).any(axis=1) | (ds.y[ids] != FORGOTTEN_LABEL)]
     if len(live):
         ds.x[live] = 0
+        ds.y[live] = FORGOTTEN_LABEL
         ds.x.flush()
+        ds.y.flush()
     return len(live)
 
 
@@ -64,10 +72,11 @@ def raw_to_features(ds: Dataset, rows: np.ndarray) -> torch.Tensor:
     shape = ds.x.shape[1:]
     if rows.ndim != 2 or rows.shape[1] != int(np.prod(shape)):
         raise ValueError(f"each instance needs {int(np.prod(shape))} numbers (layout {list(shape)})")
-    if not np.isfinite(rows).all():
-        raise ValueError("instances must be finite numbers")
     x = rows.reshape(-1, *shape)
-    x = np.clip(np.rint(x), 0, 255).astype(np.uint8) if ds.x.dtype == np.uint8 else x.astype(np.float32)
+    with np.errstate(over="ignore"):  # 1e39 becomes inf in float32: refused below, not answered with NaN
+        x = np.clip(np.rint(x), 0, 255).astype(np.uint8) if ds.x.dtype == np.uint8 else x.astype(np.float32)
+    if not (np.isfinite(rows).all() and np.isfinite(x).all()):
+        raise ValueError("instances must be finite numbers within float32's range")
     tmp = Dataset(name=ds.name, x=x, y=np.zeros(len(x), dtype=np.int64), num_classes=ds.num_classes,
                   n_pool=len(x), mean=ds.mean, std=ds.std)
     return tmp.features(np.arange(len(x)))

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from app.api.deps import State, require
 from app.api.problems import responses
-from app.api.schemas import AuditItem, AuditPage
+from app.api.schemas import INT64_MAX, AuditItem, AuditPage
 from app.api.threads import BackgroundRoute
 from app.service import control
 
@@ -17,8 +17,8 @@ router = APIRouter(route_class=BackgroundRoute, tags=["audit"])
 
 @router.get("/audit", response_model=AuditPage, dependencies=[Depends(require("audit"))],
             responses=responses(401, 403, 422, 503), summary="Audit entries, oldest first, paginated")
-async def audit(state: State, request: Request, offset: Annotated[int, Query(ge=0)] = 0,
-                limit: Annotated[int, Query(ge=1)] = 50) -> AuditPage:
+async def audit(state: State, request: Request, offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
+                limit: Annotated[int, Query(ge=1, le=INT64_MAX)] = 50) -> AuditPage:
     limit = min(limit, state.settings.audit_page_max)
     page = await state.control(control.audit_page, offset=offset, limit=limit)
     total = page["total"]

@@ -9,16 +9,23 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 
 from app.api.deps import State, require
 from app.api.problems import responses
+from app.api.routes.predict import is_json
 from app.api.schemas import DeleteAccepted, DeleteBody, RequestStatus
 from app.api.threads import BackgroundRoute
 from app.db.keys import Principal
+from app.ml.errors import UnsupportedMediaType
 from app.service import control
 
 router = APIRouter(route_class=BackgroundRoute, tags=["delete"])
 
 
-@router.post("/delete", status_code=202, response_model=DeleteAccepted,
-             responses=responses(400, 401, 403, 404, 409, 422, 503),
+def json_only(request: Request) -> None:
+    if not is_json(request.headers.get("content-type")):
+        raise UnsupportedMediaType("POST /delete takes application/json")
+
+
+@router.post("/delete", status_code=202, response_model=DeleteAccepted, dependencies=[Depends(json_only)],
+             responses=responses(400, 401, 403, 404, 409, 415, 422, 503),
              summary="Ask to forget samples (by ids or by subject); poll the status URL")
 async def delete(state: State, body: DeleteBody, request: Request, response: Response,
                  principal: Annotated[Principal, Depends(require("delete"))],

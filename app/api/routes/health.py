@@ -11,6 +11,8 @@ from sqlalchemy import text
 from app.api.deps import State
 from app.api.problems import problem, responses
 from app.api.threads import BackgroundRoute
+from app.db import ledger, workers
+from app.db.session import transaction, utcnow
 from app.service import control
 
 router = APIRouter(route_class=BackgroundRoute, tags=["health"])
@@ -22,7 +24,7 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses=responses(503),
-            summary="Readiness: ledger, Redis, the control process and a loaded model")
+            summary="Readiness: ledger, Redis, the control process, a loaded model and a live worker")
 def readyz(state: State, request: Request) -> Response:
     checks: dict[str, str] = {}
     try:
@@ -42,9 +44,30 @@ def readyz(state: State, request: Request) -> Response:
         checks["control"] = f"error: {type(e).__name__}"
     served = state.holder.current
     checks["model"] = f"ok: {served.version_id}" if served else "not loaded"
+    try:
+        checks["worker"] = _worker_check(state)
+    except Exception as e:
+        checks["worker"] = f"error: {type(e).__name__}"
     if all(v.startswith("ok") for v in checks.values()):
         return JSONResponse({"status": "ready", "checks": checks})
     return problem(503, "not-ready", "Not ready", "a dependency is not ready", request.url.path, checks=checks)
+
+
+def _workers(state: State) -> list[workers.WorkerStatus]:
+    with transaction(state.conn.read) as s:
+        return workers.statuses(s, now=utcnow())
+
+
+def _worker_check(state: State) -> str:
+    """Ready while some worker beats; also before any worker started (an API may come up first). Not ready
+    when every worker that ran is gone: deletions would be accepted and never processed."""
+    ws = _workers(state)
+    live = [w for w in ws if w.alive(state.settings.worker_timeout_s)]
+    if live:
+        return f"ok: {len(live)} live, freshest heartbeat {min(w.heartbeat_age_s for w in live):.1f} s ago"
+    if not ws:
+        return "ok: no worker has started yet"
+    return f"error: no live worker, last heartbeat {min(w.heartbeat_age_s for w in ws):.0f} s ago"
 
 
 @router.get("/metrics", summary="Prometheus metrics")
@@ -53,6 +76,15 @@ def metrics(state: State) -> Response:
     served = state.holder.current
     if served is not None:
         m.model_seq.set(served.seq)
+    with transaction(state.conn.read) as s:
+        backlog = ledger.backlog(s, now=utcnow())
+    m.pending.set(backlog["pending"])
+    m.oldest_pending.set(backlog["oldest_pending_age_s"])
+    m.to_due.set(backlog["seconds_to_nearest_due"])
+    m.failed_batches.set(backlog["failed_batches"])
+    ws = _workers(state)
+    m.live_workers.set(sum(w.alive(state.settings.worker_timeout_s) for w in ws))
+    m.heartbeat_age.set(min((w.heartbeat_age_s for w in ws if not w.stopped), default=float("nan")))
     m.swaps.set(state.holder.swaps)
     m.failed_loads.set(state.holder.failed_loads)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated
 
 import numpy as np
@@ -13,15 +14,17 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import AppState, State, authorize, require
 from app.api.problems import responses
-from app.api.schemas import PredictBody, PredictResponse
+from app.api.schemas import INT64_MAX, PredictBody, PredictResponse
 from app.api.serving import Served
 from app.api.threads import BackgroundRoute
 from app.db import ledger
 from app.db.session import transaction
-from app.ml.errors import Gone, InvalidRequest, MalformedRequest, NotFound, Unavailable
+from app.ml.errors import Gone, InvalidRequest, MalformedRequest, NotFound, Unavailable, UnsupportedMediaType
 from app.service.store import raw_to_features
 
 router = APIRouter(route_class=BackgroundRoute, tags=["predict"])
+SAMPLE_ID = r"^[0-9]{1,19}$"
+NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
 auth = Depends(require("predict", open_if_predict_open=True))
 
 
@@ -37,6 +40,8 @@ def payload(served: Served, x: torch.Tensor, sample_id: int | None = None) -> by
     serialised by hand: this is the hot path, and its shape is PredictResponse."""
     with torch.inference_mode():
         probs = F.softmax(served.model(x), dim=1).numpy()
+    if not np.isfinite(probs).all():  # json.dumps would write NaN: a 200 that is not JSON
+        raise InvalidRequest("the model's output is not finite for these inputs (values too large?)")
     preds = [{"label": int(p.argmax()), "probabilities": np.round(p.astype(np.float64), 6).tolist()} for p in probs]
     body = {"model_version": served.version_id, "sample_id": sample_id, "predictions": preds}
     return json.dumps(body).encode()
@@ -63,13 +68,16 @@ def from_rows(state: State, rows: np.ndarray) -> torch.Tensor:
 @router.get("/predict", response_model=PredictResponse, dependencies=[auth],
             responses=responses(401, 403, 404, 410, 422, 503),
             summary="Predict a stored training sample (`sample_id`) or one input (`x`, comma-separated)")
-async def predict_get(state: State, sample_id: Annotated[int | None, Query()] = None,
-                x: Annotated[str | None, Query(description="flattened input, comma-separated numbers")] = None,
-                ) -> Response:
+async def predict_get(state: State,
+                      sample_id: Annotated[str | None, Query(pattern=SAMPLE_ID, description="a training sample id "
+                                                             "(ASCII digits, at most 2^63 − 1)")] = None,
+                      x: Annotated[str | None, Query(description="flattened input, comma-separated numbers")] = None,
+                      ) -> Response:
     if (sample_id is None) == (x is None):
         raise InvalidRequest("give exactly one of sample_id or x")
     served = served_model(state)
     if sample_id is not None:
+        sample_id = parse_sample_id(sample_id)
         st = await run_in_threadpool(_state_of, state, sample_id)
         if st is None:
             raise NotFound(f"no training sample {sample_id}")
@@ -77,17 +85,25 @@ async def predict_get(state: State, sample_id: Annotated[int | None, Query()] = 
             raise Gone(f"sample {sample_id} was forgotten; it can no longer be used")
         return _answer(served, state.store.features(np.asarray([sample_id])), sample_id)
     assert x is not None
-    try:
-        row = np.asarray([[float(v) for v in x.split(",")]], dtype=np.float64)
-    except ValueError:
-        raise InvalidRequest("x must be comma-separated numbers") from None
-    return _answer(served, from_rows(state, row))
+    values = x.split(",")
+    if not all(NUMBER.fullmatch(v) for v in values):  # float() would take "1_0", "٣", "nan" and " 1"
+        raise InvalidRequest("x must be comma-separated decimal numbers (ASCII)")
+    return _answer(served, from_rows(state, np.asarray([[float(v) for v in values]], dtype=np.float64)))
 
 
-def instances(raw: bytes) -> np.ndarray:
+def parse_sample_id(text: str) -> int:
+    value = int(text)
+    if value > INT64_MAX:
+        raise InvalidRequest(f"sample_id must be at most {INT64_MAX}")
+    return value
+
+
+def instances(raw: bytes, content_type: str | None) -> np.ndarray:
+    if not is_json(content_type):
+        raise UnsupportedMediaType("POST /predict takes application/json")
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         raise MalformedRequest("the request body could not be parsed") from None
     if not isinstance(data, dict) or set(data) != {"instances"} or not isinstance(data["instances"], list):
         raise InvalidRequest('the body must be {"instances": [[number, ...], ...]}')
@@ -100,10 +116,16 @@ def instances(raw: bytes) -> np.ndarray:
     return rows.astype(np.float64)
 
 
-def answer_batch(state: AppState, *, authorization: str | None, x_api_key: str | None, body: bytes) -> bytes:
+def is_json(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def answer_batch(state: AppState, *, authorization: str | None, x_api_key: str | None, body: bytes,
+                 content_type: str | None) -> bytes:
     """POST /predict's whole work, shared by the fast lane and this route."""
     authorize(state, authorization=authorization, x_api_key=x_api_key, scopes=("predict",), open_if_predict_open=True)
-    rows = instances(body)
+    rows = instances(body, content_type)
     served = served_model(state)
     return payload(served, from_rows(state, rows))
 
@@ -111,12 +133,12 @@ def answer_batch(state: AppState, *, authorization: str | None, x_api_key: str |
 # The happy path of this endpoint is answered by app.api.fastlane before routing; this route answers
 # the rest (every error, as problem+json) and documents the endpoint. It reads its body and key by hand
 # all the same, so that both take one code path.
-@router.post("/predict", response_model=PredictResponse, responses=responses(400, 401, 403, 422, 503),
+@router.post("/predict", response_model=PredictResponse, responses=responses(400, 401, 403, 415, 422, 503),
              summary="Predict a batch of inputs",
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/json": {"schema": PredictBody.model_json_schema()}}}})
 async def predict_post(request: Request) -> Response:
     h = request.headers
     out = answer_batch(request.app.state.unlearnd, authorization=h.get("authorization"), x_api_key=h.get("x-api-key"),
-                       body=await request.body())
+                       body=await request.body(), content_type=h.get("content-type"))
     return Response(out, media_type="application/json")

@@ -1,0 +1,151 @@
+"""`unlearnd serve` as an operator runs it (embedded Redis, its own worker): a busy Redis port is refused
+(D1), a killed worker or Redis comes back and the worker's claims are redone at once (D3), and SIGTERM
+stops every child (D2)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.service_bench.live import free_port
+from tests.service_harness import Service, db_url_for
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc for the children")
+
+
+def _children(pid: int) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            kids = Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+        except FileNotFoundError:
+            continue
+        for k in map(int, kids):
+            try:
+                out[k] = Path(f"/proc/{k}/cmdline").read_bytes()
+            except FileNotFoundError:
+                pass
+    return out
+
+
+def _kid(pid: int, marker: bytes) -> int | None:
+    return next((k for k, cmd in _children(pid).items() if marker in cmd), None)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+class Served(Service):
+    """A Service whose `serve` runs the worker and an embedded Redis itself."""
+
+    def start_serve(self, redis_port: int, timeout_s: float = 600) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in self.env.items() if k not in ("REDIS_URL", "UNLEARND_REDIS_URL")}
+        env["UNLEARND_EMBEDDED_REDIS_PORT"] = str(redis_port)
+        self.api = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--model", str(self.model_dir),
+                                     "--port", str(self.port)], env=env, stdout=self._log("serve.log"),
+                                    stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.api.poll() is None, (self.home / "serve.log").read_text()[-3000:]
+            try:
+                r = httpx.get(self.url + "/readyz", timeout=2)
+                if r.status_code == 200 and r.json()["checks"]["worker"].startswith("ok: 1 live"):
+                    return self.api
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError((self.home / "serve.log").read_text()[-3000:])
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, digits_model_dir: Path) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("served")
+    s = Served(tmp, digits_model_dir, db_url=db_url_for("sqlite", tmp / "home"), redis_url="unused",
+               UNLEARND_DEBUG_COMMIT_DELAY_S=4)
+    s.start_serve(free_port())
+    yield s
+    s.stop()
+
+
+def test_a_busy_redis_port_is_refused(tmp_path: Path, digits_model_dir: Path) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        svc = Served(tmp_path, digits_model_dir, db_url=db_url_for("sqlite", tmp_path / "home"), redis_url="unused")
+        env = {k: v for k, v in svc.env.items() if k not in ("REDIS_URL", "UNLEARND_REDIS_URL")}
+        r = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--port", str(free_port())], timeout=120,
+                           env={**env, "UNLEARND_EMBEDDED_REDIS_PORT": str(port)}, capture_output=True, text=True)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"unlearnd: error: port {port} is in use by another process" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_killed_worker_is_back_and_its_claims_are_redone_at_once(served: Served) -> None:
+    assert served.api is not None
+    worker = _kid(served.api.pid, b"worker")
+    assert worker is not None
+    with served.client() as c:
+        rid = c.post("/delete", json={"sample_ids": served.train_ids()[:3]}).json()["id"]
+        served.wait_request(rid, states=("processing",), timeout_s=60)
+        time.sleep(0.5)  # inside the batch's 4 s commit delay
+        os.kill(worker, signal.SIGKILL)
+        t0 = time.monotonic()
+        while (new := _kid(served.api.pid, b"worker")) in (None, worker):
+            assert time.monotonic() - t0 < 10, "no new worker within 10 s"
+            time.sleep(0.1)
+        # the lease is the default 300 s: completing well before it means the claim was released on the death
+        done = served.wait_request(rid, timeout_s=60)
+        assert done["state"] == "completed" and done["attempts"] == 2
+        assert time.monotonic() - t0 < 60
+        log = (served.home / "serve.log").read_text()
+        assert "worker exited with code -9" in log and "released 1 requests the dead worker held" in log
+        assert c.get("/readyz").json()["checks"]["worker"].startswith("ok: 1 live")
+    assert new is not None and _alive(new)
+
+
+def test_a_killed_embedded_redis_is_back(served: Served) -> None:
+    assert served.api is not None
+    redis = _kid(served.api.pid, b"redis-server")
+    assert redis is not None
+    os.kill(redis, signal.SIGKILL)
+    t0 = time.monotonic()
+    while (new := _kid(served.api.pid, b"redis-server")) in (None, redis):
+        assert time.monotonic() - t0 < 10, "no new Redis within 10 s"
+        time.sleep(0.1)
+    with served.client() as c:
+        deadline = time.monotonic() + 30
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        rid = c.post("/delete", json={"sample_ids": served.train_ids()[3:4]}).json()["id"]
+        assert served.wait_request(rid, timeout_s=60)["state"] == "completed"
+    assert new is not None
+
+
+def test_sigterm_stops_every_child(served: Served) -> None:
+    assert served.api is not None
+    kids = list(_children(served.api.pid))
+    assert any(b"worker" in _children(served.api.pid)[k] for k in kids)
+    served.api.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    served.api.wait(15)
+    assert time.monotonic() - t0 < 10
+    while any(_alive(k) for k in kids):
+        assert time.monotonic() - t0 < 10, [k for k in kids if _alive(k)]
+        time.sleep(0.1)
+    assert "unlearnd stopped" in (served.home / "serve.log").read_text()
