@@ -105,7 +105,7 @@ def serve(ns: argparse.Namespace, settings: Settings) -> int:
         children.stop()
         if conn is not None:
             conn.close()
-    print("unlearnd stopped", flush=True)
+        print("unlearnd stopped", flush=True)
     return 0
 
 

@@ -128,8 +128,9 @@ def test_request_validation(factory) -> None:  # type: ignore[no-untyped-def]
 
 def test_audit_chain_detects_edit_removal_and_reordering(factory) -> None:  # type: ignore[no-untyped-def]
     with transaction(factory) as s:
-        for k in range(4):
-            append_entry(s, batch_id=f"b{k}", created_at=f"2026-01-0{k + 1}T00:00:00", payload={"k": k})
+        for k in range(4):  # the first entry publishes the fixture's version, as a service's does
+            append_entry(s, batch_id=f"b{k}", created_at=f"2026-01-0{k + 1}T00:00:00",
+                         payload={"k": k, **({"model_sha256": "a" * 64} if k == 0 else {})})
     with transaction(factory) as s:
         assert verify_chain(s).ok and verify_chain(s).entries == 4
     with transaction(factory) as s:
@@ -154,6 +155,21 @@ def test_audit_chain_detects_edit_removal_and_reordering(factory) -> None:  # ty
         s.rollback()
 
 
+def test_the_ledger_anchors_the_chain(factory) -> None:  # type: ignore[no-untyped-def]
+    with transaction(factory) as s:
+        r = verify_chain(s)
+        assert not r.ok and "model version 1 has no audit entry" in (r.reason or "")
+        append_entry(s, batch_id="publish", created_at="2026-01-01T00:00:00", payload={"model_sha256": "a" * 64})
+    rid = _request(factory, [1, 2])
+    with transaction(factory) as s:
+        assert verify_chain(s).ok
+        s.execute(update(ledger.DeletionRequest).where(ledger.DeletionRequest.id == rid).values(audit_seq=1))
+        assert verify_chain(s).ok
+        assert verify_chain(s, expect_head=(1, s.get(AuditEntry, 1).hash)).ok  # type: ignore[union-attr]
+        r = verify_chain(s, expect_head=(2, "0" * 64))
+        assert not r.ok and "truncated" in (r.reason or "")
+
+
 def test_keys_are_hashed_and_scoped(factory) -> None:  # type: ignore[no-untyped-def]
     with transaction(factory) as s:
         k = keys.create_key(s, scopes=["predict"])
@@ -167,6 +183,34 @@ def test_keys_are_hashed_and_scoped(factory) -> None:  # type: ignore[no-untyped
         assert keys.authenticate(s, key=k) is None
     with pytest.raises(InvalidRequest):
         keys.parse_scopes("predict,root")
+
+
+def test_key_ids_are_random_and_not_part_of_the_secret(factory) -> None:  # type: ignore[no-untyped-def]
+    with transaction(factory) as s:
+        k1, k2 = keys.create_key(s, scopes=["audit"]), keys.create_key(s, scopes=["audit"])
+        ids = [row.id for row in keys.list_keys(s)]
+    assert len(set(ids)) == 2
+    for key in (k1, k2):
+        assert all(i not in key and key[:8] not in i for i in ids)
+    with pytest.raises(InvalidRequest, match="at least 32"), transaction(factory) as s:
+        keys.create_key(s, scopes=["audit"], key="x" * 31)
+    with transaction(factory) as s:
+        assert keys.authenticate(s, key="x" * 31) is None
+
+
+@pytest.mark.parametrize("new", ["same_first_12_chars_" + "b" * 20, "an-unrelated-operator-key-" + "c" * 10])
+def test_rotating_the_bootstrap_key_revokes_the_previous_one(factory, new: str) -> None:  # type: ignore[no-untyped-def]
+    old = "same_first_12_chars_" + "a" * 20
+    with transaction(factory) as s:
+        assert keys.ensure_bootstrap_key(s, key=old)
+    with transaction(factory) as s:
+        assert not keys.ensure_bootstrap_key(s, key=old), "a restart with the same key changes nothing"
+        assert keys.ensure_bootstrap_key(s, key=new)
+    with transaction(factory) as s:
+        assert keys.authenticate(s, key=new) is not None and keys.authenticate(s, key=new).allows("admin")
+        assert keys.authenticate(s, key=old) is None
+        live = [k for k in keys.list_keys(s) if k.name == "bootstrap" and k.revoked_at is None]
+        assert len(live) == 1
 
 
 def test_sweep_removes_only_old_unrecorded_version_folders(tmp_path: Path) -> None:

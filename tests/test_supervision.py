@@ -4,6 +4,7 @@ stops every child (D2)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -30,10 +31,8 @@ def _children(pid: int) -> dict[int, bytes]:
         except FileNotFoundError:
             continue
         for k in map(int, kids):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 out[k] = Path(f"/proc/{k}/cmdline").read_bytes()
-            except FileNotFoundError:
-                pass
     return out
 
 

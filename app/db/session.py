@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -43,8 +44,15 @@ def truncate_wal(engine: Engine) -> bool:
     does not keep them in our home."""
     if engine.dialect.name != "sqlite":
         return True
-    with engine.connect() as c:
-        busy, _, _ = c.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+    raw = engine.raw_connection()  # outside any transaction: the engine's BEGIN IMMEDIATE would block it
+    try:
+        cur = raw.cursor()
+        busy, _, _ = cur.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        cur.close()
+    except sqlite3.OperationalError:  # a writer holds the lock right now
+        return False
+    finally:
+        raw.close()
     return not busy
 
 
