@@ -77,7 +77,7 @@ def verify_chain(session: Session, *, expect_head: tuple[int, str] | None = None
     report = _verify_links(session)
     if not report.ok:
         return report
-    hashes = dict(session.execute(select(AuditEntry.seq, AuditEntry.hash)).tuples().all())
+    hashes: dict[int, str] = {seq: h for seq, h in session.execute(select(AuditEntry.seq, AuditEntry.hash))}
     problem = _ledger_anchor(session, report.entries) or _head_anchor(expect_head, hashes, report.entries)
     return ChainReport(False, report.entries, None, problem) if problem else report
 

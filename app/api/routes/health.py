@@ -70,7 +70,9 @@ def _worker_check(state: State) -> str:
     return f"error: no live worker, last heartbeat {min(w.heartbeat_age_s for w in ws):.0f} s ago"
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"description": "Prometheus text exposition format",
+                             "content": {"text/plain": {"schema": {"type": "string"}}}}})
 def metrics(state: State) -> Response:
     m = state.metrics
     served = state.holder.current
