@@ -201,3 +201,35 @@ def test_no_byte_of_a_forgotten_sample_remains(svc: Service) -> None:
         time.sleep(0.5)  # the purge and the WAL truncation follow the commit
     assert not left, left[:5]
     assert (np.load(store / "y.npy")[ids] == -1).all(), "forgotten labels must be overwritten"
+
+
+def test_samples_of_every_split_can_be_deleted(svc: Service) -> None:
+    from app.ml.data import Splits
+    from app.ml.mia.store import load_attack
+    from app.ml.verify.store import load_verifier
+
+    splits = Splits.load(svc.model_dir / "splits.json")
+    picks = {"val": int(splits.val[0]), "test": int(splits.test[-1]), "shadow": int(splits.shadow[0])}
+    x = np.load(svc.settings.store_dir / "x.npy")
+    assert all(x[i].any() for i in picks.values())
+    with svc.client() as c:
+        done = svc.wait_request(c.post("/delete", json={"sample_ids": list(picks.values())}).json()["id"])
+        assert done["state"] == "completed" and not done["already_forgotten"]
+        entry = c.get("/audit", params={"offset": done["audit_entry"] - 1, "limit": 1}).json()["items"][0]["payload"]
+        assert entry["event"] == "erase" and entry["erased_by_split"] == {"val": 1, "test": 1, "shadow": 1}
+        assert c.get("/predict", params={"sample_id": picks["test"]}).status_code == 410
+        deadline = time.monotonic() + 120  # the verifier's references and the attack's shadows are retrained
+        while not any(i["payload"].get("event") == "rebuild_derived"
+                      for i in c.get("/audit", params={"offset": done["audit_entry"], "limit": 20}).json()["items"]):
+            assert time.monotonic() < deadline, "the models trained on the deleted shadow sample were not rebuilt"
+            time.sleep(0.5)
+        v = load_verifier(svc.home / "verifier")
+        for i in picks.values():
+            assert i not in v.calib_ids and i not in v.eval_ids and i not in v.ref_ids
+        assert picks["shadow"] in v.info["shadow_excluded"]
+        assert picks["shadow"] in load_attack(svc.home / "attack").info["shadow_excluded"]
+        x = np.load(svc.settings.store_dir / "x.npy")
+        assert not any(x[i].any() for i in picks.values())
+        # the service still forgets training samples with the rebuilt verifier
+        after = svc.wait_request(c.post("/delete", json={"sample_ids": svc.train_ids()[30:32]}).json()["id"])
+        assert after["state"] == "completed" and after["forgetting"]["verdict"] != "unverified"

@@ -52,9 +52,16 @@ class Claimed:
     requests: list[DeletionRequest]
     head: ModelVersion
     first: ModelVersion
-    forget: list[int]
+    forget: list[int]  # training samples: the served model must forget them
     train_ids: np.ndarray  # active samples before this batch, sorted
     already: dict[str, list[int]]
+    others: dict[int, str] = field(default_factory=dict)  # val / test / shadow samples → their split
+    forgotten: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # every sample forgotten before
+
+    @property
+    def erased(self) -> list[int]:
+        """Every sample this batch takes out of the ledger: the training ones and the others."""
+        return sorted([*self.forget, *self.others])
 
 
 @dataclass
@@ -77,11 +84,20 @@ def claim(settings: Settings, conn: LedgerConn) -> Claimed | None:
         first = ledger.first_version(s)
         by_req = ledger.request_sample_ids(s, request_ids=[r.id for r in reqs])
         active = np.asarray(ledger.active_ids(s), dtype=np.int64)
+        live = ledger.active_split_of(s, ids=sorted({i for ids in by_req.values() for i in ids}))
+        forgotten = np.asarray(ledger.forgotten_ids(s), dtype=np.int64)
     assert head is not None and first is not None
-    active_set = set(active.tolist())
-    forget = sorted({i for ids in by_req.values() for i in ids if i in active_set})
-    already = {rid: [i for i in ids if i not in active_set] for rid, ids in by_req.items()}
-    return Claimed(batch_id, reqs, head, first, forget, active, already)
+    forget = sorted(i for i, split in live.items() if split == "train")
+    others = {i: split for i, split in live.items() if split != "train"}
+    already = {rid: [i for i in ids if i not in live] for rid, ids in by_req.items()}
+    return Claimed(batch_id, reqs, head, first, forget, active, already, others, forgotten)
+
+
+def _by_split(others: dict[int, str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for split in others.values():
+        out[split] = out.get(split, 0) + 1
+    return out
 
 
 def _floor(settings: Settings, first: ModelVersion) -> float:
@@ -104,7 +120,8 @@ def _task(settings: Settings, c: Claimed, md: ModelDir, ds: Dataset) -> UnlearnT
     return UnlearnTask(model=md.model, ds=ds, train_ids=c.train_ids, forget_ids=np.asarray(c.forget),
                        weights_sha256=md.weights_sha256, cache=load_cache(Path(c.head.path), ds.device),
                        chunk_size=settings.chunk_size, seed=int(md.meta.get("seed", 0)), model_cfg=md.model_cfg,
-                       train_cfg=train_config_from_meta(md.meta), val_ids=md.splits.val, verifier=verifier)
+                       train_cfg=train_config_from_meta(md.meta), val_ids=np.setdiff1d(md.splits.val, c.forgotten),
+                       verifier=verifier)
 
 
 def _settings(settings: Settings, c: Claimed, md: ModelDir) -> list[Setting]:
@@ -125,23 +142,25 @@ def _mia(settings: Settings, before: nn.Module, after: nn.Module, ds: Dataset, f
 
 
 def process(settings: Settings, conn: LedgerConn, c: Claimed) -> Outcome:
-    if not c.forget:  # every sample was already forgotten: nothing to unlearn, but the auditors hear of it
+    if not c.forget:  # nothing the served model trained on: no unlearning, but the auditors hear of it
         now = utcnow()
+        event = "erase" if c.others else "already_forgotten"
         with transaction(conn.write) as s:
             entry = append_entry(s, batch_id=c.batch_id, created_at=now.isoformat(), payload={
-                "event": "already_forgotten", "request_ids": sorted(r.id for r in c.requests),
-                "served_model_sha256": c.head.sha256, "n_already_forgotten": sum(map(len, c.already.values()))})
+                "event": event, "request_ids": sorted(r.id for r in c.requests),
+                "served_model_sha256": c.head.sha256, "n_already_forgotten": sum(map(len, c.already.values())),
+                "erased_by_split": _by_split(c.others), "erased_ids_sha256": ids_sha256(np.asarray(c.erased))})
             ledger.complete_batch(s, batch_id=c.batch_id, request_ids=[r.id for r in c.requests],
-                                  version_id=c.head.id, forget_ids=[], audit_seq=entry.seq, now=now,
-                                  already=c.already)
-        return Outcome(c.batch_id, "completed", c.head.id)
+                                  version_id=c.head.id, forget_ids=c.erased, audit_seq=entry.seq, now=now,
+                                  already=c.already, method="erase" if c.others else None)
+        return Outcome(c.batch_id, "completed", c.head.id, len(c.others))
     t0 = time.perf_counter()
     dev = resolve(settings.device)
     ds = open_store(settings.store_dir).on(dev)
     md = load_version(c.head, device=dev)
     if not np.array_equal(np.sort(md.splits.train), c.train_ids):
         raise ModelLoadError(f"version {c.head.id} was not trained on the ledger's active samples")
-    hold = holdout_ids(md.splits, settings.holdout_size)
+    hold = holdout_ids(md.splits, settings.holdout_size, np.union1d(c.forgotten, list(c.others)))
     floor = _floor(settings, c.first)
     policy = PolicyConfig(floor=floor, exact_floor=exact_floor(settings, c.first),
                           backtracks=settings.backtracks, on_partial=settings.on_partial,
@@ -181,7 +200,8 @@ def _write_and_commit(settings: Settings, conn: LedgerConn, c: Claimed, md: Mode
                "test_acc_before": record["holdout_acc_before"],
                "test_acc_after": record["holdout_acc_after"],
                **{k: record[k] for k in ("mia_forget_before", "mia_forget_after", "mia_nonmember_after")},
-               "verification": record["verification"], "verdict": record["verdict"], "device": record["device"]}
+               "verification": record["verification"], "verdict": record["verdict"], "device": record["device"],
+               "erased_by_split": _by_split(c.others)}
     try:
         with transaction(conn.write) as s:
             v = ledger.add_version(s, sha256=sha, parent_id=c.head.id, path=str(path), now=now, metrics=metrics)
@@ -189,7 +209,7 @@ def _write_and_commit(settings: Settings, conn: LedgerConn, c: Claimed, md: Mode
                 raise Conflict("the head moved while this batch ran")
             entry = append_entry(s, batch_id=c.batch_id, created_at=now.isoformat(), payload=payload)
             ledger.complete_batch(s, batch_id=c.batch_id, request_ids=[r.id for r in c.requests],
-                                  version_id=v.id, forget_ids=c.forget, audit_seq=entry.seq, now=now,
+                                  version_id=v.id, forget_ids=c.erased, audit_seq=entry.seq, now=now,
                                   already=c.already, method=record["method"], verdict=record["verdict"],
                                   exact=record["exact"])
     except Conflict as e:

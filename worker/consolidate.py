@@ -85,6 +85,7 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
     with transaction(conn.read) as s:
         head, first = ledger.head(s), ledger.first_version(s)
         active = np.asarray(ledger.active_ids(s), dtype=np.int64)
+        forgotten = np.asarray(ledger.forgotten_ids(s), dtype=np.int64)
         covered = [r.id for r in ledger.approximate_requests(s)]
         chain = chain_length(s)
     if head is None or first is None or (not covered and chain == 0):
@@ -96,10 +97,11 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
     ds = open_store(settings.store_dir).on(dev)
     md = load_version(head, device=dev)
     cfg = train_config_from_meta(md.meta) or TrainConfig()
-    model = fit(md.model_cfg, ds, active, md.splits.val, cfg, progress=False).model
+    val = np.setdiff1d(md.splits.val, forgotten)  # a deleted validation sample must not steer early stopping
+    model = fit(md.model_cfg, ds, active, val, cfg, progress=False).model
     model.eval()
     train_s = time.perf_counter() - t0
-    hold = holdout_ids(md.splits, settings.holdout_size)
+    hold = holdout_ids(md.splits, settings.holdout_size, forgotten)
     floor = exact_floor(settings, first)
     acc, problem = validate(model, ds, hold, floor)
     if problem:
@@ -112,7 +114,8 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
                                   "device": describe(dev),
                                   "request_ids": sorted(covered)})
         return Result("failed", info={"why": problem, "train_s": train_s})
-    splits = Splits(train=active, val=md.splits.val, test=md.splits.test, shadow=md.splits.shadow)
+    splits = Splits(train=active, val=val, test=np.setdiff1d(md.splits.test, forgotten),
+                    shadow=np.setdiff1d(md.splits.shadow, forgotten))
     record = {"reason": reason, "n_train": len(active), "train_ids_sha256": ids_sha256(active), "train_s": train_s,
               "recipe": {"alpha": cfg.alpha, "seed": cfg.seed, "max_epochs": cfg.max_epochs},
               "device": describe(dev), "data_placement": ds.placement,

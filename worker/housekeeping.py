@@ -28,6 +28,7 @@ from app.ml.gradcache import build_cache, cache_matches, load_cache, save_cache
 from app.service.ledger_conn import LedgerConn
 from app.service.store import open_store, purge
 from app.service.versions import load_version
+from worker.derived import scrub_derived
 from worker.queue import notify
 
 log = logging.getLogger("unlearnd.housekeeping")
@@ -41,6 +42,7 @@ def purge_forgotten(settings: Settings, conn: LedgerConn) -> None:
     if head is None or not gone:
         return
     purge(open_store(settings.store_dir, writable=True), gone)
+    scrub_derived(settings, conn, np.asarray(gone, dtype=np.int64))
     if not truncate_wal(conn.engine):
         log.info("the ledger's WAL is still read; its pre-erasure pages go at the next sweep")
     initial = settings.home / "initial-model"

@@ -25,14 +25,28 @@ OPEN_STATES = ("pending", "processing")
 
 # --- samples and versions ------------------------------------------------------------------
 
-def add_samples(session: Session, *, ids: Sequence[int], subjects: dict[int, str] | None = None) -> None:
+def add_samples(session: Session, *, ids: Sequence[int], subjects: dict[int, str] | None = None,
+                split: str = "train") -> None:
     subjects = subjects or {}
-    session.bulk_insert_mappings(Sample, [{"id": int(i), "subject_id": subjects.get(int(i)), "state": "active"}
-                                          for i in ids])  # type: ignore[arg-type]
+    session.bulk_insert_mappings(Sample, [{"id": int(i), "subject_id": subjects.get(int(i)), "state": "active",
+                                           "split": split} for i in ids])  # type: ignore[arg-type]
 
 
-def active_ids(session: Session) -> list[int]:
-    return list(session.scalars(select(Sample.id).where(Sample.state == "active").order_by(Sample.id)))
+def has_split_samples(session: Session) -> bool:
+    """Whether the samples of the val, test and shadow splits are in the ledger (publishes before they were
+    are backfilled from the served version's splits)."""
+    return session.scalar(select(Sample.id).where(Sample.split != "train").limit(1)) is not None
+
+
+def active_ids(session: Session, *, split: str = "train") -> list[int]:
+    return list(session.scalars(select(Sample.id).where(Sample.state == "active", Sample.split == split)
+                                .order_by(Sample.id)))
+
+
+def active_split_of(session: Session, *, ids: Sequence[int]) -> dict[int, str]:
+    """id → split for the active ones among IDS."""
+    rows = session.execute(select(Sample.id, Sample.split).where(Sample.id.in_(list(ids)), Sample.state == "active"))
+    return {int(i): str(sp) for i, sp in rows}
 
 
 def forgotten_ids(session: Session) -> list[int]:

@@ -43,6 +43,8 @@ class Sample(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     subject_id: Mapped[str | None] = mapped_column(String(128), index=True)
     state: Mapped[str] = mapped_column(String(16), default="active", index=True)  # active | forgotten
+    # train | val | test | shadow: every split holds personal data; only train samples are in the served model
+    split: Mapped[str] = mapped_column(String(8), default="train", server_default="train", index=True)
     forgotten_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     forgotten_in: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))
 

@@ -20,7 +20,7 @@ from app.db.audit import append_entry
 from app.db.session import transaction, utcnow
 from app.ml.calibrate import CalibrationConfig
 from app.ml.checkpoint import ModelDir, load_model_dir
-from app.ml.data import SplitConfig
+from app.ml.data import SplitConfig, Splits
 from app.ml.device import resolve
 from app.ml.gradcache import build_cache, cache_matches, load_cache, save_cache
 from app.ml.metrics import accuracy
@@ -56,11 +56,11 @@ def train_default(settings: Settings, out: Path, *, progress: bool = True) -> Pa
     return out
 
 
-def _subjects(settings: Settings, md: ModelDir, default_model: bool) -> dict[int, str]:
+def _subjects(settings: Settings, md: ModelDir | None, default_model: bool) -> dict[int, str]:
     if settings.subjects_file is not None:
         raw = json.loads(settings.subjects_file.read_text())
         return {int(k): str(v) for k, v in raw.items()}
-    if default_model:  # digits has no people in it: groups of samples stand in for subjects
+    if default_model and md is not None:  # digits has no people in it: groups of samples stand in for subjects
         return {int(i): f"subject-{k // DEMO_SUBJECT_GROUP:04d}" for k, i in enumerate(np.sort(md.splits.train))}
     return {}
 
@@ -70,8 +70,9 @@ def publish_initial(settings: Settings, conn: LedgerConn, *, model_dir: Path | N
     """Publish the first version unless one exists; returns the head's version id."""
     with transaction(conn.read) as s:
         current = ledger.head(s)
-        if current is not None:
-            return current.id
+    if current is not None:
+        _backfill_splits(settings, conn, current)
+        return current.id
     default_model = model_dir is None
     if model_dir is None:
         model_dir = settings.home / "initial-model"
@@ -106,7 +107,10 @@ def publish_initial(settings: Settings, conn: LedgerConn, *, model_dir: Path | N
     with transaction(conn.write) as s:
         if ledger.head(s) is not None:  # another process published first
             return ledger.head(s).id  # type: ignore[union-attr]
-        ledger.add_samples(s, ids=train_ids.tolist(), subjects=_subjects(settings, md, default_model))
+        subjects = _subjects(settings, md, default_model)
+        ledger.add_samples(s, ids=train_ids.tolist(), subjects=subjects)
+        for split in OTHER_SPLITS:
+            ledger.add_samples(s, ids=np.sort(getattr(md.splits, split)).tolist(), subjects=subjects, split=split)
         v = ledger.add_version(s, sha256=sha, parent_id=None, path=str(path), now=now, metrics=metrics)
         ledger.set_head(s, version_id=v.id, expected=None, now=now)
         append_entry(s, batch_id="publish", created_at=now.isoformat(),
@@ -114,6 +118,25 @@ def publish_initial(settings: Settings, conn: LedgerConn, *, model_dir: Path | N
                               "arch": md.model_cfg.arch, "n_train": len(train_ids), **metrics})
         log.info("published version %s (%d training samples)", v.id, len(train_ids))
         return v.id
+
+
+OTHER_SPLITS = ("val", "test", "shadow")
+
+
+def _backfill_splits(settings: Settings, conn: LedgerConn, head: Any) -> None:
+    """Ledgers published before every split was recorded get the val, test and shadow samples of the served
+    version, so that they too can be deleted."""
+    with transaction(conn.read) as s:
+        if ledger.has_split_samples(s):
+            return
+    splits = Splits.load(Path(head.path) / "splits.json")
+    subjects = _subjects(settings, None, False)
+    with transaction(conn.write) as s:
+        if ledger.has_split_samples(s):
+            return
+        for split in OTHER_SPLITS:
+            ledger.add_samples(s, ids=np.sort(getattr(splits, split)).tolist(), subjects=subjects, split=split)
+    log.info("recorded the val, test and shadow samples in the ledger")
 
 
 def _publish_verifier(settings: Settings, md: ModelDir, ds: Any, train_cfg: TrainConfig,

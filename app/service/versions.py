@@ -58,5 +58,9 @@ def load_version(version: ModelVersion, *, probe: Dataset | None = None, device:
     return md
 
 
-def holdout_ids(splits: Splits, size: int) -> np.ndarray:
-    return splits.holdout(size)
+def holdout_ids(splits: Splits, size: int, forgotten: np.ndarray | None = None) -> np.ndarray:
+    """The held-out ids a version is validated on, less deleted test samples (their rows are zeroed)."""
+    if forgotten is None or not len(forgotten):
+        return splits.holdout(size)
+    kept = np.setdiff1d(splits.test, forgotten)
+    return Splits(train=splits.train, val=splits.val, test=kept, shadow=splits.shadow).holdout(size)
