@@ -20,7 +20,7 @@ from app.api import problems
 from app.api.deps import AppState
 from app.api.fastlane import PredictFastLane
 from app.api.metrics import Metrics
-from app.api.routes import audit, deletes, health, models, predict
+from app.api.routes import audit, deletes, health, models, predict, ui
 from app.api.serving import ModelHolder
 from app.core.config import Settings
 from app.db.keys import ensure_bootstrap_key
@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Predictions from a classifier, and GDPR-style deletion of its training samples "
                               "by IAU machine unlearning. Errors are RFC 9457 problem+json.")
     problems.install(app)
-    for r in (predict.router, deletes.router, audit.router, models.router, health.router):
+    for r in (predict.router, deletes.router, audit.router, models.router, health.router, ui.router):
         app.include_router(r)
     app.add_middleware(PredictFastLane)  # type: ignore[arg-type]
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # type: ignore[arg-type]  # outermost: counts both

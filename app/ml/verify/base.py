@@ -108,8 +108,11 @@ class Verifier:
                             ids: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
         s, cal = self.scores(model, ds, ids), self.scores(model, ds, self.calib_ids)
         p = stats.conformal_pvalues(s, cal)
+        # the p-values' histogram (10 bins): uniform for non-members, piled up near 0 for members
+        hist = np.histogram(p, bins=10, range=(0.0, 1.0))[0].tolist() if len(p) else [0] * 10
         return ({"n": len(s), "set": stats.rank_test(s, cal).to_dict(),
-                 **{f"flagged@{q:g}": stats.rate(p <= q) for q in FPRS}, **stats.ks_distance(s, cal)}, p)
+                 **{f"flagged@{q:g}": stats.rate(p <= q) for q in FPRS}, **stats.ks_distance(s, cal),
+                 "pvalue_hist": hist}, p)
 
     def pvalues(self, model: nn.Module, ds: Dataset, ids: np.ndarray) -> np.ndarray:
         return self.assess_with_pvalues(model, ds, ids)[1]

@@ -1,0 +1,85 @@
+"""Read-only queries behind the operator page: each bounded, none reads the whole log."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.db.models import AuditEntry, DeletionRequest, ModelVersion, RequestSample
+from app.db.session import as_utc
+
+STATES = ("pending", "processing", "completed", "failed", "rejected")
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    id: str
+    state: str
+    received_at: datetime
+    due_at: datetime
+    completed_at: datetime | None
+    subject_id: str | None
+    n_samples: int
+    method: str | None
+    verdict: str | None
+    exact_at: datetime | None
+    audit_seq: int | None
+    reason: str | None
+
+
+def request_counts(session: Session) -> dict[str, int]:
+    rows = session.execute(select(DeletionRequest.state, func.count()).group_by(DeletionRequest.state))
+    counts = {s: 0 for s in STATES}
+    counts.update({str(k): int(n) for k, n in rows})
+    return counts
+
+
+def requests(session: Session, *, state: str | None, limit: int) -> list[RequestRow]:
+    """The open ones by due date (the most urgent first), else the most recent."""
+    q = select(DeletionRequest)
+    if state:
+        q = q.where(DeletionRequest.state == state)
+    order = (DeletionRequest.due_at,) if state in ("pending", "processing") else (DeletionRequest.received_at.desc(),)
+    reqs = list(session.scalars(q.order_by(*order).limit(limit)))
+    sizes = {rid: n for rid, n in session.execute(select(RequestSample.request_id, func.count())
+                                                  .where(RequestSample.request_id.in_([r.id for r in reqs]))
+                                                  .group_by(RequestSample.request_id))} if reqs else {}
+    return [RequestRow(id=r.id, state=r.state, received_at=as_utc(r.received_at),  # type: ignore[arg-type]
+                       due_at=as_utc(r.due_at), completed_at=as_utc(r.completed_at),  # type: ignore[arg-type]
+                       subject_id=r.subject_id, n_samples=int(sizes.get(r.id, 0)), method=r.method,
+                       verdict=r.verdict, exact_at=as_utc(r.exact_at), audit_seq=r.audit_seq, reason=r.reason)
+            for r in reqs]
+
+
+def versions(session: Session, *, limit: int) -> list[ModelVersion]:
+    """The newest LIMIT versions, oldest first."""
+    rows = list(session.scalars(select(ModelVersion).order_by(ModelVersion.seq.desc()).limit(limit)))
+    return rows[::-1]
+
+
+def audit_total(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(AuditEntry)) or 0)
+
+
+def audit_entries(session: Session, *, offset: int, limit: int) -> list[dict[str, Any]]:
+    """Newest first: OFFSET counts back from the last entry."""
+    rows = session.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc()).offset(offset).limit(limit))
+    return [{"seq": e.seq, "created_at": e.created_at, "batch_id": e.batch_id, "payload": json.loads(e.payload),
+             "hash": e.hash} for e in rows]
+
+
+def audit_entry(session: Session, *, seq: int) -> dict[str, Any] | None:
+    e = session.get(AuditEntry, seq)
+    return None if e is None else {"seq": e.seq, "created_at": e.created_at, "payload": json.loads(e.payload)}
+
+
+def backlog_events(session: Session, *, limit: int) -> list[tuple[datetime, datetime | None]]:
+    """(received_at, left_queue_at) of the newest LIMIT requests: the backlog over time is their overlap."""
+    rows = session.execute(select(DeletionRequest.received_at, DeletionRequest.completed_at)
+                           .order_by(DeletionRequest.received_at.desc()).limit(limit))
+    return [(as_utc(a), as_utc(b)) for a, b in rows]  # type: ignore[misc]

@@ -1,0 +1,150 @@
+"""/ui, the operator page: access, escaping, what it shows after a deletion, its load time with 10,000 audit
+entries, and the same in a real browser (Debian's chromium + chromium-driver, driven by Selenium)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine
+
+from app.db.audit import append_entry
+from app.db.session import session_factory, transaction
+from tests.service_harness import Service, db_url_for
+
+XSS = "<script>alert(1)</script>"
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "ui.png"
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory: pytest.TempPathFactory, digits_model_dir: Path, redis_url: str) -> Iterator[Service]:
+    tmp = tmp_path_factory.mktemp("ui")
+    s = Service(tmp, digits_model_dir, db_url=db_url_for("sqlite", tmp / "home"), redis_url=redis_url)
+    subjects = json.loads((tmp / "subjects.json").read_text())
+    subjects[str(s.train_ids()[-1])] = XSS  # a subject id a hostile client could have put in the ledger
+    (tmp / "subjects.json").write_text(json.dumps(subjects))
+    s.start_api()
+    yield s
+    s.stop()
+
+
+def _keys(svc: Service) -> dict[str, str]:
+    return {scope: svc.cli("keys", "create", "--scopes", scope).stdout.strip() for scope in ("audit", "predict")}
+
+
+def test_access_needs_the_audit_scope(svc: Service) -> None:
+    keys = _keys(svc)
+    for headers, status, said in (({}, 401, None), ({"X-API-Key": "ulk_" + "x" * 40}, 401, "Unknown or revoked"),
+                                  ({"X-API-Key": keys["predict"]}, 403, "lacks the audit scope")):
+        r = httpx.get(svc.url + "/ui", headers=headers)
+        assert r.status_code == status and 'action="/ui/login"' in r.text, r.text[:300]
+        assert said is None or said in r.text
+    assert httpx.get(svc.url + "/ui", headers={"X-API-Key": keys["audit"]}).status_code == 200
+    bad = httpx.post(svc.url + "/ui/login", data={"key": keys["predict"]})
+    assert bad.status_code == 403 and "set-cookie" not in bad.headers
+    ok = httpx.post(svc.url + "/ui/login", data={"key": keys["audit"]})
+    assert ok.status_code == 303 and ok.headers["location"] == "/ui"
+    cookie = ok.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ui" in cookie and "secure" not in cookie
+    page = httpx.get(svc.url + "/ui", cookies=ok.cookies)
+    assert page.status_code == 200 and "operator view" in page.text and keys["audit"] not in page.text
+    out = httpx.post(svc.url + "/ui/logout", cookies=ok.cookies)
+    assert out.status_code == 303 and 'max-age=0' in out.headers["set-cookie"].lower()
+    for log in svc.home.glob("*.log"):
+        assert keys["audit"] not in log.read_text(errors="replace")
+
+
+def test_ledger_values_are_escaped(svc: Service) -> None:
+    with svc.client() as c:  # no worker yet: the request stays pending, its subject on the page
+        r = c.post("/delete", json={"subject_id": XSS})
+        assert r.status_code == 202, r.text
+        page = c.get("/ui").text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and XSS not in page
+    assert "<script" not in page  # the page has no script at all
+
+
+def test_a_deletion_shows_up_with_its_audit_row_and_verdict(svc: Service) -> None:
+    if not svc.workers:
+        svc.start_worker()
+    with svc.client() as c:
+        rid = c.post("/delete", json={"sample_ids": svc.train_ids()[:3]}).json()["id"]
+        done = svc.wait_request(rid)
+        page = c.get("/ui").text
+        verify = c.get("/ui/verify").text
+    row = page[page.index(f'data-request="{rid}"'):].split("</tr>", 1)[0]
+    assert "completed" in row and f"#{done['audit_entry']}" in row and done["forgetting"]["verdict"] in row
+    audit = page[page.index(f'data-seq="{done["audit_entry"]}"'):].split("</tr>", 1)[0]
+    assert "unlearn" in audit and done["forgetting"]["verdict"] in audit and "→" in audit
+    assert 'id="verify-result">OK' in verify.replace("\n", "")
+    assert "<svg" in page and "held-out accuracy by version" in page
+
+
+def _browser() -> tuple[str, str] | None:
+    chrome = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver")
+                                              else None)
+    return (chrome, driver) if chrome and driver else None
+
+
+@pytest.mark.skipif(_browser() is None, reason="no chromium + chromium-driver: apt-get install chromium "
+                                                "chromium-driver (.ci/run does)")
+def test_in_a_real_browser(svc: Service, tmp_path: Path) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+    from selenium.webdriver.common.by import By
+
+    chrome, driver_path = _browser()  # type: ignore[misc]
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chrome
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1600"):
+        opts.add_argument(arg)
+    key = _keys(svc)["audit"]
+    browser = webdriver.Chrome(service=DriverService(driver_path), options=opts)
+    try:
+        browser.get(svc.url + "/ui")
+        browser.find_element(By.ID, "key").send_keys(key)
+        browser.find_element(By.CSS_SELECTOR, "form[action='/ui/login'] button").click()
+        assert browser.find_element(By.ID, "serving").text.startswith("Version")
+        assert key not in browser.current_url
+        if not svc.workers:
+            svc.start_worker()
+        with svc.client() as c:
+            rid = c.post("/delete", json={"sample_ids": svc.train_ids()[3:6]}).json()["id"]
+            done = svc.wait_request(rid)
+        browser.get(svc.url + "/ui")
+        row = browser.find_element(By.CSS_SELECTOR, f"tr[data-request='{rid}']")
+        assert "completed" in row.text and done["forgetting"]["verdict"] in row.text
+        audit = browser.find_element(By.CSS_SELECTOR, f"tr[data-seq='{done['audit_entry']}']")
+        assert "unlearn" in audit.text and done["forgetting"]["verdict"] in audit.text
+        shot = tmp_path / "ui.png"
+        assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+        if os.environ.get("UNLEARND_UPDATE_SCREENSHOT"):
+            shutil.copy(shot, DOCS_SCREENSHOT)
+    finally:
+        browser.quit()
+
+
+def test_page_loads_in_300_ms_with_10000_audit_entries(svc: Service) -> None:
+    engine = create_engine(svc.settings.db_url)
+    f = session_factory(engine)
+    with transaction(f) as s:
+        for k in range(10_000):
+            append_entry(s, batch_id="load-test", created_at="2026-01-01T00:00:00",
+                         payload={"event": "consolidate_failed", "why": f"load test {k}"})
+    engine.dispose()
+    with svc.client() as c:
+        c.get("/ui")  # warm
+        times = []
+        for offset in (0, 0, 5000, 9950, 0):
+            t0 = time.perf_counter()
+            r = c.get("/ui", params={"offset": offset})
+            times.append(time.perf_counter() - t0)
+            assert r.status_code == 200 and r.text.count("<tr data-seq=") == 50
+    assert statistics.median(times) < 0.3, times
