@@ -78,6 +78,8 @@ def test_a_deletion_shows_up_with_its_audit_row_and_verdict(svc: Service) -> Non
         done = svc.wait_request(rid)
         page = c.get("/ui").text
         verify = c.get("/ui/verify").text
+        page_after = c.get("/ui").text
+    assert 'class="ok">OK' in page_after[page_after.index('id="last-verify"'):]
     row = page[page.index(f'data-request="{rid}"'):].split("</tr>", 1)[0]
     assert "completed" in row and f"#{done['audit_entry']}" in row and done["forgetting"]["verdict"] in row
     audit = page[page.index(f'data-seq="{done["audit_entry"]}"'):].split("</tr>", 1)[0]

@@ -27,6 +27,8 @@ from app.db.session import transaction, utcnow
 from app.ml.errors import Forbidden, Unauthorized
 
 router = APIRouter(include_in_schema=False)
+# The last /ui/verify of this API process: the page shows it without reading the whole log on every load.
+LAST_VERIFY: dict[str, Any] = {}
 COOKIE = "unlearnd_ui_key"
 PAGE = 50  # audit rows and requests per page
 ENV = Environment(loader=FileSystemLoader(Path(__file__).resolve().parents[1] / "templates"),
@@ -129,7 +131,7 @@ def _page(s: Any, app: AppState, *, state: str | None, offset: int, batch: int |
         "requests": [_due(r, now) for r in views.requests(s, state=state, limit=PAGE)],
         "entries": entries, "total": views.audit_total(s), "offset": offset, "limit": PAGE,
         "audit_head": f"{last[0]}:{last[1]}" if last else "empty",
-        "batch": chosen,
+        "batch": chosen, "last_verify": dict(LAST_VERIFY),
         "acc_chart": svg.line(acc, title="held-out accuracy by version", floor=floor,
                               x_lo=f"v{int(acc[0][0])}" if acc else "", x_hi=f"v{int(acc[-1][0])}" if acc else ""),
         "backlog_chart": _backlog(views.backlog_events(s, limit=2000), now),
@@ -189,6 +191,8 @@ def verify(request: Request, expect_head: str | None = None) -> Response:
     t0 = time.perf_counter()
     with transaction(app.conn.read) as s:
         report, last = verify_chain(s, expect_head=expect), audit_head(s)
+    LAST_VERIFY.update(at=utcnow(), ok=report.ok, entries=report.entries, reason=report.reason,
+                       expect=expect_head or None)
     return _render("verify.html", report=report, head=f"{last[0]}:{last[1]}" if last else "empty", expect=expect,
                    expect_text=expect_head or "", seconds=time.perf_counter() - t0)
 
