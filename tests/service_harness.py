@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +62,16 @@ class RedisForTests:
     def stop(self) -> None:
         if self.own is not None:
             self.own.stop()
+
+
+@contextmanager
+def running_sqlite_service(tmp: Path, model_dir: Path, redis_url: str, *, worker: bool = True) -> Iterator[Service]:
+    """A live API on SQLite (and a worker unless WORKER is False), stopped when the block ends."""
+    s = Service(tmp, model_dir, db_url=db_url_for("sqlite", tmp / "home"), redis_url=redis_url)
+    try:
+        s.start_api()
+        if worker:
+            s.start_worker()
+        yield s
+    finally:
+        s.stop()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from app.db.audit import entry_hash
-from tests.service_harness import Service, db_url_for
+from tests.service_harness import Service, running_sqlite_service
 
 BIG = "9223372036854775808"  # 2^63: one past int64
 ROW = ",".join(["1"] * 64)
@@ -23,12 +23,8 @@ ROW = ",".join(["1"] * 64)
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory, digits_model_dir: Path, redis_url: str) -> Iterator[Service]:
-    tmp = tmp_path_factory.mktemp("hardening")
-    s = Service(tmp, digits_model_dir, db_url=db_url_for("sqlite", tmp / "home"), redis_url=redis_url)
-    s.start_api()
-    s.start_worker()
-    yield s
-    s.stop()
+    with running_sqlite_service(tmp_path_factory.mktemp("hardening"), digits_model_dir, redis_url) as s:
+        yield s
 
 
 def _strict_json(text: str) -> object:

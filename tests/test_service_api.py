@@ -19,17 +19,13 @@ from sqlalchemy import create_engine, text
 from app.api.threads import BackgroundRoute
 from app.core.priority import BACKGROUND_NICE
 from app.service_bench.live import LiveService
-from tests.service_harness import Service, db_url_for
+from tests.service_harness import Service, running_sqlite_service
 
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory, digits_model_dir: Path, redis_url: str) -> Iterator[Service]:
-    tmp = tmp_path_factory.mktemp("api")
-    s = Service(tmp, digits_model_dir, db_url=db_url_for("sqlite", tmp / "home"), redis_url=redis_url)
-    s.start_api()
-    s.start_worker()
-    yield s
-    s.stop()
+    with running_sqlite_service(tmp_path_factory.mktemp("api"), digits_model_dir, redis_url) as s:
+        yield s
 
 
 def _count(svc: Service, table: str) -> int:

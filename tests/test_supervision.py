@@ -137,10 +137,23 @@ def test_a_killed_embedded_redis_is_back(served: Served) -> None:
 
 
 def test_sigterm_stops_every_child(served: Served) -> None:
+    _stops_every_child(served, signal.SIGTERM)
+
+
+def test_sigint_stops_every_child(tmp_path: Path, digits_model_dir: Path) -> None:
+    s = Served(tmp_path, digits_model_dir, db_url=db_url_for("sqlite", tmp_path / "home"), redis_url="unused")
+    s.start_serve(free_port())
+    try:
+        _stops_every_child(s, signal.SIGINT)
+    finally:
+        s.stop()
+
+
+def _stops_every_child(served: Served, sig: signal.Signals) -> None:
     assert served.api is not None
     kids = list(_children(served.api.pid))
     assert any(b"worker" in _children(served.api.pid)[k] for k in kids)
-    served.api.send_signal(signal.SIGTERM)
+    served.api.send_signal(sig)
     t0 = time.monotonic()
     served.api.wait(15)
     assert time.monotonic() - t0 < 10
