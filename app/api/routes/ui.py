@@ -80,6 +80,7 @@ def ui(request: Request, state: str | None = None, offset: int = 0, batch: int |
     app: AppState = request.app.state.unlearnd
     state = state if state in views.STATES else None
     offset = max(0, min(offset, 2**62))
+    batch = batch if batch is not None and 0 < batch < 2**62 else None  # the ledger's integers are 64-bit
     with transaction(app.conn.read) as s:
         ctx = _page(s, app, state=state, offset=offset, batch=batch)
     return _render("ui.html", key_id=who.key_id, **ctx)
