@@ -32,8 +32,9 @@ def _admin_key(settings: Settings, conn: LedgerConn) -> str:
     a log is kept, copied and shipped; a key in it is a key leaked."""
     if settings.bootstrap_admin_key:
         with transaction(conn.write) as s:
-            rotated = keys_mod.ensure_bootstrap_key(s, key=settings.bootstrap_admin_key)
-        return "UNLEARND_BOOTSTRAP_ADMIN_KEY" + (" (new: the previous bootstrap key is revoked)" if rotated else "")
+            what = keys_mod.ensure_bootstrap_key(s, key=settings.bootstrap_admin_key)
+        return "UNLEARND_BOOTSTRAP_ADMIN_KEY" + (" (new: the previous bootstrap key is revoked)"
+                                                 if what == "rotated" else "")
     path = settings.home / "admin.key"
     if path.is_file():
         return f"in {path}"

@@ -202,10 +202,10 @@ def test_key_ids_are_random_and_not_part_of_the_secret(factory) -> None:  # type
 def test_rotating_the_bootstrap_key_revokes_the_previous_one(factory, new: str) -> None:  # type: ignore[no-untyped-def]
     old = "same_first_12_chars_" + "a" * 20
     with transaction(factory) as s:
-        assert keys.ensure_bootstrap_key(s, key=old)
+        assert keys.ensure_bootstrap_key(s, key=old) == "created"
     with transaction(factory) as s:
-        assert not keys.ensure_bootstrap_key(s, key=old), "a restart with the same key changes nothing"
-        assert keys.ensure_bootstrap_key(s, key=new)
+        assert keys.ensure_bootstrap_key(s, key=old) == "kept", "a restart with the same key changes nothing"
+        assert keys.ensure_bootstrap_key(s, key=new) == "rotated"
     with transaction(factory) as s:
         assert keys.authenticate(s, key=new) is not None and keys.authenticate(s, key=new).allows("admin")
         assert keys.authenticate(s, key=old) is None

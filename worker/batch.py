@@ -39,7 +39,7 @@ from app.ml.unlearn.base import UnlearnTask
 from app.ml.verify.store import FOLDER as VERIFIER_FOLDER
 from app.ml.verify.store import load_verifier
 from app.service.ledger_conn import LedgerConn
-from app.service.store import open_store
+from app.service.store import store_on
 from app.service.versions import holdout_ids, load_version, write_version
 
 log = logging.getLogger("unlearnd.worker")
@@ -156,7 +156,7 @@ def process(settings: Settings, conn: LedgerConn, c: Claimed) -> Outcome:
         return Outcome(c.batch_id, "completed", c.head.id, len(c.others))
     t0 = time.perf_counter()
     dev = resolve(settings.device)
-    ds = open_store(settings.store_dir).on(dev)
+    ds = store_on(settings.store_dir, dev)
     md = load_version(c.head, device=dev)
     if not np.array_equal(np.sort(md.splits.train), c.train_ids):
         raise ModelLoadError(f"version {c.head.id} was not trained on the ledger's active samples")

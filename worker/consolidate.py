@@ -39,7 +39,7 @@ from app.ml.pipeline import train_config_from_meta
 from app.ml.policy import validate
 from app.ml.train import TrainConfig, fit
 from app.service.ledger_conn import LedgerConn
-from app.service.store import open_store
+from app.service.store import store_on
 from app.service.versions import holdout_ids, load_version, write_version
 from worker.batch import exact_floor
 
@@ -94,7 +94,7 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
              len(covered))
     t0 = time.perf_counter()
     dev = resolve(settings.device)
-    ds = open_store(settings.store_dir).on(dev)
+    ds = store_on(settings.store_dir, dev)
     md = load_version(head, device=dev)
     cfg = train_config_from_meta(md.meta) or TrainConfig()
     val = np.setdiff1d(md.splits.val, forgotten)  # a deleted validation sample must not steer early stopping

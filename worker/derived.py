@@ -31,7 +31,7 @@ from app.ml.verify.base import BuildInputs, Verifier
 from app.ml.verify.store import FOLDER as VERIFIER_FOLDER
 from app.ml.verify.store import load_verifier, save_verifier
 from app.service.ledger_conn import LedgerConn
-from app.service.store import open_store
+from app.service.store import store_on
 from app.service.versions import load_version
 
 log = logging.getLogger("unlearnd.worker")
@@ -52,7 +52,7 @@ def scrub_derived(settings: Settings, conn: LedgerConn, forgotten: np.ndarray) -
     done: dict[str, Any] = {}
     if stale_v or stale_a:
         md = load_version(head, device=resolve(settings.device))
-        ds = open_store(settings.store_dir).on(resolve(settings.device))
+        ds = store_on(settings.store_dir, resolve(settings.device))
         splits = Splits(train=np.sort(md.splits.train), val=md.splits.val,
                         test=np.setdiff1d(md.splits.test, forgotten), shadow=np.setdiff1d(md.splits.shadow, excluded))
         recipe = train_config_from_meta(md.meta) or TrainConfig()

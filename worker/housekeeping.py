@@ -26,7 +26,7 @@ from app.db.session import transaction, truncate_wal, utcnow
 from app.ml.device import resolve
 from app.ml.gradcache import build_cache, cache_matches, load_cache, save_cache
 from app.service.ledger_conn import LedgerConn
-from app.service.store import open_store, purge
+from app.service.store import open_store, purge, store_on
 from app.service.versions import load_version
 from worker.derived import scrub_derived
 from worker.queue import notify
@@ -85,7 +85,7 @@ def refresh_cache(settings: Settings, conn: LedgerConn) -> bool:
         return False
     dev = resolve(settings.device)
     md = load_version(head, device=dev)
-    save_cache(build_cache(md.model, open_store(settings.store_dir).on(dev), active, chunk_size=settings.chunk_size),
+    save_cache(build_cache(md.model, store_on(settings.store_dir, dev), active, chunk_size=settings.chunk_size),
                Path(head.path))
     log.info("gradient cache built for version %s (%d samples)", head.id, len(active))
     return True

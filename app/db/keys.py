@@ -63,18 +63,18 @@ def check_key(key: str) -> None:
         raise InvalidRequest(f"an API key needs at least {MIN_KEY_LEN} characters")
 
 
-def ensure_bootstrap_key(session: Session, *, key: str) -> bool:
+def ensure_bootstrap_key(session: Session, *, key: str) -> str:
     """Make KEY the one bootstrap admin key: a new one revokes the previous (rotation), the same one is kept
-    (restarts). True if it was inserted now."""
+    (restarts). Returns "kept", "created" or "rotated"."""
     check_key(key)
     digest = _digest(key)
     current = list(session.scalars(select(ApiKey).where(ApiKey.name == BOOTSTRAP, ApiKey.revoked_at.is_(None))))
     if any(hmac.compare_digest(row.key_sha256, digest) for row in current):
-        return False
+        return "kept"
     for row in current:
         row.revoked_at = utcnow()
     create_key(session, scopes=["admin"], name=BOOTSTRAP, key=key)
-    return True
+    return "rotated" if current else "created"
 
 
 def authenticate(session: Session, *, key: str) -> Principal | None:
