@@ -29,7 +29,7 @@ from app.ml.train import TrainConfig
 from app.ml.verify import build_verifier
 from app.ml.verify.base import BuildInputs, Verifier
 from app.ml.verify.store import FOLDER as VERIFIER_FOLDER
-from app.ml.verify.store import load_verifier, save_verifier
+from app.ml.verify.store import load_verifier, save_statistics, save_verifier
 from app.service.ledger_conn import LedgerConn
 from app.service.store import store_on
 from app.service.versions import load_version
@@ -43,7 +43,7 @@ def scrub_derived(settings: Settings, conn: LedgerConn, forgotten: np.ndarray) -
     if head is None or not len(forgotten):
         return {}
     folder = settings.home / VERIFIER_FOLDER
-    v = load_verifier(folder, with_refs=True) if folder.is_dir() else None
+    v = load_verifier(folder) if folder.is_dir() else None  # the references only if they must be rebuilt
     attack_dir = settings.home / "attack"
     attack = load_attack(attack_dir) if (attack_dir / "attack.json").is_file() else None
     excluded = np.intersect1d(forgotten, Splits.load(Path(head.path) / "splits.json").shadow)
@@ -68,8 +68,10 @@ def scrub_derived(settings: Settings, conn: LedgerConn, forgotten: np.ndarray) -
             done["attack"] = "rebuilt"
     if v is not None and _drop_stats(v, forgotten):
         done.setdefault("verifier", "statistics dropped")
-    if v is not None and done.get("verifier"):
+    if v is not None and done.get("verifier") == "rebuilt":
         save_verifier(v, folder)
+    elif v is not None and done.get("verifier"):
+        save_statistics(v, folder)
     if done.get("verifier") == "rebuilt" or done.get("attack"):
         now = utcnow()
         with transaction(conn.write) as s:

@@ -21,6 +21,14 @@ FOLDER = "verifier"
 ARRAYS = ("member_ids", "calib_ids", "eval_ids", "ref_ids", "out_mean")
 
 
+def save_statistics(v: Verifier, folder: Path) -> None:
+    """Only the per-sample arrays, atomically, beside the reference models already there (which can be large:
+    a ResNet18's are 45 MB each): what dropping a deleted sample's statistics rewrites."""
+    arrays = {name: torch.from_numpy(np.ascontiguousarray(getattr(v, name))) for name in ARRAYS}
+    with atomic_replace(Path(folder) / "stats.safetensors") as t:
+        save_file(arrays, str(t))
+
+
 def save_verifier(v: Verifier, folder: Path) -> Path:
     """Write into a sibling temp folder, then swap it in: a reader never sees half a verifier."""
     folder = Path(folder)
@@ -30,9 +38,7 @@ def save_verifier(v: Verifier, folder: Path) -> Path:
     for k, state in enumerate(v.ref_states):
         with atomic_replace(tmp / f"ref-{k}.safetensors") as t:
             save_file(state, str(t))
-    arrays = {name: torch.from_numpy(np.ascontiguousarray(getattr(v, name))) for name in ARRAYS}
-    with atomic_replace(tmp / "stats.safetensors") as t:
-        save_file(arrays, str(t))
+    save_statistics(v, tmp)
     meta = {"name": v.name, "config": asdict(v.config), "out_std": v.out_std, "flip": v.flip, "info": v.info,
             "power": v.power, "n_refs": len(v.ref_states)}
     atomic_write_text(tmp / "verifier.json", json.dumps(meta, indent=2, sort_keys=True))
