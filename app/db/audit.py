@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.db.models import AuditEntry, DeletionRequest, ModelVersion
+from app.db.models import AuditEntry, DeletionRequest, Head, ModelVersion
 
 GENESIS = "0" * 64
 
@@ -38,7 +38,10 @@ def entry_hash(*, prev_hash: str, seq: int, created_at: str, batch_id: str, payl
 
 
 def append_entry(session: Session, *, batch_id: str, created_at: str, payload: dict[str, Any]) -> AuditEntry:
-    """Append inside the caller's transaction (which also holds the head's CAS, so appends serialise)."""
+    """Append inside the caller's transaction. The head row's lock (taken here if the caller's compare-and-set
+    has not taken it) serialises appends on PostgreSQL, also for entries that move no version (an erasure, a
+    failed consolidation): two of them no longer race for the same seq. SQLite serialises writers anyway."""
+    session.execute(select(Head.id).where(Head.id == 1).with_for_update())
     last = session.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).first()
     seq, prev = (last.seq + 1, last.hash) if last else (1, GENESIS)
     text = canonical(payload)
