@@ -149,6 +149,25 @@ def test_sigint_stops_every_child(tmp_path: Path, digits_model_dir: Path) -> Non
         s.stop()
 
 
+def test_a_killed_serve_leaves_no_child(tmp_path: Path, digits_model_dir: Path) -> None:
+    """SIGKILL runs no clean-up: the worker and Redis die with their parent (PR_SET_PDEATHSIG), the API's
+    control process notices its parent is gone."""
+    s = Served(tmp_path, digits_model_dir, db_url=db_url_for("sqlite", tmp_path / "home"), redis_url="unused")
+    try:
+        api = s.start_serve(free_port())
+        kids = list(_children(api.pid))
+        assert len(kids) >= 3  # worker, Redis, the control process (and its resource tracker)
+        api.kill()
+        api.wait(5)
+        t0 = time.monotonic()
+        while any(_alive(k) for k in kids):
+            assert time.monotonic() - t0 < 10, [(k, Path(f"/proc/{k}/cmdline").read_bytes()[:80])
+                                                for k in kids if _alive(k)]
+            time.sleep(0.1)
+    finally:
+        s.stop()
+
+
 def _stops_every_child(served: Served, sig: signal.Signals) -> None:
     assert served.api is not None
     kids = list(_children(served.api.pid))

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -36,9 +38,17 @@ INLINE_THREADS = 4
 _ctx: ControlContext | None = None
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A killed API process cannot stop its pool: the pool's processes notice and go themselves."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
 def _init(settings: Settings) -> None:
     global _ctx
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the API, and the API stops this process
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
     lower_this_thread()
     _ctx = ControlContext(settings, LedgerConn.open(settings), connect(settings.redis_url) if settings.redis_url
                           else None)
