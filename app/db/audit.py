@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select
@@ -42,8 +42,8 @@ def append_entry(session: Session, *, batch_id: str, created_at: str, payload: d
     has not taken it) serialises appends on PostgreSQL, also for entries that move no version (an erasure, a
     failed consolidation): two of them no longer race for the same seq. SQLite serialises writers anyway."""
     session.execute(select(Head.id).where(Head.id == 1).with_for_update())
-    last = session.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).first()
-    seq, prev = (last.seq + 1, last.hash) if last else (1, GENESIS)
+    last = head(session)
+    seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
     text = canonical(payload)
     entry = AuditEntry(seq=seq, created_at=created_at, batch_id=batch_id, payload=text, prev_hash=prev,
                        hash=entry_hash(prev_hash=prev, seq=seq, created_at=created_at, batch_id=batch_id,
@@ -76,24 +76,19 @@ def parse_head(text: str) -> tuple[int, str]:
 
 
 def verify_chain(session: Session, *, expect_head: tuple[int, str] | None = None) -> ChainReport:
-    """The chain's own hashes, then its anchors: the ledger, and EXPECT_HEAD when given."""
-    report = _verify_links(session)
-    if not report.ok:
-        return report
-    hashes: dict[int, str] = {seq: h for seq, h in session.execute(select(AuditEntry.seq, AuditEntry.hash))}
-    problem = _ledger_anchor(session, report.entries) or _head_anchor(expect_head, hashes, report.entries)
-    return ChainReport(False, report.entries, None, problem) if problem else report
+    """The chain's own hashes, then its anchors: the ledger, and EXPECT_HEAD when given. One pass over the log."""
+    walk = _walk(session, expect_head[0] if expect_head else None)
+    if not walk.report.ok:
+        return walk.report
+    n = walk.report.entries
+    problem = _ledger_anchor(session, n, walk.model_shas) or _head_anchor(expect_head, walk.hash_at_expected, n)
+    return ChainReport(False, n, None, problem) if problem else walk.report
 
 
-def _ledger_anchor(session: Session, n: int) -> str | None:
+def _ledger_anchor(session: Session, n: int, named: set[str]) -> str | None:
     top = session.scalar(select(func.max(DeletionRequest.audit_seq)))
     if top is not None and top > n:
         return f"truncated: a deletion request names audit entry {top}, the chain ends at {n}"
-    named: set[str] = set()
-    for (text,) in session.execute(select(AuditEntry.payload)):
-        sha = json.loads(text).get("model_sha256")
-        if isinstance(sha, str):
-            named.add(sha)
     versions = session.scalars(select(ModelVersion).order_by(ModelVersion.seq))
     missing = [v.seq for v in versions if v.sha256 not in named]
     if missing:
@@ -102,31 +97,47 @@ def _ledger_anchor(session: Session, n: int) -> str | None:
     return None
 
 
-def _head_anchor(expect: tuple[int, str] | None, hashes: dict[int, str], n: int) -> str | None:
+def _head_anchor(expect: tuple[int, str] | None, found: str | None, n: int) -> str | None:
     if expect is None:
         return None
     seq, digest = expect
-    if seq not in hashes:
+    if found is None:
         return f"truncated: the exported head is entry {seq}, the chain ends at {n}"
-    if hashes[seq] != digest:
-        return f"rewritten: entry {seq} has hash {hashes[seq][:16]}…, the exported head says {digest[:16]}…"
+    if found != digest:
+        return f"rewritten: entry {seq} has hash {found[:16]}…, the exported head says {digest[:16]}…"
     return None
 
 
-def _verify_links(session: Session) -> ChainReport:
+@dataclass
+class _Walk:
+    report: ChainReport
+    hash_at_expected: str | None = None  # the hash of the entry an exported head names, if the chain has it
+    model_shas: set[str] = field(default_factory=set)  # every model_sha256 the payloads name
+
+
+def _walk(session: Session, head_seq: int | None) -> _Walk:
+    """Check every link; on the way, note the hash at HEAD_SEQ and the model sha256s the payloads name."""
+    out = _Walk(ChainReport(True, 0))
     prev, expected_seq, n = GENESIS, 1, 0
     for e in session.scalars(select(AuditEntry).order_by(AuditEntry.seq)):
         n += 1
         if e.seq != expected_seq:
-            return ChainReport(False, n, e.seq, f"entry {expected_seq} is missing (next is {e.seq})")
+            return _Walk(ChainReport(False, n, e.seq, f"entry {expected_seq} is missing (next is {e.seq})"))
         if e.prev_hash != prev:
-            return ChainReport(False, n, e.seq, "prev_hash does not match the previous entry (removed or reordered)")
+            return _Walk(ChainReport(False, n, e.seq,
+                                     "prev_hash does not match the previous entry (removed or reordered)"))
         if entry_hash(prev_hash=e.prev_hash, seq=e.seq, created_at=e.created_at, batch_id=e.batch_id,
                       payload=e.payload) != e.hash:
-            return ChainReport(False, n, e.seq, "content does not match its hash (edited)")
+            return _Walk(ChainReport(False, n, e.seq, "content does not match its hash (edited)"))
         try:
-            json.loads(e.payload)
+            payload = json.loads(e.payload)
         except json.JSONDecodeError:
-            return ChainReport(False, n, e.seq, "payload is not JSON")
+            return _Walk(ChainReport(False, n, e.seq, "payload is not JSON"))
+        sha = payload.get("model_sha256") if isinstance(payload, dict) else None
+        if isinstance(sha, str):
+            out.model_shas.add(sha)
+        if e.seq == head_seq:
+            out.hash_at_expected = e.hash
         prev, expected_seq = e.hash, expected_seq + 1
-    return ChainReport(True, n)
+    out.report = ChainReport(True, n)
+    return out

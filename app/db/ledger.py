@@ -181,15 +181,14 @@ def pending_summary(session: Session) -> tuple[int, int, datetime | None]:
 
 def backlog(session: Session, *, now: datetime) -> dict[str, float]:
     """What an operator alerts on: pending work, its age, the nearest deadline (negative: overdue), failures."""
-    n, oldest = session.execute(select(func.count(), func.min(DeletionRequest.received_at))
-                                .where(DeletionRequest.state == "pending")).one()
+    n, _, oldest = pending_summary(session)
     due = session.scalar(select(func.min(DeletionRequest.due_at))
                          .where(DeletionRequest.state.in_(("pending", "processing"))))
     failed = session.scalar(select(func.count(func.distinct(DeletionRequest.batch_id)))
                             .where(DeletionRequest.state == "failed")) or 0
     nan = float("nan")
     return {"pending": float(n),
-            "oldest_pending_age_s": (now - as_utc(oldest)).total_seconds() if oldest else 0.0,  # type: ignore[operator]
+            "oldest_pending_age_s": (now - oldest).total_seconds() if oldest else 0.0,
             "seconds_to_nearest_due": (as_utc(due) - now).total_seconds() if due else nan,  # type: ignore[operator]
             "failed_batches": float(failed)}
 
