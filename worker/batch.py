@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,10 +95,7 @@ def claim(settings: Settings, conn: LedgerConn) -> Claimed | None:
 
 
 def _by_split(others: dict[int, str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for split in others.values():
-        out[split] = out.get(split, 0) + 1
-    return out
+    return dict(Counter(others.values()))
 
 
 def _floor(settings: Settings, first: ModelVersion) -> float:
@@ -120,7 +118,7 @@ def _task(settings: Settings, c: Claimed, md: ModelDir, ds: Dataset) -> UnlearnT
     return UnlearnTask(model=md.model, ds=ds, train_ids=c.train_ids, forget_ids=np.asarray(c.forget),
                        weights_sha256=md.weights_sha256, cache=load_cache(Path(c.head.path), ds.device),
                        chunk_size=settings.chunk_size, seed=int(md.meta.get("seed", 0)), model_cfg=md.model_cfg,
-                       train_cfg=train_config_from_meta(md.meta), val_ids=np.setdiff1d(md.splits.val, c.forgotten),
+                       train_cfg=train_config_from_meta(md.meta), val_ids=md.splits.without(c.forgotten).val,
                        verifier=verifier)
 
 

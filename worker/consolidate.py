@@ -16,6 +16,7 @@ failed, it leaves the served version as it was (its folder is an orphan the swee
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -31,7 +32,6 @@ from app.db import ledger
 from app.db.audit import append_entry
 from app.db.models import ModelVersion
 from app.db.session import as_utc, transaction, utcnow
-from app.ml.data import Splits
 from app.ml.device import describe, resolve
 from app.ml.errors import Conflict
 from app.ml.grads import ids_sha256
@@ -40,7 +40,7 @@ from app.ml.policy import validate
 from app.ml.train import TrainConfig, fit
 from app.service.ledger_conn import LedgerConn
 from app.service.store import store_on
-from app.service.versions import holdout_ids, load_version, write_version
+from app.service.versions import load_version, write_version
 from worker.batch import exact_floor
 
 log = logging.getLogger("unlearnd.consolidate")
@@ -97,11 +97,11 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
     ds = store_on(settings.store_dir, dev)
     md = load_version(head, device=dev)
     cfg = train_config_from_meta(md.meta) or TrainConfig()
-    val = np.setdiff1d(md.splits.val, forgotten)  # a deleted validation sample must not steer early stopping
-    model = fit(md.model_cfg, ds, active, val, cfg, progress=False).model
+    kept = md.splits.without(forgotten)  # a deleted validation sample must not steer early stopping
+    model = fit(md.model_cfg, ds, active, kept.val, cfg, progress=False).model
     model.eval()
     train_s = time.perf_counter() - t0
-    hold = holdout_ids(md.splits, settings.holdout_size, forgotten)
+    hold = kept.holdout(settings.holdout_size)
     floor = exact_floor(settings, first)
     acc, problem = validate(model, ds, hold, floor)
     if problem:
@@ -114,8 +114,7 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
                                   "device": describe(dev),
                                   "request_ids": sorted(covered)})
         return Result("failed", info={"why": problem, "train_s": train_s})
-    splits = Splits(train=active, val=val, test=np.setdiff1d(md.splits.test, forgotten),
-                    shadow=np.setdiff1d(md.splits.shadow, forgotten))
+    splits = dataclasses.replace(kept, train=active)
     record = {"reason": reason, "n_train": len(active), "train_ids_sha256": ids_sha256(active), "train_s": train_s,
               "recipe": {"alpha": cfg.alpha, "seed": cfg.seed, "max_epochs": cfg.max_epochs},
               "device": describe(dev), "data_placement": ds.placement,

@@ -51,10 +51,9 @@ def scrub_derived(settings: Settings, conn: LedgerConn, forgotten: np.ndarray) -
     stale_a = attack is not None and _needs_rebuild(attack.info, excluded)
     done: dict[str, Any] = {}
     if stale_v or stale_a:
-        md = load_version(head, device=resolve(settings.device))
-        ds = store_on(settings.store_dir, resolve(settings.device))
-        splits = Splits(train=np.sort(md.splits.train), val=md.splits.val,
-                        test=np.setdiff1d(md.splits.test, forgotten), shadow=np.setdiff1d(md.splits.shadow, excluded))
+        dev = resolve(settings.device)
+        md, ds = load_version(head, device=dev), store_on(settings.store_dir, dev)
+        splits = md.splits.without(forgotten)
         recipe = train_config_from_meta(md.meta) or TrainConfig()
         epochs = int(md.meta.get("best_epoch") or md.meta.get("epochs") or 20)
         if stale_v and v is not None:

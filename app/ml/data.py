@@ -143,6 +143,10 @@ class Splits:
         keep = np.setdiff1d(self.train, ids)
         return Splits(train=keep, val=self.val, test=self.test, shadow=self.shadow)
 
+    def without(self, ids: np.ndarray) -> Splits:
+        """Every split less IDS: what validation, verification and retraining may still use after deletions."""
+        return Splits(**{n: np.setdiff1d(getattr(self, n), ids) for n in SPLIT_NAMES})
+
     def holdout(self, size: int) -> np.ndarray:
         """The held-out ids every validation of a model's descendants uses: the same ones each time."""
         return np.sort(self.test)[:size]

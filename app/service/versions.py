@@ -60,7 +60,4 @@ def load_version(version: ModelVersion, *, probe: Dataset | None = None, device:
 
 def holdout_ids(splits: Splits, size: int, forgotten: np.ndarray | None = None) -> np.ndarray:
     """The held-out ids a version is validated on, less deleted test samples (their rows are zeroed)."""
-    if forgotten is None or not len(forgotten):
-        return splits.holdout(size)
-    kept = np.setdiff1d(splits.test, forgotten)
-    return Splits(train=splits.train, val=splits.val, test=kept, shadow=splits.shadow).holdout(size)
+    return (splits if forgotten is None else splits.without(forgotten)).holdout(size)

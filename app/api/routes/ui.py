@@ -7,7 +7,7 @@ session cookie (HttpOnly, SameSite=Strict, Secure over https). The key never app
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from app.api import svg
 from app.api.deps import AppState, authorize
 from app.db import views
+from app.db.audit import ChainReport, parse_head, verify_chain
 from app.db.audit import head as audit_head
-from app.db.audit import parse_head, verify_chain
 from app.db.keys import Principal
 from app.db.session import transaction, utcnow
 from app.ml.errors import Forbidden, Unauthorized
@@ -86,24 +86,17 @@ def ui(request: Request, state: str | None = None, offset: int = 0, batch: int |
     return _render("ui.html", key_id=who.key_id, **ctx)
 
 
-@dataclass
-class _Req:
-    row: views.RequestRow
-    overdue: bool
-    due_text: str
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.row, name)
-
-
-def _due(row: views.RequestRow, now: datetime) -> _Req:
+def _due(row: views.RequestRow, now: datetime) -> dict[str, Any]:
+    """The row, with whether it is (or was) late and by how much, for the page."""
     done = row.completed_at if row.state in ("completed", "failed", "rejected") else None
     left = (row.due_at - (done or now)).total_seconds()
     late = left < 0
     span = _span(abs(left))
     if done is not None:
-        return _Req(row, late, f"{'late by' if late else 'met with'} {span} {'' if late else 'to spare'}".strip())
-    return _Req(row, late, f"overdue by {span}" if late else f"due in {span}")
+        text = f"late by {span}" if late else f"met with {span} to spare"
+    else:
+        text = f"overdue by {span}" if late else f"due in {span}"
+    return {**asdict(row), "overdue": late, "due_text": text}
 
 
 def _span(seconds: float) -> str:
@@ -188,7 +181,8 @@ def verify(request: Request, expect_head: str | None = None) -> Response:
     try:
         expect = parse_head(expect_head) if expect_head else None
     except ValueError as e:
-        return _render("verify.html", 422, report=_Bad(str(e)), head="", expect=None, expect_text="", seconds=0.0)
+        return _render("verify.html", 422, report=ChainReport(False, 0, None, str(e)), head="", expect=None,
+                       expect_text="", seconds=0.0)
     t0 = time.perf_counter()
     with transaction(app.conn.read) as s:
         report, last = verify_chain(s, expect_head=expect), audit_head(s)
@@ -197,10 +191,3 @@ def verify(request: Request, expect_head: str | None = None) -> Response:
     return _render("verify.html", report=report, head=f"{last[0]}:{last[1]}" if last else "empty", expect=expect,
                    expect_text=expect_head or "", seconds=time.perf_counter() - t0)
 
-
-@dataclass
-class _Bad:
-    reason: str
-    ok: bool = False
-    entries: int = 0
-    first_bad_seq: int | None = None
