@@ -37,12 +37,11 @@ def line(points: Sequence[tuple[float, float]], *, title: str, y_fmt: str = "{:.
     y_lo, y_hi = min(ys), max(ys)
     if y_hi - y_lo < 1e-9:
         y_lo, y_hi = y_lo - 0.01, y_hi + 0.01
-    def px(x: float, y: float) -> str:
-        return (f"{_scale(x, min(xs), max(xs), PAD + 4, W - 12):.1f},"
-                f"{_scale(y, y_lo, y_hi, H - PAD - 4, 14):.1f}")
-    body = f'<polyline points="{" ".join(px(x, y) for x, y in points)}" class="series"/>'
-    body += "".join(f'<circle cx="{px(x, y).split(",")[0]}" cy="{px(x, y).split(",")[1]}" r="2.5" class="dot">'
-                    f"<title>{escape(y_fmt.format(y))}</title></circle>" for x, y in points)
+    at = [(f"{_scale(x, min(xs), max(xs), PAD + 4, W - 12):.1f}", f"{_scale(y, y_lo, y_hi, H - PAD - 4, 14):.1f}")
+          for x, y in points]  # each point's pixel position, formatted once for the line and its dot
+    body = f'<polyline points="{" ".join(f"{cx},{cy}" for cx, cy in at)}" class="series"/>'
+    body += "".join(f'<circle cx="{cx}" cy="{cy}" r="2.5" class="dot"><title>{escape(y_fmt.format(y))}</title>'
+                    f"</circle>" for (cx, cy), (_, y) in zip(at, points, strict=True))
     if floor is not None:
         y = _scale(floor, y_lo, y_hi, H - PAD - 4, 14)
         body += f'<line x1="{PAD}" y1="{y:.1f}" x2="{W - 8}" y2="{y:.1f}" class="floor"><title>floor</title></line>'
