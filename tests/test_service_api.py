@@ -234,7 +234,7 @@ def test_control_work_in_threads_answers_like_the_control_process(svc: Service) 
     give the same answers, on the same ledger: a second API with 0 beside the module's."""
     keep = ("UNLEARND_QUEUE_NAME", "UNLEARND_SUBJECTS_FILE", "UNLEARND_MAX_DELETE_IDS", "UNLEARND_POLL_INTERVAL_S")
     inline = LiveService(svc.home, svc.model_dir, db_url=svc.settings.db_url, redis_url=svc.env["REDIS_URL"],
-                         UNLEARND_CONTROL_PROCESSES=0, **{k: svc.env[k] for k in keep})
+                         key=svc.key, UNLEARND_CONTROL_PROCESSES=0, **{k: svc.env[k] for k in keep})
     try:
         inline.start_api()
         assert svc.control_pids() and not inline.control_pids()

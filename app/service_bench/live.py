@@ -27,11 +27,14 @@ def free_port() -> int:
 
 
 class LiveService:
-    def __init__(self, home: Path, model_dir: Path, *, db_url: str, redis_url: str, **env: Any) -> None:
+    def __init__(self, home: Path, model_dir: Path, *, db_url: str, redis_url: str, key: str | None = None,
+                 **env: Any) -> None:
+        """KEY: the deployment's bootstrap admin key (a new one revokes the old: processes of one deployment
+        share it); default a fresh one."""
         self.home, self.model_dir = home, model_dir
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.key = "ulk_admin_" + uuid.uuid4().hex
+        self.key = key or "ulk_admin_" + uuid.uuid4().hex
         self.env = {**os.environ, "UNLEARND_HOME": str(home), "DATABASE_URL": db_url, "REDIS_URL": redis_url,
                     "UNLEARND_QUEUE_NAME": f"unlearnd-{uuid.uuid4().hex[:8]}",
                     "UNLEARND_BOOTSTRAP_ADMIN_KEY": self.key, **{k: str(v) for k, v in env.items()}}
