@@ -2,8 +2,9 @@
 
 A thread polls each child; one that exited unasked is logged, its death handled (a worker's claims
 go back to pending at once), and it is started again after a backoff that doubles up to a cap and
-resets once a child has lived a minute. Children get SIGTERM if `serve` itself dies (Linux
-PR_SET_PDEATHSIG), so a killed `serve` leaves no worker or Redis behind.
+resets once a child has lived a minute. Children get SIGKILL if `serve` itself dies (Linux
+PR_SET_PDEATHSIG), so a killed `serve` leaves no worker or Redis behind: a SIGTERM let a worker in the
+middle of its start-up or a batch outlive it by many seconds; its claims go back by heartbeat timeout.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ BACKOFF_S = (0.5, 30.0)
 
 
 def die_with_parent() -> None:
-    """preexec_fn: SIGTERM this child when the thread that started it exits (Linux; elsewhere nothing)."""
+    """preexec_fn: SIGKILL this child when the thread that started it exits (Linux; elsewhere nothing)."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -69,10 +70,12 @@ class Supervisor:
                 self._check(c)
 
     def _check(self, c: Child) -> None:
+        if self._stopping.is_set():
+            return
         now = time.monotonic()
         if c.proc is not None:
             code = c.proc.poll()
-            if code is None or self._stopping.is_set():
+            if code is None:
                 return
             lived = now - c.started_at
             c.backoff_s = BACKOFF_S[0] if lived >= STABLE_S else min(c.backoff_s * 2, BACKOFF_S[1])
@@ -95,9 +98,7 @@ class Supervisor:
     def stop(self, timeout_s: float = 8.0) -> None:
         """SIGTERM every child, wait up to TIMEOUT_S in all, then SIGKILL what is left; children in reverse
         order (the worker before the Redis it uses)."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(2)
+        self._stopping.set()  # no restarts from here; the thread is joined last: its exit SIGKILLs what it started
         live = [c.proc for c in reversed(self.children) if c.proc is not None and c.proc.poll() is None]
         for p in live:
             p.send_signal(signal.SIGTERM)
@@ -108,6 +109,8 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        if self._thread is not None:
+            self._thread.join(2)
         for c in self.children:  # a worker killed mid-batch: its claims go back now, not at the next start
             with contextlib.suppress(Exception):
                 c.on_death(c.proc.returncode if c.proc is not None else -1)
