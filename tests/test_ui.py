@@ -105,6 +105,8 @@ def test_in_a_real_browser(svc: Service, tmp_path: Path) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service as DriverService
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
 
     chrome, driver_path = _browser()  # type: ignore[misc]
     opts = webdriver.ChromeOptions()
@@ -117,7 +119,9 @@ def test_in_a_real_browser(svc: Service, tmp_path: Path) -> None:
         browser.get(svc.url + "/ui")
         browser.find_element(By.ID, "key").send_keys(key)
         browser.find_element(By.CSS_SELECTOR, "form[action='/ui/login'] button").click()
-        assert browser.find_element(By.ID, "serving").text.startswith("Version")
+        # the form posts, then follows the 303 to /ui: wait for that page, not for the click to return
+        serving = WebDriverWait(browser, 30).until(ec.presence_of_element_located((By.ID, "serving")))
+        assert serving.text.startswith("Version")
         assert key not in browser.current_url
         if not svc.workers:
             svc.start_worker()
