@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
+from sqlalchemy.exc import DatabaseError
 
 from app.core.config import Settings
 from app.ml.errors import UnlearndError
@@ -249,9 +250,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (json.JSONDecodeError, FileNotFoundError) as e:
         print(f"unlearnd: error: {e}", file=sys.stderr)
         return 2
+    except DatabaseError as e:  # a corrupt or foreign ledger file, a database that refuses us
+        print(f"unlearnd: error: {ledger_error(settings, e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\nunlearnd: interrupted", file=sys.stderr)
         return 130
+
+
+def ledger_error(settings: Settings, e: DatabaseError) -> str:
+    where = settings.db_url.split("@")[-1]
+    why = str(getattr(e, "orig", None) or e).splitlines()[0]
+    return (f"the ledger at {where} cannot be used ({why}): restore it and the home from the same backup "
+            "(docs/operations.md), then check it with `unlearnd audit verify --expect-head SEQ:HASH`")
 
 
 def settings_error(e: ValidationError) -> str:

@@ -20,7 +20,7 @@ from app.db.migrate import upgrade
 from app.db.session import transaction, utcnow
 from app.ml.errors import InvalidRequest
 from app.service.ledger_conn import LedgerConn
-from app.service.supervisor import Child, Supervisor, die_with_parent
+from app.service.supervisor import SERVE_PID_ENV, Child, Supervisor, die_with_parent
 
 
 def _logging() -> None:
@@ -56,7 +56,7 @@ def _worker_child(settings: Settings, conn: LedgerConn) -> Child:
 
     def released(code: int) -> None:
         with transaction(conn.write) as s:
-            n = workers_mod.stop(s, worker_id=worker_id, now=utcnow())
+            n = workers_mod.stop(s, worker_id=worker_id, now=utcnow(), max_deaths=settings.max_worker_deaths)
         if n:
             logging.getLogger("unlearnd.supervisor").warning("released %d requests the dead worker held", n)
 
@@ -96,6 +96,7 @@ def serve(ns: argparse.Namespace, settings: Settings) -> int:
         if not ns.no_worker:
             children.add(_worker_child(settings, conn))
         children.start()
+        os.environ[SERVE_PID_ENV] = str(os.getpid())
         url = f"http://{ns.host}:{ns.port}"
         print(f"\nunlearnd serving version {version} at {url}  (docs: {url}/docs)\n"
               f"admin API key: {admin}\nstate: {settings.home}  ledger: {settings.db_url.split('@')[-1]}  "

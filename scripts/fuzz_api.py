@@ -37,7 +37,7 @@ def main() -> int:
                      device="cpu")
         redis = EmbeddedRedis(free_port(), work / "redis").start()
         svc = LiveService(work / "home", work / "model", db_url=f"sqlite:///{work / 'home' / 'ledger.db'}",
-                          redis_url=redis.url, UNLEARND_VERIFY_REFS=0, UNLEARND_MIA_SHADOWS=1,
+                          redis_url=redis.url, UNLEARND_VERIFY_REFS=0,
                           UNLEARND_UNLEARN_METHOD="iau", UNLEARND_MAX_ACCURACY_DROP=1, UNLEARND_BATCH_MAX_WAIT_S=0.2,
                           UNLEARND_MAX_DELETE_IDS=20, UNLEARND_THREADS=1)
         try:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,17 @@ REDIS_URL = os.environ.get("UNLEARND_TEST_REDIS_URL")
 # the fixture model (α=0.01, 15 epochs) is far from converged: the sum/sgd step the digits sweep chose for
 # a converged model overshoots it (held-out 0.95 → 0.25); one Adam step of 5e-4 keeps it at 0.96
 TEST_IAU = {"eta": 5e-4, "reduction": "mean", "step": "adam"}
-__all__ = ["PG_URL", "RedisForTests", "Service", "db_url_for", "free_port", "fresh_pg_database"]
+__all__ = ["PG_URL", "RedisForTests", "Service", "db_url_for", "free_port", "fresh_pg_database", "wait_until"]
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float, poll: float = 0.3) -> Any:
+    """PREDICATE's first truthy value, polled until TIMEOUT seconds; its last (falsy) value after that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(poll)
 
 
 def fresh_pg_database() -> str:
@@ -48,7 +59,7 @@ class Service(LiveService):
                     "UNLEARND_SWEEP_INTERVAL_S": 1, "UNLEARND_LEASE_S": 6, "UNLEARND_MAX_DELETE_IDS": 50,
                     "UNLEARND_MAX_ACCURACY_DROP": 0.25, "UNLEARND_UNLEARN_METHOD": "iau",
                     "UNLEARND_UNLEARN_PARAMS": json.dumps(TEST_IAU), "UNLEARND_ON_PARTIAL": "accept",
-                    "UNLEARND_SUBJECTS_FILE": subjects, "UNLEARND_MIA_SHADOWS": 2}
+                    "UNLEARND_SUBJECTS_FILE": subjects}
         super().__init__(tmp / "home", model_dir, db_url=db_url, redis_url=redis_url, **{**defaults, **env})
 
 

@@ -105,10 +105,10 @@ def test_completing_an_already_forgotten_sample_conflicts(factory) -> None:  # t
     with transaction(factory) as s:
         head = ledger.head(s)
         ledger.complete_batch(s, batch_id="A", request_ids=[r1], version_id=head.id, forget_ids=[1, 2],  # type: ignore[union-attr]
-                              audit_seq=None, now=utcnow(), already={})
+                              audit_seq=None, now=utcnow(), already={}, subject_key=b"k" * 32)
     with pytest.raises(Conflict), transaction(factory) as s:
         ledger.complete_batch(s, batch_id="B", request_ids=[r2], version_id=head.id, forget_ids=[2, 3],  # type: ignore[union-attr]
-                              audit_seq=None, now=utcnow(), already={})
+                              audit_seq=None, now=utcnow(), already={}, subject_key=b"k" * 32)
     with transaction(factory) as s:
         assert s.get(DeletionRequest, r2).state == "processing"  # rolled back whole
         assert ledger.sample_state(s, sample_id=3) == "active"

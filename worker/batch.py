@@ -15,7 +15,6 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from torch import nn
 
 from app.core.config import Settings
+from app.core.secrets import subject_key
 from app.db import ledger
 from app.db.audit import append_entry
 from app.db.models import DeletionRequest, ModelVersion
@@ -33,18 +33,19 @@ from app.ml.device import describe, resolve
 from app.ml.errors import Conflict, ModelLoadError
 from app.ml.gradcache import load_cache
 from app.ml.grads import ids_sha256
-from app.ml.mia.store import load_attack
 from app.ml.pipeline import train_config_from_meta
 from app.ml.policy import PolicyConfig, Setting, forget, settings_from_meta
 from app.ml.unlearn.base import UnlearnTask
+from app.ml.verify.report import PRIMARY_FPR
 from app.ml.verify.store import FOLDER as VERIFIER_FOLDER
 from app.ml.verify.store import load_verifier
+from app.service.faults import is_transient, public_reason
 from app.service.ledger_conn import LedgerConn
-from app.service.store import store_on
-from app.service.versions import holdout_ids, load_version, write_version
+from app.service.store import erased_rows, store_on
+from app.service.versions import holdout_ids, ledger_path, load_version, version_dir, write_version
+from worker.derived import has_references
 
 log = logging.getLogger("unlearnd.worker")
-MAX_ATTEMPTS = 3
 
 
 @dataclass
@@ -113,12 +114,16 @@ def exact_floor(settings: Settings, first: ModelVersion) -> float:
 
 
 def _task(settings: Settings, c: Claimed, md: ModelDir, ds: Dataset) -> UnlearnTask:
+    # every deleted sample, and every row the store erased, stays out of validation and verification: a
+    # purged row's label is -1, and the verifier's files may not have dropped it yet
+    gone = np.union1d(np.union1d(c.forgotten, np.asarray(list(c.others), dtype=np.int64)), erased_rows(ds))
     folder = settings.home / VERIFIER_FOLDER
-    verifier = load_verifier(folder) if settings.verify_refs and folder.is_dir() else None
+    verifier = load_verifier(folder).without(gone) if settings.verify_refs and folder.is_dir() else None
     return UnlearnTask(model=md.model, ds=ds, train_ids=c.train_ids, forget_ids=np.asarray(c.forget),
-                       weights_sha256=md.weights_sha256, cache=load_cache(Path(c.head.path), ds.device),
+                       weights_sha256=md.weights_sha256,
+                       cache=load_cache(version_dir(settings.home, c.head), ds.device),
                        chunk_size=settings.chunk_size, seed=int(md.meta.get("seed", 0)), model_cfg=md.model_cfg,
-                       train_cfg=train_config_from_meta(md.meta), val_ids=md.splits.without(c.forgotten).val,
+                       train_cfg=train_config_from_meta(md.meta), val_ids=md.splits.without(gone).val,
                        verifier=verifier)
 
 
@@ -129,33 +134,40 @@ def _settings(settings: Settings, c: Claimed, md: ModelDir) -> list[Setting]:
     return settings_from_meta(md.meta, len(c.forget))
 
 
-def _mia(settings: Settings, before: nn.Module, after: nn.Module, ds: Dataset, forget: np.ndarray,
-         hold: np.ndarray) -> dict[str, float]:
-    """The paper's Shokri attack, kept beside the verifier so the paper's UE stays comparable; near chance
-    on these models (see the publish entry's `attack`), so it is not what the verdict rests on."""
-    attack = load_attack(settings.home / "attack")
-    return {"mia_forget_before": attack.member_rate(before, ds, forget),
-            "mia_forget_after": attack.member_rate(after, ds, forget),
-            "mia_nonmember_after": attack.member_rate(after, ds, hold)}
+def _derived_pending(settings: Settings, c: Claimed) -> bool:
+    """Deleted shadow samples are inside the verifier's reference models until worker/derived.py retrains
+    them: the batch's requests are not exact before then."""
+    return "shadow" in c.others.values() and has_references(settings)
+
+
+def ue_lira(verification: dict[str, Any]) -> float | None:
+    """The batch's membership UE in points: D_f's flagged rate after the update against a retrain's, which
+    the conformal test holds at the FPR (a retrained model's D_f are non-members)."""
+    after = (verification.get("after") or {}).get(f"flagged@{PRIMARY_FPR:g}")
+    return None if after is None else 100 * abs(float(after["rate"]) - PRIMARY_FPR)
 
 
 def process(settings: Settings, conn: LedgerConn, c: Claimed) -> Outcome:
     if not c.forget:  # nothing the served model trained on: no unlearning, but the auditors hear of it
         now = utcnow()
         event = "erase" if c.others else "already_forgotten"
+        pending = _derived_pending(settings, c)
         with transaction(conn.write) as s:
             entry = append_entry(s, batch_id=c.batch_id, created_at=now.isoformat(), payload={
                 "event": event, "request_ids": sorted(r.id for r in c.requests),
                 "served_model_sha256": c.head.sha256, "n_already_forgotten": sum(map(len, c.already.values())),
-                "erased_by_split": _by_split(c.others), "erased_ids_sha256": ids_sha256(np.asarray(c.erased))})
+                "erased_by_split": _by_split(c.others), "erased_ids_sha256": ids_sha256(np.asarray(c.erased)),
+                "derived_pending": pending})
+            # the served model never held these samples: exact for it at once
             ledger.complete_batch(s, batch_id=c.batch_id, request_ids=[r.id for r in c.requests],
                                   version_id=c.head.id, forget_ids=c.erased, audit_seq=entry.seq, now=now,
-                                  already=c.already, method="erase" if c.others else None)
+                                  already=c.already, method="erase" if c.others else None, exact=True,
+                                  derived_pending=pending, subject_key=subject_key(settings))
         return Outcome(c.batch_id, "completed", c.head.id, len(c.others))
     t0 = time.perf_counter()
     dev = resolve(settings.device)
     ds = store_on(settings.store_dir, dev)
-    md = load_version(c.head, device=dev)
+    md = load_version(c.head, device=dev, home=settings.home)
     if not np.array_equal(np.sort(md.splits.train), c.train_ids):
         raise ModelLoadError(f"version {c.head.id} was not trained on the ledger's active samples")
     hold = holdout_ids(md.splits, settings.holdout_size, np.union1d(c.forgotten, list(c.others)))
@@ -165,11 +177,10 @@ def process(settings: Settings, conn: LedgerConn, c: Claimed) -> Outcome:
                           retrain_if_invalid=settings.on_invalid == "retrain")
     out = forget(_task(settings, c, md, ds), _settings(settings, c, md), hold, policy)
     if out.model is None:
-        return _fail(conn, c, f"new weights failed validation: {out.problem}")
+        return _fail(conn, c, public_reason(f"new weights failed validation: {out.problem}"))
     model = out.model
     forget_ids = np.asarray(c.forget)
     record = out.record()
-    record.update(_mia(settings, md.model, model, ds, forget_ids, hold))
     record.update(time_s=sum(a["time_s"] for a in out.attempts),
                   holdout_acc_before=float(c.head.metrics.get("holdout_acc", float("nan"))),
                   holdout_acc_after=out.holdout_acc, accuracy_floor=floor, n_forget=len(forget_ids),
@@ -197,19 +208,20 @@ def _write_and_commit(settings: Settings, conn: LedgerConn, c: Claimed, md: Mode
                "attempts": record["attempts"], "consolidate_now": record["consolidate_now"],
                "test_acc_before": record["holdout_acc_before"],
                "test_acc_after": record["holdout_acc_after"],
-               **{k: record[k] for k in ("mia_forget_before", "mia_forget_after", "mia_nonmember_after")},
+               "ue_lira": ue_lira(record["verification"]),
                "verification": record["verification"], "verdict": record["verdict"], "device": record["device"],
-               "erased_by_split": _by_split(c.others)}
+               "erased_by_split": _by_split(c.others), "derived_pending": _derived_pending(settings, c)}
     try:
         with transaction(conn.write) as s:
-            v = ledger.add_version(s, sha256=sha, parent_id=c.head.id, path=str(path), now=now, metrics=metrics)
+            v = ledger.add_version(s, sha256=sha, parent_id=c.head.id, path=ledger_path(path), now=now, metrics=metrics)
             if not ledger.set_head(s, version_id=v.id, expected=c.head.id, now=now):
                 raise Conflict("the head moved while this batch ran")
             entry = append_entry(s, batch_id=c.batch_id, created_at=now.isoformat(), payload=payload)
             ledger.complete_batch(s, batch_id=c.batch_id, request_ids=[r.id for r in c.requests],
                                   version_id=v.id, forget_ids=c.erased, audit_seq=entry.seq, now=now,
                                   already=c.already, method=record["method"], verdict=record["verdict"],
-                                  exact=record["exact"])
+                                  exact=record["exact"], derived_pending=payload["derived_pending"],
+                                  subject_key=subject_key(settings))
     except Conflict as e:
         return _release(conn, c, str(e))
     except IntegrityError:
@@ -241,10 +253,19 @@ def _fail(conn: LedgerConn, c: Claimed, reason: str) -> Outcome:
     return Outcome(c.batch_id, "failed", info={"reason": reason})
 
 
-def abandon(conn: LedgerConn, c: Claimed, error: BaseException) -> Outcome:
-    """An unexpected error: retry the batch later, or fail it after MAX_ATTEMPTS tries."""
-    if max(r.attempts for r in c.requests) >= MAX_ATTEMPTS:
-        return _fail(conn, c, f"{type(error).__name__}: {error} (after {MAX_ATTEMPTS} attempts)")
+def abandon(settings: Settings, conn: LedgerConn, c: Claimed, error: BaseException) -> Outcome:
+    """An unexpected error: a transient fault (disk, database, Redis) hands the batch back without spending an
+    attempt, and the job backs off; any other error is retried, and fails the batch after max_attempts."""
+    if is_transient(error):
+        log.warning("batch %s: transient fault (%s: %s); it is retried after a back-off", c.batch_id,
+                    type(error).__name__, error)
+        with transaction(conn.write) as s:
+            ledger.release_batch(s, batch_id=c.batch_id, count_attempt=False)
+        return Outcome(c.batch_id, "released", info={"why": str(error), "transient": True})
+    if max(r.attempts for r in c.requests) >= settings.max_attempts:
+        log.error("batch %s: %s", c.batch_id, error, exc_info=error)
+        return _fail(conn, c, public_reason(f"{type(error).__name__}: {error} (after {settings.max_attempts} "
+                                            "attempts)"))
     log.exception("batch %s will be retried", c.batch_id, exc_info=error)
     with transaction(conn.write) as s:
         ledger.release_batch(s, batch_id=c.batch_id, count_attempt=True)

@@ -39,8 +39,8 @@ from app.ml.pipeline import train_config_from_meta
 from app.ml.policy import validate
 from app.ml.train import TrainConfig, fit
 from app.service.ledger_conn import LedgerConn
-from app.service.store import store_on
-from app.service.versions import load_version, write_version
+from app.service.store import erased_rows, store_on
+from app.service.versions import ledger_path, load_version, write_version
 from worker.batch import exact_floor
 
 log = logging.getLogger("unlearnd.consolidate")
@@ -95,9 +95,14 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
     t0 = time.perf_counter()
     dev = resolve(settings.device)
     ds = store_on(settings.store_dir, dev)
-    md = load_version(head, device=dev)
+    md = load_version(head, device=dev, home=settings.home)
     cfg = train_config_from_meta(md.meta) or TrainConfig()
-    kept = md.splits.without(forgotten)  # a deleted validation sample must not steer early stopping
+    erased = erased_rows(ds)
+    if np.isin(active, erased).any():  # the ledger and the store disagree: the store's erasure wins
+        log.error("%d samples the ledger calls active were erased from the store; they are left out",
+                  int(np.isin(active, erased).sum()))
+        active = np.setdiff1d(active, erased)
+    kept = md.splits.without(np.union1d(forgotten, erased))  # a deleted validation sample must not steer training
     model = fit(md.model_cfg, ds, active, kept.val, cfg, progress=False).model
     model.eval()
     train_s = time.perf_counter() - t0
@@ -126,7 +131,7 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
                               splits=splits)
     if settings.debug_commit_delay_s:
         time.sleep(settings.debug_commit_delay_s)
-    return _commit(conn, head, sha, str(path), record)
+    return _commit(conn, head, sha, ledger_path(path), record)
 
 
 def _commit(conn: LedgerConn, head: ModelVersion, sha: str, path: str, record: dict[str, Any]) -> Result:

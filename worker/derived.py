@@ -1,16 +1,25 @@
-"""What the service derived from samples that are now deleted: the verifier's statistics and reference
-models, and the audit's membership attack.
+"""What the service derived from samples that are now deleted: the verifier's statistics and reference models.
 
-Run after every erasure (and at worker start, to heal a crash in between): per-sample statistics of
-deleted ids are dropped from the verifier; if deleted samples were in the shadow split, the models
-trained on it (the verifier's references, the attack's shadow models) are retrained without them, and
-an audit entry says so. Idempotent: each artefact records which shadow ids it was built without.
+Two steps, both driven by the ledger, so a crash, a kill or a lost job only delays them:
+
+- `drop_statistics`, after every erasure (cheap): deleted ids leave the verifier's per-sample statistics
+  and its calibration and evaluation non-members.
+- `rebuild_derived`, in the worker's own loop between jobs (never under an RQ job's timeout, which would
+  interrupt it and lose the work): while forgotten shadow samples are missing from the verifier's
+  `shadow_excluded`, its reference models, trained on the shadow split, are retrained on the active shadow
+  samples, swapped in atomically, audited as `rebuild_derived`, and the requests that waited on it settle
+  (`exact` once the served model is exact too). Killed half-way, nothing is swapped and the next loop starts
+  it again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import logging
-from dataclasses import replace
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +29,8 @@ from app.core.config import Settings
 from app.db import ledger
 from app.db.audit import append_entry
 from app.db.session import transaction, utcnow
-from app.ml.data import Splits
-from app.ml.device import resolve
-from app.ml.mia.shadow import MIAConfig, fit_attack
-from app.ml.mia.store import load_attack, save_attack
+from app.ml.device import describe, resolve
+from app.ml.grads import ids_sha256
 from app.ml.pipeline import train_config_from_meta
 from app.ml.train import TrainConfig
 from app.ml.verify import build_verifier
@@ -31,74 +38,120 @@ from app.ml.verify.base import BuildInputs, Verifier
 from app.ml.verify.store import FOLDER as VERIFIER_FOLDER
 from app.ml.verify.store import load_verifier, save_statistics, save_verifier
 from app.service.ledger_conn import LedgerConn
-from app.service.store import store_on
+from app.service.store import erased_rows, store_on
 from app.service.versions import load_version
 
 log = logging.getLogger("unlearnd.worker")
 
 
-def scrub_derived(settings: Settings, conn: LedgerConn, forgotten: np.ndarray) -> dict[str, Any]:
+def verifier_folder(settings: Settings) -> Path:
+    return settings.home / VERIFIER_FOLDER
+
+
+def has_references(settings: Settings) -> bool:
+    """Whether the service keeps models trained on the shadow split (a reference-based verifier's)."""
+    try:
+        meta = json.loads((verifier_folder(settings) / "verifier.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return int(meta.get("n_refs", 0)) > 0
+
+
+def drop_statistics(settings: Settings, forgotten: np.ndarray) -> bool:
+    """Per-sample statistics of deleted ids leave the verifier on disk; True if anything changed."""
+    folder = verifier_folder(settings)
+    if not len(forgotten) or not (folder / "verifier.json").is_file():
+        return False
+    v = load_verifier(folder)
+    slim = v.without(forgotten)
+    if len(slim.ref_ids) == len(v.ref_ids) and len(slim.calib_ids) == len(v.calib_ids) \
+            and len(slim.eval_ids) == len(v.eval_ids):
+        return False
+    save_statistics(slim, folder)
+    return True
+
+
+def pending_shadow(settings: Settings, conn: LedgerConn) -> tuple[np.ndarray, np.ndarray]:
+    """(every forgotten shadow id, those the reference models were not yet rebuilt without)."""
+    with transaction(conn.read) as s:
+        gone = np.asarray(ledger.forgotten_ids(s, split="shadow"), dtype=np.int64)
+    if not has_references(settings):
+        return gone, np.empty(0, np.int64)
+    v = load_verifier(verifier_folder(settings))
+    return gone, np.setdiff1d(gone, np.asarray(v.info.get("shadow_excluded", []), dtype=np.int64))
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[bool]:
+    """A non-blocking lock between the workers sharing this home: one rebuild at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def rebuild_derived(settings: Settings, conn: LedgerConn) -> dict[str, Any] | None:
+    """Retrain the reference models if forgotten shadow samples are still in them; settle the requests that
+    waited. None when there was nothing to do (or another worker is doing it)."""
+    gone, missing = pending_shadow(settings, conn)
+    if not len(missing):
+        _settle(conn, gone, None)  # heals a crash between the swap and the ledger update
+        return None
+    with _exclusive(settings.home / ".verifier.lock") as mine:
+        if not mine:
+            return None
+        gone, missing = pending_shadow(settings, conn)  # the previous holder may have just done it
+        if not len(missing):
+            return None
+        t0 = time.perf_counter()
+        v = _retrain(settings, conn, gone)
+        seconds = time.perf_counter() - t0
+        _settle(conn, gone, {"event": "rebuild_derived", "why": "samples of the shadow split were deleted",
+                             "verifier": "rebuilt", "n_shadow_excluded": len(gone),
+                             "n_newly_excluded": len(missing), "shadow_excluded_sha256": ids_sha256(gone),
+                             "time_s": seconds, "device": describe(resolve(settings.device)),
+                             "n_refs": len(v.ref_states)})
+    log.info("retrained the verifier's %d reference models without %d deleted shadow samples in %.1f s",
+             len(v.ref_states), len(missing), seconds)
+    return {"excluded": len(gone), "time_s": seconds}
+
+
+def _retrain(settings: Settings, conn: LedgerConn, gone: np.ndarray) -> Verifier:
     with transaction(conn.read) as s:
         head = ledger.head(s)
-    if head is None or not len(forgotten):
-        return {}
-    folder = settings.home / VERIFIER_FOLDER
-    v = load_verifier(folder) if folder.is_dir() else None  # the references only if they must be rebuilt
-    attack_dir = settings.home / "attack"
-    attack = load_attack(attack_dir) if (attack_dir / "attack.json").is_file() else None
-    excluded = np.intersect1d(forgotten, Splits.load(Path(head.path) / "splits.json").shadow)
-    stale_v = v is not None and _needs_rebuild(v.info, excluded)
-    stale_a = attack is not None and _needs_rebuild(attack.info, excluded)
-    done: dict[str, Any] = {}
-    if stale_v or stale_a:
-        dev = resolve(settings.device)
-        md, ds = load_version(head, device=dev), store_on(settings.store_dir, dev)
-        splits = md.splits.without(forgotten)
-        recipe = train_config_from_meta(md.meta) or TrainConfig()
-        epochs = int(md.meta.get("best_epoch") or md.meta.get("epochs") or 20)
-        if stale_v and v is not None:
-            v = _rebuild_verifier(v, BuildInputs(md.model, ds, splits, md.model_cfg, recipe, epochs), excluded)
-            done["verifier"] = "rebuilt"
-        if stale_a and attack is not None:
-            cfg = MIAConfig(**{k: attack.info[k] for k in MIAConfig.__dataclass_fields__ if k in attack.info})
-            new = fit_attack(ds, splits.shadow, md.model_cfg, replace(recipe, patience=10**6), epochs, cfg)
-            new.info["shadow_excluded"] = excluded.tolist()
-            save_attack(new, attack_dir)
-            done["attack"] = "rebuilt"
-    if v is not None and _drop_stats(v, forgotten):
-        done.setdefault("verifier", "statistics dropped")
-    if v is not None and done.get("verifier") == "rebuilt":
-        save_verifier(v, folder)
-    elif v is not None and done.get("verifier"):
-        save_statistics(v, folder)
-    if done.get("verifier") == "rebuilt" or done.get("attack"):
-        now = utcnow()
-        with transaction(conn.write) as s:
-            append_entry(s, batch_id="derived", created_at=now.isoformat(), payload={
-                "event": "rebuild_derived", "why": "samples of the shadow split were deleted", **done,
-                "n_shadow_excluded": len(excluded)})
-        log.info("retrained what was built on deleted shadow samples: %s", done)
-    return done
-
-
-def _needs_rebuild(info: dict[str, Any], hits: np.ndarray) -> bool:
-    return bool(len(np.setdiff1d(hits, np.asarray(info.get("shadow_excluded", []), dtype=np.int64))))
-
-
-def _rebuild_verifier(v: Verifier, inputs: BuildInputs, excluded: np.ndarray) -> Verifier:
-    new = build_verifier(v.name, inputs, v.config)
-    new.power = new.measure_power(inputs.model, inputs.ds)
-    new.member_ids = np.union1d(new.member_ids, v.member_ids)  # ids forgotten earlier stay askable
-    new.info = {**new.info, "shadow_excluded": excluded.tolist()}
+        forgotten = np.asarray(ledger.forgotten_ids(s), dtype=np.int64)
+    assert head is not None
+    dev = resolve(settings.device)
+    md, ds = load_version(head, device=dev, home=settings.home), store_on(settings.store_dir, dev)
+    splits = md.splits.without(np.union1d(forgotten, erased_rows(ds)))  # erased rows are never training data
+    recipe = train_config_from_meta(md.meta) or TrainConfig()
+    epochs = int(md.meta.get("best_epoch") or md.meta.get("epochs") or 20)
+    old = load_verifier(verifier_folder(settings))
+    new = build_verifier(old.name, BuildInputs(md.model, ds, splits, md.model_cfg, recipe, epochs), old.config)
+    new.power = new.measure_power(md.model, ds)
+    new.member_ids = np.union1d(new.member_ids, old.member_ids)  # ids forgotten earlier stay askable
+    new.info = {**new.info, "shadow_excluded": gone.tolist()}
+    if settings.debug_rebuild_delay_s:
+        time.sleep(settings.debug_rebuild_delay_s)
+    with transaction(conn.read) as s:  # samples deleted while it trained leave its statistics too
+        forgotten = np.asarray(ledger.forgotten_ids(s), dtype=np.int64)
+    new = new.without(forgotten)
+    save_verifier(new, verifier_folder(settings))
     return new
 
 
-def _drop_stats(v: Verifier, forgotten: np.ndarray) -> bool:
-    """Per-sample statistics of deleted ids leave the verifier (their ids stay in member_ids)."""
-    keep = ~np.isin(v.ref_ids, forgotten)
-    changed = not keep.all() or bool(np.isin(v.calib_ids, forgotten).any() or np.isin(v.eval_ids, forgotten).any())
-    if changed:
-        v.ref_ids, v.out_mean = v.ref_ids[keep], v.out_mean[keep]
-        v.calib_ids = np.setdiff1d(v.calib_ids, forgotten)
-        v.eval_ids = np.setdiff1d(v.eval_ids, forgotten)
-    return changed
+def _settle(conn: LedgerConn, gone: np.ndarray, entry: dict[str, Any] | None) -> None:
+    now = utcnow()
+    with transaction(conn.write) as s:
+        settled = ledger.settle_derived(s, excluded=gone.tolist(), now=now)
+        if entry is not None or settled:
+            payload = {**(entry or {"event": "rebuild_derived", "verifier": "already rebuilt"}),
+                       "settled_request_ids": sorted(settled)}
+            append_entry(s, batch_id="derived", created_at=now.isoformat(), payload=payload)

@@ -3,6 +3,8 @@
 - the features of forgotten samples in the data store (overwritten with zeros),
 - the weights (and gradient caches) of every version but the head: each contains samples
   forgotten since, and so does the imported initial model folder,
+- the deleted samples' statistics in the verifier (its reference models are retrained by
+  worker/derived.py in the worker's loop, not here: this runs inside an RQ job, under its timeout),
 - a gradient cache for the head, so the next batch takes the fast path,
 - version folders that no ledger row names (a batch that lost the race for the head).
 Also: re-queue batches whose worker died (lease expired), and re-send lost notifications.
@@ -27,8 +29,8 @@ from app.ml.device import resolve
 from app.ml.gradcache import build_cache, cache_matches, load_cache, save_cache
 from app.service.ledger_conn import LedgerConn
 from app.service.store import open_store, purge, store_on
-from app.service.versions import load_version
-from worker.derived import scrub_derived
+from app.service.versions import load_version, version_dir
+from worker.derived import drop_statistics
 from worker.queue import notify
 
 log = logging.getLogger("unlearnd.housekeeping")
@@ -42,7 +44,7 @@ def purge_forgotten(settings: Settings, conn: LedgerConn) -> None:
     if head is None or not gone:
         return
     purge(open_store(settings.store_dir, writable=True), gone)
-    scrub_derived(settings, conn, np.asarray(gone, dtype=np.int64))
+    drop_statistics(settings, np.asarray(gone, dtype=np.int64))  # the references: rebuild_derived, outside jobs
     if not truncate_wal(conn.engine):
         log.info("the ledger's WAL is still read; its pre-erasure pages go at the next sweep")
     initial = settings.home / "initial-model"
@@ -53,7 +55,7 @@ def purge_forgotten(settings: Settings, conn: LedgerConn) -> None:
         # the head on (SQLite reads outside an explicit transaction), and the newer head must keep its weights
         if v.seq >= head.seq:
             continue
-        shutil.rmtree(Path(v.path), ignore_errors=True)
+        shutil.rmtree(version_dir(settings.home, v), ignore_errors=True)
         with transaction(conn.write) as s:
             s.execute(update(ModelVersion).where(ModelVersion.id == v.id).values(weights_present=False))
         log.info("purged the weights of version %s", v.id)
@@ -81,12 +83,12 @@ def refresh_cache(settings: Settings, conn: LedgerConn) -> bool:
         active = np.asarray(ledger.active_ids(s), dtype=np.int64)
     if head is None:
         return False
-    if cache_matches(load_cache(Path(head.path)), weights=head.sha256, ids=active):
+    if cache_matches(load_cache(version_dir(settings.home, head)), weights=head.sha256, ids=active):
         return False
     dev = resolve(settings.device)
-    md = load_version(head, device=dev)
+    md = load_version(head, device=dev, home=settings.home)
     save_cache(build_cache(md.model, store_on(settings.store_dir, dev), active, chunk_size=settings.chunk_size),
-               Path(head.path))
+               version_dir(settings.home, head))
     log.info("gradient cache built for version %s (%d samples)", head.id, len(active))
     return True
 
@@ -95,7 +97,8 @@ def release_expired(settings: Settings, conn: LedgerConn) -> int:
     """Claims of dead workers (by heartbeat) and of batches past their lease go back to pending."""
     now = utcnow()
     with transaction(conn.write) as s:
-        orphaned = workers.release_dead(s, now=now, timeout_s=settings.worker_timeout_s)
+        orphaned = workers.release_dead(s, now=now, timeout_s=settings.worker_timeout_s,
+                                        max_deaths=settings.max_worker_deaths)
         released = ledger.release_stale(s, now=now, lease_s=settings.lease_s)
     if orphaned:
         log.warning("re-queued %d requests claimed by a worker that died", orphaned)

@@ -3,6 +3,7 @@ so running it twice, or after the work was done, is harmless."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from app.core.config import Settings
@@ -12,8 +13,29 @@ from worker.housekeeping import purge_forgotten, refresh_cache, release_expired
 from worker.queue import announce, connect, job_started
 from worker.window import wait_for_window
 
+BACKOFF_S = (1.0, 60.0)
+_backoff = {"until": 0.0, "next_s": BACKOFF_S[0]}  # this worker process's, across its jobs
+
+
+def _wait_out_backoff() -> None:
+    """After a transient fault the next job waits (doubling, up to a minute) instead of spinning on it."""
+    left = _backoff["until"] - time.monotonic()
+    if left > 0:
+        time.sleep(left)
+
+
+def _after(outcome_info: dict[str, Any]) -> bool:
+    """Record a batch's end for the back-off; True if the job should stop and wait."""
+    if outcome_info.get("transient"):
+        _backoff["until"] = time.monotonic() + _backoff["next_s"]
+        _backoff["next_s"] = min(2 * _backoff["next_s"], BACKOFF_S[1])
+        return True
+    _backoff["next_s"] = BACKOFF_S[0]
+    return False
+
 
 def process_pending(reason: str) -> dict[str, Any]:
+    _wait_out_backoff()
     settings = Settings()
     conn = LedgerConn.open(settings)
     redis = connect(settings.redis_url or "")
@@ -28,9 +50,11 @@ def process_pending(reason: str) -> dict[str, Any]:
             try:
                 o = process(settings, conn, c)
             except Exception as e:  # any failure must hand the batch back, never strand it in processing
-                o = abandon(conn, c, e)
+                o = abandon(settings, conn, c, e)
             outcomes.append({"batch_id": o.batch_id, "state": o.state, "version": o.version_id,
                              "n_forget": o.n_forget})
+            if _after(o.info):
+                break  # the sweep re-sends the work; the next job starts after the back-off
             if o.state == "completed" and o.version_id and o.n_forget:
                 announce(settings, redis, version_id=o.version_id)
                 purge_forgotten(settings, conn)

@@ -26,6 +26,7 @@ from app.db import ledger, workers
 from app.db.session import transaction, utcnow
 from app.service.ledger_conn import LedgerConn
 from worker.consolidate import consolidate, due
+from worker.derived import rebuild_derived
 from worker.housekeeping import purge_forgotten, refresh_cache, sweep
 from worker.jobs import process_pending  # noqa: F401  imported now, not inside the first deletion's latency
 from worker.queue import announce, connect, queue
@@ -71,6 +72,21 @@ def _lower_priority(priority: str) -> None:
 
 
 CONSOLIDATE_BACKOFF_S = 600.0  # a failed retrain is minutes of CPU: not again at the next sweep
+REBUILD_BACKOFF_S = 60.0
+JOBS_PER_TURN = 10
+
+
+def maybe_rebuild(settings: Settings, conn: LedgerConn, *, not_before: float = 0.0) -> float:
+    """Retrain the models derived from deleted shadow samples, here rather than in an RQ job: its timeout
+    would interrupt a rebuild that takes minutes. Returns when the next attempt may run."""
+    if time.monotonic() < not_before:
+        return not_before
+    try:
+        rebuild_derived(settings, conn)
+    except Exception as e:  # retried until done: the ledger still names the samples the references hold
+        log.exception("rebuilding the derived models failed; retrying in %.0f s", REBUILD_BACKOFF_S, exc_info=e)
+        return time.monotonic() + REBUILD_BACKOFF_S
+    return 0.0
 
 
 def maybe_consolidate(settings: Settings, conn: LedgerConn, redis: Redis, *, not_before: float = 0.0) -> float:
@@ -98,10 +114,20 @@ class Heartbeat(threading.Thread):
         self.settings, self.conn, self.done = settings, conn, threading.Event()
 
     def run(self) -> None:
-        while not self.done.wait(self.settings.worker_heartbeat_s):
+        st, wid = self.settings, self.settings.worker_id or ""
+        while not self.done.wait(st.worker_heartbeat_s):
             try:
                 with transaction(self.conn.write) as s:
-                    workers.beat(s, worker_id=self.settings.worker_id or "", now=utcnow())
+                    now = utcnow()
+                    if not workers.beat(s, worker_id=wid, now=now):  # declared dead while paused: alive again
+                        workers.register(s, worker_id=wid, host=socket.gethostname(), pid=os.getpid(),
+                                         device=st.device, now=now)
+                    # from this thread, so that a dead or stopped worker's claims go back on time even while
+                    # this worker is busy with a long batch
+                    n = workers.release_dead(s, now=now, timeout_s=st.worker_timeout_s,
+                                             max_deaths=st.max_worker_deaths)
+                if n:
+                    log.warning("released %d requests held by a worker silent for %.0f s", n, st.worker_timeout_s)
             except Exception as e:  # a ledger hiccup: the next beat retries well inside the timeout
                 log.warning("heartbeat failed: %s", e)
 
@@ -131,7 +157,7 @@ def run_worker(settings: Settings) -> int:
     finally:
         heartbeat.done.set()
         with transaction(conn.write) as s:  # a clean exit: whatever it still held is released now
-            workers.stop(s, worker_id=settings.worker_id or "", now=utcnow())
+            workers.stop(s, worker_id=settings.worker_id or "", now=utcnow(), max_deaths=settings.max_worker_deaths)
         conn.close()
         log.info("worker %s stopped", settings.worker_id)
 
@@ -143,16 +169,19 @@ def _serve_queue(settings: Settings, conn: LedgerConn, stop: _Stop) -> int:
     purge_forgotten(settings, conn)  # heal a crash between a commit and its clean-up
     refresh_cache(settings, conn)
     log.info("worker listening on queue %r", settings.queue_name)
-    next_sweep = next_consolidation = 0.0
+    next_sweep = next_consolidation = next_rebuild = 0.0
     while not stop.requested:
         try:
             if time.monotonic() >= next_sweep:
                 sweep(settings, conn, redis)
+                next_rebuild = maybe_rebuild(settings, conn, not_before=next_rebuild)
                 next_consolidation = maybe_consolidate(settings, conn, redis, not_before=next_consolidation)
                 next_sweep = time.monotonic() + settings.sweep_interval_s
             w = SimpleWorker([queue(settings, redis)], connection=redis, serializer=JSONSerializer)
             try:  # blocks on the queue; returns when idle for a sweep interval
-                w.work(max_idle_time=max(1, round(settings.sweep_interval_s)), logging_level="WARNING")
+                # max_jobs: under a steady stream of jobs the sweep, rebuilds and consolidation still get a turn
+                w.work(max_idle_time=max(1, round(settings.sweep_interval_s)), max_jobs=JOBS_PER_TURN,
+                       logging_level="WARNING")
             except StopRequested:  # a signal during the burst's teardown
                 break
             stop.install()  # RQ installed its own handlers for the burst

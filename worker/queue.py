@@ -40,7 +40,7 @@ def notify(settings: Settings, redis: Redis, *, reason: str, force: bool = False
     try:
         if not force and not redis.set(flag, reason, nx=True, ex=int(settings.lease_s)):
             return True
-        queue(settings, redis).enqueue(JOB, reason, job_timeout=int(settings.lease_s) + 60, result_ttl=60,
+        queue(settings, redis).enqueue(JOB, reason, job_timeout=settings.job_timeout, result_ttl=60,
                                        failure_ttl=7 * 86400)
         return True
     except RedisError as e:

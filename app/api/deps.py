@@ -50,7 +50,7 @@ async def get_state(request: Request) -> AppState:  # async: sync dependencies c
 State = Annotated[AppState, Depends(get_state)]
 
 
-def _key(authorization: str | None, x_api_key: str | None) -> str | None:
+def api_key(authorization: str | None, x_api_key: str | None) -> str | None:
     if x_api_key:
         return x_api_key
     if authorization and authorization.lower().startswith("bearer "):
@@ -61,7 +61,7 @@ def _key(authorization: str | None, x_api_key: str | None) -> str | None:
 def authorize(state: AppState, *, authorization: str | None, x_api_key: str | None, scopes: tuple[str, ...],
               open_if_predict_open: bool = False) -> Principal | None:
     """The key's principal if it holds any of SCOPES (admin holds all); raises 401 / 403."""
-    key = _key(authorization, x_api_key)
+    key = api_key(authorization, x_api_key)
     if key is None:
         if open_if_predict_open and state.settings.predict_open:
             return None

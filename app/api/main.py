@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api import problems
 from app.api.deps import AppState
 from app.api.fastlane import PredictFastLane
+from app.api.guard import Guard
 from app.api.metrics import Metrics
 from app.api.routes import audit, deletes, health, models, predict, ui
 from app.api.serving import ModelHolder
@@ -29,6 +31,7 @@ from app.service.control import ControlContext
 from app.service.control_process import ControlRunner
 from app.service.ledger_conn import LedgerConn
 from app.service.store import open_store
+from app.service.supervisor import SERVE_PID_ENV, die_with_parent
 from worker.queue import connect
 
 log = logging.getLogger("unlearnd.api")
@@ -60,7 +63,19 @@ class MetricsMiddleware:
             self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
 
 
+def _die_with_serve() -> None:
+    """`serve --workers N` runs N API processes: each dies with `serve`, even a SIGKILLed one, as its worker and
+    Redis do (else they keep the port and accept deletions nobody will process)."""
+    serve_pid = os.environ.get(SERVE_PID_ENV)
+    if not serve_pid or int(serve_pid) == os.getpid():
+        return
+    die_with_parent()
+    if os.getppid() != int(serve_pid):  # serve died before the line above took effect
+        os._exit(0)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
+    _die_with_serve()
     settings = settings or Settings()
     metrics = Metrics()
 
@@ -102,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for r in (predict.router, deletes.router, audit.router, models.router, health.router, ui.router):
         app.include_router(r)
     app.add_middleware(PredictFastLane)  # type: ignore[arg-type]
+    app.add_middleware(Guard)  # type: ignore[arg-type]  # before any body is read: the key, the size limit
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # type: ignore[arg-type]  # outermost: counts both
     return app
 

@@ -9,11 +9,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from app.api.schemas import Problem
 from app.ml.errors import ForgetSetError, ServiceError, UnknownNameError, UnlearndError
 
 log = logging.getLogger("unlearnd.api")
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 TYPE_BASE = "https://unlearnd.dev/problems/"
 
 
@@ -54,7 +56,18 @@ def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
     out = problem(exc.status_code, slug, str(exc.detail), str(exc.detail), request.url.path)
-    out.headers.update(exc.headers or {})  # a 405's Allow header (RFC 9110 §15.5.6) comes from the router
+    out.headers.update(exc.headers or {})
+    if exc.status_code == 405:  # RFC 9110 §15.5.6: every method of the path, not only its first route's
+        out.headers["Allow"] = ", ".join(allowed_methods(request))
+    return out
+
+
+def allowed_methods(request: Request) -> list[str]:
+    out = []
+    for method in METHODS:
+        scope = {**request.scope, "method": method}
+        if any(r.matches(scope)[0] == Match.FULL for r in request.app.router.routes):
+            out.append(method)
     return out
 
 
@@ -77,6 +90,7 @@ PROBLEM = {"content": {"application/problem+json": {"schema": {"$ref": "#/compon
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` for the problem codes an endpoint can answer."""
     words = {400: "Malformed JSON", 401: "Missing or unknown API key", 403: "The key lacks the scope",
-             404: "Not found", 409: "Conflict", 410: "The sample was forgotten", 415: "The body is not JSON",
+             404: "Not found", 409: "Conflict", 410: "The sample was forgotten",
+             413: "The body is larger than UNLEARND_MAX_BODY_BYTES (1 MiB by default)", 415: "The body is not JSON",
              422: "Invalid request", 503: "Not ready"}
     return {c: {"description": words.get(c, "Error"), "model": Problem, **PROBLEM} for c in codes}

@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 INT64_MAX = 2**63 - 1  # the ledger's integer columns (SQLite and PostgreSQL BIGINT)
 SampleId = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]
+# text that is stored (subject ids, idempotency keys): no control characters (NUL breaks PostgreSQL's text type)
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+REQUEST_ID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
 
 class Problem(BaseModel):
@@ -25,7 +28,7 @@ class Problem(BaseModel):
 class DeleteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sample_ids: list[SampleId] | None = Field(default=None, description="training sample ids to forget")
-    subject_id: str | None = Field(default=None, min_length=1, max_length=128,
+    subject_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=PRINTABLE,
                                    description="forget every sample of this data subject")
 
 
@@ -41,9 +44,15 @@ class DeleteAccepted(BaseModel):
 
 class Forgetting(BaseModel):
     method: str | None
-    exact: bool = Field(description="true once a model retrained from scratch without the samples is served: "
-                                    "at once when the batch retrained, else after an exact consolidation")
-    exact_at: datetime | None = Field(description="when that exact model was first served")
+    exact: bool = Field(description="true once no model the service keeps was trained on the samples: the served "
+                                    "model was retrained without them (at once when the batch retrained or the "
+                                    "samples were never training data, else after an exact consolidation), and "
+                                    "the verifier's reference models too when shadow samples were deleted")
+    exact_at: datetime | None = Field(description="when that became true")
+    model_exact_at: datetime | None = Field(default=None, description="when a served model retrained without the "
+                                                                      "samples was first served")
+    derived_pending: bool = Field(default=False, description="deleted shadow samples are still inside the "
+                                                             "verifier's reference models; they are being retrained")
     verdict: str = Field(description="forgotten | partial | not measurable | unverified: the membership "
                                      "verifier on the batch's forgotten samples after the update")
     gap_closed: float | None = Field(default=None, description="share of the samples' membership signal (set AUC "

@@ -62,7 +62,7 @@ class ModelHolder:
             return False
         t0, c0 = time.perf_counter(), time.thread_time()
         try:
-            md = load_version(head, probe=self.store, pause=_yield_to_requests)
+            md = load_version(head, home=self.settings.home, probe=self.store, pause=_yield_to_requests)
         except (UnlearndError, OSError) as e:
             self.failed_loads += 1
             log.error("not swapping to version %s: %s", head.id, e)

@@ -45,6 +45,17 @@ class Settings(BaseSettings):
     bootstrap_admin_key: str | None = Field(default=None, min_length=32,
                                             description="an admin API key inserted (hashed) at start")
     predict_open: bool = Field(default=False, description="allow /predict without a key")
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+                                   description="the API's address as clients see it (https://unlearnd.example): "
+                                               "status URLs are built on it; None: relative URLs (the Host "
+                                               "header is never trusted)")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024,
+                                description="largest request body (413 beyond); checked on Content-Length "
+                                            "before reading and while streaming")
+    ui_session_hours: float = Field(default=12.0, gt=0, description="an operator page login lasts this long")
+    subject_key: str | None = Field(default=None, min_length=32,
+                                    description="secret of the keyed digest a completed request keeps of its "
+                                                "subject; None: HOME/subject.key, made at first start")
     max_delete_ids: int = Field(default=1000, ge=1, description="most sample ids in one POST /delete")
     max_predict_instances: int = Field(default=256, ge=1)
     retention_days: int = Field(default=30, ge=1, description="due_at = received_at + this")
@@ -69,6 +80,14 @@ class Settings(BaseSettings):
     worker_timeout_s: float = Field(default=15.0, gt=0,
                                     description="a worker silent this long is dead: its claims go back to pending")
     sweep_interval_s: float = Field(default=10.0, gt=0, description="re-enqueue lost work this often")
+    job_timeout_s: float | None = Field(default=None, gt=0,
+                                        description="RQ's limit on one job (claim, forget, commit, purge); "
+                                                    "None: lease_s + 60. Retrains of derived models and "
+                                                    "consolidations run outside jobs, unbounded by it")
+    max_attempts: int = Field(default=3, ge=1, description="a batch that errs this many times fails")
+    max_worker_deaths: int = Field(default=5, ge=1,
+                                   description="a batch whose worker died this many times while it ran fails, "
+                                               "with the reason, instead of killing workers forever")
     unlearn_method: str | None = Field(default=None,
                                        description="override the model's calibrated forgetting setting with this "
                                                    "method (iau, out_match, retrain, …)")
@@ -105,7 +124,6 @@ class Settings(BaseSettings):
     consolidate_after: int = Field(default=20, ge=1,
                                    description="consolidate after this many approximate versions in a row")
     subjects_file: Path | None = Field(default=None, description="JSON {sample_id: subject_id} for the samples")
-    mia_shadows: int = Field(default=3, ge=1, description="shadow models of the audit's membership attack")
     verifier: str = Field(default="lira", description="membership verifier that judges each batch (lira, loss)")
     verify_refs: int = Field(default=4, ge=0,
                              description="reference models the verifier trains at publication (LiRA needs ≥ 2; "
@@ -119,6 +137,8 @@ class Settings(BaseSettings):
                                    "saturated host starves deletions); normal: unchanged")
     debug_commit_delay_s: float = Field(default=0.0, ge=0,
                                         description="testing only: pause between writing weights and commit")
+    debug_rebuild_delay_s: float = Field(default=0.0, ge=0,
+                                         description="testing only: pause inside a rebuild of derived models")
 
     # --- `make run` default model
     demo_arch: str = "lenet5"
@@ -139,6 +159,10 @@ class Settings(BaseSettings):
             if url.startswith(plain):
                 return "postgresql+psycopg://" + url[len(plain):]
         return url
+
+    @property
+    def job_timeout(self) -> int:
+        return int(self.job_timeout_s if self.job_timeout_s is not None else self.lease_s + 60)
 
     @property
     def models_dir(self) -> Path:

@@ -6,6 +6,7 @@ Callers own the transaction (see `session.transaction`); these functions never c
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import uuid
 from collections.abc import Sequence
@@ -49,8 +50,11 @@ def active_split_of(session: Session, *, ids: Sequence[int]) -> dict[int, str]:
     return {int(i): str(sp) for i, sp in rows}
 
 
-def forgotten_ids(session: Session) -> list[int]:
-    return list(session.scalars(select(Sample.id).where(Sample.state == "forgotten").order_by(Sample.id)))
+def forgotten_ids(session: Session, *, split: str | None = None) -> list[int]:
+    q = select(Sample.id).where(Sample.state == "forgotten")
+    if split is not None:
+        q = q.where(Sample.split == split)
+    return list(session.scalars(q.order_by(Sample.id)))
 
 
 def sample_state(session: Session, *, sample_id: int) -> str | None:
@@ -102,7 +106,13 @@ class NewRequest:
     already_forgotten: list[int]
 
 
-SUBJECT_DIGEST = "sha256:"
+SUBJECT_DIGEST = "hmac-sha256:"
+
+
+def subject_digest(subject: str, key: bytes) -> str:
+    """What a completed request keeps of the subject it named: a keyed digest, so a dictionary of likely
+    subject ids cannot reverse it without the deployment's key."""
+    return SUBJECT_DIGEST + hmac.new(key, subject.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def _body_hash(sample_ids: Sequence[int] | None, subject_id: str | None) -> str:
@@ -137,7 +147,10 @@ def create_request(session: Session, *, sample_ids: Sequence[int] | None, subjec
                    max_ids: int) -> NewRequest:
     body = _body_hash(sample_ids, subject_id)
     if idempotency_key is not None:
-        prior = session.scalar(select(DeletionRequest).where(DeletionRequest.idempotency_key == idempotency_key))
+        owner = (DeletionRequest.api_key_id.is_(None) if api_key_id is None
+                 else DeletionRequest.api_key_id == api_key_id)
+        prior = session.scalar(select(DeletionRequest).where(DeletionRequest.idempotency_key == idempotency_key,
+                                                             owner))
         if prior is not None:
             if prior.body_sha256 != body:
                 raise Conflict("this Idempotency-Key was used with a different body")
@@ -238,9 +251,11 @@ def release_stale(session: Session, *, now: datetime, lease_s: float) -> int:
 
 def complete_batch(session: Session, *, batch_id: str, request_ids: Sequence[str], version_id: str,
                    forget_ids: Sequence[int], audit_seq: int | None, now: datetime,
-                   already: dict[str, list[int]], method: str | None = None, verdict: str | None = None,
-                   exact: bool = False) -> None:
-    """Requests → completed and samples → forgotten; raises Conflict if anything moved meanwhile."""
+                   already: dict[str, list[int]], subject_key: bytes, method: str | None = None,
+                   verdict: str | None = None, exact: bool = False, derived_pending: bool = False) -> None:
+    """Requests → completed and samples → forgotten; raises Conflict if anything moved meanwhile. EXACT: the
+    new served version was trained without the samples; DERIVED_PENDING: models derived from deleted shadow
+    samples still have to be retrained, so the requests are not exact yet."""
     if forget_ids:
         res = session.execute(update(Sample).where(Sample.id.in_(list(forget_ids)), Sample.state == "active")
                               .values(state="forgotten", forgotten_at=now, forgotten_in=version_id,
@@ -253,28 +268,61 @@ def complete_batch(session: Session, *, batch_id: str, request_ids: Sequence[str
                                      DeletionRequest.state == "processing")
                               .values(state="completed", completed_at=now, model_version_id=version_id,
                                       audit_seq=audit_seq, already_forgotten=already.get(rid, []), method=method,
-                                      verdict=verdict, exact_at=now if exact else None))
+                                      verdict=verdict, model_exact_at=now if exact else None,
+                                      derived_pending=derived_pending,
+                                      exact_at=now if exact and not derived_pending else None))
         if res.rowcount != 1:  # type: ignore[attr-defined]
             raise Conflict(f"request {rid} is no longer held by batch {batch_id}")
     # a request by subject keeps only a digest of whom it named once done: the name is personal data
     for req in session.scalars(select(DeletionRequest).where(DeletionRequest.id.in_(list(request_ids)),
                                                              DeletionRequest.subject_id.is_not(None))):
-        if not req.subject_id.startswith(SUBJECT_DIGEST):  # type: ignore[union-attr]
-            req.subject_id = SUBJECT_DIGEST + hashlib.sha256(req.subject_id.encode()).hexdigest()[:32]  # type: ignore[union-attr]
+        if not req.subject_id.startswith((SUBJECT_DIGEST, "sha256:")):  # type: ignore[union-attr]
+            req.subject_id = subject_digest(req.subject_id, subject_key)  # type: ignore[arg-type]
 
 
 def approximate_requests(session: Session) -> list[DeletionRequest]:
-    """Completed requests no exact model covers yet, oldest due first."""
+    """Completed requests whose samples the served model may still hold (no retrain without them was served
+    yet), oldest due first."""
     return list(session.scalars(select(DeletionRequest)
-                                .where(DeletionRequest.state == "completed", DeletionRequest.exact_at.is_(None))
+                                .where(DeletionRequest.state == "completed", DeletionRequest.model_exact_at.is_(None))
                                 .order_by(DeletionRequest.due_at, DeletionRequest.id)))
 
 
 def mark_exact(session: Session, *, request_ids: Sequence[str], now: datetime) -> int:
+    """A retrain without these requests' samples is served: the served model is exact for them; the requests are
+    exact unless derived models still wait for their rebuild."""
+    ids = list(request_ids)
+    session.execute(update(DeletionRequest)
+                    .where(DeletionRequest.id.in_(ids), DeletionRequest.model_exact_at.is_(None))
+                    .values(model_exact_at=now))
     res = session.execute(update(DeletionRequest)
-                          .where(DeletionRequest.id.in_(list(request_ids)), DeletionRequest.exact_at.is_(None))
+                          .where(DeletionRequest.id.in_(ids), DeletionRequest.exact_at.is_(None),
+                                 DeletionRequest.derived_pending.is_(False))
                           .values(exact_at=now))
     return int(res.rowcount)  # type: ignore[attr-defined]
+
+
+def settle_derived(session: Session, *, excluded: Sequence[int], now: datetime) -> list[str]:
+    """The derived models were rebuilt without the shadow samples EXCLUDED: every request waiting on them
+    whose shadow samples are all excluded is settled (and exact, if its served model part is). Returns their
+    ids."""
+    gone = set(int(i) for i in excluded)
+    waiting = list(session.scalars(select(DeletionRequest.id).where(DeletionRequest.derived_pending.is_(True))))
+    if not waiting:
+        return []
+    shadow = session.execute(select(RequestSample.request_id, RequestSample.sample_id).join(Sample)
+                             .where(RequestSample.request_id.in_(waiting), Sample.split == "shadow"))
+    need: dict[str, set[int]] = {r: set() for r in waiting}
+    for rid, sid in shadow:
+        need[rid].add(int(sid))
+    done = [r for r, ids in need.items() if ids <= gone]
+    if done:
+        session.execute(update(DeletionRequest).where(DeletionRequest.id.in_(done)).values(derived_pending=False))
+        session.execute(update(DeletionRequest)
+                        .where(DeletionRequest.id.in_(done), DeletionRequest.model_exact_at.is_not(None),
+                               DeletionRequest.exact_at.is_(None))
+                        .values(exact_at=now))
+    return done
 
 
 def fail_batch(session: Session, *, batch_id: str, reason: str, now: datetime) -> int:

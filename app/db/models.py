@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {"ix": "ix_%(column_0_label)s", "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -51,10 +51,12 @@ class Sample(Base):
 
 class DeletionRequest(Base):
     __tablename__ = "deletion_requests"
+    # an Idempotency-Key is the client's: another API key using the same string is another request
+    __table_args__ = (UniqueConstraint("api_key_id", "idempotency_key"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     state: Mapped[str] = mapped_column(String(16), index=True)  # pending|processing|completed|rejected|failed
     subject_id: Mapped[str | None] = mapped_column(String(128))
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     body_sha256: Mapped[str] = mapped_column(String(64))
     api_key_id: Mapped[str | None] = mapped_column(String(32))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
@@ -70,7 +72,12 @@ class DeletionRequest(Base):
     # how the batch forgot it, and when a model retrained without it from scratch was first served
     method: Mapped[str | None] = mapped_column(String(64))
     verdict: Mapped[str | None] = mapped_column(String(32))  # forgotten | partial | not measurable | unverified
+    # exact_at: no model the service keeps was trained on the request's samples. Two parts: the served model
+    # (model_exact_at: a retrain without them was served) and the models derived from the shadow split
+    # (the verifier's references: derived_pending until they are retrained without them)
     exact_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    model_exact_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    derived_pending: Mapped[bool] = mapped_column(default=False, server_default=false())
     claimed_by: Mapped[str | None] = mapped_column(String(64), index=True)  # the worker processing it
 
 
@@ -113,3 +120,14 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class UiSession(Base):
+    """An operator page login: the cookie holds a random id, stored here only as its digest."""
+
+    __tablename__ = "ui_sessions"
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -47,13 +47,13 @@ def beat(session: Session, *, worker_id: str, now: datetime) -> bool:
     return res.rowcount == 1  # type: ignore[attr-defined]
 
 
-def stop(session: Session, *, worker_id: str, now: datetime) -> int:
+def stop(session: Session, *, worker_id: str, now: datetime, max_deaths: int) -> int:
     """Mark WORKER_ID stopped (a clean exit, or a death someone saw) and release its claims."""
     session.execute(update(Worker).where(Worker.id == worker_id, Worker.stopped_at.is_(None)).values(stopped_at=now))
-    return _release(session, [worker_id])
+    return _release(session, [worker_id], now=now, max_deaths=max_deaths)
 
 
-def release_dead(session: Session, *, now: datetime, timeout_s: float) -> int:
+def release_dead(session: Session, *, now: datetime, timeout_s: float, max_deaths: int) -> int:
     """Release the claims of every worker that stopped or went silent for TIMEOUT_S; marks the silent stopped."""
     cutoff = now - timedelta(seconds=timeout_s)
     dead = list(session.scalars(select(Worker.id).where(or_(Worker.stopped_at.is_not(None),
@@ -61,11 +61,21 @@ def release_dead(session: Session, *, now: datetime, timeout_s: float) -> int:
     if not dead:
         return 0
     session.execute(update(Worker).where(Worker.id.in_(dead), Worker.stopped_at.is_(None)).values(stopped_at=now))
-    return _release(session, dead)
+    return _release(session, dead, now=now, max_deaths=max_deaths)
 
 
-def _release(session: Session, worker_ids: list[str]) -> int:
-    # the claim's attempt stays counted: the batch may be what killed its worker (out of memory, say)
+def died_reason(attempts: int) -> str:
+    return (f"its worker died {attempts} times while processing it (killed, or out of memory): failed so that it "
+            "stops taking workers down; an operator can retry it (`unlearnd requests retry`)")
+
+
+def _release(session: Session, worker_ids: list[str], *, now: datetime, max_deaths: int) -> int:
+    # the claim's attempt stays counted: the batch may be what killed its worker (out of memory, say), and one
+    # that has done so MAX_DEATHS times fails instead of going round forever
+    held = DeletionRequest.state == "processing", DeletionRequest.claimed_by.in_(worker_ids)
+    for req in session.scalars(select(DeletionRequest).where(*held, DeletionRequest.attempts >= max_deaths)):
+        req.state, req.reason, req.completed_at = "failed", died_reason(req.attempts), now
+    session.flush()
     res = session.execute(update(DeletionRequest)
                           .where(DeletionRequest.state == "processing", DeletionRequest.claimed_by.in_(worker_ids))
                           .values(state="pending", batch_id=None, claimed_at=None, claimed_by=None))

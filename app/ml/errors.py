@@ -11,6 +11,7 @@ message (no traceback) and the HTTP layer maps each class once to a problem+json
     ├── ModelLoadError        weights that do not match their meta.json or arch
     ├── CacheMismatchError    a gradient cache computed for other weights or ids
     ├── VerifierError         no (or too few) reference models, a split too small to calibrate
+    ├── StateError            the service's home and ledger disagree, or the ledger is unreadable
     └── ServiceError          the deletion service (status + slug → problem+json)
         ├── InvalidRequest 422  ├── NotFound 404   ├── Gone 410 (forgotten sample)
         ├── Conflict 409        ├── Unauthorized 401 ├── Forbidden 403
@@ -75,6 +76,11 @@ class UnlearnFailed(UnlearndError):
 
 class VerifierError(UnlearndError):
     """A membership verifier cannot be built or used for this model (e.g. no reference models)."""
+
+
+class StateError(UnlearndError):
+    """The service's state cannot be used as it is: a lost or corrupt ledger beside a used home. Starting
+    anyway could bring erased data back; the message says how to restore."""
 
 
 class ServiceError(UnlearndError):

@@ -1,14 +1,16 @@
-"""First start: import a trained model and its training set, train the audit's attack, publish v1.
+"""First start: import a trained model and its training set, build its verifier, publish v1.
 
 The model's training ids become the ledger's samples; the whole dataset is copied into the
 service's data store (forgotten rows are later purged there, not in the source data).
+
+A home that has served before (erased rows in its store, versions in its models folder) is never
+published into a fresh ledger: that would retrain on the source data, and bring erased samples back.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,9 @@ from app.ml.calibrate import CalibrationConfig
 from app.ml.checkpoint import ModelDir, load_model_dir
 from app.ml.data import SplitConfig, Splits
 from app.ml.device import resolve
+from app.ml.errors import StateError
 from app.ml.gradcache import build_cache, cache_matches, load_cache, save_cache
 from app.ml.metrics import accuracy
-from app.ml.mia.shadow import MIAConfig, fit_attack
-from app.ml.mia.store import save_attack
 from app.ml.pipeline import attach_verifier, calibrate_model, dataset_for, train_config_from_meta, train_to_dir
 from app.ml.train import TrainConfig
 from app.ml.verify.base import BuildInputs, VerifierConfig
@@ -33,8 +34,8 @@ from app.ml.verify.report import power_summary
 from app.ml.verify.store import FOLDER as VERIFIER_FOLDER
 from app.ml.verify.store import load_verifier, save_verifier
 from app.service.ledger_conn import LedgerConn
-from app.service.store import create_store
-from app.service.versions import holdout_ids, write_version
+from app.service.store import FORGOTTEN_LABEL, create_store
+from app.service.versions import holdout_ids, ledger_path, version_dir, write_version
 
 log = logging.getLogger("unlearnd.bootstrap")
 DEMO_SUBJECT_GROUP = 4
@@ -73,6 +74,7 @@ def publish_initial(settings: Settings, conn: LedgerConn, *, model_dir: Path | N
     if current is not None:
         _backfill_splits(settings, conn, current)
         return current.id
+    refuse_used_home(settings)
     default_model = model_dir is None
     if model_dir is None:
         model_dir = settings.home / "initial-model"
@@ -89,11 +91,6 @@ def publish_initial(settings: Settings, conn: LedgerConn, *, model_dir: Path | N
         cache = build_cache(md.model, ds, train_ids, chunk_size=settings.chunk_size)
     train_cfg = train_config_from_meta(md.meta) or TrainConfig()
     epochs = int(md.meta.get("best_epoch") or md.meta.get("epochs") or 20)
-    print(f"training the audit's membership attack ({settings.mia_shadows} shadow models, {epochs} epochs each)")
-    attack = fit_attack(ds, md.splits.shadow, md.model_cfg, replace(train_cfg, patience=10**6), epochs,
-                        MIAConfig(n_shadows=settings.mia_shadows, seed=int(md.meta.get("seed", 0))))
-    attack_eval = attack.evaluate(md.model, ds, train_ids, hold)
-    save_attack(attack, settings.home / "attack")
     verifier = _publish_verifier(settings, md, ds, train_cfg, epochs)
     calibration = _publish_calibration(settings, md, ds, cache, progress=progress)
     meta = {**md.meta, "published_from": str(model_dir), "calibration": calibration}
@@ -101,7 +98,7 @@ def publish_initial(settings: Settings, conn: LedgerConn, *, model_dir: Path | N
                               splits=md.splits)
     save_cache(cache, path)
     metrics: dict[str, Any] = {"holdout_acc": accuracy(md.model, ds, hold), "n_train": len(train_ids),
-                               "attack": attack_eval, "verifier": verifier, "exact": True,
+                               "verifier": verifier, "exact": True,
                                "calibration": calibration_summary(calibration)}
     now = utcnow()
     with transaction(conn.write) as s:
@@ -111,7 +108,7 @@ def publish_initial(settings: Settings, conn: LedgerConn, *, model_dir: Path | N
         ledger.add_samples(s, ids=train_ids.tolist(), subjects=subjects)
         for split in OTHER_SPLITS:
             ledger.add_samples(s, ids=np.sort(getattr(md.splits, split)).tolist(), subjects=subjects, split=split)
-        v = ledger.add_version(s, sha256=sha, parent_id=None, path=str(path), now=now, metrics=metrics)
+        v = ledger.add_version(s, sha256=sha, parent_id=None, path=ledger_path(path), now=now, metrics=metrics)
         ledger.set_head(s, version_id=v.id, expected=None, now=now)
         append_entry(s, batch_id="publish", created_at=now.isoformat(),
                      payload={"event": "publish", "model_sha256": sha, "dataset": md.meta.get("dataset"),
@@ -123,13 +120,32 @@ def publish_initial(settings: Settings, conn: LedgerConn, *, model_dir: Path | N
 OTHER_SPLITS = ("val", "test", "shadow")
 
 
+def refuse_used_home(settings: Settings) -> None:
+    """A ledger with no version beside a home that has served: the ledger was lost or replaced. Publishing
+    would retrain on the source data and bring erased samples back, so the service refuses to start."""
+    signs = []
+    y = settings.store_dir / "y.npy"
+    if y.is_file():
+        erased = int((np.load(y, mmap_mode="r") == FORGOTTEN_LABEL).sum())
+        if erased:
+            signs.append(f"its data store has {erased} erased rows")
+    if settings.models_dir.is_dir():
+        versions = [d for d in settings.models_dir.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        if versions:
+            signs.append(f"its models folder holds {len(versions)} versions")
+    if signs:
+        raise StateError(f"the ledger at {settings.db_url.split('@')[-1]} has no published version, but "
+                         f"{settings.home} has served before ({'; '.join(signs)}): restore the ledger from the "
+                         "backup taken with this home (docs/operations.md), or move the home aside to start anew")
+
+
 def _backfill_splits(settings: Settings, conn: LedgerConn, head: Any) -> None:
     """Ledgers published before every split was recorded get the val, test and shadow samples of the served
     version, so that they too can be deleted."""
     with transaction(conn.read) as s:
         if ledger.has_split_samples(s):
             return
-    splits = Splits.load(Path(head.path) / "splits.json")
+    splits = Splits.load(version_dir(settings.home, head) / "splits.json")
     subjects = _subjects(settings, None, False)
     with transaction(conn.write) as s:
         if ledger.has_split_samples(s):
@@ -151,7 +167,7 @@ def _publish_verifier(settings: Settings, md: ModelDir, ds: Any, train_cfg: Trai
         v = load_verifier(own, with_refs=True)
         if v.name == settings.verifier and np.array_equal(v.member_ids, np.sort(md.splits.train)) and v.power:
             save_verifier(v, target)
-            return {**power_summary(v), "power": v.power, "reused_from": str(own)}
+            return {**power_summary(v), "power": v.power, "reused": "the model directory's own verifier"}
     inputs = BuildInputs(model=md.model, ds=ds, splits=md.splits, model_cfg=md.model_cfg, train_cfg=train_cfg,
                          epochs=epochs)
     return attach_verifier(settings.home, inputs, settings.verifier,

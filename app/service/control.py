@@ -12,11 +12,13 @@ from typing import Any
 
 from redis import Redis
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from app.core.config import Settings
 from app.db import ledger
 from app.db.models import AuditEntry, ModelVersion
 from app.db.session import as_utc, transaction, utcnow
+from app.service.faults import public_reason
 from app.service.ledger_conn import LedgerConn
 from worker.queue import notify
 
@@ -40,12 +42,20 @@ def accept_deletion(ctx: ControlContext, *, sample_ids: list[int] | None, subjec
     `notified` is False when Redis was unreachable: the request is accepted all the same (the
     sweep enqueues it later), as it is a ledger row."""
     st = ctx.settings
-    with transaction(ctx.conn.write) as s:
-        new = ledger.create_request(s, sample_ids=sample_ids, subject_id=subject_id,
-                                    idempotency_key=idempotency_key, api_key_id=api_key_id, now=utcnow(),
-                                    retention_days=st.retention_days, max_ids=st.max_delete_ids)
-        req = new.request
-        n = len(ledger.request_sample_ids(s, request_ids=[req.id])[req.id])
+    for race in (False, True):
+        try:
+            with transaction(ctx.conn.write) as s:
+                new = ledger.create_request(s, sample_ids=sample_ids, subject_id=subject_id,
+                                            idempotency_key=idempotency_key, api_key_id=api_key_id, now=utcnow(),
+                                            retention_days=st.retention_days, max_ids=st.max_delete_ids)
+                req = new.request
+                n = len(ledger.request_sample_ids(s, request_ids=[req.id])[req.id])
+            break
+        except IntegrityError:
+            # the same Idempotency-Key committed by another API process between our lookup and our insert: the
+            # second pass finds that request and answers it as a replay
+            if race or idempotency_key is None:
+                raise
     notified = new.created and ctx.redis is not None and notify(st, ctx.redis, reason=f"request {req.id}")
     return {"id": req.id, "state": req.state, "received_at": as_utc(req.received_at), "due_at": as_utc(req.due_at),
             "n_samples": n, "already_forgotten": new.already_forgotten, "created": new.created,
@@ -61,11 +71,14 @@ def request_status(ctx: ControlContext, *, request_id: str) -> dict[str, Any]:
     if how is not None:
         how["exact_at"] = as_utc(req.exact_at)
         how["exact"] = req.exact_at is not None
+        how["model_exact_at"] = as_utc(req.model_exact_at)
+        how["derived_pending"] = bool(req.derived_pending)
     return {"forgetting": how,
             "id": req.id, "state": req.state, "received_at": as_utc(req.received_at), "due_at": as_utc(req.due_at),
             "completed_at": as_utc(req.completed_at), "sample_ids": ids, "subject_id": req.subject_id,
             "already_forgotten": list(req.already_forgotten or []), "model_version": req.model_version_id,
-            "audit_entry": req.audit_seq, "reason": req.reason, "attempts": req.attempts}
+            "audit_entry": req.audit_seq, "reason": public_reason(req.reason) if req.reason else None,
+            "attempts": req.attempts}
 
 
 def forgetting(payload: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ at 3 deletions a second that was the /predict p99. A child process shares no GIL
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 import signal
@@ -25,9 +26,11 @@ from app.core.config import Settings
 from app.core.priority import lower_this_thread
 from app.ml.errors import Unavailable
 from app.service.control import ControlContext, ping
+from app.service.faults import is_transient
 from app.service.ledger_conn import LedgerConn
 from worker.queue import connect
 
+log = logging.getLogger("unlearnd.control")
 T = TypeVar("T")
 Op = Callable[..., T]
 START_TIMEOUT_S = 120.0  # a spawned process imports SQLAlchemy and RQ, then opens the ledger: seconds
@@ -54,9 +57,22 @@ def _init(settings: Settings) -> None:
                           else None)
 
 
+def guarded(op: Op[T], ctx: ControlContext, kwargs: dict[str, Any]) -> T:
+    """OP, with a transient fault (full disk, database or Redis away) turned into a 503 the client retries: it
+    says nothing wrong about the request."""
+    try:
+        return op(ctx, **kwargs)
+    except Exception as e:
+        if is_transient(e):
+            log.warning("transient fault in %s: %s", getattr(op, "__name__", op), e)
+            raise Unavailable("the ledger is unavailable for a moment (disk or database): retry the request, "
+                              "with the same Idempotency-Key") from None
+        raise
+
+
 def _call(op: Op[T], kwargs: dict[str, Any]) -> T:
     assert _ctx is not None, "not a control process"
-    return op(_ctx, **kwargs)
+    return guarded(op, _ctx, kwargs)
 
 
 class ControlRunner:
@@ -82,7 +98,7 @@ class ControlRunner:
     def _submit(self, op: Op[T], kwargs: dict[str, Any]) -> Any:
         assert self._pool is not None, "ControlRunner.start() first"
         if self.processes == 0:
-            return self._pool.submit(op, self.inline, **kwargs)
+            return self._pool.submit(guarded, op, self.inline, kwargs)
         return self._pool.submit(_call, op, kwargs)
 
     async def __call__(self, op: Op[T], /, **kwargs: Any) -> T:

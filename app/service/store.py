@@ -84,6 +84,12 @@ def purge(ds: Dataset, ids: Sequence[int]) -> int:
     return len(live)
 
 
+def erased_rows(ds: Dataset) -> np.ndarray:
+    """Ids of rows purged from the store: never training, validation or verification data again, whatever a
+    ledger says (a lost ledger must not bring them back)."""
+    return np.flatnonzero(np.asarray(ds.y) == FORGOTTEN_LABEL).astype(np.int64)
+
+
 def raw_to_features(ds: Dataset, rows: np.ndarray) -> torch.Tensor:
     """Client inputs (flattened, in the store's scale: uint8 0-255 or float) → model input."""
     shape = ds.x.shape[1:]

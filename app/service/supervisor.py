@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 log = logging.getLogger("unlearnd.supervisor")
 
 PR_SET_PDEATHSIG = 1
+SERVE_PID_ENV = "UNLEARND_SERVE_PID"  # set by `serve` for its API processes, which die with it too
 STABLE_S = 60.0  # a child that lived this long starts again at the shortest backoff
 BACKOFF_S = (0.5, 30.0)
 

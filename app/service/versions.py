@@ -1,4 +1,8 @@
-"""Model versions on disk: HOME/models/<id>/ written whole or not at all, loaded only if verified."""
+"""Model versions on disk: HOME/models/<id>/ written whole or not at all, loaded only if verified.
+
+The ledger records a version's folder relative to the home (`models/<id>`), so a copied or restored home
+is self-contained: it never reads, or purges, the folders of the home it was copied from. Ledgers that
+recorded absolute paths are read the same way, by the folder's name under this home's models folder."""
 
 from __future__ import annotations
 
@@ -41,13 +45,27 @@ def write_version(models_dir: Path, *, model: nn.Module, model_cfg: ModelConfig,
     return sha, final
 
 
-def load_version(version: ModelVersion, *, probe: Dataset | None = None, device: torch.device | str | None = None,
-                 pause: Callable[[], None] = no_pause) -> ModelDir:
+MODELS = "models"
+
+
+def ledger_path(folder: Path) -> str:
+    """What the ledger records for a version folder written by write_version."""
+    return f"{MODELS}/{folder.name}"
+
+
+def version_dir(home: Path, version: ModelVersion | str) -> Path:
+    """A version's folder under HOME, whatever form (relative, or an older ledger's absolute path) was recorded."""
+    path = version if isinstance(version, str) else version.path
+    return Path(home) / MODELS / Path(path).name
+
+
+def load_version(version: ModelVersion, *, home: Path, probe: Dataset | None = None,
+                 device: torch.device | str | None = None, pause: Callable[[], None] = no_pause) -> ModelDir:
     """Load, check the sha256 the ledger recorded, and (given PROBE) run a finite forward pass
     on a few of the version's held-out samples. PAUSE runs between steps (see load_model_dir)."""
     if not version.weights_present:
         raise ModelLoadError(f"weights of version {version.id} were purged")
-    md = load_model_dir(Path(version.path), device=device, pause=pause)
+    md = load_model_dir(version_dir(home, version), device=device, pause=pause)
     if md.weights_sha256 != version.sha256:
         raise ModelLoadError(f"version {version.id}: weights on disk do not match the ledger's sha256")
     check_finite(md.model)

@@ -5,18 +5,24 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Request, Response
 
 from app.api.deps import State, require
 from app.api.problems import responses
 from app.api.routes.predict import is_json
-from app.api.schemas import DeleteAccepted, DeleteBody, RequestStatus
+from app.api.schemas import PRINTABLE, REQUEST_ID, DeleteAccepted, DeleteBody, RequestStatus
 from app.api.threads import BackgroundRoute
 from app.db.keys import Principal
 from app.ml.errors import UnsupportedMediaType
 from app.service import control
 
 router = APIRouter(route_class=BackgroundRoute, tags=["delete"])
+
+
+def status_url(public_url: str | None, request_id: str) -> str:
+    """Built on the configured public address, else relative: the Host header is the client's to choose, and
+    reflecting it would hand out links to any host."""
+    return f"{(public_url or '').rstrip('/')}/requests/{request_id}"
 
 
 def json_only(request: Request) -> None:
@@ -29,7 +35,8 @@ def json_only(request: Request) -> None:
              summary="Ask to forget samples (by ids or by subject); poll the status URL")
 async def delete(state: State, body: DeleteBody, request: Request, response: Response,
                  principal: Annotated[Principal, Depends(require("delete"))],
-                 idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> DeleteAccepted:
+                 idempotency_key: Annotated[str | None, Header(max_length=200, pattern=PRINTABLE)] = None,
+                 ) -> DeleteAccepted:
     out = await state.control(control.accept_deletion, sample_ids=body.sample_ids, subject_id=body.subject_id,
                               idempotency_key=idempotency_key, api_key_id=principal.key_id)
     if out["created"]:
@@ -38,7 +45,7 @@ async def delete(state: State, body: DeleteBody, request: Request, response: Res
             state.metrics.enqueue_failures.inc()
     else:
         response.headers["Idempotent-Replayed"] = "true"
-    url = str(request.url_for("request_status", request_id=out["id"]))
+    url = status_url(state.settings.public_url, out["id"])
     response.headers["Location"] = url
     return DeleteAccepted(id=out["id"], state=out["state"], status_url=url, received_at=out["received_at"],
                           due_at=out["due_at"], n_samples=out["n_samples"],
@@ -46,7 +53,7 @@ async def delete(state: State, body: DeleteBody, request: Request, response: Res
 
 
 @router.get("/requests/{request_id}", name="request_status", response_model=RequestStatus,
-            dependencies=[Depends(require("delete", "audit"))], responses=responses(401, 403, 404, 503),
+            dependencies=[Depends(require("delete", "audit"))], responses=responses(401, 403, 404, 422, 503),
             summary="State of a deletion request")
-async def request_status(state: State, request_id: str) -> RequestStatus:
+async def request_status(state: State, request_id: Annotated[str, Path(pattern=REQUEST_ID)]) -> RequestStatus:
     return RequestStatus(**await state.control(control.request_status, request_id=request_id))

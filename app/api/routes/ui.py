@@ -1,7 +1,9 @@
 """/ui: the read-only operator page. Server-rendered (Jinja2, autoescaped), no JavaScript, charts as inline SVG.
 
-Access needs the audit scope: the key in the usual headers, or entered once in the login form and kept in a
-session cookie (HttpOnly, SameSite=Strict, Secure over https). The key never appears in a URL.
+Access needs the audit scope: the key in the usual headers, or entered once in the login form, which opens a
+server-side session (app/db/ui_sessions.py): the cookie (HttpOnly, SameSite=Strict, Secure over https) holds a
+random session id, never the key; logging out revokes it. The login and logout forms refuse a foreign Origin,
+and no page can be framed. The key never appears in a URL.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -19,7 +21,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from app.api import svg
 from app.api.deps import AppState, authorize
-from app.db import views
+from app.db import ui_sessions, views
 from app.db.audit import ChainReport, parse_head, verify_chain
 from app.db.audit import head as audit_head
 from app.db.keys import Principal
@@ -29,7 +31,10 @@ from app.ml.errors import Forbidden, Unauthorized
 router = APIRouter(include_in_schema=False)
 # The last /ui/verify of this API process: the page shows it without reading the whole log on every load.
 LAST_VERIFY: dict[str, Any] = {}
-COOKIE = "unlearnd_ui_key"
+COOKIE = "unlearnd_ui_session"
+NO_FRAMES = {"X-Frame-Options": "DENY"}
+CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; "
+       "frame-ancestors 'none'")
 PAGE = 50  # audit rows and requests per page
 ENV = Environment(loader=FileSystemLoader(Path(__file__).resolve().parents[1] / "templates"),
                   autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
@@ -50,8 +55,7 @@ ENV.filters.update(pct=_pct, when=_when)
 
 def _render(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
     return HTMLResponse(ENV.get_template(name).render(**ctx), status_code=status,
-                        headers={"Cache-Control": "no-store", "Content-Security-Policy":
-                                 "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'"})
+                        headers={"Cache-Control": "no-store", "Content-Security-Policy": CSP, **NO_FRAMES})
 
 
 def _login(status: int, message: str | None) -> HTMLResponse:
@@ -61,15 +65,39 @@ def _login(status: int, message: str | None) -> HTMLResponse:
 def _principal(request: Request) -> Principal | HTMLResponse:
     state: AppState = request.app.state.unlearnd
     h = request.headers
-    key = h.get("x-api-key") or request.cookies.get(COOKIE)
+    token = request.cookies.get(COOKIE)
+    if token and not (h.get("x-api-key") or h.get("authorization")):
+        with transaction(state.conn.read) as s:
+            p = ui_sessions.principal(s, token=token, now=utcnow())
+        if p is None:
+            return _login(401, "The session has ended: log in again.")
+        return p if p.allows("audit") else _login(403, "This key lacks the audit scope.")
     try:
-        p = authorize(state, authorization=h.get("authorization"), x_api_key=key, scopes=("audit",))
+        p = authorize(state, authorization=h.get("authorization"), x_api_key=h.get("x-api-key"), scopes=("audit",))
     except Unauthorized:
-        return _login(401, "Unknown or revoked key." if key or h.get("authorization") else None)
+        return _login(401, "Unknown or revoked key." if h.get("x-api-key") or h.get("authorization") else None)
     except Forbidden:
         return _login(403, "This key lacks the audit scope.")
     assert p is not None
     return p
+
+
+def foreign_origin(request: Request) -> bool:
+    """A form posted from another site (CSRF): its Origin is not this service's. Browsers send Origin on every
+    cross-origin POST; a missing one is a non-browser client, which carries no ambient cookie to abuse."""
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        return True
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    public = request.app.state.unlearnd.settings.public_url
+    ours = urlsplit(public) if public else urlsplit(f"{request.url.scheme}://{request.headers.get('host', '')}")
+    theirs = urlsplit(origin)
+    return (theirs.scheme, theirs.netloc) != (ours.scheme, ours.netloc)
+
+
+def _refused() -> HTMLResponse:
+    return _login(403, "This form was sent from another site.")
 
 
 @router.get("/ui", response_class=HTMLResponse)
@@ -150,24 +178,37 @@ def _backlog(events: list[tuple[datetime, datetime | None]], now: datetime) -> s
 
 @router.post("/ui/login")
 async def login(request: Request) -> Response:
+    if foreign_origin(request):
+        return _refused()
     form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=5)
     key = (form.get("key") or [""])[0].strip()
     state: AppState = request.app.state.unlearnd
     try:
-        authorize(state, authorization=None, x_api_key=key or None, scopes=("audit",))
+        p = authorize(state, authorization=None, x_api_key=key or None, scopes=("audit",))
     except Unauthorized:
         return _login(401, "Unknown or revoked key.")
     except Forbidden:
         return _login(403, "This key lacks the audit scope.")
-    out = RedirectResponse("/ui", status_code=303)
-    out.set_cookie(COOKIE, key, httponly=True, samesite="strict", secure=request.url.scheme == "https",
-                   path="/ui", max_age=8 * 3600)
+    assert p is not None
+    hours = state.settings.ui_session_hours
+    with transaction(state.conn.write) as s:
+        token = ui_sessions.open_session(s, api_key_id=p.key_id, now=utcnow(), hours=hours)
+    out = RedirectResponse("/ui", status_code=303, headers=NO_FRAMES)
+    out.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https",
+                   path="/ui", max_age=int(hours * 3600))
     return out
 
 
 @router.post("/ui/logout")
-def logout() -> Response:
-    out = RedirectResponse("/ui", status_code=303)
+def logout(request: Request) -> Response:
+    if foreign_origin(request):
+        return _refused()
+    token = request.cookies.get(COOKIE)
+    if token:
+        state: AppState = request.app.state.unlearnd
+        with transaction(state.conn.write) as s:
+            ui_sessions.revoke(s, token=token, now=utcnow())
+    out = RedirectResponse("/ui", status_code=303, headers=NO_FRAMES)
     out.delete_cookie(COOKIE, path="/ui")
     return out
 

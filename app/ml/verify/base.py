@@ -17,7 +17,7 @@ for nothing else (no model trains or stops early on them).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,14 @@ class Verifier:
     info: dict[str, Any] = field(default_factory=dict)
     ref_states: list[dict[str, torch.Tensor]] = field(default_factory=list)
     power: dict[str, Any] | None = None
+
+    def without(self, ids: np.ndarray) -> Verifier:
+        """A copy that never scores IDS: deleted samples, whose rows the store may already have erased. Their
+        ids stay in member_ids (a deleted training sample can still be asked about)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        keep = ~np.isin(self.ref_ids, ids)
+        return replace(self, ref_ids=self.ref_ids[keep], out_mean=self.out_mean[keep],
+                       calib_ids=np.setdiff1d(self.calib_ids, ids), eval_ids=np.setdiff1d(self.eval_ids, ids))
 
     # --- scores
     def out_mean_of(self, ids: np.ndarray) -> np.ndarray:
@@ -175,6 +183,9 @@ def true_class_logit(model: nn.Module, ds: Dataset, ids: np.ndarray, *, flip: bo
     for start in range(0, len(ids), chunk):
         c = ids[start : start + chunk]
         x, y = ds.features(c), ds.labels(c)
+        if bool((y < 0).any()):  # an erased row: scoring it would index class -1
+            raise VerifierError(f"ids {c[(y < 0).cpu().numpy()][:10].tolist()} were erased from the data store: "
+                                "a deleted sample cannot be scored")
         views = [x, x.flip(-1)] if flip else [x]
         phi = torch.stack([phi_from_logits(model(v), y) for v in views]).mean(0)
         out.append(phi)
