@@ -75,12 +75,15 @@ def serve(ns: argparse.Namespace, settings: Settings) -> int:
 
     from app.core.embedded_redis import EmbeddedRedis
     from app.ml.device import resolve
-    from app.service.bootstrap import publish_initial
+    from app.service.bootstrap import publish_initial, refuse_used_home
 
     _logging()
     resolve(settings.device)  # a GPU asked for and absent stops here, before anything starts
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     settings.home.mkdir(parents=True, exist_ok=True)
+    url = settings.db_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        refuse_used_home(settings)  # before the migration writes an empty ledger
     upgrade(settings.db_url)
     children = Supervisor()
     conn = None

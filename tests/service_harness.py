@@ -20,7 +20,16 @@ REDIS_URL = os.environ.get("UNLEARND_TEST_REDIS_URL")
 # the fixture model (α=0.01, 15 epochs) is far from converged: the sum/sgd step the digits sweep chose for
 # a converged model overshoots it (held-out 0.95 → 0.25); one Adam step of 5e-4 keeps it at 0.96
 TEST_IAU = {"eta": 5e-4, "reduction": "mean", "step": "adam"}
-__all__ = ["PG_URL", "RedisForTests", "Service", "db_url_for", "free_port", "fresh_pg_database", "wait_until"]
+__all__ = ["PG_URL", "RedisForTests", "Service", "db_url_for", "free_port", "fresh_pg_database", "strict_json",
+           "wait_until"]
+
+
+def strict_json(text: str) -> object:
+    """JSON as RFC 8259 has it: NaN and Infinity are not numbers."""
+    def no_constants(name: str) -> object:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=no_constants)
 
 
 def wait_until(predicate: Callable[[], Any], *, timeout: float, poll: float = 0.3) -> Any:

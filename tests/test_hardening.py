@@ -1,9 +1,9 @@
-"""Issue 15 on one live service: the hostile corpus (D4-D6, D10, strict parsing), the anchored audit (D7),
-erasure that leaves no byte behind, an audit entry for every request, and the backlog gauges."""
+"""Issue 15 on one live service: the anchored audit (D7), erasure that leaves no byte behind, an audit entry for
+every request, and the backlog gauges. The hostile corpus (D4-D6, D10, strict parsing) is test_hostile_corpus.py,
+run on both databases."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import sqlite3
 import time
@@ -15,10 +15,7 @@ import numpy as np
 import pytest
 
 from app.db.audit import entry_hash
-from tests.service_harness import Service, running_sqlite_service, wait_until
-
-BIG = "9223372036854775808"  # 2^63: one past int64
-ROW = ",".join(["1"] * 64)
+from tests.service_harness import Service, running_sqlite_service, strict_json, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -27,59 +24,12 @@ def svc(tmp_path_factory: pytest.TempPathFactory, digits_model_dir: Path, redis_
         yield s
 
 
-def _strict_json(text: str) -> object:
-    def no_constants(name: str) -> object:
-        raise ValueError(f"{name} is not JSON")
-
-    return json.loads(text, parse_constant=no_constants)
-
-
-# (method, path, params, body bytes, content type, expected status)
-CORPUS: list[tuple[str, str, dict[str, str] | None, bytes | None, str | None, int]] = [
-    ("POST", "/delete", None, b'{"sample_ids": [' + BIG.encode() + b"]}", "application/json", 422),
-    ("POST", "/delete", None, b'{"sample_ids": [-1]}', "application/json", 422),
-    ("POST", "/delete", None, b'{"sample_ids": [1]}', "text/plain", 415),
-    ("POST", "/delete", None, b"[" * 100_000, "application/json", 400),
-    ("GET", "/predict", {"sample_id": BIG}, None, None, 422),
-    ("GET", "/predict", {"sample_id": "99999999999999999999"}, None, None, 422),
-    ("GET", "/predict", {"sample_id": "1_0"}, None, None, 422),
-    ("GET", "/predict", {"sample_id": "\u0663"}, None, None, 422),  # an Arabic-Indic 3
-    ("GET", "/predict", {"sample_id": "-1"}, None, None, 422),
-    ("GET", "/predict", {"x": "\u0663," + ",".join(["1"] * 63)}, None, None, 422),
-    ("GET", "/predict", {"x": "1_0," + ",".join(["1"] * 63)}, None, None, 422),
-    ("GET", "/predict", {"x": "nan," + ",".join(["1"] * 63)}, None, None, 422),
-    ("GET", "/predict", {"x": ROW.replace("1", "1e39")}, None, None, 422),
-    ("GET", "/audit", {"offset": BIG}, None, None, 422),
-    ("GET", "/audit", {"limit": BIG}, None, None, 422),
-    ("POST", "/predict", None, b"[" * 100_000, "application/json", 400),
-    ("POST", "/predict", None, b'{"instances": [[' + b",".join([b"1e39"] * 64) + b"]]}", "application/json", 422),
-    ("POST", "/predict", None, b'{"instances": [[' + ROW.encode() + b"]]}", "text/plain", 415),
-    ("POST", "/predict", None, b'{"instances": [[' + ROW.encode() + b"]]}", None, 415),
-]
-
-
-@pytest.mark.parametrize(("method", "path", "params", "body", "ctype", "status"), CORPUS)
-def test_hostile_corpus(svc: Service, method: str, path: str, params: dict[str, str] | None, body: bytes | None,
-                        ctype: str | None, status: int) -> None:
-    headers = {"X-API-Key": svc.key, **({"content-type": ctype} if ctype else {})}
-    r = httpx.request(method, svc.url + path, params=params, content=body, headers=headers, timeout=30)
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"] == "application/problem+json"
-    assert _strict_json(r.text)
-
-
 def test_a_huge_but_finite_row_is_never_an_invalid_200(svc: Service) -> None:
     """3e38 fits float32, yet the forward pass overflows: the answer must not be NaN in a 200."""
     rows = [[3e38 if j % 2 else -3e38 for j in range(64)]]
     r = httpx.post(svc.url + "/predict", json={"instances": rows}, headers={"X-API-Key": svc.key})
     assert r.status_code in (200, 422)
-    _strict_json(r.text)
-
-
-def test_405_names_the_allowed_methods(svc: Service) -> None:
-    r = httpx.put(svc.url + "/delete", headers={"X-API-Key": svc.key})
-    assert r.status_code == 405 and r.headers["allow"] == "POST"
-    assert r.headers["content-type"] == "application/problem+json"
+    strict_json(r.text)
 
 
 def test_every_request_gets_an_audit_entry(svc: Service) -> None:
@@ -102,7 +52,7 @@ def test_backlog_and_worker_gauges(svc: Service) -> None:
         assert name in values, name
     assert values["unlearnd_live_workers"] >= 1 and values["unlearnd_worker_heartbeat_age_seconds"] < 15
     ready = httpx.get(svc.url + "/readyz").json()
-    assert ready["checks"]["worker"].startswith("ok: 1 live")
+    assert ready["worker"].startswith("ok: 1 live")
 
 
 # --- the anchored audit (D7)

@@ -36,6 +36,15 @@ def _children(pid: int) -> dict[int, bytes]:
     return out
 
 
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        for k in _children(todo.pop()):
+            out.append(k)
+            todo.append(k)
+    return out
+
+
 def _kid(pid: int, marker: bytes) -> int | None:
     return next((k for k, cmd in _children(pid).items() if marker in cmd), None)
 
@@ -51,18 +60,18 @@ def _alive(pid: int) -> bool:
 class Served(Service):
     """A Service whose `serve` runs the worker and an embedded Redis itself."""
 
-    def start_serve(self, redis_port: int, timeout_s: float = 600) -> subprocess.Popen[bytes]:
+    def start_serve(self, redis_port: int, *extra: str, timeout_s: float = 600) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in self.env.items() if k not in ("REDIS_URL", "UNLEARND_REDIS_URL")}
         env["UNLEARND_EMBEDDED_REDIS_PORT"] = str(redis_port)
         self.api = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--model", str(self.model_dir),
-                                     "--port", str(self.port)], env=env, stdout=self._log("serve.log"),
+                                     "--port", str(self.port), *extra], env=env, stdout=self._log("serve.log"),
                                     stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             assert self.api.poll() is None, (self.home / "serve.log").read_text()[-3000:]
             try:
                 r = httpx.get(self.url + "/readyz", timeout=2)
-                if r.status_code == 200 and r.json()["checks"]["worker"].startswith("ok: 1 live"):
+                if r.status_code == 200 and r.json()["worker"].startswith("ok: 1 live"):
                     return self.api
             except httpx.HTTPError:
                 pass
@@ -113,7 +122,7 @@ def test_a_killed_worker_is_back_and_its_claims_are_redone_at_once(served: Serve
         assert time.monotonic() - t0 < 60
         log = (served.home / "serve.log").read_text()
         assert "worker exited with code -9" in log and "released 1 requests the dead worker held" in log
-        assert c.get("/readyz").json()["checks"]["worker"].startswith("ok: 1 live")
+        assert c.get("/readyz").json()["worker"].startswith("ok: 1 live")
     assert new is not None and _alive(new)
 
 
@@ -164,6 +173,30 @@ def test_a_killed_serve_leaves_no_child(tmp_path: Path, digits_model_dir: Path) 
             assert time.monotonic() - t0 < 10, [(k, Path(f"/proc/{k}/cmdline").read_bytes()[:80])
                                                 for k in kids if _alive(k)]
             time.sleep(0.1)
+    finally:
+        s.stop()
+
+
+def test_a_killed_serve_with_api_workers_leaves_no_process(tmp_path: Path, digits_model_dir: Path) -> None:
+    """Issue 22, D3: with `--workers 2` the API runs in two uvicorn processes, each with its control process;
+    a SIGKILLed serve left them all running, listening, and accepting deletions nobody would process."""
+    s = Served(tmp_path, digits_model_dir, db_url=db_url_for("sqlite", tmp_path / "home"), redis_url="unused")
+    try:
+        api = s.start_serve(free_port(), "--workers", "2")
+        time.sleep(2)  # both API processes have started their control processes
+        family = _descendants(api.pid)
+        cmds = [Path(f"/proc/{k}/cmdline").read_bytes() for k in family if _alive(k)]
+        assert sum(b"spawn_main" in c for c in cmds) >= 4, cmds  # 2 API processes + 2 control processes
+        api.kill()
+        api.wait(5)
+        t0 = time.monotonic()
+        while any(_alive(k) for k in family):
+            assert time.monotonic() - t0 < 15, [(k, Path(f"/proc/{k}/cmdline").read_bytes()[:80])
+                                                for k in family if _alive(k)]
+            time.sleep(0.2)
+        with socket.socket() as probe:  # the port is free again: a new serve can start
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(("127.0.0.1", s.port))
     finally:
         s.stop()
 

@@ -110,6 +110,7 @@ def rebuild_derived(settings: Settings, conn: LedgerConn) -> dict[str, Any] | No
         gone, missing = pending_shadow(settings, conn)  # the previous holder may have just done it
         if not len(missing):
             return None
+        log.info("retraining the verifier's reference models without %d deleted shadow samples", len(missing))
         t0 = time.perf_counter()
         v = _retrain(settings, conn, gone)
         seconds = time.perf_counter() - t0

@@ -11,7 +11,6 @@ INT64_MAX = 2**63 - 1  # the ledger's integer columns (SQLite and PostgreSQL BIG
 SampleId = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]
 # text that is stored (subject ids, idempotency keys): no control characters (NUL breaks PostgreSQL's text type)
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
-REQUEST_ID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
 
 class Problem(BaseModel):

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from app.api.deps import State, require
 from app.api.problems import responses
 from app.api.routes.predict import is_json
-from app.api.schemas import PRINTABLE, REQUEST_ID, DeleteAccepted, DeleteBody, RequestStatus
+from app.api.schemas import PRINTABLE, DeleteAccepted, DeleteBody, RequestStatus
 from app.api.threads import BackgroundRoute
 from app.db.keys import Principal
 from app.ml.errors import UnsupportedMediaType
@@ -55,5 +55,6 @@ async def delete(state: State, body: DeleteBody, request: Request, response: Res
 @router.get("/requests/{request_id}", name="request_status", response_model=RequestStatus,
             dependencies=[Depends(require("delete", "audit"))], responses=responses(401, 403, 404, 422, 503),
             summary="State of a deletion request")
-async def request_status(state: State, request_id: Annotated[str, Path(pattern=REQUEST_ID)]) -> RequestStatus:
+async def request_status(state: State,
+                         request_id: Annotated[str, Path(max_length=64, pattern=PRINTABLE)]) -> RequestStatus:
     return RequestStatus(**await state.control(control.request_status, request_id=request_id))

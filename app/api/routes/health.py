@@ -24,7 +24,9 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses=responses(503),
-            summary="Readiness: ledger, Redis, the control process, a loaded model and a live worker")
+            summary="Readiness of this API process: ledger, Redis, the control process and a loaded model. The "
+                    "workers' state is reported beside them (`worker`) and does not make an API unready: it still "
+                    "predicts and accepts deletions, which wait in the ledger; /healthz/worker alerts on it")
 def readyz(state: State, request: Request) -> Response:
     checks: dict[str, str] = {}
     try:
@@ -45,12 +47,23 @@ def readyz(state: State, request: Request) -> Response:
     served = state.holder.current
     checks["model"] = f"ok: {served.version_id}" if served else "not loaded"
     try:
-        checks["worker"] = _worker_check(state)
+        worker = _worker_check(state)
     except Exception as e:
-        checks["worker"] = f"error: {type(e).__name__}"
+        worker = f"error: {type(e).__name__}"
     if all(v.startswith("ok") for v in checks.values()):
-        return JSONResponse({"status": "ready", "checks": checks})
-    return problem(503, "not-ready", "Not ready", "a dependency is not ready", request.url.path, checks=checks)
+        return JSONResponse({"status": "ready", "checks": checks, "worker": worker})
+    return problem(503, "not-ready", "Not ready", "a dependency is not ready", request.url.path, checks=checks,
+                   worker=worker)
+
+
+@router.get("/healthz/worker", responses=responses(503),
+            summary="Whether some worker is alive (heartbeat within UNLEARND_WORKER_TIMEOUT_S): what to alert on "
+                    "when deletions are accepted but nothing would process them")
+def worker_health(state: State, request: Request) -> Response:
+    status = _worker_check(state)
+    if status.startswith("ok"):
+        return JSONResponse({"status": status})
+    return problem(503, "no-worker", "No live worker", status, request.url.path)
 
 
 def _workers(state: State) -> list[workers.WorkerStatus]:

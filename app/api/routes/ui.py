@@ -32,7 +32,7 @@ router = APIRouter(include_in_schema=False)
 # The last /ui/verify of this API process: the page shows it without reading the whole log on every load.
 LAST_VERIFY: dict[str, Any] = {}
 COOKIE = "unlearnd_ui_session"
-NO_FRAMES = {"X-Frame-Options": "DENY"}
+# X-Frame-Options is on every response (app/api/guard.py); frame-ancestors says the same to newer browsers
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; "
        "frame-ancestors 'none'")
 PAGE = 50  # audit rows and requests per page
@@ -55,7 +55,7 @@ ENV.filters.update(pct=_pct, when=_when)
 
 def _render(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
     return HTMLResponse(ENV.get_template(name).render(**ctx), status_code=status,
-                        headers={"Cache-Control": "no-store", "Content-Security-Policy": CSP, **NO_FRAMES})
+                        headers={"Cache-Control": "no-store", "Content-Security-Policy": CSP})
 
 
 def _login(status: int, message: str | None) -> HTMLResponse:
@@ -193,7 +193,7 @@ async def login(request: Request) -> Response:
     hours = state.settings.ui_session_hours
     with transaction(state.conn.write) as s:
         token = ui_sessions.open_session(s, api_key_id=p.key_id, now=utcnow(), hours=hours)
-    out = RedirectResponse("/ui", status_code=303, headers=NO_FRAMES)
+    out = RedirectResponse("/ui", status_code=303)
     out.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https",
                    path="/ui", max_age=int(hours * 3600))
     return out
@@ -208,7 +208,7 @@ def logout(request: Request) -> Response:
         state: AppState = request.app.state.unlearnd
         with transaction(state.conn.write) as s:
             ui_sessions.revoke(s, token=token, now=utcnow())
-    out = RedirectResponse("/ui", status_code=303, headers=NO_FRAMES)
+    out = RedirectResponse("/ui", status_code=303)
     out.delete_cookie(COOKIE, path="/ui")
     return out
 
