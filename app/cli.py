@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DatabaseError
 
 from app.core.config import Settings
-from app.ml.errors import UnlearndError
+from app.errors import UnlearndError
 
 
 def _train(ns: argparse.Namespace, settings: Settings) -> int:
@@ -51,7 +51,7 @@ def _train(ns: argparse.Namespace, settings: Settings) -> int:
 
 
 def _unlearn(ns: argparse.Namespace, settings: Settings) -> int:
-    from app.ml.errors import ConfigError
+    from app.errors import ConfigError
     from app.ml.pipeline import read_ids, unlearn_to_dir
 
     iau_flags = {k: getattr(ns, k) for k in ("eta", "reduction", "step") if getattr(ns, k) is not None}

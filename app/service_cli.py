@@ -18,7 +18,7 @@ from app.db import ledger
 from app.db.audit import head, parse_head, verify_chain
 from app.db.migrate import upgrade
 from app.db.session import transaction, utcnow
-from app.ml.errors import InvalidRequest
+from app.errors import InvalidRequest
 from app.service.ledger_conn import LedgerConn
 from app.service.supervisor import SERVE_PID_ENV, Child, Supervisor, die_with_parent
 
@@ -140,7 +140,7 @@ def consolidate_now(ns: argparse.Namespace, settings: Settings) -> int:
             purge_forgotten(settings, conn)
             refresh_cache(settings, conn)
             if settings.redis_url:
-                from worker.queue import announce, connect
+                from app.service.queue import announce, connect
 
                 announce(settings, connect(settings.redis_url), version_id=result.version_id or "")
             info = result.info or {}
@@ -216,7 +216,7 @@ def audit_head(ns: argparse.Namespace, settings: Settings) -> int:
 
 
 def requests_retry(ns: argparse.Namespace, settings: Settings) -> int:
-    from worker.queue import connect, notify
+    from app.service.queue import connect, notify
 
     conn = LedgerConn.open(settings)
     with transaction(conn.write) as s:

@@ -19,7 +19,7 @@ from app.core.embedded_redis import EmbeddedRedis
 from app.ml.data import SplitConfig
 from app.ml.pipeline import train_to_dir
 from app.ml.train import TrainConfig
-from app.service_bench.live import LiveService, free_port
+from app.service.live import LiveService, free_port
 
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 

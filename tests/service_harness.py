@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.embedded_redis import EmbeddedRedis
-from app.service_bench.live import LiveService, free_port
+from app.service.live import LiveService, free_port
 
 PG_URL = os.environ.get("UNLEARND_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("UNLEARND_TEST_REDIS_URL")

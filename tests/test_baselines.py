@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from app.errors import UnknownNameError
 from app.ml.bench.context import ExperimentConfig, SeedContext, prepare
 from app.ml.bench.table import run_seed, tiny
 from app.ml.data import Dataset
-from app.ml.errors import UnknownNameError
 from app.ml.unlearn import METHODS, run_method
 
 BASELINES = ["retrain", "iau", "fisher", "amnesiac", "bad_teaching", "unrolling", "finetune", "gradient_ascent"]

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from app.errors import ModelLoadError
 from app.ml.checkpoint import MODEL_FILE, load_model_dir
-from app.ml.errors import ModelLoadError
 
 
 def _copy(src: Path, tmp_path: Path) -> Path:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.errors import DataError, UnknownNameError
 from app.ml.data import SplitConfig, make_splits
 from app.ml.datasets import DATASETS, load_dataset
-from app.ml.errors import DataError, UnknownNameError
 
 RNG = np.random.default_rng(0)
 

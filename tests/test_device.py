@@ -19,11 +19,11 @@ import torch
 from pydantic import ValidationError
 
 from app.core.config import Settings
+from app.errors import DeviceError
 from app.ml import data as data_mod
 from app.ml.checkpoint import load_model_dir, save_model_dir
 from app.ml.data import Dataset, SplitConfig, Splits
 from app.ml.device import check_spec, resolve
-from app.ml.errors import DeviceError
 from app.ml.gradcache import build_cache, load_cache, save_cache
 from app.ml.grads import weights_sha256
 from app.ml.metrics import predict_logits

@@ -1,11 +1,11 @@
-"""The exception tree crosses process boundaries (the API's control process answers with them)."""
+"""The exception tree crosses process boundaries (the API's ledger process answers with them)."""
 
 from __future__ import annotations
 
 import pickle
 from collections.abc import Iterator
 
-from app.ml import errors
+from app import errors
 
 
 def _tree(cls: type[errors.UnlearndError]) -> Iterator[type[errors.UnlearndError]]:

@@ -20,11 +20,11 @@ from app.db import ledger, workers
 from app.db.migrate import upgrade
 from app.db.models import DeletionRequest, Sample
 from app.db.session import transaction, utcnow
-from app.ml.errors import InvalidRequest, Unavailable
-from app.service.control import ControlContext
-from app.service.control_process import guarded
+from app.errors import InvalidRequest, Unavailable
+from app.service.deletions import LedgerContext
 from app.service.faults import is_transient, public_reason
 from app.service.ledger_conn import LedgerConn
+from app.service.ledger_pool import guarded
 from tests.service_harness import PG_URL, fresh_pg_database
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(not PG_URL, reason="no test PostgreSQL"))]
@@ -71,12 +71,12 @@ def test_transient_faults_are_recognised() -> None:
 
 def test_a_transient_fault_at_the_api_is_a_503_and_a_bad_request_stays_a_4xx(conn) -> None:  # type: ignore[no-untyped-def]
     settings, c = conn
-    ctx = ControlContext(settings, c, None)
+    ctx = LedgerContext(settings, c, None)
 
-    def disk_full(ctx: ControlContext) -> None:
+    def disk_full(ctx: LedgerContext) -> None:
         raise OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
 
-    def invalid(ctx: ControlContext) -> None:
+    def invalid(ctx: LedgerContext) -> None:
         raise InvalidRequest("no")
 
     with pytest.raises(Unavailable, match="retry"):
@@ -187,8 +187,8 @@ def test_public_reasons_carry_no_paths() -> None:
 
 def test_a_verifier_without_deleted_ids_never_scores_them(digits, digits_model_dir) -> None:  # type: ignore[no-untyped-def]
     """Verification never indexes a forgotten sample: an erased row raises a clear error, not index -1."""
+    from app.errors import VerifierError
     from app.ml.checkpoint import load_model_dir
-    from app.ml.errors import VerifierError
     from app.ml.pipeline import attach_verifier, train_config_from_meta
     from app.ml.verify.base import BuildInputs, VerifierConfig
     from app.ml.verify.store import load_verifier

@@ -345,7 +345,7 @@ def test_failure_reasons_name_no_server_path(tmp_path: Path) -> None:
     from app.db import ledger
     from app.db.migrate import upgrade
     from app.db.session import transaction, utcnow
-    from app.service.control import ControlContext, request_status
+    from app.service.deletions import LedgerContext, request_status
     from app.service.ledger_conn import LedgerConn
 
     settings = Settings(home=tmp_path)
@@ -357,7 +357,7 @@ def test_failure_reasons_name_no_server_path(tmp_path: Path) -> None:
                                     now=utcnow(), retention_days=30, max_ids=10).request.id
         ledger.claim_batch(s, batch_id="b", max_samples=10, now=utcnow())
         ledger.fail_batch(s, batch_id="b", reason=f"ModelLoadError: no model at {tmp_path}/models/abc", now=utcnow())
-    out = request_status(ControlContext(settings, conn, None), request_id=rid)
+    out = request_status(LedgerContext(settings, conn, None), request_id=rid)
     assert out["reason"] == "ModelLoadError: no model at <path>" and str(tmp_path) not in json.dumps(out, default=str)
     conn.close()
 

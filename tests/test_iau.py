@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from app.errors import CacheMismatchError, ConfigError, ForgetSetError, UnknownNameError
 from app.ml.data import Dataset, Splits
-from app.ml.errors import CacheMismatchError, ConfigError, ForgetSetError, UnknownNameError
 from app.ml.gradcache import build_cache, load_cache, save_cache
 from app.ml.grads import grad_sum, weights_sha256
 from app.ml.metrics import accuracy, mean_loss

@@ -13,7 +13,7 @@ from app.db.audit import append_entry, verify_chain
 from app.db.migrate import check, upgrade
 from app.db.models import AuditEntry, DeletionRequest
 from app.db.session import make_engine, session_factory, transaction, utcnow
-from app.ml.errors import Conflict, InvalidRequest
+from app.errors import Conflict, InvalidRequest
 from tests.service_harness import PG_URL, fresh_pg_database
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(not PG_URL, reason="no test PostgreSQL"))]

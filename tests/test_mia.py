@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from app.errors import UnknownNameError
 from app.ml.data import Dataset, Splits
-from app.ml.errors import UnknownNameError
 from app.ml.mia import ATTACKS
 from app.ml.mia.shadow import MIAConfig, fit_attack
 from app.ml.models import ModelConfig

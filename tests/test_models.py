@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.ml.errors import UnknownNameError
+from app.errors import UnknownNameError
 from app.ml.models import MODELS, ModelConfig, create_model
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from app.errors import ConfigError
 from app.ml.data import Dataset, Splits
-from app.ml.errors import ConfigError
 from app.ml.grads import weights_sha256
 from app.ml.metrics import accuracy
 from app.ml.models import ModelConfig

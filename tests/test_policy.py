@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
+from app.errors import ConfigError, UnknownNameError
 from app.ml.calibrate import CalibrationConfig, calibrate
 from app.ml.data import Dataset, Splits
-from app.ml.errors import ConfigError, UnknownNameError
 from app.ml.grads import weights_sha256
 from app.ml.metrics import accuracy
 from app.ml.models import ModelConfig

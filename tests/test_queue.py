@@ -6,7 +6,7 @@ import uuid
 from pathlib import Path
 
 from app.core.config import Settings
-from worker.queue import connect, job_started, notify, queue
+from app.service.queue import connect, job_started, notify, queue
 
 
 def _settings(tmp_path: Path, redis_url: str) -> Settings:

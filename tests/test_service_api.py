@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 
 from app.api.threads import BackgroundRoute
 from app.core.priority import BACKGROUND_NICE
-from app.service_bench.live import LiveService
+from app.service.live import LiveService
 from tests.service_harness import Service, running_sqlite_service
 
 
@@ -229,19 +229,19 @@ def test_openapi_is_complete(svc: Service) -> None:
     assert "202" in spec["paths"]["/delete"]["post"]["responses"]
 
 
-def test_control_work_in_threads_answers_like_the_control_process(svc: Service) -> None:
-    """`control_processes=0` (the ledger work on threads of the API) and the default control process
+def test_ledger_work_in_threads_answers_like_the_ledger_process(svc: Service) -> None:
+    """`ledger_processes=0` (the ledger work on threads of the API) and the default ledger process
     give the same answers, on the same ledger: a second API with 0 beside the module's."""
     keep = ("UNLEARND_QUEUE_NAME", "UNLEARND_SUBJECTS_FILE", "UNLEARND_MAX_DELETE_IDS", "UNLEARND_POLL_INTERVAL_S")
     inline = LiveService(svc.home, svc.model_dir, db_url=svc.settings.db_url, redis_url=svc.env["REDIS_URL"],
-                         key=svc.key, UNLEARND_CONTROL_PROCESSES=0, **{k: svc.env[k] for k in keep})
+                         key=svc.key, UNLEARND_LEDGER_PROCESSES=0, **{k: svc.env[k] for k in keep})
     try:
         inline.start_api()
-        assert svc.control_pids() and not inline.control_pids()
+        assert svc.ledger_pids() and not inline.ledger_pids()
         ids = svc.train_ids()
         with svc.client() as a, inline.client() as b:
             rid = b.post("/delete", json={"sample_ids": ids[-3:]}).json()["id"]  # accepted by the threads
-            done = svc.wait_request(rid)  # completed by the worker, seen through the control process
+            done = svc.wait_request(rid)  # completed by the worker, seen through the ledger process
             assert done["state"] == "completed" and done["sample_ids"] == sorted(ids[-3:])
             replay = a.post("/delete", json={"sample_ids": ids[-2:]})
             assert replay.json()["already_forgotten"] == sorted(ids[-2:])

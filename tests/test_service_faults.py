@@ -218,7 +218,7 @@ def test_too_large_iau_step_is_halved_until_valid(tmp_path: Path, digits_model_d
         svc.stop()
 
 
-def test_control_process_killed_is_restarted_and_loses_nothing(tmp_path: Path, digits_model_dir: Path,
+def test_ledger_process_killed_is_restarted_and_loses_nothing(tmp_path: Path, digits_model_dir: Path,
                                                               redis_url: str) -> None:
     """The deletion endpoints' ledger work runs in a child of the API. SIGKILLed, the request in its
     way gets a 503 problem (its outcome unknown: the client retries with its Idempotency-Key), the
@@ -230,7 +230,7 @@ def test_control_process_killed_is_restarted_and_loses_nothing(tmp_path: Path, d
         ids = svc.train_ids()
         with svc.client() as c:
             first = c.post("/delete", json={"sample_ids": ids[:2]}).json()["id"]
-            [pid] = svc.control_pids()
+            [pid] = svc.ledger_pids()
             assert pid != svc.api.pid  # type: ignore[union-attr]
             os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + 10
@@ -242,12 +242,12 @@ def test_control_process_killed_is_restarted_and_loses_nothing(tmp_path: Path, d
             assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json", r.text
             retry = c.post("/delete", json={"sample_ids": ids[2:4]}, headers=key)
             assert retry.status_code == 202, retry.text
-            [new_pid] = svc.control_pids()
+            [new_pid] = svc.ledger_pids()
             assert new_pid != pid
             for rid in (first, retry.json()["id"]):
                 assert svc.wait_request(rid)["state"] == "completed"
             assert c.get("/audit").status_code == 200
-            assert c.get("/readyz").json()["checks"]["control"] == "ok"
+            assert c.get("/readyz").json()["checks"]["ledger_process"] == "ok"
         _assert_forgotten_once(svc, ids[:4])
     finally:
         svc.stop()

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.service_bench.live import free_port
+from app.service.live import free_port
 from tests.service_harness import Service, db_url_for
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc for the children")
@@ -160,12 +160,12 @@ def test_sigint_stops_every_child(tmp_path: Path, digits_model_dir: Path) -> Non
 
 def test_a_killed_serve_leaves_no_child(tmp_path: Path, digits_model_dir: Path) -> None:
     """SIGKILL runs no clean-up: the worker and Redis die with their parent (PR_SET_PDEATHSIG), the API's
-    control process notices its parent is gone."""
+    ledger process notices its parent is gone."""
     s = Served(tmp_path, digits_model_dir, db_url=db_url_for("sqlite", tmp_path / "home"), redis_url="unused")
     try:
         api = s.start_serve(free_port())
         kids = list(_children(api.pid))
-        assert len(kids) >= 3  # worker, Redis, the control process (and its resource tracker)
+        assert len(kids) >= 3  # worker, Redis, the ledger process (and its resource tracker)
         api.kill()
         api.wait(5)
         t0 = time.monotonic()
@@ -178,15 +178,15 @@ def test_a_killed_serve_leaves_no_child(tmp_path: Path, digits_model_dir: Path) 
 
 
 def test_a_killed_serve_with_api_workers_leaves_no_process(tmp_path: Path, digits_model_dir: Path) -> None:
-    """Issue 22, D3: with `--workers 2` the API runs in two uvicorn processes, each with its control process;
+    """Issue 22, D3: with `--workers 2` the API runs in two uvicorn processes, each with its ledger process;
     a SIGKILLed serve left them all running, listening, and accepting deletions nobody would process."""
     s = Served(tmp_path, digits_model_dir, db_url=db_url_for("sqlite", tmp_path / "home"), redis_url="unused")
     try:
         api = s.start_serve(free_port(), "--workers", "2")
-        time.sleep(2)  # both API processes have started their control processes
+        time.sleep(2)  # both API processes have started their ledger processes
         family = _descendants(api.pid)
         cmds = [Path(f"/proc/{k}/cmdline").read_bytes() for k in family if _alive(k)]
-        assert sum(b"spawn_main" in c for c in cmds) >= 4, cmds  # 2 API processes + 2 control processes
+        assert sum(b"spawn_main" in c for c in cmds) >= 4, cmds  # 2 API processes + 2 ledger processes
         api.kill()
         api.wait(5)
         t0 = time.monotonic()

@@ -9,8 +9,8 @@ import pytest
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 
+from app.errors import ForgetSetError, UnknownNameError, VerifierError
 from app.ml.data import Dataset, Splits
-from app.ml.errors import ForgetSetError, UnknownNameError, VerifierError
 from app.ml.models import ModelConfig
 from app.ml.train import TrainConfig, fit
 from app.ml.verify import VERIFIERS, base, build_verifier, stats

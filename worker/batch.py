@@ -27,10 +27,10 @@ from app.db import ledger
 from app.db.audit import append_entry
 from app.db.models import DeletionRequest, ModelVersion
 from app.db.session import transaction, utcnow
+from app.errors import Conflict, ModelLoadError
 from app.ml.checkpoint import ModelDir
 from app.ml.data import Dataset
 from app.ml.device import describe, resolve
-from app.ml.errors import Conflict, ModelLoadError
 from app.ml.gradcache import load_cache
 from app.ml.grads import ids_sha256
 from app.ml.pipeline import train_config_from_meta

@@ -32,8 +32,8 @@ from app.db import ledger
 from app.db.audit import append_entry
 from app.db.models import ModelVersion
 from app.db.session import as_utc, transaction, utcnow
+from app.errors import Conflict
 from app.ml.device import describe, resolve
-from app.ml.errors import Conflict
 from app.ml.grads import ids_sha256
 from app.ml.pipeline import train_config_from_meta
 from app.ml.policy import validate

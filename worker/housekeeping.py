@@ -28,10 +28,10 @@ from app.db.session import transaction, truncate_wal, utcnow
 from app.ml.device import resolve
 from app.ml.gradcache import build_cache, cache_matches, load_cache, save_cache
 from app.service.ledger_conn import LedgerConn
+from app.service.queue import notify
 from app.service.store import open_store, purge, store_on
 from app.service.versions import load_version, version_dir
 from worker.derived import drop_statistics
-from worker.queue import notify
 
 log = logging.getLogger("unlearnd.housekeeping")
 

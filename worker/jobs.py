@@ -8,9 +8,9 @@ from typing import Any
 
 from app.core.config import Settings
 from app.service.ledger_conn import LedgerConn
+from app.service.queue import announce, connect, job_started
 from worker.batch import abandon, claim, process
 from worker.housekeeping import purge_forgotten, refresh_cache, release_expired
-from worker.queue import announce, connect, job_started
 from worker.window import wait_for_window
 
 BACKOFF_S = (1.0, 60.0)

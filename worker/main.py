@@ -25,11 +25,11 @@ from app.core.config import Settings
 from app.db import ledger, workers
 from app.db.session import transaction, utcnow
 from app.service.ledger_conn import LedgerConn
+from app.service.queue import announce, connect, queue
 from worker.consolidate import consolidate, due
 from worker.derived import rebuild_derived
 from worker.housekeeping import purge_forgotten, refresh_cache, sweep
 from worker.jobs import process_pending  # noqa: F401  imported now, not inside the first deletion's latency
-from worker.queue import announce, connect, queue
 
 log = logging.getLogger("unlearnd.worker")
 

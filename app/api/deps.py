@@ -15,10 +15,10 @@ from app.api.serving import ModelHolder
 from app.core.config import Settings
 from app.db.keys import Principal, authenticate
 from app.db.session import transaction
+from app.errors import Forbidden, Unauthorized
 from app.ml.data import Dataset
-from app.ml.errors import Forbidden, Unauthorized
-from app.service.control_process import ControlRunner
 from app.service.ledger_conn import LedgerConn
+from app.service.ledger_pool import LedgerPool
 
 
 @dataclass
@@ -29,7 +29,7 @@ class AppState:
     holder: ModelHolder
     redis: Redis | None
     metrics: Metrics
-    control: ControlRunner
+    ledger_pool: LedgerPool
     keys: KeyCache = field(init=False)
 
     def __post_init__(self) -> None:

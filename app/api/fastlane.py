@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import AppState
 from app.api.routes.predict import answer_batch
-from app.ml.errors import UnlearndError
+from app.errors import UnlearndError
 
 
 class _Route(NamedTuple):

@@ -27,12 +27,12 @@ from app.api.serving import ModelHolder
 from app.core.config import Settings
 from app.db.keys import ensure_bootstrap_key
 from app.db.session import transaction
-from app.service.control import ControlContext
-from app.service.control_process import ControlRunner
+from app.service.deletions import LedgerContext
 from app.service.ledger_conn import LedgerConn
+from app.service.ledger_pool import LedgerPool
+from app.service.queue import connect
 from app.service.store import open_store
 from app.service.supervisor import SERVE_PID_ENV, die_with_parent
-from worker.queue import connect
 
 log = logging.getLogger("unlearnd.api")
 GIL_SWITCH_S = 0.0005
@@ -93,11 +93,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         holder = ModelHolder(settings, conn, store)
         holder.start()
         redis = connect(settings.redis_url) if settings.redis_url else None
-        control = ControlRunner(settings, inline=ControlContext(settings, conn, redis),
-                                processes=settings.control_processes)
-        control.start()
+        pool = LedgerPool(settings, inline=LedgerContext(settings, conn, redis),
+                                processes=settings.ledger_processes)
+        pool.start()
         app.state.unlearnd = AppState(settings=settings, conn=conn, store=store, holder=holder, redis=redis,
-                                      metrics=metrics, control=control)
+                                      metrics=metrics, ledger_pool=pool)
         # ~260k long-lived objects (torch, SQLAlchemy, the app) make a full collection a ~100 ms pause,
         # and the objects a version swap leaves behind trigger one. Frozen, they are never scanned again.
         gc.collect()
@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.unlearnd.keys.close()
-            control.stop()
+            pool.stop()
             holder.stop()
             conn.close()
 

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from app.api.schemas import Problem
-from app.ml.errors import ForgetSetError, ServiceError, UnknownNameError, UnlearndError
+from app.errors import ForgetSetError, ServiceError, UnknownNameError, UnlearndError
 
 log = logging.getLogger("unlearnd.api")
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")

@@ -19,11 +19,11 @@ from app.core.config import Settings
 from app.core.priority import lower_this_thread
 from app.db import ledger
 from app.db.session import transaction
+from app.errors import UnlearndError
 from app.ml.data import Dataset
-from app.ml.errors import UnlearndError
 from app.service.ledger_conn import LedgerConn
+from app.service.queue import channel, connect
 from app.service.versions import load_version
-from worker.queue import channel, connect
 
 log = logging.getLogger("unlearnd.serving")
 # Between the load's steps. Loading in one go held the GIL beside the event loop for ~4 ms of CPU, and

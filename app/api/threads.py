@@ -6,7 +6,7 @@ p99: each time the event loop released the GIL for a syscall, the freshly woken 
 preempted it and took the GIL, and the loop waited out a switch interval to get it back, several
 times per request. A lower-priority thread does not preempt the loop on wake-up, so it runs in the
 loop's idle time. The ledger work of the deletion endpoints goes further, out of this process
-(app/service/control_process.py): a thread still shares the GIL, which is handed over fairly
+(app/service/ledger_pool.py): a thread still shares the GIL, which is handed over fairly
 whatever the threads' priorities.
 """
 

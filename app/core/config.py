@@ -61,8 +61,10 @@ class Settings(BaseSettings):
     retention_days: int = Field(default=30, ge=1, description="due_at = received_at + this")
     audit_page_max: int = Field(default=500, ge=1)
     poll_interval_s: float = Field(default=1.0, gt=0, description="how often an API process checks the head")
-    control_processes: int = Field(default=1, ge=0,
-                                   description="child processes of each API process that do the deletion "
+    ledger_processes: int = Field(default=1, ge=0,
+                                  validation_alias=AliasChoices("UNLEARND_LEDGER_PROCESSES",
+                                                                "UNLEARND_CONTROL_PROCESSES"),
+                                  description="child processes of each API process that do the deletion "
                                                "endpoints' ledger and queue work: in the serving process they "
                                                "would share its GIL with the predictions; 0: its threads")
     serve_threads: int = Field(default=1, ge=1,

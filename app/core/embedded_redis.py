@@ -13,7 +13,7 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import RedisError
 
-from app.ml.errors import ConfigError
+from app.errors import ConfigError
 
 
 def redis_server_binary() -> Path:

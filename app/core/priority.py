@@ -1,4 +1,4 @@
-"""CPU priority of the API's background work (its threads, its control process): below the event
+"""CPU priority of the API's background work (its threads, its ledger process): below the event
 loop that answers predictions, so that this work runs in the loop's idle time.
 
 Nice 10 is the worker's (`UNLEARND_WORKER_PRIORITY=low`): lower, a co-located worker preempts a

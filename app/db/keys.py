@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import ApiKey
 from app.db.session import utcnow
-from app.ml.errors import InvalidRequest
+from app.errors import InvalidRequest
 
 SCOPES = ("predict", "delete", "audit", "admin")
 MIN_KEY_LEN = 32

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import DeletionRequest, Head, ModelVersion, RequestSample, Sample
 from app.db.session import as_utc
-from app.ml.errors import Conflict, InvalidRequest, NotFound
+from app.errors import Conflict, InvalidRequest, NotFound
 
 OPEN_STATES = ("pending", "processing")
 

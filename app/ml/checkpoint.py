@@ -18,8 +18,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from app.errors import ModelLoadError
 from app.ml.data import Splits
-from app.ml.errors import ModelLoadError
 from app.ml.fsutil import atomic_replace, atomic_write_text
 from app.ml.grads import weights_sha256
 from app.ml.models import ModelConfig, create_model

@@ -23,9 +23,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from app.errors import DataError
 from app.ml.data import Dataset
 from app.ml.device import resolve
-from app.ml.errors import DataError
 from app.ml.registry import Registry
 
 

@@ -13,7 +13,7 @@ import logging
 import re
 from typing import TYPE_CHECKING
 
-from app.ml.errors import DeviceError
+from app.errors import DeviceError
 
 if TYPE_CHECKING:
     import torch

@@ -16,8 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from app.errors import CacheMismatchError
 from app.ml.data import Dataset
-from app.ml.errors import CacheMismatchError
 from app.ml.fsutil import atomic_replace
 from app.ml.grads import GradSums, grad_sum, ids_sha256, weights_sha256
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from app.errors import DataError, ForgetSetError, UnlearnFailed
 from app.ml.calibrate import CalibrationConfig, calibrate
 from app.ml.checkpoint import ModelDir, load_model_dir, save_model_dir, set_meta_fields
 from app.ml.data import Dataset, SplitConfig, make_splits
 from app.ml.datasets import load_dataset
 from app.ml.device import resolve
-from app.ml.errors import DataError, ForgetSetError, UnlearnFailed
 from app.ml.gradcache import GradCache, build_cache, load_cache, save_cache
 from app.ml.metrics import accuracy
 from app.ml.models import ModelConfig, model_device

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from app.errors import ConfigError, ModelLoadError
 from app.ml.checkpoint import check_finite
 from app.ml.data import Dataset
-from app.ml.errors import ConfigError, ModelLoadError
 from app.ml.metrics import accuracy
 from app.ml.unlearn import METHODS, run_method
 from app.ml.unlearn.base import UnlearnTask

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from app.ml.errors import UnknownNameError
+from app.errors import UnknownNameError
 
 T = TypeVar("T")
 

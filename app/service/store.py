@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.errors import DataError
 from app.ml.data import Dataset
-from app.ml.errors import DataError
 from app.ml.fsutil import atomic_replace, atomic_write_text
 
 

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from app.db.models import ModelVersion
+from app.errors import ModelLoadError
 from app.ml.checkpoint import ModelDir, check_finite, load_model_dir, no_pause, save_model_dir
 from app.ml.data import Dataset, Splits
-from app.ml.errors import ModelLoadError
 from app.ml.metrics import predict_logits
 from app.ml.models import ModelConfig
 

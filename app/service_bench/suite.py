@@ -32,8 +32,8 @@ from app.ml.data import SplitConfig
 from app.ml.device import resolve
 from app.ml.pipeline import train_to_dir
 from app.ml.train import TrainConfig
+from app.service.live import LiveService, free_port
 from app.service.store import open_store
-from app.service_bench.live import LiveService, free_port
 from app.service_bench.load import LoadResult, run_load
 
 # The forgetting setting is calibrated for the bench's model as for any (train_to_dir's calibration, which
@@ -60,7 +60,7 @@ class ServiceBenchConfig:
     seed: int = 0
     pin_cpus: bool = True
     # The open loop's client threads at SCHED_FIFO. They stand in for remote clients, yet on this host share a
-    # CPU with the worker and the API's control process, whose batches otherwise delay their sends and
+    # CPU with the worker and the API's ledger process, whose batches otherwise delay their sends and
     # receipts (at up to a scheduler slice a wake-up), and the open loop charges that to the API.
     realtime_clients: bool = True
 
@@ -135,7 +135,7 @@ def _bare(svc: LiveService, version: str) -> tuple[subprocess.Popen[bytes], str]
 def _pin_for_load(svc: LiveService, redis: EmbeddedRedis) -> set[int]:
     """The API (and Redis; the bare endpoint too) on the first CPU, as a deployment gives its serving
     process a CPU of its own; the clients (this process: the load generator, and the churn it spawns),
-    the API's control process (the deletion endpoints' ledger work) and the worker started after this
+    the API's ledger process (the deletion endpoints' ledger work) and the worker started after this
     on the others. Returns the worker's CPUs.
 
     Unpinned on a 2-vCPU host, the scheduler put the worker beside the load generator now and then, and
@@ -148,7 +148,7 @@ def _pin_for_load(svc: LiveService, redis: EmbeddedRedis) -> set[int]:
     assert svc.api is not None and redis.proc is not None
     _pin(svc.api.pid, server)
     _pin(redis.proc.pid, server)
-    for pid in svc.control_pids():
+    for pid in svc.ledger_pids():
         _pin(pid, clients)
     os.sched_setaffinity(0, clients)
     svc.server_cpus, svc.worker_cpus = server, clients
@@ -324,9 +324,9 @@ def _markdown(s: dict[str, Any], cfg: ServiceBenchConfig) -> str:
         f"process POSTs /delete of one id {cfg.deletes_per_s:g}×/s; the worker batches them with the default "
         f"window ({cfg.swap_window_s:g} s), so a new version serves about every window; swaps = versions that "
         "answered the load, less one. " + ("CPUs: the API (with Redis; the bare endpoint too) pinned to the first "
-                                           "CPU; the clients (load generator, churn), the API's control process and "
+                                           "CPU; the clients (load generator, churn), the API's ledger process and "
                                            "the worker to the others." if s.get("pinned") else "CPUs: not pinned.")
-        + (" The open loop's client threads ran at SCHED_FIFO, so that the worker and the control process on "
+        + (" The open loop's client threads ran at SCHED_FIFO, so that the worker and the ledger process on "
            "their CPU could not delay a send or a receipt." if oi["realtime_clients"] and ow["realtime_clients"]
            else " The open loop's client threads ran at normal priority."), "",
         "| check | measured | target | met |", "|---|---|---|---|",

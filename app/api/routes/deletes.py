@@ -1,5 +1,5 @@
 """Deletion requests: accept (a committed ledger row, then a queue notification) and report. The
-ledger and queue work runs in the control process (app/service/control_process.py)."""
+ledger and queue work runs in the ledger process (app/service/ledger_pool.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from app.api.routes.predict import is_json
 from app.api.schemas import PRINTABLE, DeleteAccepted, DeleteBody, RequestStatus
 from app.api.threads import BackgroundRoute
 from app.db.keys import Principal
-from app.ml.errors import UnsupportedMediaType
-from app.service import control
+from app.errors import UnsupportedMediaType
+from app.service import deletions
 
 router = APIRouter(route_class=BackgroundRoute, tags=["delete"])
 
@@ -37,7 +37,7 @@ async def delete(state: State, body: DeleteBody, request: Request, response: Res
                  principal: Annotated[Principal, Depends(require("delete"))],
                  idempotency_key: Annotated[str | None, Header(max_length=200, pattern=PRINTABLE)] = None,
                  ) -> DeleteAccepted:
-    out = await state.control(control.accept_deletion, sample_ids=body.sample_ids, subject_id=body.subject_id,
+    out = await state.ledger_pool(deletions.accept_deletion, sample_ids=body.sample_ids, subject_id=body.subject_id,
                               idempotency_key=idempotency_key, api_key_id=principal.key_id)
     if out["created"]:
         state.metrics.deletes.inc()
@@ -57,4 +57,4 @@ async def delete(state: State, body: DeleteBody, request: Request, response: Res
             summary="State of a deletion request")
 async def request_status(state: State,
                          request_id: Annotated[str, Path(max_length=64, pattern=PRINTABLE)]) -> RequestStatus:
-    return RequestStatus(**await state.control(control.request_status, request_id=request_id))
+    return RequestStatus(**await state.ledger_pool(deletions.request_status, request_id=request_id))

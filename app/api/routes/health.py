@@ -13,7 +13,7 @@ from app.api.problems import problem, responses
 from app.api.threads import BackgroundRoute
 from app.db import ledger, workers
 from app.db.session import transaction, utcnow
-from app.service import control
+from app.service import deletions
 
 router = APIRouter(route_class=BackgroundRoute, tags=["health"])
 
@@ -24,7 +24,7 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses=responses(503),
-            summary="Readiness of this API process: ledger, Redis, the control process and a loaded model. The "
+            summary="Readiness of this API process: ledger, Redis, the ledger process and a loaded model. The "
                     "workers' state is reported beside them (`worker`) and does not make an API unready: it still "
                     "predicts and accepts deletions, which wait in the ledger; /healthz/worker alerts on it")
 def readyz(state: State, request: Request) -> Response:
@@ -40,10 +40,10 @@ def readyz(state: State, request: Request) -> Response:
     except RedisError as e:
         checks["redis"] = f"error: {type(e).__name__}"
     try:
-        state.control.call(control.ping, timeout_s=5.0)
-        checks["control"] = "ok"
+        state.ledger_pool.call(deletions.ping, timeout_s=5.0)
+        checks["ledger_process"] = "ok"
     except Exception as e:
-        checks["control"] = f"error: {type(e).__name__}"
+        checks["ledger_process"] = f"error: {type(e).__name__}"
     served = state.holder.current
     checks["model"] = f"ok: {served.version_id}" if served else "not loaded"
     try:

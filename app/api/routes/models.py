@@ -10,8 +10,8 @@ from app.api.schemas import CurrentModel, ModelInfo
 from app.api.threads import BackgroundRoute
 from app.db import ledger
 from app.db.session import transaction
-from app.ml.errors import Unavailable
-from app.service import control
+from app.errors import Unavailable
+from app.service import deletions
 
 router = APIRouter(route_class=BackgroundRoute, tags=["models"],
                    dependencies=[Depends(require("predict", "audit", open_if_predict_open=True))])
@@ -20,7 +20,7 @@ router = APIRouter(route_class=BackgroundRoute, tags=["models"],
 @router.get("/models", response_model=list[ModelInfo], responses=responses(401, 403, 503),
             summary="Every version, newest first")
 async def models(state: State) -> list[ModelInfo]:
-    return [ModelInfo(**v) for v in await state.control(control.versions)]
+    return [ModelInfo(**v) for v in await state.ledger_pool(deletions.versions)]
 
 
 @router.get("/models/current", response_model=CurrentModel, responses=responses(401, 403, 503),
@@ -32,5 +32,5 @@ def current(state: State) -> CurrentModel:
         raise Unavailable("no version is published yet")
     served = state.holder.current
     x = state.store.x
-    return CurrentModel(**control.version_info(head), serving=served.version_id if served else None,
+    return CurrentModel(**deletions.version_info(head), serving=served.version_id if served else None,
                         input_layout=list(x.shape[1:]), input_dtype=str(x.dtype))

@@ -19,7 +19,7 @@ from app.api.serving import Served
 from app.api.threads import BackgroundRoute
 from app.db import ledger
 from app.db.session import transaction
-from app.ml.errors import Gone, InvalidRequest, MalformedRequest, NotFound, Unavailable, UnsupportedMediaType
+from app.errors import Gone, InvalidRequest, MalformedRequest, NotFound, Unavailable, UnsupportedMediaType
 from app.service.store import raw_to_features
 
 router = APIRouter(route_class=BackgroundRoute, tags=["predict"])

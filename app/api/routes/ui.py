@@ -26,7 +26,7 @@ from app.db.audit import ChainReport, parse_head, verify_chain
 from app.db.audit import head as audit_head
 from app.db.keys import Principal
 from app.db.session import transaction, utcnow
-from app.ml.errors import Forbidden, Unauthorized
+from app.errors import Forbidden, Unauthorized
 
 router = APIRouter(include_in_schema=False)
 # The last /ui/verify of this API process: the page shows it without reading the whole log on every load.

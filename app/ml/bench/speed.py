@@ -74,14 +74,30 @@ def _peak_rss(model_dir: Path, forget_file: Path, out: Path, *, slow: bool, chun
             str(forget_file), "--out", str(out)]
     if slow:
         args.append("--no-cache")
-    proc = subprocess.run([sys.executable, "-m", "app.ml.bench.memprobe", *args], capture_output=True, text=True,
-                          env={**os.environ, "UNLEARND_CHUNK_SIZE": str(chunk_size), "UNLEARND_DEVICE": str(device)},
-                          timeout=1800, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"unlearn child failed: {proc.stderr[-2000:]}")
-    probe = json.loads(proc.stdout.strip().splitlines()[-1])
+    code, peak_mib, err = peak_rss_of([sys.executable, "-m", "app.cli", *args],
+                                      env={**os.environ, "UNLEARND_CHUNK_SIZE": str(chunk_size),
+                                           "UNLEARND_DEVICE": str(device)})
+    if code != 0:
+        raise RuntimeError(f"unlearn child failed: {err[-2000:]}")
     meta = json.loads((out / "meta.json").read_text())
-    return {"peak_rss_mib": probe["maxrss_mib"], "path": meta["unlearn"]["attempts"][0]["path"]}
+    return {"peak_rss_mib": peak_mib, "path": meta["unlearn"]["attempts"][0]["path"]}
+
+
+def peak_rss_of(cmd: list[str], *, env: dict[str, str], timeout_s: float = 1800) -> tuple[int, float, str]:
+    """Run CMD; (exit code, its own peak RSS in MiB from wait4's rusage, its stderr)."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+            time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        return proc.returncode, usage.ru_maxrss / 1024, err.read().decode(errors="replace")  # Linux: KiB
 
 
 def run_speed(cfg: SpeedConfig, *, out: Path, data_dir: Path | None, data_path: Path | None,

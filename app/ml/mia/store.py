@@ -7,7 +7,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from app.ml.errors import ModelLoadError
+from app.errors import ModelLoadError
 from app.ml.fsutil import atomic_replace, atomic_write_text
 from app.ml.mia import ATTACKS
 from app.ml.mia.shadow import AttackNet, MembershipAttack, MIAConfig

@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 import numpy as np
 from torch import nn
 
+from app.errors import ConfigError, ForgetSetError
 from app.ml.data import Dataset
 from app.ml.device import synchronize
-from app.ml.errors import ConfigError, ForgetSetError
 from app.ml.gradcache import GradCache
 from app.ml.models import ModelConfig
 from app.ml.train import TrainConfig

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from app.ml.errors import CacheMismatchError
+from app.errors import CacheMismatchError
 from app.ml.grads import GradSums, grad_sum, trainable
 from app.ml.unlearn import METHODS
 from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params, seconds_since

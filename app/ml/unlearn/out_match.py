@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from app.ml.errors import ConfigError
+from app.errors import ConfigError
 from app.ml.unlearn import METHODS
 from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params, seconds_since
 from app.ml.verify.base import phi_from_logits, true_class_logit

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from app.ml.errors import VerifierError
+from app.errors import VerifierError
 from app.ml.registry import Registry
 from app.ml.verify.base import BuildInputs, Verifier, VerifierConfig
 

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from app.errors import ForgetSetError, VerifierError
 from app.ml.data import Dataset, Splits
-from app.ml.errors import ForgetSetError, VerifierError
 from app.ml.models import ModelConfig
 from app.ml.train import TrainConfig
 from app.ml.verify import stats

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from app.errors import DataError
 from app.ml.checkpoint import load_model_dir
-from app.ml.errors import DataError
 from app.ml.verify.base import FPRS, verdict
 from app.ml.verify.report import power_summary, ue_lira
 from app.ml.verify.store import FOLDER, load_verifier

@@ -12,7 +12,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from app.ml.errors import VerifierError
+from app.errors import VerifierError
 from app.ml.fsutil import atomic_replace, atomic_write_text
 from app.ml.verify import VERIFIERS
 from app.ml.verify.base import Verifier, VerifierConfig

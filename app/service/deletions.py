@@ -1,7 +1,7 @@
-"""The deletion endpoints' work: functions of (ControlContext, keyword arguments) → plain data.
+"""The deletion endpoints' work: functions of (LedgerContext, keyword arguments) → plain data.
 
-Plain data (dicts of str, int, datetime) because they run in the API's control process
-(app/service/control_process.py), and their answers and errors cross a process boundary.
+Plain data (dicts of str, int, datetime) because they run in the API's ledger process
+(app/service/ledger_pool.py), and their answers and errors cross a process boundary.
 """
 
 from __future__ import annotations
@@ -20,23 +20,23 @@ from app.db.models import AuditEntry, ModelVersion
 from app.db.session import as_utc, transaction, utcnow
 from app.service.faults import public_reason
 from app.service.ledger_conn import LedgerConn
-from worker.queue import notify
+from app.service.queue import notify
 
 
 @dataclass
-class ControlContext:
+class LedgerContext:
     settings: Settings
     conn: LedgerConn
     redis: Redis | None
 
 
-def ping(ctx: ControlContext) -> bool:
+def ping(ctx: LedgerContext) -> bool:
     with transaction(ctx.conn.read) as s:
         s.scalar(select(func.count()).select_from(ModelVersion))
     return True
 
 
-def accept_deletion(ctx: ControlContext, *, sample_ids: list[int] | None, subject_id: str | None,
+def accept_deletion(ctx: LedgerContext, *, sample_ids: list[int] | None, subject_id: str | None,
                     idempotency_key: str | None, api_key_id: str | None) -> dict[str, Any]:
     """Commit a deletion request (or find the one this Idempotency-Key made), then tell the queue.
     `notified` is False when Redis was unreachable: the request is accepted all the same (the
@@ -62,7 +62,7 @@ def accept_deletion(ctx: ControlContext, *, sample_ids: list[int] | None, subjec
             "notified": notified}
 
 
-def request_status(ctx: ControlContext, *, request_id: str) -> dict[str, Any]:
+def request_status(ctx: LedgerContext, *, request_id: str) -> dict[str, Any]:
     with transaction(ctx.conn.read) as s:
         req = ledger.get_request(s, request_id=request_id)
         ids = ledger.request_sample_ids(s, request_ids=[req.id])[req.id]
@@ -94,7 +94,7 @@ def forgetting(payload: dict[str, Any]) -> dict[str, Any]:
             "min_detectable_batch": v.get("min_detectable_batch"), "n_forget": payload.get("n_forget")}
 
 
-def audit_page(ctx: ControlContext, *, offset: int, limit: int) -> dict[str, Any]:
+def audit_page(ctx: LedgerContext, *, offset: int, limit: int) -> dict[str, Any]:
     with transaction(ctx.conn.read) as s:
         total = s.scalar(select(func.count()).select_from(AuditEntry)) or 0
         rows = list(s.scalars(select(AuditEntry).order_by(AuditEntry.seq).offset(offset).limit(limit)))
@@ -108,6 +108,6 @@ def version_info(v: ModelVersion) -> dict[str, Any]:
             "created_at": as_utc(v.created_at), "weights_present": v.weights_present, "metrics": v.metrics}
 
 
-def versions(ctx: ControlContext) -> list[dict[str, Any]]:
+def versions(ctx: LedgerContext) -> list[dict[str, Any]]:
     with transaction(ctx.conn.read) as s:
         return [version_info(v) for v in ledger.versions(s)]

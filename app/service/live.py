@@ -1,5 +1,7 @@
 """A live unlearnd: `unlearnd serve` and `unlearnd worker` as real processes, driven over HTTP.
-Used by the service benchmark and by the service tests."""
+
+One driver for everything that runs the service end to end: the service benchmark (`unlearnd bench
+--suite service-*`), `make fuzz`, and the tests' harness (tests/service_harness.py builds on it)."""
 
 from __future__ import annotations
 
@@ -73,7 +75,7 @@ class LiveService:
         raise TimeoutError((self.home / "api.log").read_text()[-3000:])
 
     def children(self) -> list[int]:
-        """The API process's child processes (its control process among them). Linux."""
+        """The API process's child processes (its ledger process among them). Linux."""
         assert self.api is not None
         kids: list[int] = []
         for tid in os.listdir(f"/proc/{self.api.pid}/task"):
@@ -81,8 +83,8 @@ class LiveService:
                 kids += [int(p) for p in Path(f"/proc/{self.api.pid}/task/{tid}/children").read_text().split()]
         return kids
 
-    def control_pids(self) -> list[int]:
-        """The API's control processes: the pool processes it spawned (not multiprocessing's tracker)."""
+    def ledger_pids(self) -> list[int]:
+        """The API's ledger processes: the pool processes it spawned (not multiprocessing's tracker)."""
         return [p for p in self.children() if b"spawn_main" in _cmdline(p)]
 
     def start_worker(self, **env: Any) -> subprocess.Popen[bytes]:
