@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from pydantic import ValidationError
 from sqlalchemy.exc import DatabaseError
@@ -52,7 +53,8 @@ def _train(ns: argparse.Namespace, settings: Settings) -> int:
 
 def _unlearn(ns: argparse.Namespace, settings: Settings) -> int:
     from app.errors import ConfigError
-    from app.ml.pipeline import read_ids, unlearn_to_dir
+    from app.ml.checkpoint import read_ids
+    from app.ml.pipeline import unlearn_to_dir
 
     iau_flags = {k: getattr(ns, k) for k in ("eta", "reduction", "step") if getattr(ns, k) is not None}
     if ns.method == "iau":
@@ -89,10 +91,9 @@ def _verify(ns: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cache(ns: argparse.Namespace, settings: Settings) -> int:
-    from app.ml.checkpoint import load_model_dir
+    from app.ml.checkpoint import dataset_for, load_model_dir
     from app.ml.device import resolve
     from app.ml.gradcache import build_cache, save_cache
-    from app.ml.pipeline import dataset_for
 
     md = load_model_dir(ns.model, device=resolve(ns.device or settings.device))
     ds = dataset_for(md, data_path=ns.data, data_dir=settings.data_dir)
@@ -145,22 +146,57 @@ def _demo(ns: argparse.Namespace, settings: Settings) -> int:
 DEVICE_HELP = "auto, cpu, cuda or cuda:N (default: UNLEARND_DEVICE, auto: the first GPU if any)"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags as every other bad input: one line on stderr, exit code 2 (argparse prints its usage too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"unlearnd: error: {self.prog.removeprefix('unlearnd ')}: {message} (see --help)\n")
+
+
+def non_negative(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    return _bounded(kind, lambda v: v >= 0, "≥ 0")
+
+
+def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    return _bounded(kind, lambda v: v > 0, "> 0")
+
+
+def _bounded(kind: type[int] | type[float], ok: Callable[[float], bool], what: str) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") \
+                from None
+        if not ok(value) or value != value:  # NaN
+            raise argparse.ArgumentTypeError(f"{text!r} must be {what}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="unlearnd", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="unlearnd", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
+    from app.ml.datasets import DATASETS
+    from app.ml.models import MODELS
+
     t = sub.add_parser("train", help="train a model with the GR loss")
-    t.add_argument("--dataset", required=True)
-    t.add_argument("--arch", required=True)
-    t.add_argument("--alpha", type=float, required=True, help="GR strength (0: plain training)")
+    t.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASETS.names())}")
+    t.add_argument("--arch", required=True, help=f"one of: {', '.join(MODELS.names())}")
+    t.add_argument("--alpha", type=non_negative(float), required=True, help="GR strength (0: plain training)")
     t.add_argument("--gr-norm", choices=("global", "per_tensor"), default="global")
     t.add_argument("--gr-grad", choices=("exact", "fd"), default="exact",
                    help="penalty gradient: exact double backprop, or a finite-difference HVP")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--max-epochs", type=int, default=100)
-    t.add_argument("--patience", type=int, default=10)
+    t.add_argument("--seed", type=non_negative(int), default=0,
+                   help="seeds the splits, the initialisation and the batches (default 0)")
+    t.add_argument("--lr", type=positive(float), default=1e-3, help="Adam's learning rate (default 1e-3)")
+    t.add_argument("--batch-size", type=positive(int), default=64, help="default 64")
+    t.add_argument("--max-epochs", type=positive(int), default=100,
+                   help="at most this many epochs; early stopping on validation accuracy ends sooner (default 100)")
+    t.add_argument("--patience", type=positive(int), default=10, help="epochs without improvement (default 10)")
     t.add_argument("--data", type=Path, help="dataset file or folder (default: under UNLEARND_DATA_DIR)")
     t.add_argument("--no-cache", action="store_true", help="skip writing the fast path's gradient cache")
     t.add_argument("--verifier", default="lira", help="membership verifier built with the model (lira, loss)")
@@ -171,12 +207,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-calibrate", action="store_true",
                    help="skip choosing the forgetting setting by simulated deletions (unlearn then uses IAU)")
     t.add_argument("--quiet", action="store_true")
-    t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--out", type=Path, required=True, help="the model directory to write")
     t.add_argument("--device", help=DEVICE_HELP)
     t.set_defaults(func=_train)
 
     u = sub.add_parser("unlearn", help="forget training samples (the model's calibrated setting by default)")
-    u.add_argument("--model", type=Path, required=True)
+    u.add_argument("--model", type=Path, required=True, help="the model directory to forget from")
     u.add_argument("--method", help="iau, out_match, finetune, retrain, … (unknown names list them); "
                                     "default: the setting calibrated at training")
     u.add_argument("--max-accuracy-drop", type=float, metavar="D",
@@ -191,7 +227,7 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--no-cache", action="store_true", help="ignore the gradient cache (slow path)")
     u.add_argument("--refresh-cache", action="store_true", help="write a gradient cache for the new model")
     u.add_argument("--data", type=Path)
-    u.add_argument("--out", type=Path, required=True)
+    u.add_argument("--out", type=Path, required=True, help="the model directory to write the new model to")
     u.add_argument("--device", help=DEVICE_HELP)
     u.set_defaults(func=_unlearn)
 
@@ -205,7 +241,7 @@ def _parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_verify)
 
     c = sub.add_parser("cache", help="(re)build a model's gradient cache for the fast path")
-    c.add_argument("--model", type=Path, required=True)
+    c.add_argument("--model", type=Path, required=True, help="the model directory")
     c.add_argument("--data", type=Path)
     c.add_argument("--device", help=DEVICE_HELP)
     c.set_defaults(func=_cache)
@@ -261,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def ledger_error(settings: Settings, e: DatabaseError) -> str:
     where = settings.db_url.split("@")[-1]
     why = str(getattr(e, "orig", None) or e).splitlines()[0]
+    if "no such table" in why or ("relation" in why and "does not exist" in why):
+        return f"the ledger at {where} has no tables yet: run `unlearnd db upgrade` (or start `unlearnd serve`) first"
     return (f"the ledger at {where} cannot be used ({why}): restore it and the home from the same backup "
             "(docs/operations.md), then check it with `unlearnd audit verify --expect-head SEQ:HASH`")
 

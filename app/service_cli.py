@@ -18,7 +18,7 @@ from app.db import ledger
 from app.db.audit import head, parse_head, verify_chain
 from app.db.migrate import upgrade
 from app.db.session import transaction, utcnow
-from app.errors import InvalidRequest
+from app.errors import InvalidRequest, NotFound
 from app.service.ledger_conn import LedgerConn
 from app.service.supervisor import SERVE_PID_ENV, Child, Supervisor, die_with_parent
 
@@ -182,8 +182,10 @@ def keys_revoke(ns: argparse.Namespace, settings: Settings) -> int:
     conn = LedgerConn.open(settings)
     with transaction(conn.write) as s:
         ok = keys_mod.revoke_key(s, key_id=ns.key_id)
-    print("revoked" if ok else f"no key {ns.key_id!r}")
-    return 0 if ok else 1
+    if not ok:
+        raise NotFound(f"no key {ns.key_id!r} (`unlearnd keys list` shows the ids)")
+    print("revoked")
+    return 0
 
 
 def audit_verify(ns: argparse.Namespace, settings: Settings) -> int:

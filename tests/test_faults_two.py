@@ -188,8 +188,8 @@ def test_public_reasons_carry_no_paths() -> None:
 def test_a_verifier_without_deleted_ids_never_scores_them(digits, digits_model_dir) -> None:  # type: ignore[no-untyped-def]
     """Verification never indexes a forgotten sample: an erased row raises a clear error, not index -1."""
     from app.errors import VerifierError
-    from app.ml.checkpoint import load_model_dir
-    from app.ml.pipeline import attach_verifier, train_config_from_meta
+    from app.ml.checkpoint import load_model_dir, train_config_from_meta
+    from app.ml.pipeline import attach_verifier
     from app.ml.verify.base import BuildInputs, VerifierConfig
     from app.ml.verify.store import load_verifier
 

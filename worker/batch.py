@@ -1,7 +1,5 @@
-"""One batch: claim pending requests, forget their samples through the forgetting policy, write, commit.
-
-The policy (app.ml.policy) runs the model's calibrated setting, validates, verifies and escalates;
-this module only claims, orchestrates and records.
+"""One batch: claim pending requests → forget_version (app.ml.forgetting: the model's calibrated setting,
+validated, verified, escalated; the same job as `unlearnd unlearn`'s) → write the version → commit.
 
 The commit is one transaction: new version + head compare-and-set + audit entry + requests
 completed + samples forgotten. If another batch moved the head first, this batch's requests
@@ -28,15 +26,13 @@ from app.db.audit import append_entry
 from app.db.models import DeletionRequest, ModelVersion
 from app.db.session import transaction, utcnow
 from app.errors import Conflict, ModelLoadError
-from app.ml.checkpoint import ModelDir
-from app.ml.data import Dataset
+from app.ml.checkpoint import ModelDir, inherited_meta
 from app.ml.device import describe, resolve
+from app.ml.forgetting import ForgettingRecord, PolicyOptions, forget_version
 from app.ml.gradcache import load_cache
 from app.ml.grads import ids_sha256
-from app.ml.pipeline import train_config_from_meta
-from app.ml.policy import PolicyConfig, Setting, forget, settings_from_meta
+from app.ml.policy import Budget, Setting
 from app.ml.unlearn.base import UnlearnTask
-from app.ml.verify.report import PRIMARY_FPR
 from app.ml.verify.store import FOLDER as VERIFIER_FOLDER
 from app.ml.verify.store import load_verifier
 from app.service.faults import is_transient, public_reason
@@ -99,52 +95,21 @@ def _by_split(others: dict[int, str]) -> dict[str, int]:
     return dict(Counter(others.values()))
 
 
-def _floor(settings: Settings, first: ModelVersion) -> float:
-    if settings.accuracy_floor is not None:
-        return settings.accuracy_floor
-    return float(first.metrics.get("holdout_acc", 0.0)) - settings.max_accuracy_drop
+def budget(settings: Settings, first: ModelVersion) -> Budget:
+    """Every version is held to the first one's held-out accuracy (or the operator's absolute floor)."""
+    return Budget.below(float(first.metrics.get("holdout_acc", 0.0)), max_drop=settings.max_accuracy_drop,
+                        exact_max_drop=settings.exact_max_accuracy_drop, absolute=settings.accuracy_floor)
 
 
-def exact_floor(settings: Settings, first: ModelVersion) -> float:
-    """An operator's absolute floor binds everything; else a retrain only has to clear the broken-run guard."""
-    if settings.accuracy_floor is not None:
-        return settings.accuracy_floor
-    return float(first.metrics.get("holdout_acc", 0.0)) - max(settings.exact_max_accuracy_drop,
-                                                                 settings.max_accuracy_drop)
-
-
-def _task(settings: Settings, c: Claimed, md: ModelDir, ds: Dataset) -> UnlearnTask:
-    # every deleted sample, and every row the store erased, stays out of validation and verification: a
-    # purged row's label is -1, and the verifier's files may not have dropped it yet
-    gone = np.union1d(np.union1d(c.forgotten, np.asarray(list(c.others), dtype=np.int64)), erased_rows(ds))
-    folder = settings.home / VERIFIER_FOLDER
-    verifier = load_verifier(folder).without(gone) if settings.verify_refs and folder.is_dir() else None
-    return UnlearnTask(model=md.model, ds=ds, train_ids=c.train_ids, forget_ids=np.asarray(c.forget),
-                       weights_sha256=md.weights_sha256,
-                       cache=load_cache(version_dir(settings.home, c.head), ds.device),
-                       chunk_size=settings.chunk_size, seed=int(md.meta.get("seed", 0)), model_cfg=md.model_cfg,
-                       train_cfg=train_config_from_meta(md.meta), val_ids=md.splits.without(gone).val,
-                       verifier=verifier)
-
-
-def _settings(settings: Settings, c: Claimed, md: ModelDir) -> list[Setting]:
-    """The operator's override, else what calibration chose for this model at publication."""
-    if settings.unlearn_method:
-        return [Setting(settings.unlearn_method, dict(settings.unlearn_params))]
-    return settings_from_meta(md.meta, len(c.forget))
+def _override(settings: Settings) -> Setting | None:
+    """The operator's setting, if any: else what calibration chose for this model at publication."""
+    return Setting(settings.unlearn_method, dict(settings.unlearn_params)) if settings.unlearn_method else None
 
 
 def _derived_pending(settings: Settings, c: Claimed) -> bool:
     """Deleted shadow samples are inside the verifier's reference models until worker/derived.py retrains
     them: the batch's requests are not exact before then."""
     return "shadow" in c.others.values() and has_references(settings)
-
-
-def ue_lira(verification: dict[str, Any]) -> float | None:
-    """The batch's membership UE in points: D_f's flagged rate after the update against a retrain's, which
-    the conformal test holds at the FPR (a retrained model's D_f are non-members)."""
-    after = (verification.get("after") or {}).get(f"flagged@{PRIMARY_FPR:g}")
-    return None if after is None else 100 * abs(float(after["rate"]) - PRIMARY_FPR)
 
 
 def process(settings: Settings, conn: LedgerConn, c: Claimed) -> Outcome:
@@ -170,47 +135,42 @@ def process(settings: Settings, conn: LedgerConn, c: Claimed) -> Outcome:
     md = load_version(c.head, device=dev, home=settings.home)
     if not np.array_equal(np.sort(md.splits.train), c.train_ids):
         raise ModelLoadError(f"version {c.head.id} was not trained on the ledger's active samples")
-    hold = holdout_ids(md.splits, settings.holdout_size, np.union1d(c.forgotten, list(c.others)))
-    floor = _floor(settings, c.first)
-    policy = PolicyConfig(floor=floor, exact_floor=exact_floor(settings, c.first),
-                          backtracks=settings.backtracks, on_partial=settings.on_partial,
-                          retrain_if_invalid=settings.on_invalid == "retrain")
-    out = forget(_task(settings, c, md, ds), _settings(settings, c, md), hold, policy)
-    if out.model is None:
-        return _fail(conn, c, public_reason(f"new weights failed validation: {out.problem}"))
-    model = out.model
-    forget_ids = np.asarray(c.forget)
-    record = out.record()
-    record.update(time_s=sum(a["time_s"] for a in out.attempts),
-                  holdout_acc_before=float(c.head.metrics.get("holdout_acc", float("nan"))),
-                  holdout_acc_after=out.holdout_acc, accuracy_floor=floor, n_forget=len(forget_ids),
-                  forget_ids_sha256=ids_sha256(forget_ids), device=describe(dev), data_placement=ds.placement)
-    if out.consolidate_now:
+    # every deleted sample, and every row the store erased, stays out of validation and verification: a purged
+    # row's label is -1, and the verifier's files may not have dropped it yet
+    gone = np.union1d(np.union1d(c.forgotten, np.asarray(list(c.others), dtype=np.int64)), erased_rows(ds))
+    folder = settings.home / VERIFIER_FOLDER
+    task = UnlearnTask.from_model_dir(
+        md, ds, forget_ids=np.asarray(c.forget), train_ids=c.train_ids, exclude=gone, chunk_size=settings.chunk_size,
+        cache=load_cache(version_dir(settings.home, c.head), ds.device),
+        verifier=load_verifier(folder) if settings.verify_refs and folder.is_dir() else None)
+    options = PolicyOptions(backtracks=settings.backtracks, on_partial=settings.on_partial,
+                            retrain_if_invalid=settings.on_invalid == "retrain")
+    done = forget_version(task, md.meta, holdout_ids(md.splits, settings.holdout_size, gone),
+                          budget(settings, c.first), _override(settings), options=options,
+                          holdout_acc_before=float(c.head.metrics.get("holdout_acc", float("nan"))))
+    if done.model is None:
+        return _fail(conn, c, public_reason(f"new weights failed validation: {done.record.problem}"))
+    done.record.device, done.record.data_placement = describe(dev), ds.placement
+    if done.record.consolidate_now:
         log.warning("batch %s: verdict partial; an exact consolidation follows", c.batch_id)
-    return _write_and_commit(settings, conn, c, md, model, record, t0)
+    return _write_and_commit(settings, conn, c, md, done.model, done.record, t0)
 
 
 def _write_and_commit(settings: Settings, conn: LedgerConn, c: Claimed, md: ModelDir, model: nn.Module,
-                      record: dict[str, Any], t0: float) -> Outcome:
-    keep = {k: v for k, v in md.meta.items() if k not in ("unlearn", "weights_sha256", "published_from")}
-    meta = {**keep, "unlearn": {**record, "parent_weights_sha256": md.weights_sha256, "batch_id": c.batch_id}}
+                      record: ForgettingRecord, t0: float) -> Outcome:
+    payload = {"event": "unlearn", "request_ids": sorted(r.id for r in c.requests), **record.to_payload(),
+               "parent_model_sha256": c.head.sha256, "erased_by_split": _by_split(c.others),
+               "derived_pending": _derived_pending(settings, c)}
+    meta = {**inherited_meta(md.meta), "unlearn": {**record.to_payload(), "parent_weights_sha256": md.weights_sha256,
+                                                   "batch_id": c.batch_id}}
     sha, path = write_version(settings.models_dir, model=model, model_cfg=md.model_cfg, meta=meta,
                               splits=md.splits.without_train(np.asarray(c.forget)))
+    payload["model_sha256"] = sha
     if settings.debug_commit_delay_s:
         time.sleep(settings.debug_commit_delay_s)
     now = utcnow()
-    metrics = {"holdout_acc": record["holdout_acc_after"], "n_train": len(c.train_ids) - len(c.forget),
-               "verdict": record["verdict"], "method": record["method"], "exact": record["exact"]}
-    payload = {"event": "unlearn", "request_ids": sorted(r.id for r in c.requests),
-               "forget_ids_sha256": record["forget_ids_sha256"], "n_forget": len(c.forget),
-               "parent_model_sha256": c.head.sha256, "model_sha256": sha, "method": record["method"],
-               "params": record["params"], "exact": record["exact"], "unlearn_time_s": record["time_s"],
-               "attempts": record["attempts"], "consolidate_now": record["consolidate_now"],
-               "test_acc_before": record["holdout_acc_before"],
-               "test_acc_after": record["holdout_acc_after"],
-               "ue_lira": ue_lira(record["verification"]),
-               "verification": record["verification"], "verdict": record["verdict"], "device": record["device"],
-               "erased_by_split": _by_split(c.others), "derived_pending": _derived_pending(settings, c)}
+    metrics = {"holdout_acc": record.holdout_acc_after, "n_train": len(c.train_ids) - len(c.forget),
+               "verdict": str(record.verdict), "method": record.method, "exact": record.exact}
     try:
         with transaction(conn.write) as s:
             v = ledger.add_version(s, sha256=sha, parent_id=c.head.id, path=ledger_path(path), now=now, metrics=metrics)
@@ -219,8 +179,8 @@ def _write_and_commit(settings: Settings, conn: LedgerConn, c: Claimed, md: Mode
             entry = append_entry(s, batch_id=c.batch_id, created_at=now.isoformat(), payload=payload)
             ledger.complete_batch(s, batch_id=c.batch_id, request_ids=[r.id for r in c.requests],
                                   version_id=v.id, forget_ids=c.erased, audit_seq=entry.seq, now=now,
-                                  already=c.already, method=record["method"], verdict=record["verdict"],
-                                  exact=record["exact"], derived_pending=payload["derived_pending"],
+                                  already=c.already, method=record.method, verdict=str(record.verdict),
+                                  exact=record.exact, derived_pending=payload["derived_pending"],
                                   subject_key=subject_key(settings))
     except Conflict as e:
         return _release(conn, c, str(e))
@@ -233,10 +193,9 @@ def _write_and_commit(settings: Settings, conn: LedgerConn, c: Claimed, md: Mode
         if head is None or head.id == c.head.id:
             raise
         return _release(conn, c, "the head moved while this batch ran")
-    record["total_s"] = time.perf_counter() - t0
-    log.info("batch %s: forgot %d samples → version %s in %.2f s", c.batch_id, len(c.forget), sha[:16],
-             record["total_s"])
-    return Outcome(c.batch_id, "completed", sha[:16], len(c.forget), record)
+    total_s = time.perf_counter() - t0
+    log.info("batch %s: forgot %d samples → version %s in %.2f s", c.batch_id, len(c.forget), sha[:16], total_s)
+    return Outcome(c.batch_id, "completed", sha[:16], len(c.forget), {**record.to_payload(), "total_s": total_s})
 
 
 def _release(conn: LedgerConn, c: Claimed, why: str) -> Outcome:

@@ -33,15 +33,15 @@ from app.db.audit import append_entry
 from app.db.models import ModelVersion
 from app.db.session import as_utc, transaction, utcnow
 from app.errors import Conflict
+from app.ml.checkpoint import inherited_meta, train_config_from_meta
 from app.ml.device import describe, resolve
 from app.ml.grads import ids_sha256
-from app.ml.pipeline import train_config_from_meta
 from app.ml.policy import validate
 from app.ml.train import TrainConfig, fit
 from app.service.ledger_conn import LedgerConn
 from app.service.store import erased_rows, store_on
 from app.service.versions import ledger_path, load_version, write_version
-from worker.batch import exact_floor
+from worker.batch import budget
 
 log = logging.getLogger("unlearnd.consolidate")
 
@@ -107,7 +107,7 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
     model.eval()
     train_s = time.perf_counter() - t0
     hold = kept.holdout(settings.holdout_size)
-    floor = exact_floor(settings, first)
+    floor = budget(settings, first).exact_floor
     acc, problem = validate(model, ds, hold, floor)
     if problem:
         log.error("consolidation rejected, the served version stays: %s", problem)
@@ -125,10 +125,9 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
               "device": describe(dev), "data_placement": ds.placement,
               "holdout_acc_before": float(head.metrics.get("holdout_acc", float("nan"))), "holdout_acc_after": acc,
               "accuracy_floor": floor, "request_ids": covered, "replaces_chain_of": chain}
-    keep = {k: v for k, v in md.meta.items() if k not in ("unlearn", "weights_sha256", "published_from")}
     sha, path = write_version(settings.models_dir, model=model, model_cfg=md.model_cfg,
-                              meta={**keep, "consolidation": record, "parent_weights_sha256": md.weights_sha256},
-                              splits=splits)
+                              meta={**inherited_meta(md.meta), "consolidation": record,
+                                    "parent_weights_sha256": md.weights_sha256}, splits=splits)
     if settings.debug_commit_delay_s:
         time.sleep(settings.debug_commit_delay_s)
     return _commit(conn, head, sha, ledger_path(path), record)

@@ -29,9 +29,9 @@ from app.core.config import Settings
 from app.db import ledger
 from app.db.audit import append_entry
 from app.db.session import transaction, utcnow
+from app.ml.checkpoint import train_config_from_meta
 from app.ml.device import describe, resolve
 from app.ml.grads import ids_sha256
-from app.ml.pipeline import train_config_from_meta
 from app.ml.train import TrainConfig
 from app.ml.verify import build_verifier
 from app.ml.verify.base import BuildInputs, Verifier

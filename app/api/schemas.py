@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from app.ml.record import Verdict
+
+RequestState = Literal["pending", "processing", "completed", "rejected", "failed"]
 INT64_MAX = 2**63 - 1  # the ledger's integer columns (SQLite and PostgreSQL BIGINT)
 SampleId = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]
 # text that is stored (subject ids, idempotency keys): no control characters (NUL breaks PostgreSQL's text type)
@@ -33,7 +36,7 @@ class DeleteBody(BaseModel):
 
 class DeleteAccepted(BaseModel):
     id: str
-    state: str
+    state: RequestState
     status_url: str
     received_at: datetime
     due_at: datetime
@@ -52,7 +55,7 @@ class Forgetting(BaseModel):
                                                                       "samples was first served")
     derived_pending: bool = Field(default=False, description="deleted shadow samples are still inside the "
                                                              "verifier's reference models; they are being retrained")
-    verdict: str = Field(description="forgotten | partial | not measurable | unverified: the membership "
+    verdict: Verdict = Field(description="forgotten | partial | not measurable | unverified: the membership "
                                      "verifier on the batch's forgotten samples after the update")
     gap_closed: float | None = Field(default=None, description="share of the samples' membership signal (set AUC "
                                                                "above 0.5) the update removed")
@@ -67,7 +70,7 @@ class Forgetting(BaseModel):
 
 class RequestStatus(BaseModel):
     id: str
-    state: str = Field(description="pending | processing | completed | rejected | failed")
+    state: RequestState
     received_at: datetime
     due_at: datetime
     completed_at: datetime | None

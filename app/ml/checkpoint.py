@@ -13,16 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from app.errors import ModelLoadError
-from app.ml.data import Splits
+from app.errors import DataError, ForgetSetError, ModelLoadError
+from app.ml.data import Dataset, Splits
+from app.ml.datasets import load_dataset
 from app.ml.fsutil import atomic_replace, atomic_write_text
 from app.ml.grads import weights_sha256
-from app.ml.models import ModelConfig, create_model
+from app.ml.models import ModelConfig, create_model, model_device
+from app.ml.train import TrainConfig
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "meta.json"
@@ -110,3 +113,45 @@ def check_finite(model: nn.Module) -> None:
     bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ModelLoadError(f"weights are not finite in {bad[:5]}")
+
+
+def inherited_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a version derived from META keeps of it: everything but the records of how META's own weights
+    were made (its unlearn step, its sha256, where it was published from)."""
+    return {k: v for k, v in meta.items() if k not in ("unlearn", "weights_sha256", "published_from")}
+
+
+def dataset_for(md: ModelDir, *, data_path: Path | None, data_dir: Path | None) -> Dataset:
+    """The dataset a model was trained on, checked against the model's input shape and ids; on the model's
+    device."""
+    stored = md.meta.get("data_path")
+    path = data_path or (Path(stored) if stored else None)
+    ds = load_dataset(md.meta["dataset"], path=path, data_dir=data_dir, device=model_device(md.model))
+    if tuple(ds.in_shape) != tuple(md.model_cfg.in_shape):
+        raise DataError(f"dataset input shape {ds.in_shape} differs from the model's {md.model_cfg.in_shape}")
+    top = max(int(md.splits.train.max(initial=-1)), int(md.splits.test.max(initial=-1)))
+    if top >= len(ds):
+        raise DataError(f"model's splits name id {top}, dataset has only {len(ds)} samples")
+    return ds
+
+
+def train_config_from_meta(meta: dict[str, Any]) -> TrainConfig | None:
+    raw = meta.get("train_config")
+    if not isinstance(raw, dict):
+        return None
+    known = set(TrainConfig.__dataclass_fields__)
+    return TrainConfig(**{k: v for k, v in raw.items() if k in known})
+
+
+def read_ids(path: Path) -> np.ndarray:
+    """One integer id per line; blank lines and #-comments are ignored."""
+    ids = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            ids.append(int(text))
+        except ValueError:
+            raise ForgetSetError(f"{path}:{n}: {text!r} is not an integer id") from None
+    return np.asarray(ids, dtype=np.int64)

@@ -63,7 +63,7 @@ def load_dataset(name: str, *, path: Path | None = None, data_dir: Path | None =
 
 def _require(path: Path | None) -> Path:
     if path is None:
-        raise DataError("this dataset needs a path")
+        raise DataError("this dataset is read from a file: pass it with --data FILE")
     return path
 
 

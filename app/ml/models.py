@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from app.errors import ConfigError
 from app.ml.registry import Registry
 
 
@@ -36,7 +37,8 @@ def model_device(model: nn.Module) -> torch.device:
 
 def _image_shape(cfg: ModelConfig) -> tuple[int, int, int]:
     if len(cfg.in_shape) != 3:
-        raise ValueError(f"{cfg.arch} needs image input (C, H, W), got {cfg.in_shape}")
+        raise ConfigError(f"arch {cfg.arch} needs image input (C, H, W), but the data's rows have shape "
+                          f"{tuple(cfg.in_shape)}: use an arch for feature rows (mlp)")
     c, h, w = cfg.in_shape
     return c, h, w
 

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from app.errors import DataError, ForgetSetError, UnlearnFailed
+from app.errors import UnlearnFailed
 from app.ml.calibrate import CalibrationConfig, calibrate
-from app.ml.checkpoint import ModelDir, load_model_dir, save_model_dir, set_meta_fields
+from app.ml.checkpoint import ModelDir, dataset_for, inherited_meta, load_model_dir, save_model_dir, set_meta_fields
 from app.ml.data import Dataset, SplitConfig, make_splits
 from app.ml.datasets import load_dataset
 from app.ml.device import resolve
+from app.ml.forgetting import PolicyOptions, forget_version
 from app.ml.gradcache import GradCache, build_cache, load_cache, save_cache
 from app.ml.metrics import accuracy
-from app.ml.models import ModelConfig, model_device
-from app.ml.policy import PolicyConfig, Setting, forget, settings_from_meta
+from app.ml.models import ModelConfig
+from app.ml.policy import Budget, Setting
 from app.ml.provenance import provenance
 from app.ml.train import TrainConfig, fit
 from app.ml.unlearn.base import UnlearnTask, check_forget_ids
@@ -87,10 +88,8 @@ def calibrate_model(md: ModelDir, ds: Dataset, verifier: Verifier | None, cache:
     """Choose the forgetting setting for MD by simulated deletions (app.ml.calibrate); its record."""
     if progress:
         print("calibrating the forgetting update (simulated deletions, every candidate setting)", flush=True)
-    base = UnlearnTask(model=md.model, ds=ds, train_ids=np.sort(md.splits.train), forget_ids=np.empty(0, np.int64),
-                       weights_sha256=md.weights_sha256, cache=cache, seed=cfg.seed, model_cfg=md.model_cfg,
-                       train_cfg=train_config_from_meta(md.meta), val_ids=md.splits.val,
-                       epochs_trained=md.meta.get("epochs"), verifier=verifier)
+    base = replace(UnlearnTask.from_model_dir(md, ds, forget_ids=np.empty(0, np.int64), cache=cache,
+                                              verifier=verifier), seed=cfg.seed)
     out = calibrate(base, md.splits.holdout(holdout_size), training_seconds(md.meta), cfg, progress=progress)
     out["holdout_size"] = holdout_size
     return out
@@ -108,90 +107,53 @@ def attach_verifier(folder: Path, inputs: BuildInputs, name: str, cfg: VerifierC
     return {**power_summary(v), "build_seconds": time.perf_counter() - t0, "power": v.power}
 
 
-def dataset_for(md: ModelDir, *, data_path: Path | None, data_dir: Path | None) -> Dataset:
-    """The dataset a model was trained on, checked against the model's input shape and ids; on the model's
-    device."""
-    stored = md.meta.get("data_path")
-    path = data_path or (Path(stored) if stored else None)
-    ds = load_dataset(md.meta["dataset"], path=path, data_dir=data_dir, device=model_device(md.model))
-    if tuple(ds.in_shape) != tuple(md.model_cfg.in_shape):
-        raise DataError(f"dataset input shape {ds.in_shape} differs from the model's {md.model_cfg.in_shape}")
-    top = max(int(md.splits.train.max(initial=-1)), int(md.splits.test.max(initial=-1)))
-    if top >= len(ds):
-        raise DataError(f"model's splits name id {top}, dataset has only {len(ds)} samples")
-    return ds
-
-
-def train_config_from_meta(meta: dict[str, Any]) -> TrainConfig | None:
-    raw = meta.get("train_config")
-    if not isinstance(raw, dict):
-        return None
-    known = set(TrainConfig.__dataclass_fields__)
-    return TrainConfig(**{k: v for k, v in raw.items() if k in known})
-
-
-def read_ids(path: Path) -> np.ndarray:
-    """One integer id per line; blank lines and #-comments are ignored."""
-    ids = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
-        try:
-            ids.append(int(text))
-        except ValueError:
-            raise ForgetSetError(f"{path}:{n}: {text!r} is not an integer id") from None
-    return np.asarray(ids, dtype=np.int64)
-
-
 def unlearn_to_dir(*, model_dir: Path, forget_ids: np.ndarray, out: Path, method: str | None = None,
                    params: dict[str, Any] | None = None, data_path: Path | None = None,
                    data_dir: Path | None = None, use_cache: bool = True, refresh_cache: bool = False,
                    chunk_size: int = 1024, max_accuracy_drop: float | None = None,
                    exact_max_accuracy_drop: float = 0.05, on_partial: str = "accept",
                    device: str = "cpu") -> dict[str, Any]:
-    """Forget FORGET_IDS from the model in MODEL_DIR through the forgetting policy (app.ml.policy); write
-    the new model to OUT. METHOD None: the model's calibrated setting. Nothing is written when no setting
-    (retrain included) keeps the held-out accuracy within MAX_ACCURACY_DROP (default: calibration's)."""
+    """Forget FORGET_IDS from the model in MODEL_DIR (app.ml.forgetting) and write the new model to OUT.
+    METHOD None: the model's calibrated setting. Nothing is written when no setting (retrain included) keeps
+    the held-out accuracy within MAX_ACCURACY_DROP (default: calibration's)."""
     dev = resolve(device)
     md = load_model_dir(model_dir, device=dev)
     forget_set = check_forget_ids(md.splits.train, forget_ids)
     ds = dataset_for(md, data_path=data_path, data_dir=data_dir)
     vdir = model_dir / VERIFIER_FOLDER
     verifier = load_verifier(vdir, with_refs=True) if vdir.is_dir() else None
-    task = UnlearnTask(model=md.model, ds=ds, train_ids=md.splits.train, forget_ids=forget_set,
-                       weights_sha256=md.weights_sha256, cache=load_cache(model_dir, dev) if use_cache else None,
-                       chunk_size=chunk_size, seed=int(md.meta.get("seed", 0)), model_cfg=md.model_cfg,
-                       train_cfg=train_config_from_meta(md.meta), val_ids=md.splits.val,
-                       epochs_trained=md.meta.get("epochs"), verifier=verifier)
-    settings = [Setting(method, dict(params or {}))] if method else settings_from_meta(md.meta, len(forget_set))
+    task = UnlearnTask.from_model_dir(md, ds, forget_ids=forget_set, verifier=verifier, chunk_size=chunk_size,
+                                      cache=load_cache(model_dir, dev) if use_cache else None)
     hold = md.splits.holdout(int((md.meta.get("calibration") or {}).get("holdout_size", len(md.splits.test))))
     acc0 = accuracy(md.model, ds, hold)
     drop = max_accuracy_drop if max_accuracy_drop is not None else default_accuracy_drop(md.meta)
-    res = forget(task, settings, hold, PolicyConfig(floor=acc0 - drop, on_partial=on_partial,
-                                                    exact_floor=acc0 - max(drop, exact_max_accuracy_drop)))
-    if res.model is None:
+    done = forget_version(task, md.meta, hold,
+                          Budget.below(acc0, max_drop=drop, exact_max_drop=exact_max_accuracy_drop),
+                          Setting(method, dict(params or {})) if method else None,
+                          options=PolicyOptions(on_partial=on_partial), holdout_acc_before=acc0)
+    if done.model is None:
         raise UnlearnFailed(f"no setting kept held-out accuracy within {100 * drop:g} points of "
-                            f"{acc0:.4f}: {res.problem}; nothing was written")
+                            f"{acc0:.4f}: {done.record.problem}; nothing was written")
+    done.record.device, done.record.data_placement = str(dev), ds.placement
     new_splits = md.splits.without_train(forget_set)
     record = {
-        **res.record(), "n_forget": len(forget_set), "time_s": sum(a["time_s"] for a in res.attempts),
+        **done.record.to_payload(),
         "chosen_by": "caller" if method else ("calibration" if md.meta.get("calibration") else "defaults"),
         "forget_acc_before": accuracy(md.model, ds, forget_set),
-        "forget_acc_after": accuracy(res.model, ds, forget_set),
+        "forget_acc_after": accuracy(done.model, ds, forget_set),
         "test_acc_before": accuracy(md.model, ds, md.splits.test),
-        "test_acc_after": accuracy(res.model, ds, md.splits.test), "holdout_acc_before": acc0,
+        "test_acc_after": accuracy(done.model, ds, md.splits.test), "holdout_acc_before": acc0,
+        "holdout_acc_after": done.record.holdout_acc_after, "time_s": done.record.time_s,
         "parent_weights_sha256": md.weights_sha256, "chunk_size": chunk_size,
     }
-    keep = {k: v for k, v in md.meta.items() if k not in ("unlearn", "weights_sha256")}
-    meta = {**keep, **provenance(dev, ds.placement), "n_train": len(new_splits.train),
-            "test_acc": record["test_acc_after"], "train_acc": accuracy(res.model, ds, new_splits.train),
+    meta = {**inherited_meta(md.meta), **provenance(dev, ds.placement), "n_train": len(new_splits.train),
+            "test_acc": record["test_acc_after"], "train_acc": accuracy(done.model, ds, new_splits.train),
             "unlearn": record}
-    save_model_dir(out, model=res.model, model_cfg=md.model_cfg, meta=meta, splits=new_splits)
+    save_model_dir(out, model=done.model, model_cfg=md.model_cfg, meta=meta, splits=new_splits)
     if verifier is not None:  # the references never saw a training sample: they stay valid for every descendant
         save_verifier(verifier, out / VERIFIER_FOLDER)
     if refresh_cache:
-        save_cache(build_cache(res.model, ds, new_splits.train, chunk_size=chunk_size), out)
+        save_cache(build_cache(done.model, ds, new_splits.train, chunk_size=chunk_size), out)
     return meta
 
 

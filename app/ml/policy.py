@@ -26,6 +26,7 @@ from app.errors import ConfigError, ModelLoadError
 from app.ml.checkpoint import check_finite
 from app.ml.data import Dataset
 from app.ml.metrics import accuracy
+from app.ml.record import Verdict
 from app.ml.unlearn import METHODS, run_method
 from app.ml.unlearn.base import UnlearnTask
 from app.ml.verify.report import verify_forgetting
@@ -51,6 +52,27 @@ class Setting:
         if key is None or key not in self.params:
             return None
         return Setting(self.method, {**self.params, key: float(self.params[key]) / 2})
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The held-out accuracy a new version must keep: computed here once, for the CLI, the bench, the worker,
+    consolidation and the operator page."""
+
+    floor: float  # a fast update's result
+    exact_floor: float  # an exact retrain's: it is the model without the data, the floor only guards a broken run
+
+    @classmethod
+    def below(cls, reference: float, *, max_drop: float, exact_max_drop: float = 0.0,
+              absolute: float | None = None) -> Budget:
+        """MAX_DROP under REFERENCE (the first version's held-out accuracy, or the model's own), the exact path
+        max(MAX_DROP, EXACT_MAX_DROP) under it; an operator's ABSOLUTE floor binds both."""
+        if absolute is not None:
+            return cls(absolute, absolute)
+        return cls(reference - max_drop, reference - max(max_drop, exact_max_drop))
+
+    def policy(self, **options: Any) -> PolicyConfig:
+        return PolicyConfig(floor=self.floor, exact_floor=self.exact_floor, **options)
 
 
 @dataclass(frozen=True)
@@ -84,16 +106,13 @@ class Outcome:
         return self.setting is not None and self.setting.method == EXACT
 
     @property
-    def verdict(self) -> str:
-        return str(self.verification.get("verdict", "unverified"))
+    def verdict(self) -> Verdict:
+        return Verdict.parse(self.verification.get("verdict", Verdict.UNVERIFIED))
 
-    def record(self) -> dict[str, Any]:
-        """What the audit, meta.json and GET /requests/{id} say about how D_f was forgotten."""
-        s = self.setting
-        return {"method": s.method if s else None, "params": s.params if s else None, "exact": self.exact,
-                "verdict": self.verdict, "holdout_acc": self.holdout_acc, "attempts": self.attempts,
-                "consolidate_now": self.consolidate_now, "policy_time_s": self.time_s, "problem": self.problem,
-                "verification": self.verification}
+    @property
+    def update_seconds(self) -> float:
+        """The updates' own seconds, every try included (no validation or verification)."""
+        return float(sum(a["time_s"] for a in self.attempts))
 
 
 def settings_from_meta(meta: dict[str, Any], n_forget: int) -> list[Setting]:
@@ -154,7 +173,7 @@ def forget(task: UnlearnTask, settings: list[Setting], hold: np.ndarray, cfg: Po
     exact_why = None
     if model is None and (cfg.retrain_if_invalid or not settings):
         exact_why = "no fast setting kept the accuracy floor" if settings else "calibration chose the exact path"
-    elif model is not None and verification.get("verdict") == "partial" and cfg.on_partial == "retrain":
+    elif model is not None and verification.get("verdict") == Verdict.PARTIAL and cfg.on_partial == "retrain":
         exact_why = "the fast update left D_f partially member-like (on_partial=retrain)"
     if exact_why:
         floor = cfg.floor if cfg.exact_floor is None else cfg.exact_floor
@@ -168,23 +187,17 @@ def forget(task: UnlearnTask, settings: list[Setting], hold: np.ndarray, cfg: Po
                   verification=verification, time_s=time.perf_counter() - t0)
     if model is None:
         out.problem = attempts[-1]["rejected"] if attempts else "no setting to try"
-    out.consolidate_now = (model is not None and not out.exact and out.verdict == "partial"
+    out.consolidate_now = (model is not None and not out.exact and out.verdict == Verdict.PARTIAL
                            and cfg.on_partial == "consolidate")
     return out
 
 
 def _verify(task: UnlearnTask, model: nn.Module | None) -> dict[str, Any]:
     if model is None:
-        return {"verdict": "unverified", "why": "no model passed validation"}
+        return {"verdict": Verdict.UNVERIFIED, "why": "no model passed validation"}
     if task.verifier is None:
-        return {"verdict": "unverified", "why": "the model has no membership verifier"}
-    out = verify_forgetting(task.verifier, task.ds, task.forget_ids, before=task.model, after=model)
-    out["verdict"] = VERDICTS[out["verdict"]]
-    return out
-
-
-# the verifier's words → the policy's: a detection after unlearning means some membership signal is left
-VERDICTS = {"forgotten": "forgotten", "not forgotten": "partial", "not measurable": "not measurable"}
+        return {"verdict": Verdict.UNVERIFIED, "why": "the model has no membership verifier"}
+    return verify_forgetting(task.verifier, task.ds, task.forget_ids, before=task.model, after=model)
 
 
 def with_model(task: UnlearnTask, model: nn.Module, *, train_ids: np.ndarray, forget_ids: np.ndarray,

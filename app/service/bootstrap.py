@@ -22,12 +22,12 @@ from app.db.audit import append_entry
 from app.db.session import transaction, utcnow
 from app.errors import StateError
 from app.ml.calibrate import CalibrationConfig
-from app.ml.checkpoint import ModelDir, load_model_dir
+from app.ml.checkpoint import ModelDir, dataset_for, load_model_dir, train_config_from_meta
 from app.ml.data import SplitConfig, Splits
 from app.ml.device import resolve
 from app.ml.gradcache import build_cache, cache_matches, load_cache, save_cache
 from app.ml.metrics import accuracy
-from app.ml.pipeline import attach_verifier, calibrate_model, dataset_for, train_config_from_meta, train_to_dir
+from app.ml.pipeline import attach_verifier, calibrate_model, train_to_dir
 from app.ml.train import TrainConfig
 from app.ml.verify.base import BuildInputs, VerifierConfig
 from app.ml.verify.report import power_summary

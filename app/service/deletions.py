@@ -18,6 +18,7 @@ from app.core.config import Settings
 from app.db import ledger
 from app.db.models import AuditEntry, ModelVersion
 from app.db.session import as_utc, transaction, utcnow
+from app.ml.forgetting import ForgettingRecord
 from app.service.faults import public_reason
 from app.service.ledger_conn import LedgerConn
 from app.service.queue import notify
@@ -83,15 +84,7 @@ def request_status(ctx: LedgerContext, *, request_id: str) -> dict[str, Any]:
 
 def forgetting(payload: dict[str, Any]) -> dict[str, Any]:
     """How the batch that served a request forgot: method, the verifier's verdict and its evidence."""
-    v = payload.get("verification") or {}
-    after = v.get("after") or {}
-    return {"method": payload.get("method"), "exact": bool(payload.get("exact")), "exact_at": None,
-            "verdict": payload.get("verdict") or v.get("verdict", "unverified"), "gap_closed": v.get("gap_closed"),
-            "over_forgotten": v.get("over_forgotten"),
-            "set_auc_before": (v.get("before") or {}).get("set", {}).get("auc"),
-            "set_auc_after": after.get("set", {}).get("auc"), "p_member_after": after.get("set", {}).get("p_member"),
-            "flagged_after": after.get("flagged@0.05", {}).get("rate"),
-            "min_detectable_batch": v.get("min_detectable_batch"), "n_forget": payload.get("n_forget")}
+    return ForgettingRecord.from_payload(payload).summary()
 
 
 def audit_page(ctx: LedgerContext, *, offset: int, limit: int) -> dict[str, Any]:

@@ -23,9 +23,10 @@ from app.ml.bench.context import ExperimentConfig, SeedContext, evaluate_model, 
 from app.ml.bench.report import fmt_pm, mean_std, write_results
 from app.ml.calibrate import CANDIDATES, CalibrationConfig, calibrate
 from app.ml.datasets import load_dataset
+from app.ml.forgetting import PolicyOptions, forget_version
 from app.ml.grads import weights_sha256
 from app.ml.metrics import accuracy
-from app.ml.policy import PolicyConfig, forget, settings_from_meta, with_model
+from app.ml.policy import Budget, with_model
 from app.ml.unlearn import run_method
 
 FAST = (("iau (paper: one step)", "iau", {}), ("out_match (ceiling)", "out_match", {}),
@@ -45,6 +46,9 @@ class ForgettingConfig:
     exact_max_accuracy_drop: float = 0.05
 
 
+ACCEPT = PolicyOptions(on_partial="accept")
+
+
 def run_seed(cfg: ForgettingConfig, ctx: SeedContext) -> dict[str, Any]:
     task = replace(ctx.task(0.0), verifier=ctx.verifier)
     hold = ctx.splits.holdout(10000)
@@ -62,15 +66,14 @@ def run_seed(cfg: ForgettingConfig, ctx: SeedContext) -> dict[str, Any]:
                     CalibrationConfig(max_accuracy_drop=cfg.max_accuracy_drop, seed=ctx.seed))
     acc0 = accuracy(task.model, ctx.ds, hold)
     # as the service runs it: a fast result within the budget, an exact retrain only guarded against a broken run
-    policy = PolicyConfig(floor=acc0 - cfg.max_accuracy_drop, exact_floor=acc0 - cfg.exact_max_accuracy_drop,
-                          on_partial="accept")
+    budget = Budget.below(acc0, max_drop=cfg.max_accuracy_drop, exact_max_drop=cfg.exact_max_accuracy_drop)
     meta = {"calibration": cal}
-    out = forget(task, settings_from_meta(meta, len(task.forget_ids)), hold, policy)
-    if out.model is None:
-        raise RuntimeError(f"the policy kept no model for the 5% deletion: {out.problem}")
-    rows.append(_row(CALIBRATED, evaluate_model(ctx, out.model), start, gold, ctx,
-                     sum(a["time_s"] for a in out.attempts), {**out.record(), "verification": None}))
-    chains = [_chain(cfg, ctx, task, hold, meta, policy, size) for size in cfg.chain_sizes]
+    done = forget_version(task, meta, hold, budget, options=ACCEPT, holdout_acc_before=acc0)
+    if done.model is None:
+        raise RuntimeError(f"the policy kept no model for the 5% deletion: {done.record.problem}")
+    rows.append(_row(CALIBRATED, evaluate_model(ctx, done.model), start, gold, ctx, done.record.time_s,
+                     {**done.record.to_payload(), "verification": None}))
+    chains = [_chain(cfg, ctx, task, hold, meta, budget, size) for size in cfg.chain_sizes]
     return {"seed": ctx.seed, "rows": rows, "calibration": {k: v for k, v in cal.items() if k != "trials"},
             "chains": chains, "retrain_seconds": ctx.retrain_seconds}
 
@@ -87,7 +90,7 @@ def _row(name: str, m: dict[str, float], start: dict[str, float], gold: dict[str
 
 
 def _chain(cfg: ForgettingConfig, ctx: SeedContext, task: Any, hold: np.ndarray, meta: dict[str, Any],
-           policy: PolicyConfig, size: float) -> dict[str, Any]:
+           budget: Budget, size: float) -> dict[str, Any]:
     rng = np.random.default_rng(1000 + ctx.seed)
     n = int(size) if size >= 1 else max(1, round(size * len(task.train_ids)))
     model, train, steps = task.model, np.asarray(task.train_ids), []
@@ -96,15 +99,15 @@ def _chain(cfg: ForgettingConfig, ctx: SeedContext, task: Any, hold: np.ndarray,
         ids = np.sort(rng.choice(train, n, replace=False))
         step = with_model(task, model, train_ids=train, forget_ids=ids,
                           weights_sha256=weights_sha256(model.state_dict()))
-        out = forget(step, settings_from_meta(meta, n), hold, policy)
-        steps.append({"k": k + 1, "holdout_acc": out.holdout_acc, "method": out.setting.method if out.setting else None,
-                      "exact": out.exact, "verdict": out.verdict, "gap_closed": out.verification.get("gap_closed"),
-                      "time_s": sum(a["time_s"] for a in out.attempts), "tries": len(out.attempts),
-                      "failed": out.problem})
-        if out.model is None:  # the service fails such a batch and keeps serving the previous version
+        done = forget_version(step, meta, hold, budget, options=ACCEPT, holdout_acc_before=float("nan"))
+        r = done.record
+        steps.append({"k": k + 1, "holdout_acc": r.holdout_acc_after, "method": r.method, "exact": r.exact,
+                      "verdict": str(r.verdict), "gap_closed": r.verification.get("gap_closed"), "time_s": r.time_s,
+                      "tries": len(r.attempts), "failed": r.problem})
+        if done.model is None:  # the service fails such a batch and keeps serving the previous version
             steps[-1]["holdout_acc"] = accuracy(model, ctx.ds, hold)
             continue
-        model, train = out.model, np.setdiff1d(train, ids)
+        model, train = done.model, np.setdiff1d(train, ids)
     return {"size": n, "holdout_acc_start": acc0, "steps": steps,
             "max_drop": acc0 - min(s["holdout_acc"] for s in steps)}
 

@@ -12,6 +12,7 @@ import numpy as np
 from torch import nn
 
 from app.errors import ConfigError, ForgetSetError
+from app.ml.checkpoint import ModelDir, train_config_from_meta
 from app.ml.data import Dataset
 from app.ml.device import synchronize
 from app.ml.gradcache import GradCache
@@ -36,6 +37,21 @@ class UnlearnTask:
     val_ids: np.ndarray | None = None
     epochs_trained: int | None = None
     verifier: Verifier | None = None  # the model's membership verifier, for methods that target it
+
+    @classmethod
+    def from_model_dir(cls, md: ModelDir, ds: Dataset, *, forget_ids: np.ndarray, train_ids: np.ndarray | None = None,
+                       cache: GradCache | None = None, verifier: Verifier | None = None,
+                       exclude: np.ndarray | None = None, chunk_size: int = 1024) -> UnlearnTask:
+        """The task of forgetting FORGET_IDS from the version in MD: its weights, recipe, seed and validation
+        ids; TRAIN_IDS default to its training split. EXCLUDE: deleted samples, which neither steer a retrain's
+        early stopping nor are scored by the verifier."""
+        gone = np.asarray([] if exclude is None else exclude, dtype=np.int64)
+        return cls(model=md.model, ds=ds, train_ids=np.sort(md.splits.train) if train_ids is None else train_ids,
+                   forget_ids=np.asarray(forget_ids, dtype=np.int64), weights_sha256=md.weights_sha256, cache=cache,
+                   chunk_size=chunk_size, seed=int(md.meta.get("seed", 0)), model_cfg=md.model_cfg,
+                   train_cfg=train_config_from_meta(md.meta), val_ids=np.setdiff1d(md.splits.val, gone),
+                   epochs_trained=md.meta.get("epochs"),
+                   verifier=verifier.without(gone) if verifier is not None and len(gone) else verifier)
 
     def require_training_setup(self, method: str) -> tuple[ModelConfig, TrainConfig, np.ndarray]:
         if self.model_cfg is None or self.train_cfg is None or self.val_ids is None:

@@ -28,10 +28,10 @@ from torch import nn
 from app.errors import ForgetSetError, VerifierError
 from app.ml.data import Dataset, Splits
 from app.ml.models import ModelConfig
+from app.ml.record import FPRS, Verdict
 from app.ml.train import TrainConfig
 from app.ml.verify import stats
 
-FPRS = (0.01, 0.05)
 SET_ALPHA = 0.01  # the set-level test's significance, and the minimum detectable batch's
 DETECT_POWER = 0.8
 MIN_NONMEMBERS = 5  # per half of the test split; p-values cannot go below 1/(1 + calibration size)
@@ -160,15 +160,15 @@ def power_from_scores(s_mem: np.ndarray, s_eval: np.ndarray, s_cal: np.ndarray) 
 
 
 def verdict(after: dict[str, Any], power: dict[str, Any] | None) -> dict[str, Any]:
-    """forgotten | not forgotten | not measurable, for a batch assessed after unlearning."""
+    """forgotten | partial | not measurable, for a batch assessed after unlearning."""
     n, p = after["n"], after["set"]["p_member"]
     need = power.get("min_detectable_batch") if power else None
     if p < SET_ALPHA:
-        word = "not forgotten"  # a detection is evidence whatever the batch size
+        word = Verdict.PARTIAL  # a detection is evidence whatever the batch size: membership signal is left
     elif need is None or n < need:
-        word = "not measurable"
+        word = Verdict.NOT_MEASURABLE
     else:
-        word = "forgotten"
+        word = Verdict.FORGOTTEN
     return {"verdict": word, "over_forgotten": after["set"]["p_below"] < SET_ALPHA, "alpha": SET_ALPHA,
             "min_detectable_batch": need}
 

@@ -63,8 +63,8 @@ def calibration_line(cal: dict[str, Any]) -> str:
 
 def verify_command(*, model: Path, ids_file: Path, against: Path | None, data: Path | None,
                    data_dir: Path | None, as_json: bool, device: str = "cpu") -> dict[str, Any]:
+    from app.ml.checkpoint import dataset_for, read_ids
     from app.ml.device import describe, resolve
-    from app.ml.pipeline import dataset_for, read_ids
 
     dev = resolve(device)
     md = load_model_dir(model, device=dev)

@@ -9,9 +9,8 @@ import numpy as np
 from torch import nn
 
 from app.ml.data import Dataset
+from app.ml.record import PRIMARY_FPR
 from app.ml.verify.base import FPRS, Verifier, verdict
-
-PRIMARY_FPR = FPRS[-1]  # the flagged rate that UE_lira and the tables use
 
 
 def power_summary(v: Verifier) -> dict[str, Any]:

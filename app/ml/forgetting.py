@@ -1,0 +1,57 @@
+"""One forgetting job for the CLI, the bench and the worker: a version's task in, a new model and its typed
+record out. Callers only do their I/O: `unlearnd unlearn` writes a model directory, the worker writes a
+version and commits it with its audit entry, the bench compares it with a retrain.
+
+    task = UnlearnTask.from_model_dir(md, ds, forget_ids=ids, cache=..., verifier=..., exclude=deleted)
+    done = forget_version(task, md.meta, hold, Budget.below(acc0, max_drop=0.01))
+    done.model, done.record.to_payload()
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from app.ml.grads import ids_sha256
+from app.ml.metrics import accuracy
+from app.ml.policy import Budget, Setting, forget, settings_from_meta
+from app.ml.record import ForgettingRecord
+from app.ml.unlearn.base import UnlearnTask
+
+
+@dataclass(frozen=True)
+class PolicyOptions:
+    backtracks: int = 2
+    on_partial: str = "consolidate"
+    retrain_if_invalid: bool = True
+
+
+@dataclass
+class Forgotten:
+    model: nn.Module | None  # None: nothing kept the accuracy floor (the record says why)
+    record: ForgettingRecord
+
+
+def forget_version(task: UnlearnTask, meta: dict[str, Any], hold: np.ndarray, budget: Budget,
+                   override: Setting | None = None, *, options: PolicyOptions | None = None,
+                   holdout_acc_before: float | None = None) -> Forgotten:
+    """Forget task.forget_ids from the version whose meta.json is META: the OVERRIDE setting, else the one
+    calibration chose for a batch of this size; validated on HOLD within BUDGET, verified, escalated."""
+    t0 = time.perf_counter()
+    opts = options or PolicyOptions()
+    settings = [override] if override is not None else settings_from_meta(meta, len(task.forget_ids))
+    before = accuracy(task.model, task.ds, hold) if holdout_acc_before is None else holdout_acc_before
+    out = forget(task, settings, hold, budget.policy(backtracks=opts.backtracks, on_partial=opts.on_partial,
+                                                      retrain_if_invalid=opts.retrain_if_invalid))
+    s = out.setting
+    record = ForgettingRecord(
+        method=s.method if s else None, params=s.params if s else None, exact=out.exact, verdict=out.verdict,
+        n_forget=len(task.forget_ids), forget_ids_sha256=ids_sha256(np.asarray(task.forget_ids)),
+        holdout_acc_before=before, holdout_acc_after=out.holdout_acc, accuracy_floor=budget.floor,
+        time_s=out.update_seconds, policy_time_s=time.perf_counter() - t0, attempts=out.attempts,
+        verification=out.verification, consolidate_now=out.consolidate_now, problem=out.problem)
+    return Forgotten(out.model, record)

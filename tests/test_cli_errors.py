@@ -1,0 +1,101 @@
+"""Every subcommand with bad input: one line on stderr (`unlearnd: error: …`), exit code 2, nothing written
+(issue 23: several exited 1, printed a traceback, or did not name the flag)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def _run(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "UNLEARND_HOME": str(tmp / "home"), **env})
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bad")
+    tab = d / "tab.npz"
+    rng = np.random.default_rng(0)
+    np.savez(tab, x_train=rng.normal(size=(40, 5)).astype(np.float32), y_train=rng.integers(0, 2, 40),
+             x_test=rng.normal(size=(10, 5)).astype(np.float32), y_test=rng.integers(0, 2, 10))
+    text = d / "text.npz"
+    text.write_text("this is not an npz archive\n")
+    ids = d / "ids.txt"
+    ids.write_text("1\nnot-an-id\n")
+    assert _run(d, "db", "upgrade").returncode == 0  # the ledger commands meet a real, empty ledger
+    return {"tab": tab, "text": text, "ids": ids, "dir": d}
+
+
+def cases(f: dict[str, Path]) -> dict[str, list[str]]:
+    out = str(f["dir"] / "out")
+    return {
+        "arch on the wrong input": ["train", "--dataset", "npz", "--data", str(f["tab"]), "--arch", "lenet5",
+                                    "--alpha", "0", "--out", out],
+        "negative alpha": ["train", "--dataset", "digits", "--arch", "mlp", "--alpha", "-1", "--out", out],
+        "unknown dataset": ["train", "--dataset", "nope", "--arch", "mlp", "--alpha", "0", "--out", out],
+        "unknown arch": ["train", "--dataset", "digits", "--arch", "nope", "--alpha", "0", "--out", out],
+        "npz without --data": ["train", "--dataset", "npz", "--arch", "mlp", "--alpha", "0", "--out", out],
+        "text as npz": ["train", "--dataset", "npz", "--data", str(f["text"]), "--arch", "mlp", "--alpha", "0",
+                        "--out", out],
+        "zero epochs": ["train", "--dataset", "digits", "--arch", "mlp", "--alpha", "0", "--max-epochs", "0",
+                        "--out", out],
+        "missing flag": ["train", "--dataset", "digits", "--arch", "mlp", "--out", out],
+        "unknown subcommand": ["frobnicate"],
+        "unlearn a missing model": ["unlearn", "--model", str(f["dir"] / "none"), "--forget-ids", str(f["ids"]),
+                                    "--out", out],
+        "verify a missing model": ["verify", "--model", str(f["dir"] / "none"), "--ids", str(f["ids"])],
+        "cache a missing model": ["cache", "--model", str(f["dir"] / "none")],
+        "unknown suite": ["bench", "--suite", "nope", "--out", out],
+        "revoke an unknown key": ["keys", "revoke", "nope"],
+        "unknown scope": ["keys", "create", "--scopes", "root"],
+        "retry an unknown request": ["requests", "retry", "nope"],
+        "a bad head": ["audit", "verify", "--expect-head", "12:xyz"],
+        "a bad device": ["worker", "--device", "gpu"],
+        "a bad port": ["serve", "--port", "http"],
+    }
+
+
+@pytest.mark.parametrize("name", list(cases({k: Path() for k in ("tab", "text", "ids", "dir")})))
+def test_bad_input_is_one_line_and_exit_2(name: str, files: dict[str, Path]) -> None:
+    argv = cases(files)[name]
+    r = _run(files["dir"], *argv)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("unlearnd: error: ")]
+    assert r.returncode == 2, (name, r.returncode, r.stderr[-2000:])
+    assert len(errors) == 1 and "Traceback" not in r.stderr, (name, r.stderr[-2000:])
+    assert not any(ln.startswith("usage:") for ln in lines), (name, r.stderr)
+    assert not (files["dir"] / "out").exists(), f"{name}: something was written"
+
+
+def test_the_errors_name_what_to_fix(files: dict[str, Path]) -> None:
+    c = cases(files)
+
+    def err(name: str) -> str:
+        return _run(files["dir"], *c[name]).stderr
+
+    assert "--data" in err("npz without --data")
+    assert "lenet5" in err("arch on the wrong input") and "image" in err("arch on the wrong input")
+    assert "--alpha" in err("negative alpha")
+    assert "valid" in err("unknown dataset") and "digits" in err("unknown dataset")
+    assert "mlp" in err("unknown arch") and "resnet18" in err("unknown arch")
+    assert "no key 'nope'" in err("revoke an unknown key")
+    fresh = files["dir"] / "fresh"
+    r = _run(fresh, "keys", "list")
+    assert r.returncode == 2 and "run `unlearnd db upgrade`" in r.stderr, r.stderr
+
+
+def test_help_lists_the_choices_and_describes_every_flag(files: dict[str, Path]) -> None:
+    text = _run(files["dir"], "train", "--help").stdout
+    for word in ("digits", "cifar10", "lenet5", "resnet18"):
+        assert word in text, word
+    for flag in ("--seed", "--lr", "--max-epochs", "--out"):
+        block = text.split(flag, 1)[1].split("\n  -", 1)[0]
+        assert len(block.split()) > 2, f"{flag} has no help text"
+    assert "model directory" in _run(files["dir"], "unlearn", "--help").stdout
