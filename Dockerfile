@@ -23,6 +23,8 @@ RUN pip install --index-url "https://download.pytorch.org/whl/${TORCH_INDEX}" --
 USER unlearnd
 VOLUME ["/var/lib/unlearnd"]
 EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz')" || exit 1
+# the first start trains and calibrates a model before it answers (seconds for digits, minutes for a CIFAR-size
+# model): readiness is /readyz, this is liveness, and it gets a start period
+HEALTHCHECK --interval=10s --timeout=3s --start-period=600s --retries=3 CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz')" || exit 1
 ENTRYPOINT ["unlearnd"]
 CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -60,8 +60,10 @@ def _worker_child(settings: Settings, conn: LedgerConn) -> Child:
         if n:
             logging.getLogger("unlearnd.supervisor").warning("released %d requests the dead worker held", n)
 
+    # its own process group: a terminal's Ctrl-C reaches `serve` only, which stops the worker before its Redis
     return Child("worker", lambda: subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env,
-                                                    preexec_fn=die_with_parent), on_death=released)
+                                                    preexec_fn=die_with_parent, process_group=0),
+                 on_death=released)
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -156,8 +158,12 @@ def consolidate_now(ns: argparse.Namespace, settings: Settings) -> int:
 
 def db_upgrade(ns: argparse.Namespace, settings: Settings) -> int:
     settings.home.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.db_url)
-    print(f"ledger at {settings.db_url.split('@')[-1]} is at the newest revision")
+    before, after = upgrade(settings.db_url)
+    where = settings.db_url.split("@")[-1]
+    if before == after:
+        print(f"ledger at {where} was already at the newest revision ({after})")
+    else:
+        print(f"ledger at {where} migrated from {before or 'an empty database'} to revision {after}")
     return 0
 
 

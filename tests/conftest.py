@@ -73,7 +73,17 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     r.stop()
 
 
+# modules that run live services (API, worker, Redis, a ledger) or whole benchmark suites: `-m "not slow"`
+# leaves a quick loop of the ML core and the ledger; `make test` runs everything
+SLOW_MODULES = {"test_service_api", "test_service_faults", "test_service_flow", "test_supervision", "test_ui",
+                "test_hardening", "test_hardening_two", "test_hostile_corpus", "test_consolidation", "test_bench",
+                "test_paper_suites", "test_cli", "test_cli_errors", "test_device", "test_load_generator"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (run scripts/gpu_check.sh on a GPU machine)")

@@ -99,3 +99,11 @@ def test_help_lists_the_choices_and_describes_every_flag(files: dict[str, Path])
         block = text.split(flag, 1)[1].split("\n  -", 1)[0]
         assert len(block.split()) > 2, f"{flag} has no help text"
     assert "model directory" in _run(files["dir"], "unlearn", "--help").stdout
+
+
+def test_db_upgrade_says_what_it_did(tmp_path: Path) -> None:
+    first = _run(tmp_path, "db", "upgrade")
+    again = _run(tmp_path, "db", "upgrade")
+    assert first.returncode == again.returncode == 0
+    assert "migrated from an empty database to revision" in first.stdout, first.stdout
+    assert "was already at the newest revision" in again.stdout, again.stdout

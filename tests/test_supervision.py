@@ -65,7 +65,7 @@ class Served(Service):
         env["UNLEARND_EMBEDDED_REDIS_PORT"] = str(redis_port)
         self.api = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--model", str(self.model_dir),
                                      "--port", str(self.port), *extra], env=env, stdout=self._log("serve.log"),
-                                    stderr=subprocess.STDOUT)
+                                    stderr=subprocess.STDOUT, process_group=0)  # as a terminal starts it
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             assert self.api.poll() is None, (self.home / "serve.log").read_text()[-3000:]
@@ -150,10 +150,12 @@ def test_sigterm_stops_every_child(served: Served) -> None:
 
 
 def test_sigint_stops_every_child(tmp_path: Path, digits_model_dir: Path) -> None:
+    """Ctrl-C in a terminal: SIGINT to serve's whole process group. The worker must stop before its Redis
+    (issue 23: it logged `ERROR rq.worker … could not connect to Redis`)."""
     s = Served(tmp_path, digits_model_dir, db_url=db_url_for("sqlite", tmp_path / "home"), redis_url="unused")
     s.start_serve(free_port())
     try:
-        _stops_every_child(s, signal.SIGINT)
+        _stops_every_child(s, signal.SIGINT, group=True)
     finally:
         s.stop()
 
@@ -201,15 +203,20 @@ def test_a_killed_serve_with_api_workers_leaves_no_process(tmp_path: Path, digit
         s.stop()
 
 
-def _stops_every_child(served: Served, sig: signal.Signals) -> None:
+def _stops_every_child(served: Served, sig: signal.Signals, *, group: bool = False) -> None:
     assert served.api is not None
     kids = list(_children(served.api.pid))
     assert any(b"worker" in _children(served.api.pid)[k] for k in kids)
-    served.api.send_signal(sig)
+    if group:
+        os.killpg(served.api.pid, sig)
+    else:
+        served.api.send_signal(sig)
     t0 = time.monotonic()
     served.api.wait(15)
     assert time.monotonic() - t0 < 10
     while any(_alive(k) for k in kids):
         assert time.monotonic() - t0 < 10, [k for k in kids if _alive(k)]
         time.sleep(0.1)
-    assert "unlearnd stopped" in (served.home / "serve.log").read_text()
+    log = (served.home / "serve.log").read_text()
+    assert "unlearnd stopped" in log
+    assert "could not connect to Redis" not in log and " ERROR " not in log, log[-3000:]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 
+from app.db.session import make_engine
 from app.ml.provenance import PROJECT_ROOT
 
 MIGRATIONS = PROJECT_ROOT / "migrations"
@@ -17,8 +19,20 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | None]:
+    """Migrate to REVISION; returns the revision before and after (None: an empty database)."""
+    before = current(url)
     command.upgrade(alembic_config(url), revision)
+    return before, current(url)
+
+
+def current(url: str) -> str | None:
+    engine = make_engine(url, read_only=True)
+    try:
+        with engine.connect() as c:
+            return MigrationContext.configure(c).get_current_revision()
+    finally:
+        engine.dispose()
 
 
 def check(url: str) -> None:

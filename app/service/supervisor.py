@@ -97,14 +97,13 @@ class Supervisor:
                 log.error("%s could not be restarted (%s); next try in %.1f s", c.name, e, c.backoff_s)
 
     def stop(self, timeout_s: float = 8.0) -> None:
-        """SIGTERM every child, wait up to TIMEOUT_S in all, then SIGKILL what is left; children in reverse
-        order (the worker before the Redis it uses)."""
+        """Children in reverse order, each gone before the next is signalled (the worker's shutdown still talks
+        to the Redis it uses): SIGTERM, then SIGKILL what is left when TIMEOUT_S in all have passed."""
         self._stopping.set()  # no restarts from here; the thread is joined last: its exit SIGKILLs what it started
         live = [c.proc for c in reversed(self.children) if c.proc is not None and c.proc.poll() is None]
-        for p in live:
-            p.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         for p in live:
+            p.send_signal(signal.SIGTERM)
             try:
                 p.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
