@@ -20,6 +20,7 @@ message (no traceback) and the HTTP layer maps each class once to a problem+json
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 
@@ -136,3 +137,12 @@ class Forbidden(ServiceError):
 
 class Unavailable(ServiceError):
     status, slug, title = 503, "unavailable", "Not ready"
+
+
+_PATH = re.compile(r"(?<![\w.])/(?:[\w.@%+=:,-]+/)*[\w.@%+=:,-]+")
+
+
+def public_reason(text: str) -> str:
+    """A failure reason as API clients see it: server file paths become `<path>` (they say where and how the
+    service is installed); operators find the full text in the worker's log."""
+    return _PATH.sub("<path>", text)

@@ -20,9 +20,9 @@ from app.db import ledger, workers
 from app.db.migrate import upgrade
 from app.db.models import DeletionRequest, Sample
 from app.db.session import transaction, utcnow
-from app.errors import InvalidRequest, Unavailable
+from app.errors import InvalidRequest, Unavailable, public_reason
 from app.service.deletions import LedgerContext
-from app.service.faults import is_transient, public_reason
+from app.service.faults import is_transient
 from app.service.ledger_conn import LedgerConn
 from app.service.ledger_pool import guarded
 from tests.service_harness import PG_URL, fresh_pg_database

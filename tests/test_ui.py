@@ -92,6 +92,76 @@ def test_a_deletion_shows_up_with_its_audit_row_and_verdict(svc: Service) -> Non
     assert "<svg" in page and "held-out accuracy by version" in page
 
 
+def test_what_operators_asked_for(svc: Service, digits_model_dir: Path, redis_url: str) -> None:
+    """Issue 23: request pages, search by id and by subject, paging, exports, a refresh without JavaScript, the
+    samples a batch took by split, seconds of a rebuild, no "met" before exact, the below-floor warning."""
+    if not svc.workers:
+        svc.start_worker()
+    splits = json.loads((svc.model_dir / "splits.json").read_text())
+    with svc.client() as c:
+        mixed = c.post("/delete", json={"sample_ids": [*svc.train_ids()[200:202], *splits["test"][:2],
+                                                       splits["shadow"][0]]}).json()["id"]
+        svc.wait_request(mixed)  # a batch of its own
+        singles = [c.post("/delete", json={"sample_ids": [i]}).json()["id"] for i in svc.train_ids()[100:152]]
+        by_subject = c.post("/delete", json={"subject_id": "person-7"}).json()["id"]
+        for rid in (*singles, mixed, by_subject):
+            assert svc.wait_request(rid, timeout_s=300)["state"] == "completed"
+        mixed_done = c.get(f"/requests/{mixed}").json()
+        # the request page, and search by its id
+        page = c.get(f"/ui/requests/{mixed}")
+        assert page.status_code == 200 and mixed in page.text and 'id="payload"' in page.text
+        assert c.get("/ui/requests/nope").status_code == 404
+        hop = c.get("/ui", params={"q": mixed.upper()}, follow_redirects=False)
+        assert hop.status_code == 303 and hop.headers["location"] == f"/ui/requests/{mixed}"
+        # by subject: the completed request keeps only a keyed digest, and is still found by the typed name
+        found = c.get("/ui", params={"q": "person-7"}).text
+        assert f'data-request="{by_subject}"' in found and found.count("<tr class=") == 1
+        assert f'data-request="{by_subject}"' not in c.get("/ui", params={"q": "person-8"}).text
+        # paging: 50 a page
+        first, second = c.get("/ui").text, c.get("/ui", params={"roffset": 50}).text
+        assert first.count("data-request=") == 50 and 'href="/ui?roffset=50' in first
+        assert 0 < second.count("data-request=") <= 50 and "← previous" in second
+        # a completed, approximate request is not "met": it is met when exact
+        row = first[first.index(f'data-request="{singles[-1]}"'):].split("</tr>", 1)[0]
+        assert "approximate" in row and "to spare" not in row
+        # the audit row says what the batch took, by split
+        entry = first[first.index(f'data-seq="{mixed_done["audit_entry"]}"'):].split("</tr>", 1)[0]
+        assert "2 training" in entry and "2 test" in entry and "1 shadow" in entry
+        # the rebuild of the derived models shows its seconds
+        rebuilt = None
+        for _ in range(200):
+            items = c.get("/audit", params={"offset": 0, "limit": 500}).json()["items"]
+            rebuilt = next((i for i in items if i["payload"].get("event") == "rebuild_derived"), None)
+            if rebuilt:
+                break
+            time.sleep(0.5)
+        assert rebuilt is not None
+        cell = c.get("/ui").text.split(f'data-seq="{rebuilt["seq"]}"', 1)[1].split("</tr>", 1)[0]
+        assert f'{rebuilt["payload"]["time_s"]:.3f}' in cell and "0.000" not in cell
+        # exports, streamed: every request and every audit entry
+        csv_text = c.get("/ui/export/requests.csv")
+        assert csv_text.headers["content-type"].startswith("text/csv")
+        lines = csv_text.text.strip().splitlines()
+        assert lines[0].startswith("id,state,received_at") and len(lines) - 1 >= len(singles) + 2
+        audit = [json.loads(ln) for ln in c.get("/ui/export/audit.json").text.splitlines()]
+        assert [e["seq"] for e in audit] == list(range(1, len(audit) + 1)) and audit[0]["payload"]["event"] == "publish"
+        assert c.get("/ui/export/secrets.csv").status_code == 404
+        assert httpx.get(svc.url + "/ui/export/audit.json").status_code == 401  # no key, no export
+        # reload without JavaScript
+        assert '<meta http-equiv="refresh" content="30">' in c.get("/ui", params={"refresh": 30}).text
+        assert 'content="5"' in c.get("/ui", params={"refresh": 1}).text
+        assert "http-equiv" not in c.get("/ui").text
+    # an operator floor above the served accuracy: the page warns (another API process of the same deployment)
+    other = Service(svc.home.parent, digits_model_dir, db_url=svc.settings.db_url, redis_url=redis_url, key=svc.key,
+                    UNLEARND_ACCURACY_FLOOR=0.9999)
+    try:
+        other.start_api()
+        with other.client() as c:
+            assert 'id="below-floor"' in c.get("/ui").text
+    finally:
+        other.stop()
+
+
 def _browser() -> tuple[str, str] | None:
     chrome = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     driver = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver")

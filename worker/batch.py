@@ -25,7 +25,7 @@ from app.db import ledger
 from app.db.audit import append_entry
 from app.db.models import DeletionRequest, ModelVersion
 from app.db.session import transaction, utcnow
-from app.errors import Conflict, ModelLoadError
+from app.errors import Conflict, ModelLoadError, public_reason
 from app.ml.checkpoint import ModelDir, inherited_meta
 from app.ml.device import describe, resolve
 from app.ml.forgetting import ForgettingRecord, PolicyOptions, forget_version
@@ -35,7 +35,7 @@ from app.ml.policy import Budget, Setting
 from app.ml.unlearn.base import UnlearnTask
 from app.ml.verify.store import FOLDER as VERIFIER_FOLDER
 from app.ml.verify.store import load_verifier
-from app.service.faults import is_transient, public_reason
+from app.service.faults import is_transient
 from app.service.ledger_conn import LedgerConn
 from app.service.store import erased_rows, store_on
 from app.service.versions import holdout_ids, ledger_path, load_version, version_dir, write_version

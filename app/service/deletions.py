@@ -18,8 +18,8 @@ from app.core.config import Settings
 from app.db import ledger
 from app.db.models import AuditEntry, ModelVersion
 from app.db.session import as_utc, transaction, utcnow
+from app.errors import public_reason
 from app.ml.forgetting import ForgettingRecord
-from app.service.faults import public_reason
 from app.service.ledger_conn import LedgerConn
 from app.service.queue import notify
 

@@ -5,7 +5,6 @@ the API answers 503 (retry later) instead of 500. Anything else is the request's
 from __future__ import annotations
 
 import errno
-import re
 import sqlite3
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -36,12 +35,3 @@ def is_transient(error: BaseException) -> bool:
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return False
-
-
-_PATH = re.compile(r"(?<![\w.])/(?:[\w.@%+=:,-]+/)*[\w.@%+=:,-]+")
-
-
-def public_reason(text: str) -> str:
-    """A failure reason as API clients see it: server file paths become `<path>` (they say where and how the
-    service is installed); operators find the full text in the worker's log."""
-    return _PATH.sub("<path>", text)

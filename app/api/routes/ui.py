@@ -8,7 +8,12 @@ and no page can be framed. The key never appears in a URL.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import re
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,17 +21,21 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from app.api import svg
 from app.api.deps import AppState, authorize
+from app.core.secrets import subject_key
 from app.db import ui_sessions, views
 from app.db.audit import ChainReport, parse_head, verify_chain
 from app.db.audit import head as audit_head
 from app.db.keys import Principal
+from app.db.ledger import subject_digest
 from app.db.session import transaction, utcnow
 from app.errors import Forbidden, Unauthorized
+from app.ml.policy import Budget
+from app.ml.record import ForgettingRecord
 
 router = APIRouter(include_in_schema=False)
 # The last /ui/verify of this API process: the page shows it without reading the whole log on every load.
@@ -51,6 +60,7 @@ def _when(v: object) -> str:
 
 
 ENV.filters.update(pct=_pct, when=_when)
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def _render(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
@@ -100,31 +110,113 @@ def _refused() -> HTMLResponse:
     return _login(403, "This form was sent from another site.")
 
 
+def _bounded(v: int, hi: int = 2**62) -> int:
+    return max(0, min(v, hi))  # the ledger's integers are 64-bit
+
+
 @router.get("/ui", response_class=HTMLResponse)
-def ui(request: Request, state: str | None = None, offset: int = 0, batch: int | None = None) -> Response:
+def ui(request: Request, state: str | None = None, offset: int = 0, batch: int | None = None, roffset: int = 0,
+       q: str | None = None, refresh: int | None = None) -> Response:
     who = _principal(request)
     if isinstance(who, HTMLResponse):
         return who
     app: AppState = request.app.state.unlearnd
     state = state if state in views.STATES else None
-    offset = max(0, min(offset, 2**62))
-    batch = batch if batch is not None and 0 < batch < 2**62 else None  # the ledger's integers are 64-bit
+    batch = batch if batch is not None and 0 < batch < 2**62 else None
+    q = (q or "").strip()[:128] or None
+    if q and UUID.fullmatch(q.lower()):  # a request id: its own page
+        return RedirectResponse(f"/ui/requests/{q.lower()}", status_code=303)
     with transaction(app.conn.read) as s:
-        ctx = _page(s, app, state=state, offset=offset, batch=batch)
-    return _render("ui.html", key_id=who.key_id, **ctx)
+        ctx = _page(s, app, state=state, offset=_bounded(offset), batch=batch, roffset=_bounded(roffset), q=q)
+    return _render("ui.html", key_id=who.key_id, refresh=_refresh(refresh), **ctx)
+
+
+def _refresh(seconds: int | None) -> int | None:
+    """The page reloads itself (a meta refresh: no JavaScript) every SECONDS, 5 to 3600."""
+    return None if seconds is None or seconds <= 0 else max(5, min(seconds, 3600))
+
+
+@router.get("/ui/requests/{request_id}", response_class=HTMLResponse)
+def request_page(request: Request, request_id: str) -> Response:
+    who = _principal(request)
+    if isinstance(who, HTMLResponse):
+        return who
+    app: AppState = request.app.state.unlearnd
+    with transaction(app.conn.read) as s:
+        row = views.request_row(s, request_id=request_id[:64])
+        entry = views.audit_entry(s, seq=row.audit_seq) if row and row.audit_seq else None
+    if row is None:
+        return _render("request.html", 404, key_id=who.key_id, row=None, request_id=request_id[:64])
+    how = ForgettingRecord.from_payload(entry["payload"]).summary() if entry else None
+    return _render("request.html", key_id=who.key_id, row=_due(row, utcnow()), entry=entry, how=how,
+                   payload=json.dumps(entry["payload"], indent=2, sort_keys=True) if entry else None)
+
+
+EXPORT_FIELDS = ("id", "state", "received_at", "due_at", "completed_at", "exact_at", "derived_pending", "subject_id",
+                 "n_samples", "method", "verdict", "audit_seq", "reason")
+
+
+@router.get("/ui/export/{what}.{fmt}")
+def export(request: Request, what: str, fmt: str) -> Response:
+    """Every request, or the whole audit log, as CSV or JSON Lines, streamed (a chunk of rows at a time)."""
+    who = _principal(request)
+    if isinstance(who, HTMLResponse):
+        return who
+    if what not in ("requests", "audit") or fmt not in ("csv", "json"):
+        return _render("login.html", 404, message="Exports: /ui/export/requests.csv|json, /ui/export/audit.csv|json")
+    app: AppState = request.app.state.unlearnd
+    media = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
+    return StreamingResponse(_export_rows(app, what, fmt), media_type=media, headers={
+        "Content-Disposition": f'attachment; filename="unlearnd-{what}.{"csv" if fmt == "csv" else "jsonl"}"',
+        "Cache-Control": "no-store"})
+
+
+def _export_rows(app: AppState, what: str, fmt: str) -> Iterator[str]:
+    with transaction(app.conn.read) as s:
+        if what == "requests":
+            rows: Iterator[dict[str, Any]] = ({k: getattr(r, k) for k in EXPORT_FIELDS} for r in views.all_requests(s))
+            fields: tuple[str, ...] = EXPORT_FIELDS
+        else:
+            rows = views.all_audit_entries(s)
+            fields = ("seq", "created_at", "batch_id", "payload", "prev_hash", "hash")
+        if fmt == "csv":
+            yield _csv_line(fields)
+        for row in rows:
+            if fmt == "json":
+                yield json.dumps(row, default=_iso, sort_keys=True) + "\n"
+            else:
+                yield _csv_line([json.dumps(v, sort_keys=True) if isinstance(v, dict) else _iso(v) if v is not None
+                                 else "" for v in (row[f] for f in fields)])
+
+
+def _iso(v: object) -> str:
+    return v.astimezone(UTC).isoformat() if isinstance(v, datetime) else str(v)
+
+
+def _csv_line(values: Sequence[object]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf).writerow(values)
+    return buf.getvalue()
 
 
 def _due(row: views.RequestRow, now: datetime) -> dict[str, Any]:
-    """The row, with whether it is (or was) late and by how much, for the page."""
-    done = row.completed_at if row.state in ("completed", "failed", "rejected") else None
-    left = (row.due_at - (done or now)).total_seconds()
-    late = left < 0
-    span = _span(abs(left))
-    if done is not None:
-        text = f"late by {span}" if late else f"met with {span} to spare"
+    """The row, with whether it is (or was) late and by how much, for the page. A deletion is met when it is
+    exact (no model the service keeps holds the samples), not when its fast update completed."""
+    if row.state == "completed" and row.exact_at is not None:
+        left = (row.due_at - row.exact_at).total_seconds()
+        text = f"exact {_span(-left)} late" if left < 0 else f"exact with {_span(left)} to spare"
+    elif row.state == "completed":
+        left = (row.due_at - now).total_seconds()
+        wait = "the derived models' rebuild" if row.derived_pending else "an exact retrain"
+        text = (f"approximate: overdue by {_span(-left)}" if left < 0
+                else f"approximate: {wait} due in {_span(left)}")
+    elif row.state in ("failed", "rejected"):
+        left = (row.due_at - (row.completed_at or now)).total_seconds()
+        text = f"{row.state}; due in {_span(left)}" if left >= 0 else f"{row.state}; overdue by {_span(-left)}"
     else:
-        text = f"overdue by {span}" if late else f"due in {span}"
-    return {**asdict(row), "overdue": late, "due_text": text}
+        left = (row.due_at - now).total_seconds()
+        text = f"overdue by {_span(-left)}" if left < 0 else f"due in {_span(left)}"
+    return {**asdict(row), "overdue": left < 0, "due_text": text}
 
 
 def _span(seconds: float) -> str:
@@ -134,13 +226,37 @@ def _span(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
-def _page(s: Any, app: AppState, *, state: str | None, offset: int, batch: int | None) -> dict[str, Any]:
+def _budget(app: AppState, versions: list[Any]) -> Budget | None:
+    """The floors the worker holds versions to (worker/batch.py: budget), from the first version."""
+    first = versions[0].metrics.get("holdout_acc") if versions and versions[0].seq == 1 else None
+    if app.settings.accuracy_floor is None and not isinstance(first, int | float):
+        return None
+    st = app.settings
+    return Budget.below(float(first or 0.0), max_drop=st.max_accuracy_drop, exact_max_drop=st.exact_max_accuracy_drop,
+                        absolute=st.accuracy_floor)
+
+
+def _samples_text(p: dict[str, Any]) -> str:
+    """What an audit row's batch took out: training samples, and the others by split."""
+    parts = [f"{p['n_forget']} training"] if p.get("n_forget") else []
+    parts += [f"{n} {split}" for split, n in sorted((p.get("erased_by_split") or {}).items())]
+    if p.get("n_already_forgotten"):
+        parts.append(f"{p['n_already_forgotten']} already forgotten")
+    return ", ".join(parts)
+
+
+ENV.globals.update(samples_text=_samples_text)
+
+
+def _page(s: Any, app: AppState, *, state: str | None, offset: int, batch: int | None, roffset: int,
+          q: str | None) -> dict[str, Any]:
     now = utcnow()
     versions = views.versions(s, limit=200)
     head = versions[-1] if versions else None
-    first_acc = versions[0].metrics.get("holdout_acc") if versions and versions[0].seq == 1 else None
-    floor = app.settings.accuracy_floor if app.settings.accuracy_floor is not None else (
-        first_acc - app.settings.max_accuracy_drop if isinstance(first_acc, int | float) else None)
+    budget = _budget(app, versions)
+    floor = budget.floor if budget else None
+    subjects = [q, subject_digest(q, subject_key(app.settings))] if q else []
+    counts = views.request_counts(s)
     entries = views.audit_entries(s, offset=offset, limit=PAGE)
     chosen = views.audit_entry(s, seq=batch) if batch else next(
         (e for e in entries if e["payload"].get("verification", {}).get("after")), None)
@@ -148,9 +264,12 @@ def _page(s: Any, app: AppState, *, state: str | None, offset: int, batch: int |
     acc = [(float(v.seq), float(v.metrics["holdout_acc"])) for v in versions
            if isinstance(v.metrics.get("holdout_acc"), int | float)]
     return {
-        "head": head, "versions": versions[-20:], "floor": floor, "state": state,
-        "counts": views.request_counts(s),
-        "requests": [_due(r, now) for r in views.requests(s, state=state, limit=PAGE)],
+        "head": head, "versions": versions[-20:], "floor": floor, "state": state, "q": q,
+        "exact_floor": budget.exact_floor if budget else None,
+        "counts": counts, "roffset": roffset,
+        "rtotal": counts.get(state, 0) if state else sum(counts.values()),
+        "requests": [_due(r, now) for r in views.requests(s, state=state, limit=PAGE, offset=roffset,
+                                                          subjects=subjects)],
         "entries": entries, "total": views.audit_total(s), "offset": offset, "limit": PAGE,
         "audit_head": f"{last[0]}:{last[1]}" if last else "empty",
         "batch": chosen, "last_verify": dict(LAST_VERIFY),
