@@ -135,7 +135,7 @@ def test_clear_errors(tmp_path: Path) -> None:
     assert set(e.value.valid) == set(DATASETS.names())
     with pytest.raises(DataError, match="does not exist"):
         load_dataset("cifar10", path=tmp_path / "nope")
-    with pytest.raises(DataError, match="needs a path"):
+    with pytest.raises(DataError, match="pass it with --data"):
         load_dataset("npz")
     np.savez(tmp_path / "bad.npz", x=np.zeros(3))
     with pytest.raises(DataError, match="missing arrays"):
