@@ -11,11 +11,26 @@ import numpy as np
 import pytest
 
 
-def _run(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _run(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`unlearnd ARGS` as a process (the exit code and stderr a user sees), with its home under TMP."""
     import os
 
     return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "UNLEARND_HOME": str(tmp / "home"), **env})
+                          env={**os.environ, "UNLEARND_HOME": str(tmp / "home")})
+
+
+def _main(tmp: Path, argv: list[str], capsys: pytest.CaptureFixture[str],
+          monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    """The same in this process (no interpreter start-up per case): (exit code, stderr)."""
+    from app.cli import main
+
+    monkeypatch.setenv("UNLEARND_HOME", str(tmp / "home"))
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's errors exit
+        code = int(e.code or 0)
+    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -33,59 +48,59 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"tab": tab, "text": text, "ids": ids, "dir": d}
 
 
-def cases(f: dict[str, Path]) -> dict[str, list[str]]:
+def cases(f: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
+    """name → (argv, a text the error must contain: what to fix)."""
     out = str(f["dir"] / "out")
     return {
-        "arch on the wrong input": ["train", "--dataset", "npz", "--data", str(f["tab"]), "--arch", "lenet5",
-                                    "--alpha", "0", "--out", out],
-        "negative alpha": ["train", "--dataset", "digits", "--arch", "mlp", "--alpha", "-1", "--out", out],
-        "unknown dataset": ["train", "--dataset", "nope", "--arch", "mlp", "--alpha", "0", "--out", out],
-        "unknown arch": ["train", "--dataset", "digits", "--arch", "nope", "--alpha", "0", "--out", out],
-        "npz without --data": ["train", "--dataset", "npz", "--arch", "mlp", "--alpha", "0", "--out", out],
-        "text as npz": ["train", "--dataset", "npz", "--data", str(f["text"]), "--arch", "mlp", "--alpha", "0",
-                        "--out", out],
-        "zero epochs": ["train", "--dataset", "digits", "--arch", "mlp", "--alpha", "0", "--max-epochs", "0",
-                        "--out", out],
-        "missing flag": ["train", "--dataset", "digits", "--arch", "mlp", "--out", out],
-        "unknown subcommand": ["frobnicate"],
-        "unlearn a missing model": ["unlearn", "--model", str(f["dir"] / "none"), "--forget-ids", str(f["ids"]),
-                                    "--out", out],
-        "verify a missing model": ["verify", "--model", str(f["dir"] / "none"), "--ids", str(f["ids"])],
-        "cache a missing model": ["cache", "--model", str(f["dir"] / "none")],
-        "unknown suite": ["bench", "--suite", "nope", "--out", out],
-        "revoke an unknown key": ["keys", "revoke", "nope"],
-        "unknown scope": ["keys", "create", "--scopes", "root"],
-        "retry an unknown request": ["requests", "retry", "nope"],
-        "a bad head": ["audit", "verify", "--expect-head", "12:xyz"],
-        "a bad device": ["worker", "--device", "gpu"],
-        "a bad port": ["serve", "--port", "http"],
+        "arch on the wrong input": (["train", "--dataset", "npz", "--data", str(f["tab"]), "--arch", "lenet5",
+                                     "--alpha", "0", "--out", out], "needs image input"),
+        "negative alpha": (["train", "--dataset", "digits", "--arch", "mlp", "--alpha", "-1", "--out", out],
+                           "--alpha"),
+        "unknown dataset": (["train", "--dataset", "nope", "--arch", "mlp", "--alpha", "0", "--out", out],
+                            "valid: cifar10, cifar100, digits"),
+        "unknown arch": (["train", "--dataset", "digits", "--arch", "nope", "--alpha", "0", "--out", out],
+                         "valid: lenet5, mlp, resnet18"),
+        "npz without --data": (["train", "--dataset", "npz", "--arch", "mlp", "--alpha", "0", "--out", out],
+                               "--data"),
+        "text as npz": (["train", "--dataset", "npz", "--data", str(f["text"]), "--arch", "mlp", "--alpha", "0",
+                         "--out", out], "not a readable .npz"),
+        "zero epochs": (["train", "--dataset", "digits", "--arch", "mlp", "--alpha", "0", "--max-epochs", "0",
+                         "--out", out], "--max-epochs"),
+        "missing flag": (["train", "--dataset", "digits", "--arch", "mlp", "--out", out], "--alpha"),
+        "unknown subcommand": (["frobnicate"], "invalid choice"),
+        "unlearn a missing model": (["unlearn", "--model", str(f["dir"] / "none"), "--forget-ids", str(f["ids"]),
+                                     "--out", out], "not an integer id"),
+        "verify a missing model": (["verify", "--model", str(f["dir"] / "none"), "--ids", str(f["ids"])], "none"),
+        "cache a missing model": (["cache", "--model", str(f["dir"] / "none")], "none"),
+        "unknown suite": (["bench", "--suite", "nope", "--out", out], "valid"),
+        "revoke an unknown key": (["keys", "revoke", "nope"], "no key 'nope'"),
+        "unknown scope": (["keys", "create", "--scopes", "root"], "scopes must be"),
+        "retry an unknown request": (["requests", "retry", "nope"], "no deletion request"),
+        "a bad head": (["audit", "verify", "--expect-head", "12:xyz"], "12:xyz"),
+        "a bad device": (["worker", "--device", "gpu"], "gpu"),
+        "a bad port": (["serve", "--port", "http"], "--port"),
     }
 
 
 @pytest.mark.parametrize("name", list(cases({k: Path() for k in ("tab", "text", "ids", "dir")})))
-def test_bad_input_is_one_line_and_exit_2(name: str, files: dict[str, Path]) -> None:
-    argv = cases(files)[name]
-    r = _run(files["dir"], *argv)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+def test_bad_input_is_one_line_and_exit_2(name: str, files: dict[str, Path], capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    argv, says = cases(files)[name]
+    code, err = _main(files["dir"], argv, capsys, monkeypatch)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("unlearnd: error: ")]
-    assert r.returncode == 2, (name, r.returncode, r.stderr[-2000:])
-    assert len(errors) == 1 and "Traceback" not in r.stderr, (name, r.stderr[-2000:])
-    assert not any(ln.startswith("usage:") for ln in lines), (name, r.stderr)
+    assert code == 2, (name, code, err[-2000:])
+    assert len(errors) == 1 and "Traceback" not in err, (name, err[-2000:])
+    assert says in errors[0], (name, errors[0])
+    assert not any(ln.startswith("usage:") for ln in lines), (name, err)
     assert not (files["dir"] / "out").exists(), f"{name}: something was written"
 
 
-def test_the_errors_name_what_to_fix(files: dict[str, Path]) -> None:
-    c = cases(files)
-
-    def err(name: str) -> str:
-        return _run(files["dir"], *c[name]).stderr
-
-    assert "--data" in err("npz without --data")
-    assert "lenet5" in err("arch on the wrong input") and "image" in err("arch on the wrong input")
-    assert "--alpha" in err("negative alpha")
-    assert "valid" in err("unknown dataset") and "digits" in err("unknown dataset")
-    assert "mlp" in err("unknown arch") and "resnet18" in err("unknown arch")
-    assert "no key 'nope'" in err("revoke an unknown key")
+def test_a_bad_flag_as_a_user_meets_it(files: dict[str, Path]) -> None:
+    """Once as a real process: the exit code and the one line a shell sees."""
+    r = _run(files["dir"], "train", "--dataset", "digits", "--arch", "mlp", "--alpha", "-1", "--out", "x")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "unlearnd: error: train: argument --alpha: '-1' must be ≥ 0 (see --help)"], r.stderr
     fresh = files["dir"] / "fresh"
     r = _run(fresh, "keys", "list")
     assert r.returncode == 2 and "run `unlearnd db upgrade`" in r.stderr, r.stderr
