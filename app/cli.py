@@ -185,7 +185,10 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model with the GR loss")
     t.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASETS.names())}")
-    t.add_argument("--arch", required=True, help=f"one of: {', '.join(MODELS.names())}")
+    t.add_argument("--model", "--arch", dest="arch", required=True, metavar="SPEC",
+                   help=f"a registered arch ({', '.join(MODELS.names())}), torchvision:NAME (any torchvision "
+                        "classifier, untrained), or MODULE:CALLABLE of your own, called with num_classes and "
+                        "input_shape; recorded in meta.json and imported again on load")
     t.add_argument("--alpha", type=non_negative(float), required=True, help="GR strength (0: plain training)")
     t.add_argument("--gr-norm", choices=("global", "per_tensor"), default="global")
     t.add_argument("--gr-grad", choices=("exact", "fd"), default="exact",

@@ -1,4 +1,5 @@
-"""Model registry: config → nn.Module, sized for the dataset's input and class count.
+"""Model registry: config → nn.Module, sized for the dataset's input and class count. A model spec is a
+registered name, `torchvision:NAME` or a team's own `MODULE:CALLABLE` (app/ml/model_specs.py).
 
 All models take (N, *in_shape) float input and return (N, num_classes) logits.
 """
@@ -25,9 +26,18 @@ class ModelConfig:
 MODELS: Registry[Callable[[ModelConfig], nn.Module]] = Registry("arch")
 
 
+TORCHVISION = "torchvision:"
+
+
 def create_model(cfg: ModelConfig, device: torch.device | str | None = None) -> nn.Module:
-    """Built on the CPU, then moved: a seeded initialisation is the same on every device."""
-    model = MODELS.get(cfg.arch)(cfg)
+    """Built on the CPU, then moved: a seeded initialisation is the same on every device. cfg.arch is a model
+    spec: a registered name, `torchvision:NAME`, or `MODULE:CALLABLE` (app/ml/model_specs.py)."""
+    if cfg.arch.startswith(TORCHVISION) or ":" in cfg.arch:
+        from app.ml.model_specs import build_from_spec
+
+        model = build_from_spec(cfg)
+    else:
+        model = MODELS.get(cfg.arch)(cfg)
     return model if device is None else model.to(device)
 
 

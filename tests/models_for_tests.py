@@ -1,0 +1,25 @@
+"""A team's own model module, as `--model tests.models_for_tests:small_cnn` names it, and broken ones."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def small_cnn(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(input_shape[0], 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                         nn.Linear(8 * 4, num_classes))
+
+
+def raises(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    raise RuntimeError("no GPU kernels for this layer")
+
+
+def not_a_module(num_classes: int, input_shape: tuple[int, ...]) -> object:
+    return {"layers": 3}
+
+
+def wrong_classes(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(__import__("math").prod(input_shape)), num_classes + 1))
+
+
+NOT_CALLABLE = 3
