@@ -50,6 +50,12 @@ CORPUS: list[tuple[str, str, dict[str, str] | None, bytes | None, str | None, bo
     ("POST", "/predict", None, b'{"instances": [[1]]}', JSON, False, 401),
     ("POST", "/ui/login", None, b"key=" + b"k" * 40_000, "application/x-www-form-urlencoded", False, 413),
     ("PUT", "/predict", None, None, None, True, 405),  # D11: Allow names GET and POST
+    # issue 24: raw images
+    ("POST", "/predict", None, b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "image/png", True, 422),  # a broken PNG
+    ("POST", "/predict", None, b"GIF89a" + b"\x00" * 32, "image/png", True, 422),
+    ("POST", "/predict", None, b"\xff\xd8\xff", "image/jpeg", True, 422),  # a truncated JPEG
+    ("POST", "/predict", None, b"\x89PNG", "image/gif", True, 415),
+    ("POST", "/predict", None, b'{"instances": ["%%%"]}', JSON, True, 422),
 ]
 
 

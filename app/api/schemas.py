@@ -86,11 +86,14 @@ class RequestStatus(BaseModel):
 
 class PredictBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    instances: list[list[float]] = Field(description="flattened inputs in the store's scale and layout")
+    instances: list[list[float]] | list[str] = Field(
+        description="feature rows, or flattened images, in the data's own scale and layout; or base64-encoded PNG "
+                    "or JPEG images")
 
 
 class Prediction(BaseModel):
     label: int
+    class_name: str = Field(description="the label's name, as the training data named it")
     probabilities: list[float]
 
 

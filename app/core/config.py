@@ -58,6 +58,9 @@ class Settings(BaseSettings):
                                                 "subject; None: HOME/subject.key, made at first start")
     max_delete_ids: int = Field(default=1000, ge=1, description="most sample ids in one POST /delete")
     max_predict_instances: int = Field(default=256, ge=1)
+    max_image_pixels: int = Field(default=4_194_304, ge=1,
+                                  description="largest image /predict decodes (width × height), checked on its "
+                                              "header before decoding")
     retention_days: int = Field(default=30, ge=1, description="due_at = received_at + this")
     audit_page_max: int = Field(default=500, ge=1)
     poll_interval_s: float = Field(default=1.0, gt=0, description="how often an API process checks the head")

@@ -34,6 +34,7 @@ class Dataset:
     n_pool: int  # ids below this come from the official train split
     mean: np.ndarray | None = None  # per-channel, images only
     std: np.ndarray | None = None
+    class_names: tuple[str, ...] | None = None  # label k's name; None: "0", "1", …
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _resident: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -47,6 +48,10 @@ class Dataset:
             sample = self._unit(self.x[: self.n_pool : step])
             self.mean = sample.mean(axis=(0, 1, 2)).astype(np.float32)
             self.std = np.maximum(sample.std(axis=(0, 1, 2)), 1e-6).astype(np.float32)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.class_names or tuple(str(k) for k in range(self.num_classes))
 
     @property
     def is_image(self) -> bool:

@@ -146,13 +146,22 @@ def _decode_jpegs(buf: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     ])
 
 
+CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
 @_dataset("cifar10", "cifar10")
 def _cifar10(path: Path | None) -> Dataset:
+    ds = _cifar10_arrays(path)
+    ds.class_names = CIFAR10_NAMES
+    return ds
+
+
+def _cifar10_arrays(path: Path | None) -> Dataset:
     p = _require(path)
     if p.is_dir():
         for candidate in ("cifar10_jpeg_full.npz", "cifar10.npz"):
             if (p / candidate).exists():
-                return _cifar10.load(p / candidate)
+                return _cifar10_arrays(p / candidate)
         batches = p / "cifar-10-batches-py" if (p / "cifar-10-batches-py").is_dir() else p
         train = [_cifar_rows(_read_cifar_pickle(batches / f"data_batch_{i}"), b"labels") for i in range(1, 6)]
         xte, yte = _cifar_rows(_read_cifar_pickle(batches / "test_batch"), b"labels")

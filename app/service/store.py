@@ -24,7 +24,7 @@ def create_store(folder: Path, ds: Dataset) -> None:
     for name, arr in (("x.npy", np.ascontiguousarray(ds.x)), ("y.npy", ds.y)):
         with atomic_replace(folder / name) as tmp, tmp.open("wb") as f:  # a path would get ".npy" appended
             np.save(f, arr)
-    meta = {"name": ds.name, "num_classes": ds.num_classes, "n_pool": ds.n_pool,
+    meta = {"name": ds.name, "num_classes": ds.num_classes, "n_pool": ds.n_pool, "class_names": list(ds.names),
             "mean": None if ds.mean is None else ds.mean.tolist(), "std": None if ds.std is None else ds.std.tolist()}
     atomic_write_text(folder / "store.json", json.dumps(meta))
 
@@ -36,8 +36,9 @@ def open_store(folder: Path, *, writable: bool = False) -> Dataset:
         y = np.load(folder / "y.npy", mmap_mode="r+") if writable else np.load(folder / "y.npy")
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"no data store in {folder}: {e}") from e
+    names = meta.get("class_names")
     ds = Dataset(name=meta["name"], x=x, y=y, num_classes=meta["num_classes"], n_pool=meta["n_pool"],
-                 mean=_floats(meta["mean"]), std=_floats(meta["std"]))
+                 mean=_floats(meta["mean"]), std=_floats(meta["std"]), class_names=tuple(names) if names else None)
     if writable:
         ds.y = y  # the memory map itself (Dataset keeps a copy otherwise), so that purge writes the file
     return ds

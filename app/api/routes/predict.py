@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import AppState, State, authorize, require
+from app.api.inputs import IMAGE_TYPES, base64_images, image_rows, media_type
 from app.api.problems import responses
 from app.api.schemas import INT64_MAX, PredictBody, PredictResponse
 from app.api.serving import Served
@@ -35,20 +36,21 @@ def served_model(state: State) -> Served:
     return served
 
 
-def payload(served: Served, x: torch.Tensor, sample_id: int | None = None) -> bytes:
+def payload(served: Served, x: torch.Tensor, names: tuple[str, ...], sample_id: int | None = None) -> bytes:
     """Inline on the event loop (a small model's forward is shorter than a thread hop), and
     serialised by hand: this is the hot path, and its shape is PredictResponse."""
     with torch.inference_mode():
         probs = F.softmax(served.model(x), dim=1).numpy()
     if not np.isfinite(probs).all():  # json.dumps would write NaN: a 200 that is not JSON
         raise InvalidRequest("the model's output is not finite for these inputs (values too large?)")
-    preds = [{"label": int(p.argmax()), "probabilities": np.round(p.astype(np.float64), 6).tolist()} for p in probs]
+    preds = [{"label": int(p.argmax()), "class_name": names[int(p.argmax())],
+              "probabilities": np.round(p.astype(np.float64), 6).tolist()} for p in probs]
     body = {"model_version": served.version_id, "sample_id": sample_id, "predictions": preds}
     return json.dumps(body).encode()
 
 
-def _answer(served: Served, x: torch.Tensor, sample_id: int | None = None) -> Response:
-    return Response(payload(served, x, sample_id), media_type="application/json")
+def _answer(state: State, served: Served, x: torch.Tensor, sample_id: int | None = None) -> Response:
+    return Response(payload(served, x, state.store.names, sample_id), media_type="application/json")
 
 
 def _state_of(state: State, sample_id: int) -> str | None:
@@ -83,12 +85,12 @@ async def predict_get(state: State,
             raise NotFound(f"no training sample {sample_id}")
         if st != "active":
             raise Gone(f"sample {sample_id} was forgotten; it can no longer be used")
-        return _answer(served, state.store.features(np.asarray([sample_id])), sample_id)
+        return _answer(state, served, state.store.features(np.asarray([sample_id])), sample_id)
     assert x is not None
     values = x.split(",")
     if not all(NUMBER.fullmatch(v) for v in values):  # float() would take "1_0", "٣", "nan" and " 1"
         raise InvalidRequest("x must be comma-separated decimal numbers (ASCII)")
-    return _answer(served, from_rows(state, np.asarray([[float(v) for v in values]], dtype=np.float64)))
+    return _answer(state, served, from_rows(state, np.asarray([[float(v) for v in values]], dtype=np.float64)))
 
 
 def parse_sample_id(text: str) -> int:
@@ -98,15 +100,24 @@ def parse_sample_id(text: str) -> int:
     return value
 
 
-def instances(raw: bytes, content_type: str | None) -> np.ndarray:
+def instances(state: AppState, raw: bytes, content_type: str | None) -> np.ndarray:
+    """The body's inputs as rows in the store's scale: an image body, base64 images, or feature rows."""
+    limit = state.settings.max_image_pixels
+    if media_type(content_type) in IMAGE_TYPES:
+        return image_rows(state.store, [raw], max_pixels=limit)
     if not is_json(content_type):
-        raise UnsupportedMediaType("POST /predict takes application/json")
+        raise UnsupportedMediaType("POST /predict takes application/json, image/png or image/jpeg")
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         raise MalformedRequest("the request body could not be parsed") from None
     if not isinstance(data, dict) or set(data) != {"instances"} or not isinstance(data["instances"], list):
-        raise InvalidRequest('the body must be {"instances": [[number, ...], ...]}')
+        raise InvalidRequest('the body must be {"instances": [[number, ...], ...]} or {"instances": ["<base64 '
+                             'image>", ...]}')
+    if data["instances"] and all(isinstance(i, str) for i in data["instances"]):
+        if len(data["instances"]) > state.settings.max_predict_instances:
+            raise InvalidRequest(f"at most {state.settings.max_predict_instances} instances per request")
+        return image_rows(state.store, base64_images(data["instances"]), max_pixels=limit)
     try:
         rows = np.asarray(data["instances"])
     except ValueError:
@@ -125,18 +136,26 @@ def answer_batch(state: AppState, *, authorization: str | None, x_api_key: str |
                  content_type: str | None) -> bytes:
     """POST /predict's whole work, shared by the fast lane and this route."""
     authorize(state, authorization=authorization, x_api_key=x_api_key, scopes=("predict",), open_if_predict_open=True)
-    rows = instances(body, content_type)
+    rows = instances(state, body, content_type)
     served = served_model(state)
-    return payload(served, from_rows(state, rows))
+    return payload(served, from_rows(state, rows), state.store.names)
 
 
 # The happy path of this endpoint is answered by app.api.fastlane before routing; this route answers
 # the rest (every error, as problem+json) and documents the endpoint. It reads its body and key by hand
 # all the same, so that both take one code path.
-@router.post("/predict", response_model=PredictResponse, responses=responses(400, 401, 403, 415, 422, 503),
-             summary="Predict a batch of inputs",
+@router.post("/predict", response_model=PredictResponse, responses=responses(400, 401, 403, 413, 415, 422, 503),
+             summary="Predict a batch of inputs, or one image",
+             description="JSON `{\"instances\": [[…], …]}` (feature rows or flattened images in the data's own "
+                         "scale) or `{\"instances\": [\"<base64 PNG/JPEG>\", …]}`, or one PNG or JPEG image as "
+                         "the body. Images are converted to the model's channels and resized to its input size. "
+                         "Limits: UNLEARND_MAX_BODY_BYTES (1 MiB) per body (413), UNLEARND_MAX_IMAGE_PIXELS "
+                         "(4,194,304) per image and UNLEARND_MAX_PREDICT_INSTANCES (256) per request (422); a "
+                         "corrupt or truncated image is a 422.",
              openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": PredictBody.model_json_schema()}}}})
+                 "application/json": {"schema": PredictBody.model_json_schema()},
+                 "image/png": {"schema": {"type": "string", "format": "binary"}},
+                 "image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}})
 async def predict_post(request: Request) -> Response:
     h = request.headers
     out = answer_batch(request.app.state.unlearnd, authorization=h.get("authorization"), x_api_key=h.get("x-api-key"),
