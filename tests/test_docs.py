@@ -42,3 +42,10 @@ def test_the_readme_documents_what_ci_sets() -> None:
         assert var in readme, f"{var} is set by .ci/run but the README never mentions it"
     assert "<id>" not in readme, "a `<id>` placeholder is a shell syntax error when pasted"
     assert "subject-0003" not in readme or "subject-0000" in readme  # where the demo's subjects come from
+
+
+def test_method_md_says_what_make_run_runs() -> None:
+    method = (ROOT / "docs" / "method.md").read_text()
+    demo = next(ln for ln in method.splitlines() if ln.startswith("| `demo`"))
+    assert "make run" not in demo, demo  # `make run` is `unlearnd serve`; demo is the ML core alone
+    assert "unlearnd serve" in (ROOT / "Makefile").read_text().split("run:", 1)[1].split("\n\n", 1)[0]

@@ -180,3 +180,11 @@ def test_samples_of_every_split_can_be_deleted(svc: Service) -> None:
         # the service still forgets training samples with the rebuilt verifier
         after = svc.wait_request(c.post("/delete", json={"sample_ids": svc.train_ids()[30:32]}).json()["id"])
         assert after["state"] == "completed" and after["forgetting"]["verdict"] != "unverified"
+
+
+def test_model_answers_name_no_host_path(svc: Service) -> None:
+    """Issue 23: /models/current showed `"reused_from": "/…/verifier"`."""
+    with svc.client() as c:
+        for path in ("/models/current", "/models"):
+            text = c.get(path).text
+            assert str(svc.home) not in text and str(svc.model_dir) not in text, (path, text[:500])
