@@ -33,13 +33,12 @@ from app.ml.gradcache import load_cache
 from app.ml.grads import ids_sha256
 from app.ml.policy import Budget, Setting
 from app.ml.unlearn.base import UnlearnTask
-from app.ml.verify.store import FOLDER as VERIFIER_FOLDER
 from app.ml.verify.store import load_verifier
 from app.service.faults import is_transient
 from app.service.ledger_conn import LedgerConn
 from app.service.store import erased_rows, store_on
-from app.service.versions import holdout_ids, ledger_path, load_version, version_dir, write_version
-from worker.derived import has_references
+from app.service.versions import accuracy_budget, holdout_ids, ledger_path, load_version, version_dir, write_version
+from worker.derived import has_references, verifier_folder
 
 log = logging.getLogger("unlearnd.worker")
 
@@ -96,9 +95,7 @@ def _by_split(others: dict[int, str]) -> dict[str, int]:
 
 
 def budget(settings: Settings, first: ModelVersion) -> Budget:
-    """Every version is held to the first one's held-out accuracy (or the operator's absolute floor)."""
-    return Budget.below(float(first.metrics.get("holdout_acc", 0.0)), max_drop=settings.max_accuracy_drop,
-                        exact_max_drop=settings.exact_max_accuracy_drop, absolute=settings.accuracy_floor)
+    return accuracy_budget(settings, float(first.metrics.get("holdout_acc", 0.0)))
 
 
 def _override(settings: Settings) -> Setting | None:
@@ -138,7 +135,7 @@ def process(settings: Settings, conn: LedgerConn, c: Claimed) -> Outcome:
     # every deleted sample, and every row the store erased, stays out of validation and verification: a purged
     # row's label is -1, and the verifier's files may not have dropped it yet
     gone = np.union1d(np.union1d(c.forgotten, np.asarray(list(c.others), dtype=np.int64)), erased_rows(ds))
-    folder = settings.home / VERIFIER_FOLDER
+    folder = verifier_folder(settings)
     task = UnlearnTask.from_model_dir(
         md, ds, forget_ids=np.asarray(c.forget), train_ids=c.train_ids, exclude=gone, chunk_size=settings.chunk_size,
         cache=load_cache(version_dir(settings.home, c.head), ds.device),
@@ -158,10 +155,11 @@ def process(settings: Settings, conn: LedgerConn, c: Claimed) -> Outcome:
 
 def _write_and_commit(settings: Settings, conn: LedgerConn, c: Claimed, md: ModelDir, model: nn.Module,
                       record: ForgettingRecord, t0: float) -> Outcome:
-    payload = {"event": "unlearn", "request_ids": sorted(r.id for r in c.requests), **record.to_payload(),
+    fields = record.to_payload()
+    payload = {"event": "unlearn", "request_ids": sorted(r.id for r in c.requests), **fields,
                "parent_model_sha256": c.head.sha256, "erased_by_split": _by_split(c.others),
                "derived_pending": _derived_pending(settings, c)}
-    meta = {**inherited_meta(md.meta), "unlearn": {**record.to_payload(), "parent_weights_sha256": md.weights_sha256,
+    meta = {**inherited_meta(md.meta), "unlearn": {**fields, "parent_weights_sha256": md.weights_sha256,
                                                    "batch_id": c.batch_id}}
     sha, path = write_version(settings.models_dir, model=model, model_cfg=md.model_cfg, meta=meta,
                               splits=md.splits.without_train(np.asarray(c.forget)))
@@ -195,7 +193,7 @@ def _write_and_commit(settings: Settings, conn: LedgerConn, c: Claimed, md: Mode
         return _release(conn, c, "the head moved while this batch ran")
     total_s = time.perf_counter() - t0
     log.info("batch %s: forgot %d samples → version %s in %.2f s", c.batch_id, len(c.forget), sha[:16], total_s)
-    return Outcome(c.batch_id, "completed", sha[:16], len(c.forget), {**record.to_payload(), "total_s": total_s})
+    return Outcome(c.batch_id, "completed", sha[:16], len(c.forget), {**fields, "total_s": total_s})
 
 
 def _release(conn: LedgerConn, c: Claimed, why: str) -> Outcome:

@@ -149,6 +149,10 @@ def _retrain(settings: Settings, conn: LedgerConn, gone: np.ndarray) -> Verifier
 
 
 def _settle(conn: LedgerConn, gone: np.ndarray, entry: dict[str, Any] | None) -> None:
+    if entry is None:  # the sweep's check: a write transaction (SQLite's write lock) only when a request waits
+        with transaction(conn.read) as s:
+            if not ledger.derived_waiting(s):
+                return
     now = utcnow()
     with transaction(conn.write) as s:
         settled = ledger.settle_derived(s, excluded=gone.tolist(), now=now)

@@ -93,8 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         holder = ModelHolder(settings, conn, store)
         holder.start()
         redis = connect(settings.redis_url) if settings.redis_url else None
-        pool = LedgerPool(settings, inline=LedgerContext(settings, conn, redis),
-                                processes=settings.ledger_processes)
+        pool = LedgerPool(settings, inline=LedgerContext(settings, conn, redis), processes=settings.ledger_processes)
         pool.start()
         app.state.unlearnd = AppState(settings=settings, conn=conn, store=store, holder=holder, redis=redis,
                                       metrics=metrics, ledger_pool=pool)

@@ -302,6 +302,12 @@ def mark_exact(session: Session, *, request_ids: Sequence[str], now: datetime) -
     return int(res.rowcount)  # type: ignore[attr-defined]
 
 
+def derived_waiting(session: Session) -> bool:
+    """Whether a completed request still waits for the derived models' rebuild."""
+    return session.scalar(select(DeletionRequest.id).where(DeletionRequest.derived_pending.is_(True)).limit(1)) \
+        is not None
+
+
 def settle_derived(session: Session, *, excluded: Sequence[int], now: datetime) -> list[str]:
     """The derived models were rebuilt without the shadow samples EXCLUDED: every request waiting on them
     whose shadow samples are all excluded is settled (and exact, if its served model part is). Returns their

@@ -74,7 +74,7 @@ def _rows(session: Session, reqs: list[DeletionRequest]) -> list[RequestRow]:
 
 
 def all_requests(session: Session, *, chunk: int = 1000) -> Iterator[RequestRow]:
-    """Every request, oldest first, read CHUNK at a time (the exports)."""
+    """Every request in request-id order (a keyset walk: no offset scans), read CHUNK at a time (the exports)."""
     after = ""
     while True:
         reqs = list(session.scalars(select(DeletionRequest).where(DeletionRequest.id > after)
@@ -92,9 +92,7 @@ def all_audit_entries(session: Session, *, chunk: int = 1000) -> Iterator[dict[s
                                     .limit(chunk)))
         if not rows:
             return
-        for e in rows:
-            yield {"seq": e.seq, "created_at": e.created_at, "batch_id": e.batch_id, "payload": json.loads(e.payload),
-                   "prev_hash": e.prev_hash, "hash": e.hash}
+        yield from map(entry_dict, rows)
         after = rows[-1].seq
 
 
@@ -108,16 +106,21 @@ def audit_total(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(AuditEntry)) or 0)
 
 
+def entry_dict(e: AuditEntry) -> dict[str, Any]:
+    """An audit entry as the API, the operator page and the exports show it."""
+    return {"seq": e.seq, "created_at": e.created_at, "batch_id": e.batch_id, "payload": json.loads(e.payload),
+            "prev_hash": e.prev_hash, "hash": e.hash}
+
+
 def audit_entries(session: Session, *, offset: int, limit: int) -> list[dict[str, Any]]:
     """Newest first: OFFSET counts back from the last entry."""
     rows = session.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc()).offset(offset).limit(limit))
-    return [{"seq": e.seq, "created_at": e.created_at, "batch_id": e.batch_id, "payload": json.loads(e.payload),
-             "hash": e.hash} for e in rows]
+    return [entry_dict(e) for e in rows]
 
 
 def audit_entry(session: Session, *, seq: int) -> dict[str, Any] | None:
     e = session.get(AuditEntry, seq)
-    return None if e is None else {"seq": e.seq, "created_at": e.created_at, "payload": json.loads(e.payload)}
+    return None if e is None else entry_dict(e)
 
 
 def backlog_events(session: Session, *, limit: int) -> list[tuple[datetime, datetime | None]]:

@@ -18,8 +18,9 @@ from app.core.config import Settings
 from app.db import ledger
 from app.db.models import AuditEntry, ModelVersion
 from app.db.session import as_utc, transaction, utcnow
+from app.db.views import entry_dict
 from app.errors import public_reason
-from app.ml.forgetting import ForgettingRecord
+from app.ml.record import ForgettingRecord
 from app.service.ledger_conn import LedgerConn
 from app.service.queue import notify
 
@@ -68,7 +69,8 @@ def request_status(ctx: LedgerContext, *, request_id: str) -> dict[str, Any]:
         req = ledger.get_request(s, request_id=request_id)
         ids = ledger.request_sample_ids(s, request_ids=[req.id])[req.id]
         entry = s.scalar(select(AuditEntry).where(AuditEntry.seq == req.audit_seq)) if req.audit_seq else None
-    how = forgetting(json.loads(entry.payload)) if entry is not None else None
+    # how the batch that served the request forgot: method, the verifier's verdict and its evidence
+    how = ForgettingRecord.from_payload(json.loads(entry.payload)).summary() if entry is not None else None
     if how is not None:
         how["exact_at"] = as_utc(req.exact_at)
         how["exact"] = req.exact_at is not None
@@ -82,18 +84,11 @@ def request_status(ctx: LedgerContext, *, request_id: str) -> dict[str, Any]:
             "attempts": req.attempts}
 
 
-def forgetting(payload: dict[str, Any]) -> dict[str, Any]:
-    """How the batch that served a request forgot: method, the verifier's verdict and its evidence."""
-    return ForgettingRecord.from_payload(payload).summary()
-
-
 def audit_page(ctx: LedgerContext, *, offset: int, limit: int) -> dict[str, Any]:
     with transaction(ctx.conn.read) as s:
         total = s.scalar(select(func.count()).select_from(AuditEntry)) or 0
         rows = list(s.scalars(select(AuditEntry).order_by(AuditEntry.seq).offset(offset).limit(limit)))
-    items = [{"seq": e.seq, "created_at": e.created_at, "batch_id": e.batch_id, "payload": json.loads(e.payload),
-              "prev_hash": e.prev_hash, "hash": e.hash} for e in rows]
-    return {"items": items, "total": total}
+    return {"items": [entry_dict(e) for e in rows], "total": total}
 
 
 def version_info(v: ModelVersion) -> dict[str, Any]:

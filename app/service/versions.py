@@ -17,12 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from app.core.config import Settings
 from app.db.models import ModelVersion
 from app.errors import ModelLoadError
 from app.ml.checkpoint import ModelDir, check_finite, load_model_dir, no_pause, save_model_dir
 from app.ml.data import Dataset, Splits
 from app.ml.metrics import predict_logits
 from app.ml.models import ModelConfig
+from app.ml.policy import Budget
 
 
 def write_version(models_dir: Path, *, model: nn.Module, model_cfg: ModelConfig, meta: dict[str, Any],
@@ -79,3 +81,10 @@ def load_version(version: ModelVersion, *, home: Path, probe: Dataset | None = N
 def holdout_ids(splits: Splits, size: int, forgotten: np.ndarray | None = None) -> np.ndarray:
     """The held-out ids a version is validated on, less deleted test samples (their rows are zeroed)."""
     return (splits if forgotten is None else splits.without(forgotten)).holdout(size)
+
+
+def accuracy_budget(settings: Settings, reference: float) -> Budget:
+    """The floors every version of the service is held to: the first version's held-out accuracy (REFERENCE)
+    less the allowed drops, or the operator's absolute floor. The worker, consolidation and /ui use this one."""
+    return Budget.below(reference, max_drop=settings.max_accuracy_drop, exact_max_drop=settings.exact_max_accuracy_drop,
+                        absolute=settings.accuracy_floor)

@@ -36,6 +36,7 @@ from app.db.session import transaction, utcnow
 from app.errors import Forbidden, Unauthorized
 from app.ml.policy import Budget
 from app.ml.record import ForgettingRecord
+from app.service.versions import accuracy_budget
 
 router = APIRouter(include_in_schema=False)
 # The last /ui/verify of this API process: the page shows it without reading the whole log on every load.
@@ -227,13 +228,11 @@ def _span(seconds: float) -> str:
 
 
 def _budget(app: AppState, versions: list[Any]) -> Budget | None:
-    """The floors the worker holds versions to (worker/batch.py: budget), from the first version."""
+    """The floors the worker holds versions to, when the first version is among those read (or a floor is set)."""
     first = versions[0].metrics.get("holdout_acc") if versions and versions[0].seq == 1 else None
     if app.settings.accuracy_floor is None and not isinstance(first, int | float):
         return None
-    st = app.settings
-    return Budget.below(float(first or 0.0), max_drop=st.max_accuracy_drop, exact_max_drop=st.exact_max_accuracy_drop,
-                        absolute=st.accuracy_floor)
+    return accuracy_budget(app.settings, float(first or 0.0))
 
 
 def _samples_text(p: dict[str, Any]) -> str:
