@@ -140,3 +140,18 @@ def test_clear_errors(tmp_path: Path) -> None:
     np.savez(tmp_path / "bad.npz", x=np.zeros(3))
     with pytest.raises(DataError, match="missing arrays"):
         load_dataset("npz", path=tmp_path / "bad.npz")
+
+
+def test_an_npz_brings_its_class_names_into_the_store(tmp_path: Path) -> None:
+    from app.service.store import create_store, open_store
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "mine.npz"
+    np.savez(path, x_train=rng.integers(0, 255, (20, 4, 4, 3), dtype=np.uint8), y_train=rng.integers(0, 2, 20),
+             x_test=rng.integers(0, 255, (6, 4, 4, 3), dtype=np.uint8), y_test=rng.integers(0, 2, 6),
+             class_names=np.array(["red", "blue"]))
+    ds = load_dataset("npz", path=path)
+    assert ds.names == ("red", "blue") and ds.num_classes == 2
+    create_store(tmp_path / "store", ds)
+    assert open_store(tmp_path / "store").names == ("red", "blue")
+    assert load_dataset("digits").names == tuple("0123456789")  # no names given: the label's digits

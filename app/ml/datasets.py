@@ -230,4 +230,7 @@ def _generic_npz(path: Path | None) -> Dataset:
     p = _require(path)
     d = _npz(p, ("x_train", "y_train", "x_test", "y_test"))
     k = len(d["class_names"]) if "class_names" in d else None
-    return _join(p.stem, d["x_train"], d["y_train"], d["x_test"], d["y_test"], num_classes=k)
+    ds = _join(p.stem, d["x_train"], d["y_train"], d["x_test"], d["y_test"], num_classes=k)
+    if k is not None:  # the names travel with the data into the store and /predict's answers
+        ds.class_names = tuple(str(n) for n in d["class_names"])
+    return ds
