@@ -90,3 +90,26 @@ def test_405_names_the_allowed_methods(svc: Service) -> None:
     r = httpx.put(svc.url + "/delete", headers={"X-API-Key": svc.key})
     assert r.status_code == 405 and r.headers["allow"] == "POST"
     assert r.headers["content-type"] == "application/problem+json"
+
+
+def test_the_http_defects_of_issue_22(svc: Service) -> None:
+    """D10 and D11 on each database: no framing, no foreign-origin login, no Host reflected, idempotency keys per
+    API key."""
+    page = httpx.get(svc.url + "/ui", headers={"X-API-Key": svc.key})
+    assert page.headers["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in page.headers[
+        "content-security-policy"]
+    evil = httpx.post(svc.url + "/ui/login", data={"key": svc.key}, headers={"Origin": "https://evil.example"})
+    assert evil.status_code == 403 and "set-cookie" not in evil.headers
+    other = svc.cli("keys", "create", "--scopes", "delete").stdout.strip()
+    first = None
+    for key in (svc.key, svc.key, other):
+        r = httpx.post(svc.url + "/delete", json={"sample_ids": svc.train_ids()[:1]}, timeout=30,
+                       headers={"X-API-Key": key, "Idempotency-Key": "corpus-1", "Host": "evil.example"})
+        assert r.status_code == 202, r.text
+        assert "evil.example" not in r.headers["location"] + r.json()["status_url"]
+        if key == svc.key and first is None:
+            first = r.json()["id"]
+        elif key == svc.key:
+            assert r.json()["id"] == first and r.headers["idempotent-replayed"] == "true"
+        else:
+            assert r.json()["id"] != first and "idempotent-replayed" not in r.headers
