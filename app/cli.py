@@ -19,35 +19,89 @@ from sqlalchemy.exc import DatabaseError
 from app.core.config import Settings
 from app.errors import UnlearndError
 
+RECIPE_FLAGS = ("lr", "batch_size", "max_epochs", "patience", "optimizer", "momentum", "weight_decay", "schedule",
+                "augment")
 
-def _train(ns: argparse.Namespace, settings: Settings) -> int:
+
+def _data(ns: argparse.Namespace) -> tuple[str, Path | None]:
+    """--data FORMAT:PATH, or --dataset NAME [--data PATH]."""
+    from app.errors import ConfigError
+    from app.ml.datasets import parse_data
+
+    fmt, path = parse_data(ns.data) if ns.data else (None, None)
+    if fmt and ns.dataset and fmt != ns.dataset:
+        raise ConfigError(f"--dataset {ns.dataset} and --data {ns.data} name two different formats")
+    name = fmt or ns.dataset
+    if name is None:
+        raise ConfigError("name the data: --data FORMAT:PATH (imagefolder, csv, parquet, npz) or --dataset NAME")
+    return name, path
+
+
+def _start(ns: argparse.Namespace) -> tuple[object, object]:
+    """The recipe (TOML file, then flags) and the start (init, freeze) that train and import share."""
+    from app.ml.pipeline import Start
+    from app.ml.recipe import make_recipe
+
+    cfg, source = make_recipe(ns.recipe, {"alpha": getattr(ns, "alpha", None), "gr_norm": getattr(ns, "gr_norm", None),
+                                          "gr_grad": getattr(ns, "gr_grad", None), "seed": ns.seed,
+                                          **{k: getattr(ns, k) for k in RECIPE_FLAGS}})
+    freeze = tuple(p.strip() for p in (ns.freeze or "").split(",") if p.strip())
+    return cfg, Start(init=ns.init, freeze=freeze, recipe=source)
+
+
+def _extras(ns: argparse.Namespace, settings: Settings) -> dict[str, object]:
     from app.ml.calibrate import CalibrationConfig
-    from app.ml.data import SplitConfig
-    from app.ml.pipeline import train_to_dir
-    from app.ml.train import TrainConfig
     from app.ml.verify.base import VerifierConfig
 
-    cfg = TrainConfig(alpha=ns.alpha, gr_norm=ns.gr_norm, gr_grad=ns.gr_grad, lr=ns.lr, batch_size=ns.batch_size,
-                      max_epochs=ns.max_epochs, patience=ns.patience, seed=ns.seed)
-    meta = train_to_dir(dataset=ns.dataset, arch=ns.arch, out=ns.out, train_cfg=cfg,
-                        split_cfg=SplitConfig(seed=ns.seed), data_path=ns.data, data_dir=settings.data_dir,
-                        progress=not ns.quiet, with_cache=not ns.no_cache, chunk_size=settings.chunk_size,
-                        verifier=ns.verifier if ns.verify_refs else None,
-                        verifier_cfg=VerifierConfig(n_refs=ns.verify_refs, seed=ns.seed),
-                        calibration=None if ns.no_calibrate else CalibrationConfig(
-                            max_accuracy_drop=ns.max_accuracy_drop, seed=ns.seed),
-                        device=ns.device or settings.device)
-    print(f"trained {ns.arch} on {ns.dataset} (α={ns.alpha}, {meta['epochs']} epochs, "
-          f"{meta['wall_time_s']:.1f} s): train {meta['train_acc']:.4f} val {meta['val_acc']:.4f} "
-          f"test {meta['test_acc']:.4f} → {ns.out}")
+    return {"verifier": ns.verifier if ns.verify_refs else None,
+            "verifier_cfg": VerifierConfig(n_refs=ns.verify_refs, seed=ns.seed),
+            "calibration": None if ns.no_calibrate else CalibrationConfig(max_accuracy_drop=ns.max_accuracy_drop,
+                                                                          seed=ns.seed),
+            "chunk_size": settings.chunk_size, "progress": not ns.quiet, "device": ns.device or settings.device,
+            "data_dir": settings.data_dir, "data_options": {"image_size": ns.image_size}}
+
+
+def _report(meta: dict[str, object]) -> None:
     if "verifier" in meta:
         from app.ml.verify.cli import power_line
 
-        print(power_line(meta["verifier"]))
+        print(power_line(meta["verifier"]))  # type: ignore[arg-type]
     if "calibration" in meta:
         from app.ml.verify.cli import calibration_line
 
-        print(calibration_line(meta["calibration"]))
+        print(calibration_line(meta["calibration"]))  # type: ignore[arg-type]
+
+
+def _train(ns: argparse.Namespace, settings: Settings) -> int:
+    from app.ml.data import SplitConfig
+    from app.ml.pipeline import train_to_dir
+
+    dataset, path = _data(ns)
+    cfg, start = _start(ns)
+    meta = train_to_dir(dataset=dataset, arch=ns.arch, out=ns.out, train_cfg=cfg,  # type: ignore[arg-type]
+                        split_cfg=SplitConfig(seed=ns.seed), data_path=path, with_cache=not ns.no_cache,
+                        start=start, **_extras(ns, settings))  # type: ignore[arg-type]
+    print(f"trained {ns.arch} on {dataset} (α={meta['alpha']}, {meta['epochs']} epochs, "
+          f"{meta['wall_time_s']:.1f} s): train {meta['train_acc']:.4f} val {meta['val_acc']:.4f} "
+          f"test {meta['test_acc']:.4f} → {ns.out}")
+    _report(meta)
+    return 0
+
+
+def _import(ns: argparse.Namespace, settings: Settings) -> int:
+    from app.ml.importing import import_to_dir
+    from app.ml.recipe import recipe_note
+
+    dataset, path = _data(ns)
+    cfg, start = _start(ns)
+    meta = import_to_dir(weights=ns.weights, arch=ns.arch, dataset=dataset, data_path=path, out=ns.out,
+                         train_cfg=cfg, start=start, **_extras(ns, settings))  # type: ignore[arg-type]
+    print(f"imported {ns.weights} as {ns.arch} on {dataset}: {meta['n_train']} training samples, train "
+          f"{meta['train_acc']:.4f} val {meta['val_acc']:.4f} test {meta['test_acc']:.4f} → {ns.out}")
+    _report(meta)
+    note = recipe_note(meta)
+    if note:
+        print(f"note: {note}")
     return 0
 
 
@@ -127,9 +181,10 @@ def _demo(ns: argparse.Namespace, settings: Settings) -> int:
     home = settings.home / "demo"
     # the forgetting setting is not chosen here: training calibrates it for the model it made
     train_ns = argparse.Namespace(dataset="digits", arch="lenet5", alpha=0.1, gr_norm="global", gr_grad="exact",
-                                  lr=1e-3, batch_size=64, max_epochs=100, patience=10, seed=ns.seed,
-                                  data=None, out=home / "model", quiet=False, no_cache=False, verifier="lira",
-                                  verify_refs=4, max_accuracy_drop=0.01, no_calibrate=False, device=ns.device)
+                                  seed=ns.seed, data=None, out=home / "model", quiet=False, no_cache=False,
+                                  verifier="lira", verify_refs=4, max_accuracy_drop=0.01, no_calibrate=False,
+                                  device=ns.device, recipe=None, init=None, freeze=None, image_size=None,
+                                  **dict.fromkeys(RECIPE_FLAGS))
     _train(train_ns, settings)
     train_ids = Splits.load(home / "model" / "splits.json").train
     rng = np.random.default_rng(ns.seed)
@@ -176,6 +231,46 @@ def _bounded(kind: type[int] | type[float], ok: Callable[[float], bool], what: s
     return parse
 
 
+def _model_flags(p: argparse.ArgumentParser, datasets: list[str], models: list[str]) -> None:
+    """The flags train and import share: model, data, start, recipe, verifier, output."""
+    p.add_argument("--model", "--arch", dest="arch", required=True, metavar="SPEC",
+                   help=f"a registered arch ({', '.join(models)}), torchvision:NAME (any torchvision classifier, "
+                        "untrained), or MODULE:CALLABLE of your own, called with num_classes and input_shape; "
+                        "recorded in meta.json and imported again on load")
+    p.add_argument("--data", metavar="FORMAT:PATH",
+                   help="imagefolder:DIR, csv:FILE, parquet:FILE or npz:FILE; or the file of --dataset NAME")
+    p.add_argument("--dataset", help=f"a dataset by name: {', '.join(datasets)}")
+    p.add_argument("--image-size", type=positive(int), metavar="N", help="imagefolder: resize every image to N×N")
+    p.add_argument("--init", type=Path, metavar="FILE",
+                   help="starting weights (safetensors, or a state_dict read with weights_only=True); every "
+                        "retrain starts from them too")
+    p.add_argument("--freeze", metavar="PREFIX[,PREFIX…]", help="parameter-name prefixes that are never trained")
+    p.add_argument("--recipe", type=Path, metavar="FILE.toml",
+                   help="the training recipe (optimizer, lr, schedule, epochs, …); flags below override it")
+    p.add_argument("--seed", type=non_negative(int), default=0,
+                   help="seeds the splits, the initialisation and the batches (default 0)")
+    p.add_argument("--optimizer", choices=("adam", "sgd", "signsgd"), help="default adam")
+    p.add_argument("--lr", type=positive(float), help="learning rate (default 1e-3)")
+    p.add_argument("--momentum", type=non_negative(float), help="sgd's momentum (default 0.9)")
+    p.add_argument("--weight-decay", type=non_negative(float), help="default 0")
+    p.add_argument("--schedule", choices=("constant", "cosine"), help="learning-rate schedule (default constant)")
+    p.add_argument("--augment", choices=("none", "flip_crop"), help="image augmentation (default none)")
+    p.add_argument("--batch-size", type=positive(int), help="default 64")
+    p.add_argument("--max-epochs", type=positive(int),
+                   help="at most this many epochs; early stopping on validation accuracy ends sooner (default 100)")
+    p.add_argument("--patience", type=positive(int), help="epochs without improvement (default 10)")
+    p.add_argument("--verifier", default="lira", help="membership verifier built with the model (lira, loss)")
+    p.add_argument("--verify-refs", type=non_negative(int), default=4, metavar="K",
+                   help="reference models of the verifier (LiRA needs ≥ 2; 0: no verifier)")
+    p.add_argument("--max-accuracy-drop", type=non_negative(float), default=0.01, metavar="D",
+                   help="held-out accuracy a deletion may cost (0.01 = 1 point): calibration's budget")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="skip choosing the forgetting setting by simulated deletions (unlearn then uses IAU)")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", type=Path, required=True, help="the model directory to write")
+    p.add_argument("--device", help=DEVICE_HELP)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="unlearnd", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -184,35 +279,19 @@ def _parser() -> argparse.ArgumentParser:
     from app.ml.models import MODELS
 
     t = sub.add_parser("train", help="train a model with the GR loss")
-    t.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASETS.names())}")
-    t.add_argument("--model", "--arch", dest="arch", required=True, metavar="SPEC",
-                   help=f"a registered arch ({', '.join(MODELS.names())}), torchvision:NAME (any torchvision "
-                        "classifier, untrained), or MODULE:CALLABLE of your own, called with num_classes and "
-                        "input_shape; recorded in meta.json and imported again on load")
-    t.add_argument("--alpha", type=non_negative(float), required=True, help="GR strength (0: plain training)")
-    t.add_argument("--gr-norm", choices=("global", "per_tensor"), default="global")
-    t.add_argument("--gr-grad", choices=("exact", "fd"), default="exact",
+    _model_flags(t, DATASETS.names(), MODELS.names())
+    t.add_argument("--alpha", type=non_negative(float), help="GR strength (0: plain training)")
+    t.add_argument("--gr-norm", choices=("global", "per_tensor"))
+    t.add_argument("--gr-grad", choices=("exact", "fd"),
                    help="penalty gradient: exact double backprop, or a finite-difference HVP")
-    t.add_argument("--seed", type=non_negative(int), default=0,
-                   help="seeds the splits, the initialisation and the batches (default 0)")
-    t.add_argument("--lr", type=positive(float), default=1e-3, help="Adam's learning rate (default 1e-3)")
-    t.add_argument("--batch-size", type=positive(int), default=64, help="default 64")
-    t.add_argument("--max-epochs", type=positive(int), default=100,
-                   help="at most this many epochs; early stopping on validation accuracy ends sooner (default 100)")
-    t.add_argument("--patience", type=positive(int), default=10, help="epochs without improvement (default 10)")
-    t.add_argument("--data", type=Path, help="dataset file or folder (default: under UNLEARND_DATA_DIR)")
     t.add_argument("--no-cache", action="store_true", help="skip writing the fast path's gradient cache")
-    t.add_argument("--verifier", default="lira", help="membership verifier built with the model (lira, loss)")
-    t.add_argument("--verify-refs", type=int, default=4, metavar="K",
-                   help="reference models of the verifier (LiRA needs ≥ 2; 0: no verifier)")
-    t.add_argument("--max-accuracy-drop", type=float, default=0.01, metavar="D",
-                   help="held-out accuracy a deletion may cost (0.01 = 1 point): calibration's budget")
-    t.add_argument("--no-calibrate", action="store_true",
-                   help="skip choosing the forgetting setting by simulated deletions (unlearn then uses IAU)")
-    t.add_argument("--quiet", action="store_true")
-    t.add_argument("--out", type=Path, required=True, help="the model directory to write")
-    t.add_argument("--device", help=DEVICE_HELP)
     t.set_defaults(func=_train)
+
+    im = sub.add_parser("import", help="make a model directory for weights trained elsewhere, ready to serve")
+    im.add_argument("--weights", type=Path, required=True,
+                    help="the trained weights: safetensors, or a torch state_dict (read with weights_only=True)")
+    _model_flags(im, DATASETS.names(), MODELS.names())
+    im.set_defaults(func=_import)
 
     u = sub.add_parser("unlearn", help="forget training samples (the model's calibrated setting by default)")
     u.add_argument("--model", type=Path, required=True, help="the model directory to forget from")

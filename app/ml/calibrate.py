@@ -164,7 +164,10 @@ def _chain(base: UnlearnTask, setting: dict[str, Any], hold: np.ndarray, acc0: f
     model, train = base.model, np.asarray(base.train_ids)
     steps = []
     for k in range(cfg.chain):
-        forget = np.sort(rng.choice(train, min(cfg.chain_size, len(train) - 1), replace=False))
+        n = min(cfg.chain_size, len(train) - 1)
+        if n < 1:  # a tiny training set runs out before the chain does
+            break
+        forget = np.sort(rng.choice(train, n, replace=False))
         task = base if k == 0 else with_model(base, model, train_ids=train, forget_ids=forget,
                                               weights_sha256=weights_sha256(model.state_dict()))
         task = dataclasses.replace(task, forget_ids=forget)

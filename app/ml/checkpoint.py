@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from app.ml.datasets import load_dataset
 from app.ml.fsutil import atomic_replace, atomic_write_text
 from app.ml.grads import weights_sha256
 from app.ml.models import ModelConfig, create_model, model_device
+from app.ml.pretrained import carry_init
 from app.ml.train import TrainConfig
 
 MODEL_FILE = "model.safetensors"
@@ -42,11 +43,19 @@ class ModelDir:
     weights_sha256: str
 
 
-def model_config_from_meta(meta: dict[str, Any]) -> ModelConfig:
+def model_config_from_meta(meta: dict[str, Any], folder: Path) -> ModelConfig:
+    """The model META describes; its init (when it has one) is the copy kept in FOLDER."""
+    init = meta.get("init")
     try:
-        return ModelConfig(arch=meta["arch"], in_shape=tuple(meta["in_shape"]), num_classes=int(meta["num_classes"]))
+        cfg = ModelConfig(arch=meta["arch"], in_shape=tuple(meta["in_shape"]), num_classes=int(meta["num_classes"]),
+                          init=folder / init["file"] if init else None,
+                          init_sha256=init["weights_sha256"] if init else None,
+                          freeze=tuple(meta.get("freeze") or ()))
     except (KeyError, TypeError, ValueError) as e:
         raise ModelLoadError(f"meta.json lacks a valid model description ({e})") from e
+    if cfg.init is not None and not cfg.init.is_file():
+        raise ModelLoadError(f"{folder} names an init but {cfg.init.name} is missing beside its weights")
+    return cfg
 
 
 def save_model_dir(path: Path, *, model: nn.Module, model_cfg: ModelConfig, meta: dict[str, Any],
@@ -56,7 +65,8 @@ def save_model_dir(path: Path, *, model: nn.Module, model_cfg: ModelConfig, meta
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     sha = weights_sha256(state)
     full_meta = {**meta, "arch": model_cfg.arch, "in_shape": list(model_cfg.in_shape),
-                 "num_classes": model_cfg.num_classes, "weights_sha256": sha}
+                 "num_classes": model_cfg.num_classes, "freeze": list(model_cfg.freeze), "weights_sha256": sha}
+    carry_init(model_cfg.init, path)
     with atomic_replace(path / MODEL_FILE) as tmp:
         save_file(state, str(tmp), metadata={"weights_sha256": sha})
     atomic_write_text(path / SPLITS_FILE, json.dumps(splits.to_json()))
@@ -86,7 +96,7 @@ def load_model_dir(path: Path, *, device: torch.device | str | None = None,
         meta = json.loads((path / META_FILE).read_text())
     except json.JSONDecodeError as e:
         raise ModelLoadError(f"{path / META_FILE} is not valid JSON ({e})") from e
-    cfg = model_config_from_meta(meta)
+    cfg = model_config_from_meta(meta, path)
     pause()
     model = create_model(cfg, device)
     pause()
@@ -126,13 +136,29 @@ def dataset_for(md: ModelDir, *, data_path: Path | None, data_dir: Path | None) 
     device."""
     stored = md.meta.get("data_path")
     path = data_path or (Path(stored) if stored else None)
-    ds = load_dataset(md.meta["dataset"], path=path, data_dir=data_dir, device=model_device(md.model))
+    ds = load_dataset(md.meta["dataset"], path=path, data_dir=data_dir, device=model_device(md.model),
+                      options=md.meta.get("data_options"))
+    names = md.meta.get("class_names")
+    if names and ds.class_names and tuple(names) != ds.class_names:
+        ds = _align_classes(ds, tuple(names))
     if tuple(ds.in_shape) != tuple(md.model_cfg.in_shape):
         raise DataError(f"dataset input shape {ds.in_shape} differs from the model's {md.model_cfg.in_shape}")
     top = max(int(md.splits.train.max(initial=-1)), int(md.splits.test.max(initial=-1)))
     if top >= len(ds):
         raise DataError(f"model's splits name id {top}, dataset has only {len(ds)} samples")
     return ds
+
+
+def _align_classes(ds: Dataset, names: tuple[str, ...]) -> Dataset:
+    """Label k means the model's class k even when the data now lacks a class (every sample of it erased)."""
+    assert ds.class_names is not None
+    unknown = sorted(set(ds.class_names) - set(names))
+    if unknown:
+        raise DataError(f"the data has classes {unknown[:3]} the model was not trained on (its classes: "
+                        f"{list(names)[:8]})")
+    index = np.asarray([names.index(n) for n in ds.class_names], dtype=np.int64)
+    y = np.where(ds.y >= 0, index[np.maximum(ds.y, 0)], -1)
+    return replace(ds, y=y, class_names=names, num_classes=len(names))
 
 
 def train_config_from_meta(meta: dict[str, Any]) -> TrainConfig | None:

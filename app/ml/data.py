@@ -35,6 +35,11 @@ class Dataset:
     mean: np.ndarray | None = None  # per-channel, images only
     std: np.ndarray | None = None
     class_names: tuple[str, ...] | None = None  # label k's name; None: "0", "1", …
+    # from the data itself (app/ml/imagefolder.py, app/ml/tables.py); every one optional
+    subjects: np.ndarray | None = None  # (N,) str: the person a row is about ("" = none named)
+    given_split: np.ndarray | None = None  # (N,) str: train | val | test | shadow, "" = chosen by make_splits
+    feature_names: tuple[str, ...] | None = None  # tabular: the columns, in the order the model reads them
+    sources: tuple[str, ...] | None = None  # where each row came from (an image's path), for the id mapping
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _resident: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -45,7 +50,7 @@ class Dataset:
         if self.is_image and self.mean is None:
             # a strided sample: files are often sorted by class
             step = max(1, self.n_pool // 10_000)
-            sample = self._unit(self.x[: self.n_pool : step])
+            sample = self._unit(self.x[: self.n_pool : step][self.y[: self.n_pool : step] >= 0])
             self.mean = sample.mean(axis=(0, 1, 2)).astype(np.float32)
             self.std = np.maximum(sample.std(axis=(0, 1, 2)), 1e-6).astype(np.float32)
 
@@ -158,11 +163,14 @@ class Splits:
 
 
 def make_splits(ds: Dataset, cfg: SplitConfig) -> Splits:
-    """Deterministic from cfg.seed alone; every id lands in exactly one split."""
+    """Deterministic from cfg.seed alone; every present id lands in exactly one split. Rows the data marks as
+    absent or erased (label −1) land in none; a split the data names for a row (`given_split`) is kept."""
     rng = np.random.default_rng(cfg.seed)
-    all_ids = np.arange(len(ds), dtype=np.int64)
+    all_ids = np.flatnonzero(ds.y >= 0).astype(np.int64)
+    if ds.given_split is not None:
+        return _given_splits(ds, all_ids, cfg, rng)
     if ds.n_pool < len(ds):
-        pool, test = all_ids[: ds.n_pool], all_ids[ds.n_pool :]
+        pool, test = all_ids[all_ids < ds.n_pool], all_ids[all_ids >= ds.n_pool]
     else:
         perm = rng.permutation(all_ids)
         n_test = round(cfg.test_frac * len(ds))
@@ -172,3 +180,32 @@ def make_splits(ds: Dataset, cfg: SplitConfig) -> Splits:
     n_shadow = round(cfg.shadow_frac * len(pool))
     val, shadow, train = np.split(pool, [n_val, n_val + n_shadow])
     return Splits(train=np.sort(train), val=np.sort(val), test=np.sort(test), shadow=np.sort(shadow))
+
+
+def _given_splits(ds: Dataset, ids: np.ndarray, cfg: SplitConfig, rng: np.random.Generator) -> Splits:
+    """The data names some splits: named val/shadow/test rows stay there; unnamed rows are split as usual, and
+    the train rows give validation and shadow samples only when the data names none."""
+    assert ds.given_split is not None
+    named = {n: ids[ds.given_split[ids] == n] for n in SPLIT_NAMES}
+    free = ids[ds.given_split[ids] == ""]
+    if len(free):
+        sub = make_splits(replace(ds, given_split=None, y=np.where(np.isin(np.arange(len(ds)), free), ds.y, -1)),
+                          cfg)
+        named = {n: np.union1d(named[n], getattr(sub, n)) for n in SPLIT_NAMES}
+    if not len(named["val"]) and not len(named["shadow"]):
+        pool = rng.permutation(named["train"])
+        n_val, n_shadow = round(cfg.val_frac * len(pool)), round(cfg.shadow_frac * len(pool))
+        named["val"], named["shadow"], named["train"] = np.split(pool, [n_val, n_val + n_shadow])
+    return Splits(**{n: np.sort(named[n]).astype(np.int64) for n in SPLIT_NAMES})
+
+
+def member_splits(ds: Dataset, cfg: SplitConfig) -> Splits:
+    """For a model trained elsewhere on every training row: train is exactly those rows; validation, shadow and
+    test samples come from the rest (named ones kept, else 20/40/40 of the held-out rows, seeded)."""
+    present = ds.y >= 0
+    given = ds.given_split if ds.given_split is not None else np.where(np.arange(len(ds)) < ds.n_pool, "train", "test")
+    ids = {n: np.flatnonzero(present & (given == n)).astype(np.int64) for n in SPLIT_NAMES}
+    if not len(ids["val"]) and not len(ids["shadow"]):
+        held = np.random.default_rng(cfg.seed).permutation(ids["test"])
+        ids["val"], ids["shadow"], ids["test"] = np.split(held, [round(0.2 * len(held)), round(0.6 * len(held))])
+    return Splits(**{n: np.sort(v) for n, v in ids.items()})

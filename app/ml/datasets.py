@@ -8,7 +8,12 @@
 | cifar100    | dir of the official python files `train` and `test` (fine labels)     |
 | svhn        | dir with train_32x32.mat and test_32x32.mat (labels 1..10, 10 = 0)    |
 | purchase100 | .npz with features/labels (or X/Y), labels 0..99 or one-hot          |
-| npz         | generic .npz with x_train, y_train, x_test, y_test                   |
+| npz         | generic .npz with x_train, y_train, x_test, y_test (+ class_names)    |
+| imagefolder | DIR/train/<class>/*.png|jpg (+ DIR/test/, DIR/samples.csv): imagefolder.py |
+| csv         | a table: label, features, sample_id, subject_id, split (tables.py)    |
+| parquet     | the same table as Parquet                                             |
+
+On the command line a dataset is `--dataset NAME [--data PATH]` or `--data FORMAT:PATH` (`parse_data`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -31,8 +36,10 @@ from app.ml.registry import Registry
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    load: Callable[[Path | None], Dataset]
+    load: Callable[..., Dataset]
     default_path: str | None  # relative to the data dir; None: needs no file
+    erase: Callable[[Path, np.ndarray], int] | None = None  # erases samples in the source files themselves
+    options: tuple[str, ...] = ()  # keyword options load takes (image_size)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -45,17 +52,30 @@ def _dataset(name: str, default_path: str | None) -> Callable[[Callable[[Path | 
     return deco
 
 
+def parse_data(text: str) -> tuple[str | None, Path]:
+    """`FORMAT:PATH` → (FORMAT, PATH) when FORMAT is a dataset name; a plain path → (None, PATH)."""
+    head, sep, rest = text.partition(":")
+    if sep and head in DATASETS.names():
+        return head, Path(rest)
+    return None, Path(text)
+
+
 def load_dataset(name: str, *, path: Path | None = None, data_dir: Path | None = None,
-                 device: torch.device | str | None = None) -> Dataset:
-    """Load dataset NAME from PATH, else from its default place under DATA_DIR; batches on DEVICE (default CPU)."""
+                 device: torch.device | str | None = None, options: dict[str, Any] | None = None) -> Dataset:
+    """Load dataset NAME from PATH, else from its default place under DATA_DIR; batches on DEVICE (default CPU).
+    OPTIONS: the loader's own (image_size for imagefolder)."""
     spec = DATASETS.get(name)
+    opts = {k: v for k, v in (options or {}).items() if v is not None}
+    if set(opts) - set(spec.options):
+        raise DataError(f"dataset {name!r} takes no {', '.join(sorted(set(opts) - set(spec.options)))} option "
+                        f"(--image-size is for imagefolder)")
     if path is None and spec.default_path is not None:
         if data_dir is None:
             raise DataError(f"dataset {name!r} needs a path (--data) or a data dir (UNLEARND_DATA_DIR)")
         path = data_dir / spec.default_path
     if path is not None and not path.exists():
         raise DataError(f"dataset {name!r}: {path} does not exist")
-    ds = spec.load(path)
+    ds = spec.load(path, **opts) if opts else spec.load(path)
     if device is None:
         return ds
     return ds.on(resolve(device) if isinstance(device, str) else device)
@@ -234,3 +254,34 @@ def _generic_npz(path: Path | None) -> Dataset:
     if k is not None:  # the names travel with the data into the store and /predict's answers
         ds.class_names = tuple(str(n) for n in d["class_names"])
     return ds
+
+
+def _imagefolder(path: Path | None, image_size: int | None = None) -> Dataset:
+    from app.ml import imagefolder
+
+    return imagefolder.load(_require(path), image_size)
+
+
+def _erase_images(path: Path, ids: np.ndarray) -> int:
+    from app.ml import imagefolder
+
+    return imagefolder.erase(path, ids)
+
+
+def _table(kind: str) -> DatasetSpec:
+    def load(path: Path | None) -> Dataset:
+        from app.ml import tables
+
+        return tables.load(_require(path), kind)
+
+    def erase(path: Path, ids: np.ndarray) -> int:
+        from app.ml import tables
+
+        return tables.erase(path, kind, ids)
+
+    return DatasetSpec(load, None, erase=erase)
+
+
+DATASETS.register("imagefolder")(DatasetSpec(_imagefolder, None, erase=_erase_images, options=("image_size",)))
+DATASETS.register("csv")(_table("csv"))
+DATASETS.register("parquet")(_table("parquet"))

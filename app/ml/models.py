@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -21,6 +22,9 @@ class ModelConfig:
     arch: str
     in_shape: tuple[int, ...]  # (C, H, W) for images, (F,) for tabular data
     num_classes: int
+    init: Path | None = None  # starting weights (app/ml/pretrained.py): every fit starts here, not at a seed
+    init_sha256: str | None = None  # their weights' hash, checked whenever they are read
+    freeze: tuple[str, ...] = ()  # parameter-name prefixes no path ever trains
 
 
 MODELS: Registry[Callable[[ModelConfig], nn.Module]] = Registry("arch")
@@ -38,6 +42,10 @@ def create_model(cfg: ModelConfig, device: torch.device | str | None = None) -> 
         model = build_from_spec(cfg)
     else:
         model = MODELS.get(cfg.arch)(cfg)
+    if cfg.freeze:
+        from app.ml.pretrained import apply_freeze
+
+        apply_freeze(model, cfg.freeze)
     return model if device is None else model.to(device)
 
 

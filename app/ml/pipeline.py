@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from app.errors import UnlearnFailed
 from app.ml.calibrate import CalibrationConfig, calibrate
 from app.ml.checkpoint import ModelDir, dataset_for, inherited_meta, load_model_dir, save_model_dir, set_meta_fields
-from app.ml.data import Dataset, SplitConfig, make_splits
+from app.ml.data import Dataset, SplitConfig, Splits, make_splits
 from app.ml.datasets import load_dataset
 from app.ml.device import resolve
 from app.ml.forgetting import PolicyOptions, forget_version
 from app.ml.gradcache import GradCache, build_cache, load_cache, save_cache
+from app.ml.imagefolder import write_mapping
 from app.ml.metrics import accuracy
-from app.ml.models import ModelConfig
+from app.ml.models import ModelConfig, create_model
 from app.ml.policy import Budget, Setting
+from app.ml.pretrained import load_strict, read_weights, store_init
 from app.ml.provenance import provenance
 from app.ml.train import TrainConfig, fit
 from app.ml.unlearn.base import UnlearnTask, check_forget_ids
@@ -30,27 +33,58 @@ from app.ml.verify.store import FOLDER as VERIFIER_FOLDER
 from app.ml.verify.store import load_verifier, save_verifier
 
 
+@dataclass(frozen=True)
+class Start:
+    """Where training starts: starting weights (`--init`), frozen prefixes (`--freeze`), and where the recipe
+    came from (app/ml/recipe.py)."""
+
+    init: Path | None = None
+    freeze: tuple[str, ...] = ()
+    recipe: dict[str, Any] | None = None
+
+
+def prepare_start(folder: Path, arch: str, ds: Dataset, start: Start) -> tuple[ModelConfig, dict[str, Any]]:
+    """The model config (its init kept in FOLDER) and the meta fields that record the start; every bad --init or
+    --freeze fails here, before any training."""
+    bare = ModelConfig(arch=arch, in_shape=ds.in_shape, num_classes=ds.num_classes, freeze=start.freeze)
+    probe = create_model(bare)  # a bad spec or freeze prefix fails before anything is written
+    fields: dict[str, Any] = {"recipe": start.recipe or {"source": "default"}}
+    if start.init is None:
+        return bare, fields
+    load_strict(probe, read_weights(start.init), str(start.init))
+    record = store_init(start.init, folder)
+    fields["init"] = record
+    return replace(bare, init=folder / record["file"], init_sha256=record["weights_sha256"]), fields
+
+
+def data_fields(ds: Dataset, dataset: str, data_path: Path | None, data_options: dict[str, Any]) -> dict[str, Any]:
+    """What meta.json records of the data: where it is read from, and what the API needs to read inputs."""
+    return {"dataset": dataset, "data_path": str(data_path.resolve()) if data_path else None,
+            "data_options": {k: v for k, v in data_options.items() if v is not None},
+            "class_names": list(ds.names), "feature_names": list(ds.feature_names) if ds.feature_names else None}
+
+
 def train_to_dir(*, dataset: str, arch: str, out: Path, train_cfg: TrainConfig, split_cfg: SplitConfig,
                  data_path: Path | None = None, data_dir: Path | None = None, progress: bool = True,
                  with_cache: bool = True, chunk_size: int = 1024, verifier: str | None = DEFAULT,
                  verifier_cfg: VerifierConfig | None = None,
-                 calibration: CalibrationConfig | None = None, device: str = "cpu") -> dict[str, Any]:
+                 calibration: CalibrationConfig | None = None, device: str = "cpu",
+                 start: Start | None = None, data_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ARCH on DATASET with the GR loss and write a model directory to OUT (with its membership
     verifier under OUT/verifier unless VERIFIER is None, and the forgetting setting calibrated for it in
-    meta.json unless CALIBRATION is None). DEVICE: auto | cpu | cuda | cuda:N."""
+    meta.json unless CALIBRATION is None). DEVICE: auto | cpu | cuda | cuda:N. START: init, freeze, recipe."""
     t0 = time.perf_counter()
     vcfg = verifier_cfg or VerifierConfig(seed=train_cfg.seed)
     if verifier is not None:
         check_verifier(verifier, vcfg)
     dev = resolve(device)
-    ds = load_dataset(dataset, path=data_path, data_dir=data_dir, device=dev)
+    ds = load_dataset(dataset, path=data_path, data_dir=data_dir, device=dev, options=data_options)
     splits = make_splits(ds, split_cfg)
-    model_cfg = ModelConfig(arch=arch, in_shape=ds.in_shape, num_classes=ds.num_classes)
+    model_cfg, start_fields = prepare_start(out, arch, ds, start or Start())
     result = fit(model_cfg, ds, splits.train, splits.val, train_cfg, progress=progress)
     model = result.model
     meta: dict[str, Any] = {
-        "dataset": dataset,
-        "data_path": str(data_path.resolve()) if data_path else None,
+        **data_fields(ds, dataset, data_path, data_options or {}), **start_fields,
         "alpha": train_cfg.alpha, "gr_norm": train_cfg.gr_norm, "seed": train_cfg.seed,
         "train_config": asdict(train_cfg), "split_config": asdict(split_cfg),
         "epochs": result.epochs_run, "best_epoch": result.best_epoch,
@@ -60,17 +94,38 @@ def train_to_dir(*, dataset: str, arch: str, out: Path, train_cfg: TrainConfig, 
         "n_train": len(splits.train),
         **provenance(dev, ds.placement),
     }
+    return finish_model_dir(out, model=model, model_cfg=model_cfg, ds=ds, splits=splits, meta=meta,
+                            refs=RefRecipe(train_cfg, result.best_epoch), t0=t0, with_cache=with_cache,
+                            chunk_size=chunk_size, verifier=verifier, verifier_cfg=vcfg, calibration=calibration,
+                            progress=progress)
+
+
+@dataclass(frozen=True)
+class RefRecipe:
+    """How the verifier's reference models are trained: the model's recipe, for EPOCHS epochs."""
+
+    train_cfg: TrainConfig
+    epochs: int
+
+
+def finish_model_dir(out: Path, *, model: nn.Module, model_cfg: ModelConfig, ds: Dataset, splits: Splits,
+                     meta: dict[str, Any], refs: RefRecipe, t0: float, with_cache: bool, chunk_size: int,
+                     verifier: str | None, verifier_cfg: VerifierConfig, calibration: CalibrationConfig | None,
+                     progress: bool) -> dict[str, Any]:
+    """Write MODEL's directory: weights, meta, splits, the id mapping, the gradient cache, the membership verifier
+    and the calibrated forgetting setting. Shared by `train` and `import`."""
     meta["wall_time_s"] = time.perf_counter() - t0
     save_model_dir(out, model=model, model_cfg=model_cfg, meta=meta, splits=splits)
+    write_mapping(ds, out)
     cache = build_cache(model, ds, splits.train, chunk_size=chunk_size) if with_cache else None
     if cache is not None:
         save_cache(cache, out)
     if verifier is not None:
-        inputs = BuildInputs(model=model, ds=ds, splits=splits, model_cfg=model_cfg, train_cfg=train_cfg,
-                             epochs=result.best_epoch)
-        meta["verifier"] = attach_verifier(out, inputs, verifier, vcfg, progress=progress)
+        inputs = BuildInputs(model=model, ds=ds, splits=splits, model_cfg=model_cfg, train_cfg=refs.train_cfg,
+                             epochs=refs.epochs)
+        meta["verifier"] = attach_verifier(out, inputs, verifier, verifier_cfg, progress=progress)
         if calibration is not None:
-            md = load_model_dir(out, device=dev)
+            md = load_model_dir(out, device=ds.device)
             meta["calibration"] = calibrate_model(md, ds, load_verifier(out / VERIFIER_FOLDER, with_refs=True),
                                                   cache, calibration, progress=progress)
         meta["wall_time_s"] = time.perf_counter() - t0

@@ -1,4 +1,5 @@
-"""Training with the GR loss, Adam, and early stopping on validation accuracy."""
+"""Training with the GR loss and a recipe (optimiser, schedule, weight decay, augmentation), early stopping on
+validation accuracy. The recipe is recorded in meta.json and reused by every retrain (app/ml/recipe.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from app.ml.gr import GR_GRADS, GR_NORMS, gr_fd_loss_and_grads, gr_loss_and_grad
 from app.ml.metrics import accuracy
 from app.ml.models import ModelConfig, create_model
 
-OPTIMIZERS = ("adam", "signsgd")
+OPTIMIZERS = ("adam", "sgd", "signsgd")
+SCHEDULES = ("constant", "cosine")
+AUGMENTS = ("none", "flip_crop")
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,12 @@ class TrainConfig:
     max_epochs: int = 100
     patience: int = 10  # epochs without a better validation accuracy
     seed: int = 0
-    optimizer: str = "adam"  # adam | signsgd (sign of the gradient, step lr): for the paper's Fig. 3
+    optimizer: str = "adam"  # adam | sgd | signsgd (sign of the gradient, step lr): for the paper's Fig. 3
     clip_norm: float | None = None  # clip each minibatch gradient to this global norm (Fig. 3)
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | cosine (over max_epochs)
+    augment: str = "none"  # none | flip_crop (images: horizontal flip, 4-pixel padded random crop)
 
     def __post_init__(self) -> None:
         if self.gr_norm not in GR_NORMS:
@@ -43,6 +50,14 @@ class TrainConfig:
             raise ValueError("alpha must be >= 0")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}")
+        if not (self.lr > 0 and self.batch_size > 0 and self.max_epochs > 0 and self.patience > 0):
+            raise ValueError("lr, batch_size, max_epochs and patience must be > 0")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("weight_decay must be >= 0 and momentum in [0, 1)")
 
 
 @dataclass
@@ -57,14 +72,33 @@ class TrainResult:
 
 
 def seeded_model(cfg: ModelConfig, seed: int, device: torch.device | str | None = None) -> nn.Module:
+    """A model to train: seeded, then given the init's weights when the model has one."""
     torch.manual_seed(seed)
-    return create_model(cfg, device)
+    model = create_model(cfg)
+    if cfg.init is not None:
+        from app.ml.pretrained import apply_init
+
+        apply_init(model, cfg.init, cfg.init_sha256)
+    return model if device is None else model.to(device)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen ones never reach an optimiser
     if cfg.optimizer == "signsgd":  # plain SGD applied to sign(g), set in train_epoch
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Flip half the images, then crop each from a 4-pixel zero padding at a random offset: (N, C, H, W)."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    dy, dx = torch.randint(0, 9, (2, n), generator=gen).tolist()
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
 
 
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: Dataset, ids: np.ndarray,
@@ -75,10 +109,14 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: Dataset, ids: 
     order = rng.permutation(ids)
     total = torch.zeros((), dtype=torch.float64, device=ds.device)  # read once at the end, not per step
     gates = FrozenGates(model) if cfg.alpha and cfg.gr_grad == "fd" else None  # hooked once per epoch
+    # drawn only when used: a recipe without augmentation keeps the batch order it always had
+    gen = torch.Generator().manual_seed(int(rng.integers(2**62))) if cfg.augment != "none" else None
     try:
         for start in range(0, len(order), cfg.batch_size):
             batch = order[start : start + cfg.batch_size]
             x, y = ds.features(batch), ds.labels(batch)
+            if gen is not None and x.ndim == 4:
+                x = augment(x, gen)
             if gates is not None:
                 loss, grads = gr_fd_loss_and_grads(model, x, y, alpha=cfg.alpha, norm=cfg.gr_norm,
                                                    fd_eps=cfg.fd_eps, gates=gates)
@@ -106,6 +144,7 @@ def fit(model_cfg: ModelConfig, ds: Dataset, train_ids: np.ndarray, val_ids: np.
     """
     model = seeded_model(model_cfg, cfg.seed, ds.device)
     opt = make_optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.max_epochs) if cfg.schedule == "cosine" else None
     rng = np.random.default_rng(cfg.seed)
     best_acc, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
     history: list[dict[str, float]] = []
@@ -114,6 +153,8 @@ def fit(model_cfg: ModelConfig, ds: Dataset, train_ids: np.ndarray, val_ids: np.
     for epoch in bar:
         e0 = time.perf_counter()
         loss = train_epoch(model, opt, ds, train_ids, cfg, rng)
+        if sched is not None:
+            sched.step()
         epoch_s = time.perf_counter() - e0
         val_acc = accuracy(model, ds, val_ids) if val_ids is not None else float(epoch)
         history.append({"epoch": epoch, "loss": loss, "val_acc": val_acc, "seconds": epoch_s})

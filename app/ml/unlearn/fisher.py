@@ -21,6 +21,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from app.ml.data import Dataset
+from app.ml.grads import trainable
 from app.ml.unlearn import METHODS
 from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params, seconds_since
 
@@ -59,10 +60,10 @@ def fisher(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
     chunk = max(1, min(cfg.chunk_size, int(cfg.max_chunk_floats // n_params)))
     fim = diagonal_fisher(model, task.ds, task.retain_ids, chunk)
     gen = torch.Generator().manual_seed(task.seed)
-    names = [n for n, _ in model.named_parameters()]
+    names = [n for n, _ in trainable(model)]
     last = {names[-1], names[-2]} if len(names) >= 2 else set(names)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for name, p in trainable(model):  # frozen parameters get no noise
             var = (1.0 / (fim[name] + 1e-8)).clamp(max=cfg.max_var) * cfg.alpha
             if p.ndim > 1:
                 var = var.flatten(1).mean(1).view(-1, *([1] * (p.ndim - 1))).expand_as(p).clone()

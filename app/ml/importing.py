@@ -1,0 +1,96 @@
+"""`unlearnd import`: a model trained elsewhere (without GR) becomes a model directory unlearnd can serve.
+
+Its training ids are the data's training rows (every one: the weights saw them all); validation, shadow and
+test samples come from the held-out rows (app.ml.data.member_splits). unlearnd then measures its held-out
+accuracy and adds what serving needs: the gradient cache, the membership verifier (references trained with the
+recipe, from the init when there is one) and the calibrated forgetting setting. Exact deletions retrain with the
+recipe given here, else with unlearnd's default one, which meta.json and the start banner then say.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.errors import ConfigError
+from app.ml.calibrate import CalibrationConfig
+from app.ml.checkpoint import check_finite
+from app.ml.data import Dataset, SplitConfig, member_splits
+from app.ml.datasets import load_dataset
+from app.ml.device import resolve
+from app.ml.metrics import accuracy
+from app.ml.models import create_model
+from app.ml.pipeline import RefRecipe, Start, data_fields, finish_model_dir, prepare_start
+from app.ml.pretrained import file_sha256, frozen_state, load_strict, read_weights
+from app.ml.provenance import provenance
+from app.ml.train import TrainConfig, make_optimizer, seeded_model, train_epoch
+from app.ml.verify.base import VerifierConfig
+
+TIMING_BATCHES = 8  # batches timed to price one epoch of the recipe
+
+
+def import_to_dir(*, weights: Path, arch: str, dataset: str, data_path: Path | None, out: Path,
+                  train_cfg: TrainConfig, start: Start, data_dir: Path | None = None,
+                  data_options: dict[str, Any] | None = None, verifier: str | None = "lira",
+                  verifier_cfg: VerifierConfig | None = None, calibration: CalibrationConfig | None = None,
+                  chunk_size: int = 1024, progress: bool = True, device: str = "cpu") -> dict[str, Any]:
+    t0 = time.perf_counter()
+    state = read_weights(weights)  # a bad file fails before the data is read
+    dev = resolve(device)
+    ds = load_dataset(dataset, path=data_path, data_dir=data_dir, device=dev, options=data_options)
+    splits = member_splits(ds, SplitConfig(seed=train_cfg.seed))
+    if not len(splits.train) or not len(splits.test):
+        raise ConfigError(f"import needs training rows and held-out rows; the data gives {len(splits.train)} and "
+                          f"{len(splits.test) + len(splits.val) + len(splits.shadow)}")
+    model_cfg, start_fields = prepare_start(out, arch, ds, start)
+    model = create_model(model_cfg)
+    load_strict(model, state, str(weights))
+    check_finite(model)
+    if model_cfg.init is not None and model_cfg.freeze:
+        _check_frozen_match(model, seeded_model(model_cfg, train_cfg.seed), model_cfg.freeze, weights)
+    model = model.to(dev).eval()
+    per_epoch = _epoch_seconds(model_cfg, ds, splits.train, train_cfg)
+    meta: dict[str, Any] = {
+        **data_fields(ds, dataset, data_path, data_options or {}), **start_fields,
+        "imported": {"weights": str(weights), "sha256": file_sha256(weights)},
+        "alpha": 0.0, "gr_norm": train_cfg.gr_norm, "seed": train_cfg.seed, "train_config": asdict(train_cfg),
+        "split_config": {**asdict(SplitConfig(seed=train_cfg.seed)), "members": "every training row"},
+        # what a retrain costs, priced by timing the recipe: the weights' own training time is unknown
+        "epochs": train_cfg.max_epochs, "best_epoch": train_cfg.max_epochs, "seconds_per_epoch": per_epoch,
+        "seconds_per_epoch_estimated": True,
+        "train_acc": accuracy(model, ds, splits.train), "val_acc": accuracy(model, ds, splits.val),
+        "test_acc": accuracy(model, ds, splits.test), "n_train": len(splits.train),
+        **provenance(dev, ds.placement),
+    }
+    return finish_model_dir(out, model=model, model_cfg=model_cfg, ds=ds, splits=splits, meta=meta,
+                            refs=RefRecipe(train_cfg, train_cfg.max_epochs), t0=t0, with_cache=True,
+                            chunk_size=chunk_size, verifier=verifier,
+                            verifier_cfg=verifier_cfg or VerifierConfig(seed=train_cfg.seed),
+                            calibration=calibration, progress=progress)
+
+
+def _check_frozen_match(model: torch.nn.Module, init: torch.nn.Module, prefixes: tuple[str, ...],
+                        weights: Path) -> None:
+    """The exact path re-fine-tunes from the init with these prefixes frozen, so the weights must hold the init's
+    values there; otherwise a re-fine-tune could never give back the model that was served."""
+    mine, theirs = frozen_state(model, prefixes), frozen_state(init, prefixes)
+    moved = [k for k in mine if not torch.equal(mine[k], theirs[k].to(mine[k].dtype))]
+    if moved:
+        raise ConfigError(f"{weights}: frozen parameters differ from --init ({moved[:3]}, {len(moved)} in all): "
+                          "they were trained, so --freeze does not describe how these weights were made")
+
+
+def _epoch_seconds(model_cfg: Any, ds: Dataset, train_ids: np.ndarray, cfg: TrainConfig) -> float:
+    """One epoch of the recipe, priced from a few timed batches on a throwaway model."""
+    n = min(len(train_ids), TIMING_BATCHES * cfg.batch_size)
+    model = seeded_model(model_cfg, cfg.seed, ds.device)
+    opt = make_optimizer(model, cfg)
+    rng = np.random.default_rng(cfg.seed)
+    t0 = time.perf_counter()
+    train_epoch(model, opt, ds, train_ids[:n], cfg, rng)
+    return (time.perf_counter() - t0) * len(train_ids) / max(n, 1)
