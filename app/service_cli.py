@@ -77,7 +77,8 @@ def serve(ns: argparse.Namespace, settings: Settings) -> int:
 
     from app.core.embedded_redis import EmbeddedRedis
     from app.ml.device import resolve
-    from app.service.bootstrap import publish_initial, refuse_used_home
+    from app.ml.recipe import recipe_note
+    from app.service.bootstrap import publish_initial, refuse_used_home, served_meta
 
     _logging()
     resolve(settings.device)  # a GPU asked for and absent stops here, before anything starts
@@ -103,7 +104,9 @@ def serve(ns: argparse.Namespace, settings: Settings) -> int:
         children.start()
         os.environ[SERVE_PID_ENV] = str(os.getpid())
         url = f"http://{ns.host}:{ns.port}"
+        note = recipe_note(served_meta(settings, conn))
         print(f"\nunlearnd serving version {version} at {url}  (docs: {url}/docs)\n"
+              + (f"note: {note}\n" if note else "") +
               f"admin API key: {admin}\nstate: {settings.home}  ledger: {settings.db_url.split('@')[-1]}  "
               f"redis: {settings.redis_url}\nCtrl-C stops.\n", flush=True)
         uvicorn.run("app.api.main:create_app", factory=True, host=ns.host, port=ns.port, workers=ns.workers,

@@ -12,6 +12,7 @@ Also: re-queue batches whose worker died (lease expired), and re-send lost notif
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -29,7 +30,7 @@ from app.ml.device import resolve
 from app.ml.gradcache import build_cache, cache_matches, load_cache, save_cache
 from app.service.ledger_conn import LedgerConn
 from app.service.queue import notify
-from app.service.store import open_store, purge, store_on
+from app.service.store import erase_source, open_store, purge, store_on
 from app.service.versions import load_version, version_dir
 from worker.derived import drop_statistics
 
@@ -44,6 +45,10 @@ def purge_forgotten(settings: Settings, conn: LedgerConn) -> None:
     if head is None or not gone:
         return
     purge(open_store(settings.store_dir, writable=True), gone)
+    erased = erase_source(settings.store_dir, json.loads((version_dir(settings.home, head) / "meta.json").read_text()),
+                          gone)
+    if erased:
+        log.info("erased %d forgotten samples in the source data too", erased)
     drop_statistics(settings, np.asarray(gone, dtype=np.int64))  # the references: rebuild_derived, outside jobs
     if not truncate_wal(conn.engine):
         log.info("the ledger's WAL is still read; its pre-erasure pages go at the next sweep")

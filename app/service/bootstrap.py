@@ -23,7 +23,7 @@ from app.db.session import transaction, utcnow
 from app.errors import StateError
 from app.ml.calibrate import CalibrationConfig
 from app.ml.checkpoint import ModelDir, dataset_for, load_model_dir, train_config_from_meta
-from app.ml.data import SplitConfig, Splits
+from app.ml.data import Dataset, SplitConfig, Splits
 from app.ml.device import resolve
 from app.ml.gradcache import build_cache, cache_matches, load_cache, save_cache
 from app.ml.metrics import accuracy
@@ -57,10 +57,14 @@ def train_default(settings: Settings, out: Path, *, progress: bool = True) -> Pa
     return out
 
 
-def _subjects(settings: Settings, md: ModelDir | None, default_model: bool) -> dict[int, str]:
+def _subjects(settings: Settings, md: ModelDir | None, default_model: bool,
+              ds: Dataset | None = None) -> dict[int, str]:
+    """Whose each sample is: UNLEARND_SUBJECTS_FILE, else the data's own subject column or samples.csv."""
     if settings.subjects_file is not None:
         raw = json.loads(settings.subjects_file.read_text())
         return {int(k): str(v) for k, v in raw.items()}
+    if ds is not None and ds.subjects is not None:
+        return {int(i): str(ds.subjects[i]) for i in np.flatnonzero((ds.subjects != "") & (ds.y >= 0))}
     if default_model and md is not None:  # digits has no people in it: groups of samples stand in for subjects
         return {int(i): f"subject-{k // DEMO_SUBJECT_GROUP:04d}" for k, i in enumerate(np.sort(md.splits.train))}
     return {}
@@ -104,7 +108,7 @@ def publish_initial(settings: Settings, conn: LedgerConn, *, model_dir: Path | N
     with transaction(conn.write) as s:
         if ledger.head(s) is not None:  # another process published first
             return ledger.head(s).id  # type: ignore[union-attr]
-        subjects = _subjects(settings, md, default_model)
+        subjects = _subjects(settings, md, default_model, ds)
         ledger.add_samples(s, ids=train_ids.tolist(), subjects=subjects)
         for split in OTHER_SPLITS:
             ledger.add_samples(s, ids=np.sort(getattr(md.splits, split)).tolist(), subjects=subjects, split=split)
@@ -118,6 +122,15 @@ def publish_initial(settings: Settings, conn: LedgerConn, *, model_dir: Path | N
 
 
 OTHER_SPLITS = ("val", "test", "shadow")
+
+
+def served_meta(settings: Settings, conn: LedgerConn) -> dict[str, Any]:
+    """meta.json of the version the ledger serves."""
+    with transaction(conn.read) as s:
+        head = ledger.head(s)
+    if head is None:
+        return {}
+    return json.loads((version_dir(settings.home, head) / "meta.json").read_text())  # type: ignore[no-any-return]
 
 
 def refuse_used_home(settings: Settings) -> None:

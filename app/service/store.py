@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,14 +19,22 @@ from app.errors import DataError
 from app.ml.data import Dataset
 from app.ml.fsutil import atomic_replace, atomic_write_text
 
+COPY_ROWS = 4096  # rows copied at a time: a dataset larger than memory (image files, a table) never is in it
+
 
 def create_store(folder: Path, ds: Dataset) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for name, arr in (("x.npy", np.ascontiguousarray(ds.x)), ("y.npy", ds.y)):
-        with atomic_replace(folder / name) as tmp, tmp.open("wb") as f:  # a path would get ".npy" appended
-            np.save(f, arr)
+    with atomic_replace(folder / "x.npy") as tmp:
+        x = np.lib.format.open_memmap(tmp, mode="w+", dtype=ds.x.dtype, shape=tuple(ds.x.shape))
+        for start in range(0, len(ds), COPY_ROWS):
+            x[start:start + COPY_ROWS] = ds.x[start:start + COPY_ROWS]
+        x.flush()
+        del x
+    with atomic_replace(folder / "y.npy") as tmp, tmp.open("wb") as f:  # a path would get ".npy" appended
+        np.save(f, ds.y)
     meta = {"name": ds.name, "num_classes": ds.num_classes, "n_pool": ds.n_pool, "class_names": list(ds.names),
-            "mean": None if ds.mean is None else ds.mean.tolist(), "std": None if ds.std is None else ds.std.tolist()}
+            "mean": None if ds.mean is None else ds.mean.tolist(), "std": None if ds.std is None else ds.std.tolist(),
+            "feature_names": list(ds.feature_names) if ds.feature_names else None}
     atomic_write_text(folder / "store.json", json.dumps(meta))
 
 
@@ -37,8 +46,10 @@ def open_store(folder: Path, *, writable: bool = False) -> Dataset:
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"no data store in {folder}: {e}") from e
     names = meta.get("class_names")
+    features = meta.get("feature_names")
     ds = Dataset(name=meta["name"], x=x, y=y, num_classes=meta["num_classes"], n_pool=meta["n_pool"],
-                 mean=_floats(meta["mean"]), std=_floats(meta["std"]), class_names=tuple(names) if names else None)
+                 mean=_floats(meta["mean"]), std=_floats(meta["std"]), class_names=tuple(names) if names else None,
+                 feature_names=tuple(features) if features else None)
     if writable:
         ds.y = y  # the memory map itself (Dataset keeps a copy otherwise), so that purge writes the file
     return ds
@@ -104,3 +115,27 @@ def raw_to_features(ds: Dataset, rows: np.ndarray) -> torch.Tensor:
     tmp = Dataset(name=ds.name, x=x, y=np.zeros(len(x), dtype=np.int64), num_classes=ds.num_classes,
                   n_pool=len(x), mean=ds.mean, std=ds.std)
     return tmp.features(np.arange(len(x)))
+
+
+SOURCE_ERASED = "source_erased.npy"
+
+
+def erase_source(folder: Path, meta: dict[str, Any], ids: Sequence[int]) -> int:
+    """Erase IDS in the data the model was made from too, when its format can (image files, table rows); each id
+    once (FOLDER/source_erased.npy remembers which). Returns the samples erased now."""
+    from app.ml.datasets import DATASETS
+
+    name, path = meta.get("dataset"), meta.get("data_path")
+    if name not in DATASETS or DATASETS.get(name).erase is None or not path:
+        return 0
+    done_file = folder / SOURCE_ERASED
+    done = np.load(done_file) if done_file.is_file() else np.empty(0, np.int64)
+    todo = np.setdiff1d(np.asarray(ids, dtype=np.int64), done)
+    if not len(todo):
+        return 0
+    erase = DATASETS.get(name).erase
+    assert erase is not None
+    n = erase(Path(path), todo)
+    with atomic_replace(done_file) as tmp, tmp.open("wb") as f:
+        np.save(f, np.union1d(done, todo))
+    return n

@@ -31,6 +31,7 @@ def _register_builtin() -> None:
         ablation,
         alpha_rho,
         epochs,
+        finetune,
         forgetting,
         grad_norms,
         speed,

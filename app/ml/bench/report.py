@@ -61,3 +61,15 @@ def write_results(out: Path, *, suite: str, command: str, config: dict[str, Any]
               f"device {p['machine']['device']}._\n")
     atomic_write_text(out / "results.md", header + markdown + footer)
     return doc
+
+
+def summary_rows(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
+    """One entry per method (first-seen order): each key's mean and `KEY_std` over the method's rows."""
+    out = []
+    for name in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == name]
+        e: dict[str, Any] = {"method": name, "n_seeds": len(mine)}
+        for k in keys:
+            e[k], e[f"{k}_std"] = mean_std([float("nan") if r[k] is None else float(r[k]) for r in mine])
+        out.append(e)
+    return out
