@@ -231,6 +231,13 @@ def _bounded(kind: type[int] | type[float], ok: Callable[[float], bool], what: s
     return parse
 
 
+def data_path(text: str) -> Path:
+    """--data of a command whose model already names its format: `FORMAT:PATH` or `PATH`."""
+    from app.ml.datasets import parse_data
+
+    return parse_data(text)[1]
+
+
 def _model_flags(p: argparse.ArgumentParser, datasets: list[str], models: list[str]) -> None:
     """The flags train and import share: model, data, start, recipe, verifier, output."""
     p.add_argument("--model", "--arch", dest="arch", required=True, metavar="SPEC",
@@ -308,7 +315,8 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--no-correction", action="store_true", help="IA only: no descent on the retained data")
     u.add_argument("--no-cache", action="store_true", help="ignore the gradient cache (slow path)")
     u.add_argument("--refresh-cache", action="store_true", help="write a gradient cache for the new model")
-    u.add_argument("--data", type=Path)
+    u.add_argument("--data", type=data_path, metavar="[FORMAT:]PATH",
+                   help="where the model's data is now (default: the path in its meta.json)")
     u.add_argument("--out", type=Path, required=True, help="the model directory to write the new model to")
     u.add_argument("--device", help=DEVICE_HELP)
     u.set_defaults(func=_unlearn)
@@ -317,14 +325,16 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--model", type=Path, required=True, help="a model directory with a verifier")
     v.add_argument("--ids", type=Path, required=True, help="file with one training sample id per line")
     v.add_argument("--against", type=Path, help="a model retrained without the ids: adds UE_lira")
-    v.add_argument("--data", type=Path)
+    v.add_argument("--data", type=data_path, metavar="[FORMAT:]PATH",
+                   help="where the model's data is now (default: the path in its meta.json)")
     v.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     v.add_argument("--device", help=DEVICE_HELP)
     v.set_defaults(func=_verify)
 
     c = sub.add_parser("cache", help="(re)build a model's gradient cache for the fast path")
     c.add_argument("--model", type=Path, required=True, help="the model directory")
-    c.add_argument("--data", type=Path)
+    c.add_argument("--data", type=data_path, metavar="[FORMAT:]PATH",
+                   help="where the model's data is now (default: the path in its meta.json)")
     c.add_argument("--device", help=DEVICE_HELP)
     c.set_defaults(func=_cache)
 

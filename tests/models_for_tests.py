@@ -10,6 +10,12 @@ def small_cnn(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
                          nn.Linear(8 * 4, num_classes))
 
 
+def small_cnn_bn(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """With batch norm: its running statistics are frozen with its parameters."""
+    return nn.Sequential(nn.Conv2d(input_shape[0], 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(8 * 4, num_classes))
+
+
 def raises(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     raise RuntimeError("no GPU kernels for this layer")
 

@@ -24,7 +24,7 @@ from app.ml.data import Dataset, SplitConfig, member_splits
 from app.ml.datasets import load_dataset
 from app.ml.device import resolve
 from app.ml.metrics import accuracy
-from app.ml.models import create_model
+from app.ml.models import ModelConfig, create_model
 from app.ml.pipeline import RefRecipe, Start, data_fields, finish_model_dir, prepare_start
 from app.ml.pretrained import file_sha256, frozen_state, load_strict, read_weights
 from app.ml.provenance import provenance
@@ -47,12 +47,15 @@ def import_to_dir(*, weights: Path, arch: str, dataset: str, data_path: Path | N
     if not len(splits.train) or not len(splits.test):
         raise ConfigError(f"import needs training rows and held-out rows; the data gives {len(splits.train)} and "
                           f"{len(splits.test) + len(splits.val) + len(splits.shadow)}")
-    model_cfg, start_fields = prepare_start(out, arch, ds, start)
-    model = create_model(model_cfg)
+    bare = ModelConfig(arch=arch, in_shape=ds.in_shape, num_classes=ds.num_classes, freeze=start.freeze)
+    model = create_model(bare)
     load_strict(model, state, str(weights))
     check_finite(model)
-    if model_cfg.init is not None and model_cfg.freeze:
-        _check_frozen_match(model, seeded_model(model_cfg, train_cfg.seed), model_cfg.freeze, weights)
+    if start.init is not None and start.freeze:  # checked before anything is written
+        init = create_model(bare)
+        load_strict(init, read_weights(start.init), str(start.init))
+        _check_frozen_match(model, init, start.freeze, weights)
+    model_cfg, start_fields = prepare_start(out, arch, ds, start)
     model = model.to(dev).eval()
     per_epoch = _epoch_seconds(model_cfg, ds, splits.train, train_cfg)
     meta: dict[str, Any] = {
