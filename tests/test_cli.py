@@ -93,7 +93,8 @@ def test_unlearned_model_can_be_unlearned_again(trained: Path, tmp_path: Path) -
 
 @pytest.mark.parametrize(("args", "message"), [
     (["train", "--dataset", "digits", "--arch", "alexnet", "--alpha", "0"], "valid: lenet5, mlp, resnet18, vgg19"),
-    (["train", "--dataset", "mnist", "--arch", "lenet5", "--alpha", "0"], "valid: cifar10, cifar100, csv, digits, imagefolder"),
+    (["train", "--dataset", "mnist", "--arch", "lenet5", "--alpha", "0"],
+     "valid: cifar10, cifar100, csv, digits, imagefolder"),
 ])
 def test_unknown_names_list_the_valid_ones(tmp_path: Path, args: list[str], message: str) -> None:
     proc = cli(*args, "--out", tmp_path / "x", check=False)
