@@ -63,5 +63,5 @@ def test_retrain_never_sees_the_forget_set(ctx: SeedContext) -> None:
 
 def test_unknown_method_lists_valid_ones(ctx: SeedContext) -> None:
     with pytest.raises(UnknownNameError) as e:
-        run_method("scrub", ctx.task(0.0), {})
+        run_method("nope", ctx.task(0.0), {})
     assert e.value.valid == METHODS.names() and "bad_teaching" in str(e.value)

@@ -71,14 +71,21 @@ def test_sweep_default_respects_the_accuracy_bound() -> None:
 
 
 def test_forgetting_suite_rows_frontier_and_chain(tmp_path: Path) -> None:
-    from app.ml.bench.forgetting import CALIBRATED, CONFIGS, FAST, label, run
+    from app.ml.bench.forgetting import CALIBRATED, CONFIGS, FAST, PEER_METHODS, label, run
     from app.ml.calibrate import CANDIDATES
 
     quick = next(c for c in CONFIGS if c.name == "forgetting-quick")
     doc = run(quick, out=tmp_path, seeds=None, data_dir=None, data_path=None)
     names = [r["method"] for r in doc["rows"]]
-    assert names == ["θ*", "retrain", *(f[0] for f in FAST), *(label(c.to_dict()) for c in CANDIDATES), CALIBRATED]
+    peers = names[2 + len(FAST) + len(CANDIDATES):-1]
+    assert names[:2 + len(FAST) + len(CANDIDATES)] == ["θ*", "retrain", *(f[0] for f in FAST),
+                                                        *(label(c.to_dict()) for c in CANDIDATES)]
+    assert names[-1] == CALIBRATED and len(peers) == 2 * len(PEER_METHODS)
+    for p in PEER_METHODS:  # each at its authors' defaults and tuned by calibration's rule
+        assert f"{p} (paper defaults)" in peers and any(n.startswith(f"{p} (tuned") for n in peers)
     rows = {r["method"]: r for r in doc["rows"]}
+    assert rows["retrain"]["salun_gap"] == 0 and all(r["salun_gap"] >= 0 for r in rows.values())
+    assert 0 <= rows["θ*"]["mia_efficacy"] <= 100
     gap = rows["retrain"]["gap_closed"]
     assert rows["retrain"]["MU"] == 0 and (gap == pytest.approx(1.0) or gap != gap)  # NaN: θ* shows no gap at all
     assert rows["θ*"]["time_s"] is None and rows["iau (paper: one step)"]["speedup"] > 1
@@ -94,3 +101,33 @@ def test_forgetting_suite_rows_frontier_and_chain(tmp_path: Path) -> None:
     md = (tmp_path / "results.md").read_text()
     assert "| calibrated (policy) |" in md and "Chained deletions" in md and "speed-up" in md
     assert (tmp_path / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_finetune_suite_rows_and_frozen_backbone(tmp_path: Path) -> None:
+    from app.ml.bench.finetune import FinetuneConfig, run
+
+    cfg = FinetuneConfig("finetune-quick", dataset="digits", seeds=1, max_epochs=3, verify_refs=2, limit=400)
+    doc = run(cfg, out=tmp_path, seeds=None, data_dir=None, data_path=None)
+    rows = {r["method"]: r for r in doc["rows"]}
+    assert set(rows) == {"θ* (fine-tuned)", "calibrated policy", "exact re-fine-tune (same init)",
+                         "retrain from scratch (all layers)"}
+    assert rows["exact re-fine-tune (same init)"]["MU"] == 0
+    assert all(rows[n]["frozen_identical"] for n in rows if "scratch" not in n)  # the backbone never moved
+    assert set(doc["per_seed"][0]["speedups"]) == {"scratch / re-fine-tune", "re-fine-tune / policy",
+                                                   "scratch / policy"}
+    assert (tmp_path / "finetune.png").read_bytes()[:4] == b"\x89PNG" and "speed-ups" in \
+        (tmp_path / "results.md").read_text().lower()
+
+
+def test_small_deletions_suite_steps_pvalues_and_retrain(tmp_path: Path) -> None:
+    from app.ml.bench.small_deletions import SmallConfig, run
+
+    cfg = SmallConfig("forgetting-small-quick", dataset="digits", n_train=300, epochs=30, refs=2, steps=3, seeds=1)
+    doc = run(cfg, out=tmp_path, seeds=None, data_dir=None, data_path=None)
+    steps = doc["per_seed"][0]["steps"]
+    assert len(steps) == 3 and all(len(s["ids"]) == 10 for s in steps)
+    assert len({i for s in steps for i in s["ids"]}) == 30  # chained: never the same id twice
+    for s in steps:
+        for who in ("before", "policy", "retrain"):
+            assert len(s[who]["p_values"]) == 10 and 0 <= s[who]["flagged"] <= 100
+    assert "| step |" in (tmp_path / "results.md").read_text()

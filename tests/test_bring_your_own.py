@@ -305,3 +305,32 @@ def test_every_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, capsys: 
     err = capsys.readouterr().err.strip()
     assert code == 2 and "frozen parameters differ from --init" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "imp-out").exists()
+
+
+def test_a_table_model_answers_rows_by_column_name(tmp_path: Path, redis_url: str) -> None:
+    from app.service.live import LiveService
+    from tests.service_harness import db_url_for
+
+    frame = make_table(tmp_path / "people.csv")
+    out = tmp_path / "model"
+    assert run("train", "--model", "mlp", "--data", f"csv:{tmp_path / 'people.csv'}", "--out", out, *FAST) == 0
+    home = tmp_path / "svc"
+    svc = LiveService(home, out, db_url=db_url_for("sqlite", home), redis_url=redis_url, UNLEARND_THREADS=1)
+    try:
+        svc.start_api()
+        with svc.client() as c:
+            sid = int(frame.sample_id[0])
+            by_id = c.get("/predict", params={"sample_id": sid}).json()["predictions"][0]
+            row = {"weight": float(frame.weight[0]), "height": float(frame.height[0])}  # any order
+            named = c.post("/predict", json={"instances": [row]})
+            assert named.status_code == 200, named.text
+            listed = c.post("/predict", json={"instances": [[row["height"], row["weight"]]]}).json()
+            for got in (named.json()["predictions"][0], listed["predictions"][0]):
+                assert got["label"] == by_id["label"] and got["class_name"] == by_id["class_name"] in ("cat", "dog",
+                                                                                                       "eel")
+                assert np.allclose(got["probabilities"], by_id["probabilities"], atol=1e-6)
+            bad = c.post("/predict", json={"instances": [{"height": 1.0, "age": 3}]})
+            assert bad.status_code == 422 and "missing ['weight']" in bad.json()["detail"] and "age" in \
+                bad.json()["detail"]
+    finally:
+        svc.stop()

@@ -86,9 +86,9 @@ class RequestStatus(BaseModel):
 
 class PredictBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    instances: list[list[float]] | list[str] = Field(
-        description="feature rows, or flattened images, in the data's own scale and layout; or base64-encoded PNG "
-                    "or JPEG images")
+    instances: list[list[float]] | list[str] | list[dict[str, float]] = Field(
+        description="feature rows, or flattened images, in the data's own scale and layout; a table's rows as "
+                    "objects keyed by column name; or base64-encoded PNG or JPEG images")
 
 
 class Prediction(BaseModel):

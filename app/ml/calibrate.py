@@ -48,6 +48,22 @@ CANDIDATES = (  # docs/forgetting.md: how this grid was narrowed on CIFAR-10 LeN
 )
 
 
+def _peer_grid(method: str, lr: float, length: dict[str, int], short: dict[str, int]) -> tuple[Setting, ...]:
+    """A peer's search budget, the same size as out_match's six: its step size at a third, one and three
+    times its authors' default, each at its authors' length and at one epoch."""
+    return tuple(Setting(method, {"lr": round(lr * f, 6), **n}) for f in (1 / 3, 1.0, 3.0) for n in (length, short))
+
+
+# The field's methods (issue 25), tuned by the same rule on the same sets, within the same budgets: a peer that
+# wins is chosen (docs/forgetting.md says who does).
+PEERS = (
+    *_peer_grid("scrub", 5e-4, {"epochs": 3, "max_steps": 2}, {"epochs": 1, "max_steps": 1}),
+    *_peer_grid("salun", 0.013, {"epochs": 10}, {"epochs": 1}),
+    *_peer_grid("l1_sparse", 0.01, {"epochs": 10}, {"epochs": 1}),
+    *_peer_grid("neggrad_plus", 0.01, {"epochs": 5}, {"epochs": 1}),
+)
+
+
 @dataclass(frozen=True)
 class CalibrationConfig:
     max_accuracy_drop: float = 0.01  # held-out accuracy, absolute (0.01 = 1 point)
@@ -63,7 +79,7 @@ def _size(n_train: int, s: float) -> int:
 
 
 def calibrate(base: UnlearnTask, hold: np.ndarray, train_seconds: float, cfg: CalibrationConfig,
-              candidates: tuple[Setting, ...] = CANDIDATES, progress: bool = False) -> dict[str, Any]:
+              candidates: tuple[Setting, ...] = CANDIDATES + PEERS, progress: bool = False) -> dict[str, Any]:
     """BASE: θ* with its training ids, verifier and (optional) gradient cache; forget_ids is ignored."""
     t0 = time.perf_counter()
     if base.verifier is None:
@@ -81,11 +97,13 @@ def calibrate(base: UnlearnTask, hold: np.ndarray, train_seconds: float, cfg: Ca
     large = [i for i, n in enumerate(sizes) if i not in small]
     trials, summary = [], []
     for s in candidates:
-        rows = [_trial(base, s, f, b, hold, acc0) for f, b in zip(sets, before, strict=True)]
+        rows = []
+        for f, b in zip(sets, before, strict=True):
+            rows.append(_trial(base, s, f, b, hold, acc0))
+            if rows[-1]["time_s"] > budget["max_time_s"]:  # too slow at any size: the other sizes cannot save it
+                break
         trials += rows
-        summary.append({"setting": s.to_dict(),
-                        "large": _judge([rows[i] for i in large], budget, need) if large else None,
-                        "small": _judge([rows[i] for i in small], budget, need) if small else None})
+        summary.append({"setting": s.to_dict(), **_regimes(rows, large, small, budget, need)})
         if progress:
             print(f"  calibrate {s.method} {s.params}: " + "; ".join(
                 f"{k}: {v['why'] or 'ok'} (score {v['score']})" for k in ("large", "small")
@@ -105,6 +123,16 @@ def calibrate(base: UnlearnTask, hold: np.ndarray, train_seconds: float, cfg: Ca
             "small_sizes": [sizes[i] for i in small], "large_sizes": [sizes[i] for i in large],
             "candidates": summary, "trials": trials, "chains": chains, "verifier": base.verifier.name,
             "config": asdict(cfg), "seed": cfg.seed, "seconds": time.perf_counter() - t0}
+
+
+def _regimes(rows: list[dict[str, Any]], large: list[int], small: list[int], budget: dict[str, Any],
+             need: int | None) -> dict[str, Any]:
+    if len(rows) < len(large) + len(small):  # stopped early: over the time budget
+        slow = {"qualifies": False, "why": f"{rows[-1]['time_s']:.2f} s, over the time budget", "score": None,
+                "max_acc_drop": max(r["acc_drop"] for r in rows), "time_s": rows[-1]["time_s"]}
+        return {"large": slow if large else None, "small": slow if small else None}
+    return {"large": _judge([rows[i] for i in large], budget, need) if large else None,
+            "small": _judge([rows[i] for i in small], budget, need) if small else None}
 
 
 def _ordered(summary: list[dict[str, Any]], regime: str, rank_by: str) -> list[dict[str, Any]]:

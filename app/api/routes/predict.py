@@ -118,6 +118,8 @@ def instances(state: AppState, raw: bytes, content_type: str | None) -> np.ndarr
         if len(data["instances"]) > state.settings.max_predict_instances:
             raise InvalidRequest(f"at most {state.settings.max_predict_instances} instances per request")
         return image_rows(state.store, base64_images(data["instances"]), max_pixels=limit)
+    if data["instances"] and all(isinstance(i, dict) for i in data["instances"]):
+        return named_rows(state.store.feature_names, data["instances"])
     try:
         rows = np.asarray(data["instances"])
     except ValueError:
@@ -125,6 +127,23 @@ def instances(state: AppState, raw: bytes, content_type: str | None) -> np.ndarr
     if rows.ndim != 2 or rows.dtype.kind not in "iuf" or not rows.size:
         raise InvalidRequest("instances must be a non-empty list of equally long lists of numbers")
     return rows.astype(np.float64)
+
+
+def named_rows(names: tuple[str, ...] | None, items: list[dict[str, object]]) -> np.ndarray:
+    """Objects keyed by the table's column names → rows in the order the model reads them."""
+    if not names:
+        raise InvalidRequest("this model's data has no named features: send each instance as a list of numbers")
+    rows = []
+    for k, item in enumerate(items):
+        missing, unknown = [n for n in names if n not in item], sorted(set(item) - set(names))
+        if missing or unknown:
+            said = [f"missing {missing[:5]}" if missing else "", f"unknown {unknown[:5]}" if unknown else ""]
+            raise InvalidRequest(f"instance {k}: {'; '.join(p for p in said if p)} (features: {list(names)[:20]})")
+        values = [item[n] for n in names]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            raise InvalidRequest(f"instance {k}: every feature value must be a number")
+        rows.append(values)
+    return np.asarray(rows, dtype=np.float64)
 
 
 def is_json(content_type: str | None) -> bool:
@@ -147,7 +166,8 @@ def answer_batch(state: AppState, *, authorization: str | None, x_api_key: str |
 @router.post("/predict", response_model=PredictResponse, responses=responses(400, 401, 403, 413, 415, 422, 503),
              summary="Predict a batch of inputs, or one image",
              description="JSON `{\"instances\": [[…], …]}` (feature rows or flattened images in the data's own "
-                         "scale) or `{\"instances\": [\"<base64 PNG/JPEG>\", …]}`, or one PNG or JPEG image as "
+                         "scale), `{\"instances\": [{\"height\": 1.8, …}, …]}` (a table's rows by column name, in "
+                         "any order) or `{\"instances\": [\"<base64 PNG/JPEG>\", …]}`, or one PNG or JPEG image as "
                          "the body. Images are converted to the model's channels and resized to its input size. "
                          "Limits: UNLEARND_MAX_BODY_BYTES (1 MiB) per body (413), UNLEARND_MAX_IMAGE_PIXELS "
                          "(4,194,304) per image and UNLEARND_MAX_PREDICT_INSTANCES (256) per request (422); a "

@@ -34,6 +34,7 @@ def _register_builtin() -> None:
         finetune,
         forgetting,
         grad_norms,
+        small_deletions,
         speed,
         sweep,
         table,

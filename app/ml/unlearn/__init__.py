@@ -22,8 +22,12 @@ def _register_builtin() -> None:
         fisher,
         gradient_ascent,
         iau,
+        l1_sparse,
+        neggrad_plus,
         out_match,
         retrain,
+        salun,
+        scrub,
         unrolling,
     )
 

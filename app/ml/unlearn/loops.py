@@ -23,7 +23,7 @@ def run_epochs(model: nn.Module, ds: Dataset, ids: np.ndarray, *, epochs: int, l
                labels: Callable[[np.ndarray], torch.Tensor] | None = None) -> None:
     """Adam on LOSS_FN over IDS in a seeded order; LABELS may replace the true labels."""
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam(trainable_params(model), lr=lr)
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
         order = rng.permutation(ids)
@@ -35,3 +35,19 @@ def run_epochs(model: nn.Module, ds: Dataset, ids: np.ndarray, *, epochs: int, l
             loss.backward()
             opt.step()
     model.eval()
+
+
+def trainable_params(model: nn.Module) -> list[nn.Parameter]:
+    """What an unlearning optimiser may move: never a frozen parameter (`--freeze`)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def sgd(model: nn.Module, *, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """The peers' optimiser (SCRUB, SalUn, ℓ1-sparse, NegGrad+ all use SGD with momentum and weight decay)."""
+    return torch.optim.SGD(trainable_params(model), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def batches(ids: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """IDS in a seeded random order, cut into minibatches."""
+    order = rng.permutation(ids)
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from app.errors import ConfigError
 from app.ml.unlearn import METHODS
 from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params, seconds_since
+from app.ml.unlearn.loops import trainable_params
 from app.ml.verify.base import phi_from_logits, true_class_logit
 
 CALIB_SAMPLE = 1000
@@ -87,7 +88,7 @@ def out_match(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
     t0 = time.perf_counter()
     target = targets(task, cfg.target)
     forget, retain = np.asarray(task.forget_ids), task.retain_ids
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(trainable_params(model), lr=cfg.lr)
     ramp = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / (cfg.warmup + 1)))
     rng = np.random.default_rng(task.seed)
     model.train()

@@ -1,0 +1,158 @@
+"""Suite `forgetting-small` (issue 25): does a 10-id deletion on a model that memorises actually forget?
+
+The verifier suite's memorising model (an MLP trained 60 epochs without early stopping on 5,000 CIFAR-10
+images; LiRA with 4 references flags single members there), calibrated as at publication (every candidate,
+the peers included). Then 20 chained deletions of 10 ids each through the policy, and beside each step a
+retrain from scratch without every id deleted so far. Per step: the batch's per-sample p-values under the
+policy's model and under the retrain, the share flagged at the verifier's primary FPR, and held-out accuracy.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.ml.bench import SUITES, Suite
+from app.ml.bench.report import fmt_pm, write_results
+from app.ml.calibrate import CalibrationConfig, calibrate
+from app.ml.data import Dataset, SplitConfig, Splits, make_splits
+from app.ml.datasets import load_dataset
+from app.ml.device import resolve
+from app.ml.forgetting import PolicyOptions, forget_version
+from app.ml.gradcache import build_cache
+from app.ml.grads import weights_sha256
+from app.ml.metrics import accuracy
+from app.ml.models import ModelConfig
+from app.ml.policy import Budget, with_model
+from app.ml.record import PRIMARY_FPR
+from app.ml.train import TrainConfig, fit
+from app.ml.unlearn.base import UnlearnTask
+from app.ml.verify import build_verifier
+from app.ml.verify.base import BuildInputs, VerifierConfig
+
+
+@dataclass(frozen=True)
+class SmallConfig:
+    name: str
+    dataset: str = "cifar10"
+    arch: str = "mlp"
+    n_train: int = 5000
+    epochs: int = 60
+    refs: int = 4
+    steps: int = 20
+    batch: int = 10
+    seeds: int = 3
+    max_accuracy_drop: float = 0.01
+
+
+def run_seed(cfg: SmallConfig, ds: Dataset, seed: int) -> dict[str, Any]:
+    full = make_splits(ds, SplitConfig(seed=seed))
+    members = np.sort(np.random.default_rng(seed).choice(full.train, min(cfg.n_train, len(full.train)),
+                                                         replace=False))
+    splits = Splits(train=members, val=full.val, test=full.test, shadow=full.shadow)
+    mcfg, tcfg = ModelConfig(cfg.arch, ds.in_shape, ds.num_classes), TrainConfig(max_epochs=cfg.epochs, seed=seed)
+    trained = fit(mcfg, ds, members, None, tcfg, progress=False)
+    verifier = build_verifier("lira", BuildInputs(trained.model, ds, splits, mcfg, tcfg, cfg.epochs),
+                              VerifierConfig(n_refs=cfg.refs, ref_frac=min(1.0, len(members) / len(full.shadow)),
+                                             seed=seed))
+    verifier.power = verifier.measure_power(trained.model, ds)
+    base = UnlearnTask(model=trained.model, ds=ds, train_ids=members, forget_ids=np.empty(0, np.int64),
+                       weights_sha256=weights_sha256(trained.model.state_dict()),
+                       cache=build_cache(trained.model, ds, members), seed=seed, model_cfg=mcfg, train_cfg=tcfg,
+                       val_ids=None, epochs_trained=cfg.epochs, verifier=verifier)
+    hold = splits.holdout(10000)
+    cal = calibrate(base, hold, trained.seconds, CalibrationConfig(max_accuracy_drop=cfg.max_accuracy_drop, seed=seed))
+    acc0 = accuracy(trained.model, ds, hold)
+    budget = Budget.below(acc0, max_drop=cfg.max_accuracy_drop, exact_max_drop=0.05)
+    rng = np.random.default_rng(500 + seed)
+    model, train, steps = trained.model, members, []
+    for k in range(cfg.steps):
+        ids = np.sort(rng.choice(train, cfg.batch, replace=False))
+        task = with_model(base, model, train_ids=train, forget_ids=ids,
+                          weights_sha256=weights_sha256(model.state_dict()))
+        done = forget_version(task, {"calibration": cal}, hold, budget, options=PolicyOptions(on_partial="accept"),
+                              holdout_acc_before=float("nan"))
+        if done.model is not None:
+            model, train = done.model, np.setdiff1d(train, ids)
+        t0 = time.perf_counter()
+        gold = fit(mcfg, ds, train, None, tcfg, progress=False).model  # without every id deleted so far
+        retrain_s = time.perf_counter() - t0
+        steps.append({"k": k + 1, "ids": ids.tolist(), "method": done.record.method, "exact": done.record.exact,
+                      "verdict": str(done.record.verdict), "failed": done.record.problem, "time_s": done.record.time_s,
+                      "retrain_s": retrain_s, "policy": _judge(verifier, model, ds, ids, hold),
+                      "retrain": _judge(verifier, gold, ds, ids, hold), "before": _judge(verifier, task.model, ds, ids,
+                                                                                          hold)})
+    return {"seed": seed, "train_acc": accuracy(trained.model, ds, members), "holdout_acc": acc0,
+            "power": {k: verifier.power.get(k) for k in ("auc", "tpr@0.01", "min_detectable_batch")},
+            "calibration": {k: cal.get(k) for k in ("choice", "choice_small", "why", "min_detectable_batch",
+                                                    "large_sizes", "small_sizes", "seconds")},
+            "steps": steps}
+
+
+def _judge(verifier: Any, model: Any, ds: Dataset, ids: np.ndarray, hold: np.ndarray) -> dict[str, Any]:
+    assessed, p = verifier.assess_with_pvalues(model, ds, ids)
+    return {"p_values": [round(float(v), 4) for v in p], "flagged": 100 * float(np.mean(p <= PRIMARY_FPR)),
+            "set_auc": assessed["set"]["auc"], "holdout_acc": accuracy(model, ds, hold)}
+
+
+def _markdown(cfg: SmallConfig, per_seed: list[dict[str, Any]]) -> str:
+    lines = [f"{cfg.dataset} / {cfg.arch} trained {cfg.epochs} epochs on {cfg.n_train} samples (no early stopping): "
+             f"train acc {fmt_pm([100 * s['train_acc'] for s in per_seed], 1)} %, held-out "
+             f"{fmt_pm([100 * s['holdout_acc'] for s in per_seed], 1)} %; LiRA (K={cfg.refs}) TPR@1%FPR "
+             f"{fmt_pm([100 * s['power']['tpr@0.01'] for s in per_seed], 1)} %, minimum detectable batch "
+             f"{[s['power']['min_detectable_batch'] for s in per_seed]}. {cfg.steps} chained deletions of {cfg.batch} "
+             f"ids through the policy; beside each, a retrain without every id deleted so far. Flagged: share of "
+             f"the batch with p ≤ {PRIMARY_FPR:g}; seeds {[s['seed'] for s in per_seed]}.", "",
+             "Calibration: " + "; ".join(f"seed {s['seed']}: large → {s['calibration']['choice']}, small → "
+                                         f"{s['calibration']['choice_small']} ({s['calibration']['why'] or 'ok'})"
+                                         for s in per_seed), "",
+             "| step | method (seed 0) | flagged before | flagged, policy | flagged, retrain | |Δ| policy − retrain "
+             "| held-out, policy | held-out, retrain | median p, policy | median p, retrain |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for k in range(cfg.steps):
+        st = [s["steps"][k] for s in per_seed]
+        f = {w: [x[w]["flagged"] for x in st] for w in ("before", "policy", "retrain")}
+        lines.append(
+            f"| {k + 1} | {st[0]['method']}{' (exact)' if st[0]['exact'] else ''} | {fmt_pm(f['before'], 1)} | "
+            f"{fmt_pm(f['policy'], 1)} | {fmt_pm(f['retrain'], 1)} | "
+            f"{fmt_pm([abs(a - b) for a, b in zip(f['policy'], f['retrain'], strict=True)], 1)} | "
+            f"{fmt_pm([100 * x['policy']['holdout_acc'] for x in st], 2)} | "
+            f"{fmt_pm([100 * x['retrain']['holdout_acc'] for x in st], 2)} | "
+            f"{fmt_pm([float(np.median(x['policy']['p_values'])) for x in st], 3)} | "
+            f"{fmt_pm([float(np.median(x['retrain']['p_values'])) for x in st], 3)} |")
+    mean_gap = [np.mean([abs(x["policy"]["flagged"] - x["retrain"]["flagged"]) for x in s["steps"]]) for s in per_seed]
+    drops = [100 * (s["holdout_acc"] - min(x["policy"]["holdout_acc"] for x in s["steps"])) for s in per_seed]
+    lines += ["", f"Over all steps: mean |flagged policy − flagged retrain| {fmt_pm(mean_gap, 1)} points; worst "
+              f"held-out drop of the policy's chain {fmt_pm(drops, 2)} points "
+              f"(budget {100 * cfg.max_accuracy_drop:g})."]
+    return "\n".join(lines)
+
+
+def run(cfg: SmallConfig, *, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
+        device: str = "cpu") -> dict[str, Any]:
+    n = seeds or cfg.seeds
+    ds = load_dataset(cfg.dataset, path=data_path, data_dir=data_dir, device=resolve(device))
+    per_seed = [run_seed(cfg, ds, s) for s in range(n)]
+    command = f"unlearnd bench --suite {cfg.name} --out {out}" + (f" --seeds {seeds}" if seeds else "")
+    return write_results(out, suite=cfg.name, command=command, config={**asdict(cfg), "seeds": list(range(n))},
+                         results={"per_seed": per_seed, "rows": [dict(st, seed=s["seed"]) for s in per_seed
+                                                                 for st in s["steps"]]},
+                         markdown=_markdown(cfg, per_seed), device=ds.device, placement=ds.placement)
+
+
+def _suite(cfg: SmallConfig) -> Any:
+    def go(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
+           device: str = "cpu") -> dict[str, Any]:
+        return run(cfg, out=out, seeds=seeds, data_dir=data_dir, data_path=data_path, device=device)
+
+    return go
+
+
+for _c in (SmallConfig("forgetting-small"),
+           SmallConfig("forgetting-small-quick", dataset="digits", n_train=300, epochs=30, refs=2, steps=3, seeds=1)):
+    SUITES.register(_c.name)(Suite(f"chained {_c.batch}-id deletions on a memorising {_c.dataset} {_c.arch}: the "
+                                   f"policy against a retrain per step ({_c.seeds} seeds)", _suite(_c)))
