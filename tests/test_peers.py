@@ -19,11 +19,11 @@ from tests.test_verify import Setting, _setting
 
 # the authors' defaults are for 45,000 CIFAR-10 images in batches of 128–256; on 300 digits an epoch is one or
 # two steps, so each test gives the method more steps (smaller batches) or a larger step, as calibration would
-TINY = {
-    "scrub": {"epochs": 6, "max_steps": 4, "lr": 0.02, "forget_batch": 16, "retain_batch": 32},
-    "salun": {"epochs": 5, "lr": 0.01, "batch_size": 32},
-    "l1_sparse": {"epochs": 10, "lr": 0.01, "batch_size": 32, "alpha": 2e-4},
-    "neggrad_plus": {"epochs": 8, "lr": 0.02, "batch_size": 32, "beta": 0.9},
+TINY = {  # measured on this setting: D_f's set AUC 0.612 → 0.525 / 0.462 / 0.501 / 0.521, D_r acc ≥ 0.99
+    "scrub": {"epochs": 6, "max_steps": 4, "lr": 1e-2, "forget_batch": 16, "retain_batch": 32},
+    "salun": {"epochs": 5, "lr": 5e-3, "batch_size": 32},
+    "l1_sparse": {"epochs": 10, "lr": 0.05, "batch_size": 32, "alpha": 5e-3},
+    "neggrad_plus": {"epochs": 8, "lr": 0.03, "batch_size": 32, "beta": 0.7},
 }
 
 
@@ -40,10 +40,11 @@ def _task(s: Setting, forget: np.ndarray, model: torch.nn.Module | None = None, 
 
 @pytest.mark.parametrize("method", sorted(TINY))
 def test_each_peer_forgets_and_keeps_the_rest(setting: Setting, method: str) -> None:
-    forget = np.sort(np.random.default_rng(3).choice(setting.members, 60, replace=False))
+    forget = np.sort(np.random.default_rng(3).choice(setting.members, 100, replace=False))
     retain = np.setdiff1d(setting.members, forget)
     v, ds = setting.verifier, setting.ds
     before = v.assess(setting.target, ds, forget)  # type: ignore[arg-type]
+    assert before["set"]["p_member"] < 1e-2  # the model memorises D_f: there is something to forget
     res = run_method(method, _task(setting, forget), TINY[method])
     after = v.assess(res.model, ds, forget)
     acc0, acc1 = accuracy(setting.target, ds, retain), accuracy(res.model, ds, retain)  # type: ignore[arg-type]
@@ -51,7 +52,7 @@ def test_each_peer_forgets_and_keeps_the_rest(setting: Setting, method: str) -> 
           f"{acc1:.3f}")
     gap = before["set"]["auc"] - 0.5
     assert before["set"]["auc"] - after["set"]["auc"] > 0.25 * gap, (before["set"], after["set"])
-    assert acc1 > acc0 - 0.05
+    assert acc1 > acc0 - 0.03
     assert weights_sha256(setting.target.state_dict()) == _task(setting, forget).weights_sha256  # type: ignore[attr-defined]
 
 
