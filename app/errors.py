@@ -75,6 +75,10 @@ class UnlearnFailed(UnlearndError):
     """No unlearning setting, the exact retrain included, produced a model within the accuracy budget."""
 
 
+class OverTimeBudget(UnlearnFailed):
+    """A method ran past the task's deadline (calibration's time budget); it stops between minibatches."""
+
+
 class VerifierError(UnlearndError):
     """A membership verifier cannot be built or used for this model (e.g. no reference models)."""
 

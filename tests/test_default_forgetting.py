@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from app.core.config import Settings
+from app.ml.calibrate import CANDIDATES, PEERS
 from app.ml.checkpoint import ModelDir, load_model_dir
 from app.ml.data import Dataset
 from app.ml.grads import weights_sha256
@@ -28,7 +29,12 @@ def test_the_setting_is_calibrated_with_its_evidence(default_model: ModelDir) ->
     cal = default_model.meta["calibration"]
     assert "iau" not in default_model.meta  # no hard-coded step rides along any more
     assert cal["budget"]["max_accuracy_drop"] == 0.01 and cal["sizes"][0] == 10
-    assert len(cal["candidates"]) >= 5 and len(cal["trials"]) == 3 * len(cal["candidates"])
+    assert len(cal["candidates"]) == len(CANDIDATES) + len(PEERS)  # the field's methods are weighed too
+    for c in cal["candidates"]:  # every size was tried, or the first sizes already broke the time budget
+        trials = [t for t in cal["trials"] if t["method"] == c["setting"]["method"]
+                  and t["params"] == c["setting"]["params"]]
+        why = (c["small"] or c["large"])["why"] or ""
+        assert len(trials) == 3 or (0 < len(trials) < 3 and "time budget" in why), (c, len(trials))
     if cal["choice_small"] is not None:  # what a 10-id deletion runs: it held over 20 chained ones
         assert cal["chains"][-1]["stable"] and len(cal["chains"][-1]["steps"]) == 20
         assert cal["chains"][-1]["setting"] == cal["choice_small"] == cal["ranked_small"][0]

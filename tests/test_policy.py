@@ -75,7 +75,7 @@ def test_partial_verdict_follows_on_partial(mem: Memorised, digit_splits: Splits
     with pytest.raises(ConfigError, match="on_partial"):
         PolicyConfig(floor=0.0, on_partial="ignore")
     with pytest.raises(UnknownNameError, match="valid: "):
-        forget(task, [Setting("scrub")], hold, PolicyConfig(floor=0.0))
+        forget(task, [Setting("nope")], hold, PolicyConfig(floor=0.0))
 
 
 def test_calibration_picks_a_forgetting_setting_within_budget(mem: Memorised, digit_splits: Splits) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from app.errors import OverTimeBudget
 from app.ml.grads import weights_sha256
 from app.ml.metrics import accuracy
 from app.ml.policy import Setting, validate, with_model
@@ -99,7 +100,7 @@ def calibrate(base: UnlearnTask, hold: np.ndarray, train_seconds: float, cfg: Ca
     for s in candidates:
         rows = []
         for f, b in zip(sets, before, strict=True):
-            rows.append(_trial(base, s, f, b, hold, acc0))
+            rows.append(_trial(base, s, f, b, hold, acc0, budget["max_time_s"]))
             if rows[-1]["time_s"] > budget["max_time_s"]:  # too slow at any size: the other sizes cannot save it
                 break
         trials += rows
@@ -157,9 +158,18 @@ def _why(measurable: bool, ranked: list[dict[str, Any]], choice_small: dict[str,
 
 
 def _trial(base: UnlearnTask, s: Setting, forget: np.ndarray, before: dict[str, Any], hold: np.ndarray,
-           acc0: float) -> dict[str, Any]:
-    """One candidate on one simulated D_f; BEFORE is θ*'s assessment of that D_f, the same for every candidate."""
-    res = run_method(s.method, dataclasses.replace(base, forget_ids=forget), s.params)
+           acc0: float, max_time_s: float) -> dict[str, Any]:
+    """One candidate on one simulated D_f; BEFORE is θ*'s assessment of that D_f, the same for every candidate.
+    A multi-step method is stopped once it is well past the time budget (it cannot qualify): a peer's ten epochs
+    over D_r would otherwise cost calibration minutes for a verdict known after seconds."""
+    t0 = time.perf_counter()
+    deadline = t0 + 2 * max_time_s if max_time_s > 0 else None
+    try:
+        res = run_method(s.method, dataclasses.replace(base, forget_ids=forget, deadline=deadline), s.params)
+    except OverTimeBudget:
+        return {**s.to_dict(), "n": len(forget), "time_s": time.perf_counter() - t0, "holdout_acc": None,
+                "acc_drop": 0.0, "finite": True, "stopped": "past twice the time budget", "auc_before": None,
+                "auc_after": None, "gap_closed": None, "p_member": None, "over_forgotten": False}
     acc, problem = validate(res.model, base.ds, hold, -1.0)
     assert base.verifier is not None
     after = base.verifier.assess(res.model, base.ds, forget)

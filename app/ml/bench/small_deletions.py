@@ -103,7 +103,7 @@ def _markdown(cfg: SmallConfig, per_seed: list[dict[str, Any]]) -> str:
     lines = [f"{cfg.dataset} / {cfg.arch} trained {cfg.epochs} epochs on {cfg.n_train} samples (no early stopping): "
              f"train acc {fmt_pm([100 * s['train_acc'] for s in per_seed], 1)} %, held-out "
              f"{fmt_pm([100 * s['holdout_acc'] for s in per_seed], 1)} %; LiRA (K={cfg.refs}) TPR@1%FPR "
-             f"{fmt_pm([100 * s['power']['tpr@0.01'] for s in per_seed], 1)} %, minimum detectable batch "
+             f"{fmt_pm([100 * s['power']['tpr@0.01']['rate'] for s in per_seed], 1)} %, minimum detectable batch "
              f"{[s['power']['min_detectable_batch'] for s in per_seed]}. {cfg.steps} chained deletions of {cfg.batch} "
              f"ids through the policy; beside each, a retrain without every id deleted so far. Flagged: share of "
              f"the batch with p ≤ {PRIMARY_FPR:g}; seeds {[s['seed'] for s in per_seed]}.", "",

@@ -46,5 +46,5 @@ def amnesiac(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
                             device=task.ds.device)
 
     run_epochs(model, task.ds, task.train_ids, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-               seed=task.seed, labels=labels)
+               seed=task.seed, tick=task.tick, labels=labels)
     return UnlearnResult(model=model, time_s=seconds_since(t0, task), params=asdict(cfg))

@@ -52,5 +52,5 @@ def bad_teaching(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
         return F.kl_div(F.log_softmax(model(x) / t, 1), target, reduction="batchmean")
 
     run_epochs(student, task.ds, np.concatenate([task.forget_ids, subset]), epochs=cfg.epochs, lr=cfg.lr,
-               batch_size=cfg.batch_size, seed=task.seed, loss_fn=loss)
+               batch_size=cfg.batch_size, seed=task.seed, tick=task.tick, loss_fn=loss)
     return UnlearnResult(model=student, time_s=seconds_since(t0, task), params=asdict(cfg))

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import numpy as np
 from torch import nn
 
-from app.errors import ConfigError, ForgetSetError
+from app.errors import ConfigError, ForgetSetError, OverTimeBudget
 from app.ml.checkpoint import ModelDir, train_config_from_meta
 from app.ml.data import Dataset
 from app.ml.device import synchronize
@@ -37,6 +37,7 @@ class UnlearnTask:
     val_ids: np.ndarray | None = None
     epochs_trained: int | None = None
     verifier: Verifier | None = None  # the model's membership verifier, for methods that target it
+    deadline: float | None = None  # time.perf_counter() past which a multi-step method stops (calibration)
 
     @classmethod
     def from_model_dir(cls, md: ModelDir, ds: Dataset, *, forget_ids: np.ndarray, train_ids: np.ndarray | None = None,
@@ -57,6 +58,11 @@ class UnlearnTask:
         if self.model_cfg is None or self.train_cfg is None or self.val_ids is None:
             raise ConfigError(f"{method} needs the model's training config and validation ids")
         return self.model_cfg, self.train_cfg, self.val_ids
+
+    def tick(self) -> None:
+        """Called between minibatches by the methods that take many: past the deadline, stop."""
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            raise OverTimeBudget("past the time budget")
 
     @property
     def retain_ids(self) -> np.ndarray:

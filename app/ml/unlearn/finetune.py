@@ -29,5 +29,5 @@ def finetune(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
     model = copy.deepcopy(task.model)
     t0 = time.perf_counter()
     run_epochs(model, task.ds, task.retain_ids, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-               seed=task.seed)
+               seed=task.seed, tick=task.tick)
     return UnlearnResult(model=model, time_s=seconds_since(t0, task), params=asdict(cfg))

@@ -38,5 +38,5 @@ def gradient_ascent(task: UnlearnTask, params: dict[str, object]) -> UnlearnResu
     model = copy.deepcopy(task.model)
     t0 = time.perf_counter()
     run_epochs(model, task.ds, task.forget_ids, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-               seed=task.seed, loss_fn=_negative_ce)
+               seed=task.seed, tick=task.tick, loss_fn=_negative_ce)
     return UnlearnResult(model=model, time_s=seconds_since(t0, task), params=asdict(cfg))

@@ -54,6 +54,7 @@ def l1_sparse(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
     for epoch in range(cfg.epochs):
         strength = l1_strength(cfg, epoch)
         for b in batches(task.retain_ids, cfg.batch_size, rng):
+            task.tick()
             loss = F.cross_entropy(model(task.ds.features(b)), task.ds.labels(b))
             if strength:
                 loss = loss + strength * torch.cat([w.flatten() for w in weights]).abs().sum()

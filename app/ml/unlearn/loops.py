@@ -20,7 +20,8 @@ def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: np.nd
 
 def run_epochs(model: nn.Module, ds: Dataset, ids: np.ndarray, *, epochs: int, lr: float, batch_size: int,
                seed: int, loss_fn: BatchLoss = cross_entropy,
-               labels: Callable[[np.ndarray], torch.Tensor] | None = None) -> None:
+               labels: Callable[[np.ndarray], torch.Tensor] | None = None,
+               tick: Callable[[], None] = lambda: None) -> None:
     """Adam on LOSS_FN over IDS in a seeded order; LABELS may replace the true labels."""
     model.train()
     opt = torch.optim.Adam(trainable_params(model), lr=lr)
@@ -28,6 +29,7 @@ def run_epochs(model: nn.Module, ds: Dataset, ids: np.ndarray, *, epochs: int, l
     for _ in range(epochs):
         order = rng.permutation(ids)
         for start in range(0, len(order), batch_size):
+            tick()
             batch = order[start : start + batch_size]
             y = labels(batch) if labels is not None else ds.labels(batch)
             loss = loss_fn(model, ds.features(batch), y, batch)

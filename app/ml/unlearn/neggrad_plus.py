@@ -42,6 +42,7 @@ def neggrad_plus(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
     for _ in range(cfg.epochs):
         forget = batches(task.forget_ids, cfg.batch_size, rng)
         for k, b in enumerate(batches(task.retain_ids, cfg.batch_size, rng)):
+            task.tick()
             f = forget[k % len(forget)]
             loss = cfg.beta * F.cross_entropy(model(task.ds.features(b)), task.ds.labels(b)) \
                 - (1 - cfg.beta) * F.cross_entropy(model(task.ds.features(f)), task.ds.labels(f))

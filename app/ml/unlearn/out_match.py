@@ -96,6 +96,7 @@ def out_match(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
     for _ in range(max(cfg.epochs, -(-cfg.min_steps // per_epoch))):
         order = rng.permutation(len(forget))
         for start in range(0, len(order), cfg.batch_size):
+            task.tick()
             pick = order[start : start + cfg.batch_size]
             # a full retained batch even when D_f is tiny: the anchor must outweigh repeated steps on few samples
             fb, rb = forget[pick], rng.choice(retain, cfg.batch_size, replace=len(retain) < cfg.batch_size)

@@ -69,9 +69,11 @@ def salun(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
     k = task.ds.num_classes
     for _ in range(cfg.epochs):
         for b in batches(task.forget_ids, cfg.batch_size, rng):
+            task.tick()
             _masked_step(model, opt, mask, start, task.ds.features(b),
                          torch.randint(0, k, (len(b),), generator=gen).to(task.ds.device))
         for b in batches(task.retain_ids, cfg.batch_size, rng):
+            task.tick()
             _masked_step(model, opt, mask, start, task.ds.features(b), task.ds.labels(b))
     model.eval()
     kept = float(sum(m.sum() for m in mask.values()) / sum(m.numel() for m in mask.values()))

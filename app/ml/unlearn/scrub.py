@@ -75,6 +75,7 @@ Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (st
 
 def _step(student: nn.Module, teacher: nn.Module, opt: torch.optim.Optimizer, task: UnlearnTask, ids: np.ndarray,
           loss_fn: Loss) -> None:
+    task.tick()
     x, y = task.ds.features(ids), task.ds.labels(ids)
     student.train()
     with torch.no_grad():
