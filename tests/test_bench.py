@@ -82,7 +82,8 @@ def test_forgetting_suite_rows_frontier_and_chain(tmp_path: Path) -> None:
                                                         *(label(c.to_dict()) for c in CANDIDATES)]
     assert names[-1] == CALIBRATED and len(peers) == 2 * len(PEER_METHODS)
     for p in PEER_METHODS:  # each at its authors' defaults and tuned by calibration's rule
-        assert f"{p} (paper defaults)" in peers and any(n.startswith(f"{p} (tuned") for n in peers)
+        assert any(n.startswith(f"{p} (paper defaults") for n in peers)
+        assert any(n.startswith(f"{p} (tuned") for n in peers)
     rows = {r["method"]: r for r in doc["rows"]}
     assert rows["retrain"]["salun_gap"] == 0 and all(r["salun_gap"] >= 0 for r in rows.values())
     assert 0 <= rows["θ*"]["mia_efficacy"] <= 100

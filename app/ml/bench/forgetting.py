@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from app.ml.bench import SUITES, Suite
 from app.ml.bench.context import ExperimentConfig, SeedContext, evaluate_model, prepare
@@ -52,8 +53,10 @@ ACCEPT = PolicyOptions(on_partial="accept")
 
 
 def _evaluate(ctx: SeedContext, model: Any) -> dict[str, float]:
-    """evaluate_model's columns, plus the SalUn protocol's MIA-efficacy (points)."""
-    return {**evaluate_model(ctx, model), "mia_efficacy": 100 * mia_efficacy(
+    """evaluate_model's columns, plus the SalUn protocol's MIA-efficacy (points) and whether the weights are
+    finite (a peer at its authors' step size can diverge on another model)."""
+    finite = all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
+    return {**evaluate_model(ctx, model), "finite": float(finite), "mia_efficacy": 100 * mia_efficacy(
         model, ctx.ds, retain=ctx.retain, test=ctx.splits.test, forget=ctx.forget, seed=ctx.seed)}
 
 
@@ -74,8 +77,9 @@ def run_seed(cfg: ForgettingConfig, ctx: SeedContext) -> dict[str, Any]:
                     CalibrationConfig(max_accuracy_drop=cfg.max_accuracy_drop, seed=ctx.seed))
     for peer in PEER_METHODS:  # the field's methods at their authors' defaults, and tuned by calibration's rule
         res = run_method(peer, task, {})
-        rows.append(_row(f"{peer} (paper defaults)", _evaluate(ctx, res.model), start, gold, ctx, res.time_s,
-                         res.params))
+        m = _evaluate(ctx, res.model)
+        rows.append(_row(f"{peer} (paper defaults{'' if m['finite'] else ', diverged'})", m, start, gold, ctx,
+                         res.time_s, res.params))
         tuned, qualified = best_setting(cal, peer)
         res = run_method(peer, task, tuned["params"])
         rows.append(_row(f"{peer} (tuned{'' if qualified else ', none qualified'})", _evaluate(ctx, res.model),

@@ -26,7 +26,8 @@ def confidence(model: nn.Module, ds: Dataset, ids: np.ndarray, chunk: int = 2048
         b = ids[start:start + chunk]
         p = torch.softmax(model(ds.features(b)).float(), dim=1)
         out.append(p.gather(1, ds.labels(b)[:, None]).squeeze(1).cpu().numpy())
-    return np.concatenate(out) if out else np.empty(0)
+    # a diverged model's NaN outputs read as no confidence at all (the row says the weights are not finite)
+    return np.nan_to_num(np.concatenate(out), nan=0.0) if out else np.empty(0)
 
 
 def mia_efficacy(model: nn.Module, ds: Dataset, *, retain: np.ndarray, test: np.ndarray, forget: np.ndarray,
