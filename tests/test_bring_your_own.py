@@ -163,6 +163,11 @@ def test_init_and_freeze_hold_through_training_every_method_and_retrain(tmp_path
     assert want.keys() == _frozen(trained, frozen).keys() and "1.running_mean" in want
     assert all(torch.equal(trained[k], v) for k, v in want.items())
     assert not torch.equal(trained["5.weight"], init["5.weight"])
+    from app.ml.verify.store import load_verifier
+
+    refs = load_verifier(out / "verifier", with_refs=True).ref_states  # fine-tuned from the init too
+    assert len(refs) == 2 and all(torch.equal(r[k].cpu(), v) for r in refs for k, v in want.items())
+    assert all(not torch.equal(r["5.weight"].cpu(), init["5.weight"]) for r in refs)
     train_ids = json.loads((out / "splits.json").read_text())["train"]
     (tmp_path / "forget.txt").write_text("\n".join(map(str, train_ids[:4])))
     for method in ("iau", "finetune", "fisher", "gradient_ascent", "out_match", "bad_teaching", "retrain"):
