@@ -283,6 +283,9 @@ def _suite(cfg: ForgettingConfig) -> Any:
 CONFIGS = (
     ForgettingConfig("forgetting-digits", ExperimentConfig("digits", "lenet5", alpha=0.0)),
     ForgettingConfig("forgetting-cifar10", ExperimentConfig("cifar10", "lenet5", alpha=0.0)),
+    # the rows and the calibration (peers included) without the chained scenario: one seed in ~25 min here
+    ForgettingConfig("forgetting-cifar10-rows", ExperimentConfig("cifar10", "lenet5", alpha=0.0), seeds=1,
+                     chain_sizes=()),
     # tests: a few epochs of everything, one chain of 5
     ForgettingConfig("forgetting-quick", ExperimentConfig("digits", "lenet5", alpha=0.0, max_epochs=4,
                                                           verify_refs=2), seeds=1, chain=3, chain_sizes=(10,)),
