@@ -19,6 +19,15 @@ class Suite:
 SUITES: Registry[Suite] = Registry("suite")
 
 
+def bind(run: Callable[..., dict[str, Any]], cfg: Any) -> Callable[..., dict[str, Any]]:
+    """A suite's entry point: RUN(cfg, out=, seeds=, data_dir=, data_path=, device=) with its config bound."""
+    def go(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
+           device: str = "cpu") -> dict[str, Any]:
+        return run(cfg, out=out, seeds=seeds, data_dir=data_dir, data_path=data_path, device=device)
+
+    return go
+
+
 def run_suite(name: str, *, out: Path, seeds: int | None, data_dir: Path | None,
               data_path: Path | None, device: str = "cpu") -> dict[str, Any]:
     suite = SUITES.get(name)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from safetensors.torch import save_file
 
-from app.ml.bench import SUITES, Suite
+from app.ml.bench import SUITES, Suite, bind
 from app.ml.bench.context import choose_forget
 from app.ml.bench.report import fmt_pm, summary_rows, write_results
 from app.ml.calibrate import CalibrationConfig, calibrate
@@ -220,15 +220,7 @@ def run(cfg: FinetuneConfig, *, out: Path, seeds: int | None, data_dir: Path | N
                          placement=private.placement)
 
 
-def _suite(cfg: FinetuneConfig) -> Any:
-    def go(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
-           device: str = "cpu") -> dict[str, Any]:
-        return run(cfg, out=out, seeds=seeds, data_dir=data_dir, data_path=data_path, device=device)
-
-    return go
-
-
 for _c in (FinetuneConfig("finetune-cifar10"),
            FinetuneConfig("finetune-quick", dataset="digits", seeds=1, max_epochs=3, verify_refs=2, limit=400)):
     SUITES.register(_c.name)(Suite(f"delete fine-tuning data: policy vs exact re-fine-tune vs scratch retrain "
-                                   f"({_c.dataset}, {_c.seeds} seeds)", _suite(_c)))
+                                   f"({_c.dataset}, {_c.seeds} seeds)", bind(run, _c)))

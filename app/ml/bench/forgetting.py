@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.ml.bench import SUITES, Suite
+from app.ml.bench import SUITES, Suite, bind
 from app.ml.bench.context import ExperimentConfig, SeedContext, evaluate_model, prepare
 from app.ml.bench.report import fmt_pm, mean_std, write_results
 from app.ml.calibrate import CANDIDATES, CalibrationConfig, calibrate
@@ -272,14 +272,6 @@ def run(cfg: ForgettingConfig, *, out: Path, seeds: int | None, data_dir: Path |
                          markdown=_markdown(cfg, per_seed))
 
 
-def _suite(cfg: ForgettingConfig) -> Any:
-    def go(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
-            device: str = "cpu") -> dict[str, Any]:
-        return run(cfg, out=out, seeds=seeds, data_dir=data_dir, data_path=data_path, device=device)
-
-    return go
-
-
 CONFIGS = (
     ForgettingConfig("forgetting-digits", ExperimentConfig("digits", "lenet5", alpha=0.0)),
     ForgettingConfig("forgetting-cifar10", ExperimentConfig("cifar10", "lenet5", alpha=0.0)),
@@ -293,7 +285,7 @@ CONFIGS = (
 for _c in CONFIGS:
     SUITES.register(_c.name)(Suite(f"does each fast method forget like retrain: {_c.experiment.dataset} "
                                    f"{_c.experiment.arch}, {_c.seeds} seeds, frontier PNG, chained deletions",
-                                   _suite(_c)))
+                                   bind(run, _c)))
 
 
 def _both(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from app.ml.bench import SUITES, Suite
+from app.ml.bench import SUITES, Suite, bind
 from app.ml.bench.report import fmt_pm, write_results
 from app.ml.calibrate import CalibrationConfig, calibrate
 from app.ml.data import Dataset, SplitConfig, Splits, make_splits
@@ -144,15 +144,7 @@ def run(cfg: SmallConfig, *, out: Path, seeds: int | None, data_dir: Path | None
                          markdown=_markdown(cfg, per_seed), device=ds.device, placement=ds.placement)
 
 
-def _suite(cfg: SmallConfig) -> Any:
-    def go(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
-           device: str = "cpu") -> dict[str, Any]:
-        return run(cfg, out=out, seeds=seeds, data_dir=data_dir, data_path=data_path, device=device)
-
-    return go
-
-
 for _c in (SmallConfig("forgetting-small"),
            SmallConfig("forgetting-small-quick", dataset="digits", n_train=300, epochs=30, refs=2, steps=3, seeds=1)):
     SUITES.register(_c.name)(Suite(f"chained {_c.batch}-id deletions on a memorising {_c.dataset} {_c.arch}: the "
-                                   f"policy against a retrain per step ({_c.seeds} seeds)", _suite(_c)))
+                                   f"policy against a retrain per step ({_c.seeds} seeds)", bind(run, _c)))
