@@ -49,6 +49,14 @@ def test_unknown_suite_is_a_clean_error(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "valid:" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_seeds_for_a_suite_with_fixed_seeds_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "speed"
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "bench", "--suite", "speed-quick", "--seeds", "2",
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "without --seeds" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
 def test_speed_suite_on_digits(tmp_path: Path) -> None:
     doc = run_speed(SpeedConfig(dataset="digits", max_epochs=2, patience=2, epoch_repeats=1, repeats=1),
                     out=tmp_path, data_dir=None, data_path=None)

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from app.ml.bench import SUITES, Suite
-from app.service_bench.suite import ServiceBenchConfig, make_suite
+from app.ml.bench import SUITES, Suite, bind
+from app.service_bench.suite import ServiceBenchConfig, run_service_bench
 
 _DIGITS = ServiceBenchConfig(name="service-digits", dataset="digits", n_deletes=20, train_epochs=100)
 _CIFAR = ServiceBenchConfig(name="service-cifar10", dataset="cifar10", n_deletes=10, train_epochs=10)
 
 SUITES.register("service-digits")(Suite(
     "deletion → serving latency, /predict throughput vs bare uvicorn+torch, p99 during swaps (digits LeNet5)",
-    make_suite(_DIGITS)))
+    bind(run_service_bench, _DIGITS, seeds=False)))
 SUITES.register("service-cifar10")(Suite(
-    "the service targets on CIFAR-10 LeNet5 (GR α=0.1, 35k training samples)", make_suite(_CIFAR)))
+    "the service targets on CIFAR-10 LeNet5 (GR α=0.1, 35k training samples)",
+    bind(run_service_bench, _CIFAR, seeds=False)))
 # The same, with the scheduler placing every process (on a 2-vCPU host the server then has about
 # two CPUs, and the clients share them): for comparison with the pinned one-CPU server above.
 for _cfg in (_DIGITS, _CIFAR):
     SUITES.register(f"{_cfg.name}-unpinned")(Suite(
         f"{_cfg.name}, processes not pinned to CPUs",
-        make_suite(replace(_cfg, name=f"{_cfg.name}-unpinned", pin_cpus=False))))
+        bind(run_service_bench, replace(_cfg, name=f"{_cfg.name}-unpinned", pin_cpus=False), seeds=False)))

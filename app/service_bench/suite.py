@@ -376,11 +376,3 @@ def _plot(path: Path, secs: np.ndarray, load: dict[str, Any], cfg: ServiceBenchC
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def make_suite(cfg: ServiceBenchConfig) -> Any:
-    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
-            device: str = "cpu") -> dict[str, Any]:
-        return run_service_bench(cfg, out=out, data_dir=data_dir, data_path=data_path, device=device)
-
-    return run

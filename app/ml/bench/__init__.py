@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.errors import ConfigError
 from app.ml.registry import Registry
 
 
@@ -19,11 +20,18 @@ class Suite:
 SUITES: Registry[Suite] = Registry("suite")
 
 
-def bind(run: Callable[..., dict[str, Any]], cfg: Any) -> Callable[..., dict[str, Any]]:
-    """A suite's entry point: RUN(cfg, out=, seeds=, data_dir=, data_path=, device=) with its config bound."""
+def bind(run: Callable[..., dict[str, Any]], cfg: Any, *, seeds: bool = True) -> Callable[..., dict[str, Any]]:
+    """A suite's entry point: RUN(cfg, out=, seeds=, data_dir=, data_path=, device=) with its config bound;
+    SEEDS=False for a suite whose config fixes its seeds (RUN then takes no `seeds`, and `--seeds` is refused
+    rather than silently ignored)."""
+    takes_seeds = seeds
+
     def go(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
            device: str = "cpu") -> dict[str, Any]:
-        return run(cfg, out=out, seeds=seeds, data_dir=data_dir, data_path=data_path, device=device)
+        if not takes_seeds and seeds is not None:
+            raise ConfigError("this suite's seeds are fixed by its configuration; run it without --seeds")
+        extra = {"seeds": seeds} if takes_seeds else {}
+        return run(cfg, out=out, data_dir=data_dir, data_path=data_path, device=device, **extra)
 
     return go
 
@@ -31,8 +39,14 @@ def bind(run: Callable[..., dict[str, Any]], cfg: Any) -> Callable[..., dict[str
 def run_suite(name: str, *, out: Path, seeds: int | None, data_dir: Path | None,
               data_path: Path | None, device: str = "cpu") -> dict[str, Any]:
     suite = SUITES.get(name)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    return suite.run(out=out, seeds=seeds, data_dir=data_dir, data_path=data_path, device=device)
+    try:
+        return suite.run(out=out, seeds=seeds, data_dir=data_dir, data_path=data_path, device=device)
+    except BaseException:
+        if created and not any(out.iterdir()):  # a refused run leaves nothing behind
+            out.rmdir()
+        raise
 
 
 def _register_builtin() -> None:

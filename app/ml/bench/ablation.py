@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from app.ml.bench import SUITES, Suite
+from app.ml.bench import SUITES, Suite, bind
 from app.ml.bench.context import ExperimentConfig, SeedContext, evaluate_model, prepare
 from app.ml.bench.report import fmt_pm, write_results
 from app.ml.datasets import load_dataset
@@ -89,16 +89,8 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
-def _suite(cfg: AblationConfig) -> Any:
-    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
-            device: str = "cpu") -> dict[str, Any]:
-        return run_ablation(cfg, out=out, data_dir=data_dir, data_path=data_path, device=device, seeds=seeds)
-
-    return run
-
-
 CIFAR = AblationConfig("ablation", ExperimentConfig("cifar10", "lenet5"))
-SUITES.register("ablation")(Suite("IA / IA+GC / IA+GC+GR on CIFAR-10 LeNet5 (Fig. 2), 3 seeds", _suite(CIFAR)))
-SUITES.register("ablation-quick")(Suite("the ablation on digits, one seed",
-                                        _suite(replace(CIFAR, name="ablation-quick", seeds=1,
-                                                       experiment=ExperimentConfig("digits", "lenet5")))))
+QUICK = replace(CIFAR, name="ablation-quick", seeds=1, experiment=ExperimentConfig("digits", "lenet5"))
+SUITES.register("ablation")(Suite("IA / IA+GC / IA+GC+GR on CIFAR-10 LeNet5 (Fig. 2), 3 seeds",
+                                  bind(run_ablation, CIFAR)))
+SUITES.register("ablation-quick")(Suite("the ablation on digits, one seed", bind(run_ablation, QUICK)))

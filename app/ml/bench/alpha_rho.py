@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from app.ml.bench import SUITES, Suite
+from app.ml.bench import SUITES, Suite, bind
 from app.ml.bench.context import choose_forget
 from app.ml.bench.report import write_results
 from app.ml.data import SplitConfig, make_splits
@@ -116,21 +116,12 @@ def _plot(path: Path, rows: list[dict[str, Any]], cfg: AlphaRhoConfig) -> None:
     plt.close(fig)
 
 
-def _suite(cfg: AlphaRhoConfig) -> Any:
-    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
-            device: str = "cpu") -> dict[str, Any]:
-        return run_alpha_rho(cfg, out=out, data_dir=data_dir, data_path=data_path, device=device)
-
-    return run
-
-
 SUITES.register("alpha-rho-full")(Suite("MU/UE heatmaps over α ∈ {0..0.1} × ρ ∈ {0.01..0.1} (Fig. 4): "
                                         "11 GR trainings + 10 retrains, about 2.5 h on one CPU core",
-                                        _suite(AlphaRhoConfig("alpha-rho-full", "cifar10"))))
+                                        bind(run_alpha_rho, AlphaRhoConfig("alpha-rho-full", "cifar10"), seeds=False)))
 # The committed CIFAR-10 run: a 4 × 3 corner-and-middle subgrid of Fig. 4 that fits a CPU session.
+SUBGRID = AlphaRhoConfig("alpha-rho", "cifar10", alphas=(0.0, 0.01, 0.05, 0.1), rhos=(0.01, 0.05, 0.1))
+QUICK = AlphaRhoConfig("alpha-rho-quick", "digits", alphas=(0.0, 0.05, 0.1), rhos=(0.02, 0.05, 0.1))
 SUITES.register("alpha-rho")(Suite("alpha-rho-full's subgrid α ∈ {0, .01, .05, .1} × ρ ∈ {.01, .05, .1}",
-                                   _suite(AlphaRhoConfig("alpha-rho", "cifar10", alphas=(0.0, 0.01, 0.05, 0.1),
-                                                         rhos=(0.01, 0.05, 0.1)))))
-SUITES.register("alpha-rho-quick")(Suite("alpha-rho on digits, a 3 × 3 grid",
-                                         _suite(AlphaRhoConfig("alpha-rho-quick", "digits", alphas=(0.0, 0.05, 0.1),
-                                                               rhos=(0.02, 0.05, 0.1)))))
+                                   bind(run_alpha_rho, SUBGRID, seeds=False)))
+SUITES.register("alpha-rho-quick")(Suite("alpha-rho on digits, a 3 × 3 grid", bind(run_alpha_rho, QUICK, seeds=False)))

@@ -136,3 +136,33 @@ def evaluate_model(ctx: SeedContext, model: nn.Module, *, ids: str = "test") -> 
     out.update(lira_flagged=100 * flagged(assessed), lira_auc=assessed["set"]["auc"],
                lira_p=assessed["set"]["p_member"], lira_ks=assessed["ks"])
     return out
+
+
+@dataclass
+class Memorised:
+    """A model trained far past early stopping on a small random subset of the train split, so single samples
+    are memorised (the verifier suite's and the small-deletions suite's target)."""
+
+    splits: Splits  # train = the subset; val, test and shadow as the seed's full splits
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    trained: TrainResult
+    ref_frac: float  # the references' share of the shadow pool: as many samples as the subset
+
+    def verifier(self, ds: Dataset, name: str, *, refs: int, seed: int) -> Verifier:
+        """The NAME verifier on this model, its power measured."""
+        v = build_verifier(name, BuildInputs(self.trained.model, ds, self.splits, self.model_cfg, self.train_cfg,
+                                             self.train_cfg.max_epochs),
+                           VerifierConfig(n_refs=refs, ref_frac=self.ref_frac, seed=seed))
+        v.power = v.measure_power(self.trained.model, ds)
+        return v
+
+
+def memorise(ds: Dataset, seed: int, *, arch: str, n_train: int, epochs: int) -> Memorised:
+    full = make_splits(ds, SplitConfig(seed=seed))
+    members = np.sort(np.random.default_rng(seed).choice(full.train, min(n_train, len(full.train)), replace=False))
+    splits = Splits(train=members, val=full.val, test=full.test, shadow=full.shadow)
+    mcfg, tcfg = ModelConfig(arch, ds.in_shape, ds.num_classes), TrainConfig(max_epochs=epochs, seed=seed)
+    return Memorised(splits, mcfg, tcfg, fit(mcfg, ds, members, None, tcfg, progress=False),
+                     min(1.0, len(members) / len(full.shadow)))
+

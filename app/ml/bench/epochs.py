@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from app.ml.bench import SUITES, Suite
+from app.ml.bench import SUITES, Suite, bind
 from app.ml.bench.report import fmt_pm, write_results
 from app.ml.data import SplitConfig, make_splits
 from app.ml.datasets import load_dataset
@@ -75,15 +75,7 @@ def _plot(path: Path, rows: list[dict[str, Any]], names: list[str]) -> None:
     plt.close(fig)
 
 
-def _suite(cfg: EpochsConfig) -> Any:
-    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
-            device: str = "cpu") -> dict[str, Any]:
-        return run_epochs_suite(cfg, out=out, data_dir=data_dir, data_path=data_path, device=device, seeds=seeds)
-
-    return run
-
-
 SUITES.register("epochs")(Suite("epochs to early stop and s/epoch, plain vs GR (Table VI), 3 seeds",
-                                _suite(EpochsConfig("epochs", "cifar10"))))
+                                bind(run_epochs_suite, EpochsConfig("epochs", "cifar10"))))
 SUITES.register("epochs-quick")(Suite("the epochs suite on digits, one seed",
-                                      _suite(EpochsConfig("epochs-quick", "digits", seeds=1))))
+                                      bind(run_epochs_suite, EpochsConfig("epochs-quick", "digits", seeds=1))))

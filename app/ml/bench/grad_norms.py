@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from app.ml.bench import SUITES, Suite
+from app.ml.bench import SUITES, Suite, bind
 from app.ml.bench.report import write_results
 from app.ml.data import SplitConfig, make_splits
 from app.ml.datasets import load_dataset
@@ -88,15 +88,7 @@ def _plot(path: Path, norms: dict[str, np.ndarray]) -> None:
     plt.close(fig)
 
 
-def _suite(cfg: GradNormsConfig) -> Any:
-    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
-            device: str = "cpu") -> dict[str, Any]:
-        return run_grad_norms(cfg, out=out, data_dir=data_dir, data_path=data_path, device=device)
-
-    return run
-
-
 SUITES.register("grad-norms")(Suite("per-sample gradient norms: plain / GR / clipping / SignSGD (Fig. 3)",
-                                    _suite(GradNormsConfig("grad-norms", "cifar10"))))
-SUITES.register("grad-norms-quick")(Suite("grad-norms on digits",
-                                          _suite(GradNormsConfig("grad-norms-quick", "digits"))))
+                                    bind(run_grad_norms, GradNormsConfig("grad-norms", "cifar10"), seeds=False)))
+SUITES.register("grad-norms-quick")(Suite("grad-norms on digits", bind(
+    run_grad_norms, GradNormsConfig("grad-norms-quick", "digits"), seeds=False)))

@@ -17,22 +17,20 @@ from typing import Any
 import numpy as np
 
 from app.ml.bench import SUITES, Suite, bind
+from app.ml.bench.context import memorise
 from app.ml.bench.report import fmt_pm, write_results
 from app.ml.calibrate import CalibrationConfig, calibrate
-from app.ml.data import Dataset, SplitConfig, Splits, make_splits
+from app.ml.data import Dataset
 from app.ml.datasets import load_dataset
 from app.ml.device import resolve
 from app.ml.forgetting import PolicyOptions, forget_version
 from app.ml.gradcache import build_cache
 from app.ml.grads import weights_sha256
 from app.ml.metrics import accuracy
-from app.ml.models import ModelConfig
 from app.ml.policy import Budget, with_model
 from app.ml.record import PRIMARY_FPR
-from app.ml.train import TrainConfig, fit
+from app.ml.train import fit
 from app.ml.unlearn.base import UnlearnTask
-from app.ml.verify import build_verifier
-from app.ml.verify.base import BuildInputs, VerifierConfig
 
 
 @dataclass(frozen=True)
@@ -50,16 +48,9 @@ class SmallConfig:
 
 
 def run_seed(cfg: SmallConfig, ds: Dataset, seed: int) -> dict[str, Any]:
-    full = make_splits(ds, SplitConfig(seed=seed))
-    members = np.sort(np.random.default_rng(seed).choice(full.train, min(cfg.n_train, len(full.train)),
-                                                         replace=False))
-    splits = Splits(train=members, val=full.val, test=full.test, shadow=full.shadow)
-    mcfg, tcfg = ModelConfig(cfg.arch, ds.in_shape, ds.num_classes), TrainConfig(max_epochs=cfg.epochs, seed=seed)
-    trained = fit(mcfg, ds, members, None, tcfg, progress=False)
-    verifier = build_verifier("lira", BuildInputs(trained.model, ds, splits, mcfg, tcfg, cfg.epochs),
-                              VerifierConfig(n_refs=cfg.refs, ref_frac=min(1.0, len(members) / len(full.shadow)),
-                                             seed=seed))
-    verifier.power = verifier.measure_power(trained.model, ds)
+    m = memorise(ds, seed, arch=cfg.arch, n_train=cfg.n_train, epochs=cfg.epochs)
+    trained, splits, members, mcfg, tcfg = m.trained, m.splits, m.splits.train, m.model_cfg, m.train_cfg
+    verifier = m.verifier(ds, "lira", refs=cfg.refs, seed=seed)
     base = UnlearnTask(model=trained.model, ds=ds, train_ids=members, forget_ids=np.empty(0, np.int64),
                        weights_sha256=weights_sha256(trained.model.state_dict()),
                        cache=build_cache(trained.model, ds, members), seed=seed, model_cfg=mcfg, train_cfg=tcfg,

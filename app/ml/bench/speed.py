@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.ml.bench import SUITES, Suite
+from app.ml.bench import SUITES, Suite, bind
 from app.ml.bench.report import interleaved, write_results
 from app.ml.checkpoint import save_model_dir
 from app.ml.data import Dataset, SplitConfig, Splits, make_splits
@@ -266,21 +266,12 @@ def _plot(path: Path, med: dict[str, float], retrain: float) -> None:
     plt.close(fig)
 
 
-def _suite(cfg: SpeedConfig) -> Any:
-    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
-            device: str = "cpu") -> dict[str, Any]:
-        return run_speed(replace(cfg, seed=0 if seeds is None else cfg.seed), out=out, data_dir=data_dir,
-                         data_path=data_path, device=device)
-
-    return run
-
-
+RESNET18 = SpeedConfig(arch="resnet18", max_epochs=15, patience=3, epoch_repeats=2, repeats=5, batch_size=128,
+                       gr_grad="fd")
+QUICK = SpeedConfig(dataset="digits", max_epochs=5, patience=3, epoch_repeats=1, repeats=2)
 SUITES.register("speed")(Suite("CIFAR-10/LeNet5: fast & slow path, retrain, GR epoch cost, peak memory",
-                               _suite(SpeedConfig())))
+                               bind(run_speed, SpeedConfig(), seeds=False)))
 SUITES.register("speed-resnet18")(Suite("ResNet18/CIFAR-10 on a GPU: the speed suite with batch 128, GR by fd, "
-                                        "≤ 15 epochs", _suite(SpeedConfig(
-                                            arch="resnet18", max_epochs=15, patience=3, epoch_repeats=2, repeats=5,
-                                            batch_size=128, gr_grad="fd"))))
+                                        "≤ 15 epochs", bind(run_speed, RESNET18, seeds=False)))
 SUITES.register("speed-quick")(Suite("the speed suite on digits in well under a minute (for tests)",
-                                     _suite(SpeedConfig(dataset="digits", max_epochs=5, patience=3, epoch_repeats=1,
-                                                        repeats=2))))
+                                     bind(run_speed, QUICK, seeds=False)))

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from app.ml.bench import SUITES, Suite
+from app.ml.bench import SUITES, Suite, bind
 from app.ml.bench.context import ExperimentConfig, evaluate_model, prepare
 from app.ml.bench.report import write_results
 from app.ml.datasets import load_dataset
@@ -135,15 +135,7 @@ def _plot(path: Path, rows: list[dict[str, Any]], alphas: tuple[float, ...]) -> 
     plt.close(fig)
 
 
-def _suite(cfg: SweepConfig) -> Any:
-    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
-            device: str = "cpu") -> dict[str, Any]:
-        return run_sweep(cfg, out=out, data_dir=data_dir, data_path=data_path, device=device)
-
-    return run
-
-
-SUITES.register("iau-sweep")(Suite("IAU defaults by a validation sweep on CIFAR-10/LeNet5 (α, form, η)",
-                                   _suite(SweepConfig("iau-sweep", ExperimentConfig("cifar10", "lenet5")))))
-SUITES.register("iau-sweep-quick")(Suite("the IAU sweep on digits",
-                                         _suite(SweepConfig("iau-sweep-quick", ExperimentConfig("digits", "lenet5")))))
+SUITES.register("iau-sweep")(Suite("IAU defaults by a validation sweep on CIFAR-10/LeNet5 (α, form, η)", bind(
+    run_sweep, SweepConfig("iau-sweep", ExperimentConfig("cifar10", "lenet5")), seeds=False)))
+SUITES.register("iau-sweep-quick")(Suite("the IAU sweep on digits", bind(
+    run_sweep, SweepConfig("iau-sweep-quick", ExperimentConfig("digits", "lenet5")), seeds=False)))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from app.ml.bench import SUITES, Suite
+from app.ml.bench import SUITES, Suite, bind
 from app.ml.bench.context import ExperimentConfig, SeedContext, evaluate_model, prepare
 from app.ml.bench.report import fmt_pm, mean_std, write_results
 from app.ml.datasets import load_dataset
@@ -184,14 +184,6 @@ def run_table(cfg: TableConfig, *, out: Path, data_dir: Path | None, data_path: 
                          markdown=_markdown(cfg, rows, summary, attack, power))
 
 
-def _suite(cfg: TableConfig) -> Any:
-    def run(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
-            device: str = "cpu") -> dict[str, Any]:
-        return run_table(cfg, out=out, data_dir=data_dir, data_path=data_path, device=device, seeds=seeds)
-
-    return run
-
-
 QUICK = TableConfig(name="quick", seeds=1, experiment=ExperimentConfig(dataset="digits", arch="lenet5"))
 # IAU rows from docs/results/iau-sweep (validation split): the best GR configuration (α = 0.1,
 # the paper's mean/sgd form) and the sweep's overall winner, IAU's defaults on the plain θ*.
@@ -218,18 +210,19 @@ TABLE2_RESNET18_CHECK = replace(TABLE2_RESNET18, name="table2-resnet18-check", s
 TABLE4_VGG19 = TableConfig(name="table4-vgg19-cifar100", experiment=ExperimentConfig("cifar100", "vgg19"))
 TABLE3_MLP = TableConfig(name="table3-mlp-purchase100", experiment=ExperimentConfig("purchase100", "mlp"))
 
-SUITES.register("quick")(Suite("digits, every method, one seed (minutes on 2 cores)", _suite(QUICK)))
+SUITES.register("quick")(Suite("digits, every method, one seed (minutes on 2 cores)", bind(run_table, QUICK)))
 SUITES.register("outliers")(Suite("Table V: forget IsolationForest outliers, CIFAR-10 LeNet5, 3 seeds",
-                                  _suite(OUTLIERS)))
-SUITES.register("outliers-quick")(Suite("Table V setting on digits, one seed", _suite(OUTLIERS_QUICK)))
-SUITES.register("table2-resnet18")(Suite("Table II ResNet18/CIFAR-10 (needs a GPU)", _suite(TABLE2_RESNET18)))
+                                  bind(run_table, OUTLIERS)))
+SUITES.register("outliers-quick")(Suite("Table V setting on digits, one seed", bind(run_table, OUTLIERS_QUICK)))
+SUITES.register("table2-resnet18")(Suite("Table II ResNet18/CIFAR-10 (needs a GPU)", bind(run_table, TABLE2_RESNET18)))
 SUITES.register("table2-resnet18-check")(Suite("Table II ResNet18/CIFAR-10, one seed, ≤ 12 epochs (the GPU check)",
-                                               _suite(TABLE2_RESNET18_CHECK)))
+                                               bind(run_table, TABLE2_RESNET18_CHECK)))
 SUITES.register("table4-vgg19-cifar100")(Suite("Table IV VGG19/CIFAR-100 (needs a GPU and the data)",
-                                               _suite(TABLE4_VGG19)))
-SUITES.register("table3-mlp-purchase100")(Suite("Table III MLP/Purchase100 (needs the data)", _suite(TABLE3_MLP)))
+                                               bind(run_table, TABLE4_VGG19)))
+SUITES.register("table3-mlp-purchase100")(Suite("Table III MLP/Purchase100 (needs the data)",
+                                                bind(run_table, TABLE3_MLP)))
 SUITES.register("cifar10-lenet5")(Suite("the paper's Table II LeNet5/CIFAR-10 setting, 3 seeds",
-                                        _suite(CIFAR10_LENET5)))
+                                        bind(run_table, CIFAR10_LENET5)))
 
 
 def tiny(name: str = "tiny") -> TableConfig:

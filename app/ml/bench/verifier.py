@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from app.ml.bench import SUITES, Suite
+from app.ml.bench import SUITES, Suite, bind
+from app.ml.bench.context import memorise
 from app.ml.bench.report import fmt_pm, mean_std, write_results
-from app.ml.data import Dataset, SplitConfig, Splits, make_splits
+from app.ml.data import Dataset, SplitConfig, make_splits
 from app.ml.datasets import load_dataset
 from app.ml.gradcache import build_cache
 from app.ml.grads import weights_sha256
@@ -50,20 +51,14 @@ class VerifierSuiteConfig:
 
 
 def _memorise(cfg: VerifierSuiteConfig, ds: Dataset, seed: int) -> dict[str, Any]:
-    full = make_splits(ds, SplitConfig(seed=seed))
-    members = np.sort(np.random.default_rng(seed).choice(full.train, min(cfg.memorise_train, len(full.train)),
-                                                         replace=False))
-    splits = Splits(train=members, val=full.val, test=full.test, shadow=full.shadow)
-    mcfg = ModelConfig(cfg.memorise_arch, ds.in_shape, ds.num_classes)
-    tcfg = TrainConfig(max_epochs=cfg.memorise_epochs, seed=seed)
-    target = fit(mcfg, ds, members, None, tcfg, progress=False).model
+    m = memorise(ds, seed, arch=cfg.memorise_arch, n_train=cfg.memorise_train, epochs=cfg.memorise_epochs)
+    target, members = m.trained.model, m.splits.train
     out: dict[str, Any] = {"seed": seed, "train_acc": accuracy(target, ds, members),
-                           "test_acc": accuracy(target, ds, full.test)}
+                           "test_acc": accuracy(target, ds, m.splits.test)}
     for name, k in (("lira", cfg.refs), ("loss", 0)):
         t0 = time.perf_counter()
-        v = build_verifier(name, BuildInputs(target, ds, splits, mcfg, tcfg, cfg.memorise_epochs),
-                           VerifierConfig(n_refs=k, ref_frac=min(1.0, len(members) / len(full.shadow)), seed=seed))
-        out[name] = {**v.measure_power(target, ds), "build_s": time.perf_counter() - t0}
+        v = m.verifier(ds, name, refs=k, seed=seed)
+        out[name] = {**v.power, "build_s": time.perf_counter() - t0}
     return out
 
 
@@ -167,14 +162,6 @@ def run(cfg: VerifierSuiteConfig, *, out: Path, seeds: int | None, data_dir: Pat
                          markdown=_markdown(cfg, mem, cost))
 
 
-def _suite(cfg: VerifierSuiteConfig) -> Any:
-    def go(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
-            device: str = "cpu") -> dict[str, Any]:
-        return run(cfg, out=out, seeds=seeds, data_dir=data_dir, data_path=data_path, device=device)
-
-    return go
-
-
 VERIFIER = VerifierSuiteConfig()
 SUITES.register("verifier")(Suite("the membership verifier: power on a memorising CIFAR-10 MLP, cost per batch "
-                                  "on digits (3 seeds)", _suite(VERIFIER)))
+                                  "on digits (3 seeds)", bind(run, VERIFIER)))

@@ -17,22 +17,20 @@ import torch.nn.functional as F
 
 from app.ml.unlearn import METHODS
 from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params, seconds_since
-from app.ml.unlearn.loops import batches, sgd, trainable_params
+from app.ml.unlearn.loops import SGDConfig, batches, trainable_params
 
 
 @dataclass(frozen=True)
-class L1SparseConfig:
+class L1SparseConfig(SGDConfig):
     alpha: float = 5e-4
     epochs: int = 10
     no_l1_epochs: int = 0  # the last epochs without the penalty
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     batch_size: int = 256
 
     def __post_init__(self) -> None:
-        if self.alpha < 0 or self.epochs < 1 or not 0 <= self.no_l1_epochs <= self.epochs or not self.lr > 0:
-            raise ValueError("alpha ≥ 0, epochs ≥ 1, 0 ≤ no_l1_epochs ≤ epochs, lr > 0")
+        super().__post_init__()
+        if self.alpha < 0 or self.epochs < 1 or not 0 <= self.no_l1_epochs <= self.epochs or self.batch_size < 1:
+            raise ValueError("alpha ≥ 0, epochs ≥ 1, 0 ≤ no_l1_epochs ≤ epochs, batch_size ≥ 1")
 
 
 def l1_strength(cfg: L1SparseConfig, epoch: int) -> float:
@@ -47,7 +45,7 @@ def l1_sparse(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
     cfg = parse_params(L1SparseConfig, params)
     model = copy.deepcopy(task.model)
     t0 = time.perf_counter()
-    opt = sgd(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = cfg.optimizer(model)
     weights = trainable_params(model)
     rng = np.random.default_rng(task.seed)
     model.train()

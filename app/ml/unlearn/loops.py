@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -44,9 +45,22 @@ def trainable_params(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def sgd(model: nn.Module, *, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
-    """The peers' optimiser (SCRUB, SalUn, ℓ1-sparse, NegGrad+ all use SGD with momentum and weight decay)."""
-    return torch.optim.SGD(trainable_params(model), lr=lr, momentum=momentum, weight_decay=weight_decay)
+@dataclass(frozen=True)
+class SGDConfig:
+    """The peers' optimiser (SCRUB, SalUn, ℓ1-sparse, NegGrad+ all use SGD with momentum and weight decay);
+    each method's config extends it and overrides the authors' step size."""
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise ValueError("lr > 0, 0 ≤ momentum < 1, weight_decay ≥ 0")
+
+    def optimizer(self, model: nn.Module) -> torch.optim.SGD:
+        return torch.optim.SGD(trainable_params(model), lr=self.lr, momentum=self.momentum,
+                               weight_decay=self.weight_decay)
 
 
 def batches(ids: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -14,21 +14,19 @@ import torch.nn.functional as F
 
 from app.ml.unlearn import METHODS
 from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params, seconds_since
-from app.ml.unlearn.loops import batches, sgd
+from app.ml.unlearn.loops import SGDConfig, batches
 
 
 @dataclass(frozen=True)
-class NegGradPlusConfig:
+class NegGradPlusConfig(SGDConfig):
     beta: float = 0.999
     epochs: int = 5
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     batch_size: int = 128
 
     def __post_init__(self) -> None:
-        if not 0 <= self.beta <= 1 or self.epochs < 1 or not self.lr > 0 or self.batch_size < 1:
-            raise ValueError("beta in [0, 1], epochs ≥ 1, lr > 0, batch_size ≥ 1")
+        super().__post_init__()
+        if not 0 <= self.beta <= 1 or self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("beta in [0, 1], epochs ≥ 1, batch_size ≥ 1")
 
 
 @METHODS.register("neggrad_plus")
@@ -36,7 +34,7 @@ def neggrad_plus(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
     cfg = parse_params(NegGradPlusConfig, params)
     model = copy.deepcopy(task.model)
     t0 = time.perf_counter()
-    opt = sgd(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = cfg.optimizer(model)
     rng = np.random.default_rng(task.seed)
     model.train()
     for _ in range(cfg.epochs):

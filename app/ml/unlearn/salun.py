@@ -23,21 +23,20 @@ from torch import nn
 from app.ml.grads import trainable
 from app.ml.unlearn import METHODS
 from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params, seconds_since
-from app.ml.unlearn.loops import batches, sgd
+from app.ml.unlearn.loops import SGDConfig, batches
 
 
 @dataclass(frozen=True)
-class SalUnConfig:
+class SalUnConfig(SGDConfig):
+    lr: float = 0.013
     threshold: float = 0.5  # share of (trainable) weights the mask keeps
     epochs: int = 10
-    lr: float = 0.013
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     batch_size: int = 256
 
     def __post_init__(self) -> None:
-        if not 0 < self.threshold <= 1 or self.epochs < 1 or not self.lr > 0 or self.batch_size < 1:
-            raise ValueError("threshold in (0, 1], epochs ≥ 1, lr > 0, batch_size ≥ 1")
+        super().__post_init__()
+        if not 0 < self.threshold <= 1 or self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("threshold in (0, 1], epochs ≥ 1, batch_size ≥ 1")
 
 
 def saliency_mask(model: nn.Module, task: UnlearnTask, share: float, batch_size: int) -> dict[str, torch.Tensor]:
@@ -63,7 +62,7 @@ def salun(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
     t0 = time.perf_counter()
     mask = saliency_mask(model, task, cfg.threshold, cfg.batch_size)
     start = {n: p.detach().clone() for n, p in trainable(model)}
-    opt = sgd(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = cfg.optimizer(model)
     rng = np.random.default_rng(task.seed)
     gen = torch.Generator().manual_seed(task.seed)
     k = task.ds.num_classes

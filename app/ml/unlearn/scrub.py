@@ -22,16 +22,14 @@ from torch import nn
 
 from app.ml.unlearn import METHODS
 from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params, seconds_since
-from app.ml.unlearn.loops import batches, sgd
+from app.ml.unlearn.loops import SGDConfig, batches
 
 
 @dataclass(frozen=True)
-class ScrubConfig:
+class ScrubConfig(SGDConfig):
+    lr: float = 5e-4
     epochs: int = 3
     max_steps: int = 2  # epochs that begin with a max pass over D_f (the authors' msteps)
-    lr: float = 5e-4
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     gamma: float = 0.99  # cross-entropy on D_r
     alpha: float = 0.001  # KL to the teacher on D_r
     temperature: float = 4.0
@@ -39,8 +37,9 @@ class ScrubConfig:
     retain_batch: int = 128
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.max_steps < 0 or not self.lr > 0 or self.temperature <= 0:
-            raise ValueError("epochs ≥ 1, max_steps ≥ 0, lr > 0 and temperature > 0")
+        super().__post_init__()
+        if self.epochs < 1 or self.max_steps < 0 or self.temperature <= 0:
+            raise ValueError("epochs ≥ 1, max_steps ≥ 0 and temperature > 0")
         if self.forget_batch < 1 or self.retain_batch < 1:
             raise ValueError("batch sizes must be ≥ 1")
 
@@ -57,7 +56,7 @@ def scrub(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
     teacher = task.model.eval()
     student = copy.deepcopy(task.model)
     t0 = time.perf_counter()
-    opt = sgd(student, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = cfg.optimizer(student)
     rng = np.random.default_rng(task.seed)
     for epoch in range(cfg.epochs):
         if epoch < cfg.max_steps:
