@@ -49,12 +49,16 @@ def gr_model(digits: Dataset, digit_splits: Splits, lenet_cfg: ModelConfig) -> T
 
 @pytest.fixture(scope="session")
 def digits_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model directory made by the library's own train job (with its gradient cache)."""
+    """A model directory made by the library's own train job (with its gradient cache, verifier and a
+    calibration at the test services' budget, which every service start then reuses)."""
+    from app.ml.calibrate import CalibrationConfig
     from app.ml.pipeline import train_to_dir
+    from tests.service_harness import TEST_MAX_ACCURACY_DROP
 
     out = tmp_path_factory.mktemp("model")
     train_to_dir(dataset="digits", arch="lenet5", out=out, split_cfg=SplitConfig(seed=0),
-                 train_cfg=TrainConfig(alpha=0.01, max_epochs=15, seed=0), progress=False)
+                 train_cfg=TrainConfig(alpha=0.01, max_epochs=15, seed=0), progress=False,
+                 calibration=CalibrationConfig(max_accuracy_drop=TEST_MAX_ACCURACY_DROP, seed=0))
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +193,8 @@ def _publish_calibration(settings: Settings, md: ModelDir, ds: Any, cache: Any, 
     """The model's own calibration when it was made with this service's budgets, else a new one."""
     own = md.meta.get("calibration")
     want = calibration_config(settings, int(md.meta.get("seed", 0)))
-    if isinstance(own, dict) and own.get("config", {}).get("max_accuracy_drop") == want.max_accuracy_drop \
+    # every knob counts (budgets, sizes, chain, seed): a changed time budget must recalibrate too
+    if isinstance(own, dict) and own.get("config") == json.loads(json.dumps(asdict(want))) \
             and own.get("holdout_size") == settings.holdout_size and "candidates" in own:
         return own
     folder = settings.home / VERIFIER_FOLDER

@@ -12,6 +12,7 @@ held-out accuracy, the method that served and the verdict.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 
 from app.ml.bench import SUITES, Suite, bind
 from app.ml.bench.context import ExperimentConfig, SeedContext, evaluate_model, prepare
-from app.ml.bench.report import fmt_pm, mean_std, write_results
+from app.ml.bench.report import fmt_pm, summary_rows, write_results
 from app.ml.calibrate import CANDIDATES, CalibrationConfig, calibrate
 from app.ml.datasets import load_dataset
 from app.ml.forgetting import PolicyOptions, forget_version
@@ -77,13 +78,12 @@ def run_seed(cfg: ForgettingConfig, ctx: SeedContext) -> dict[str, Any]:
                     CalibrationConfig(max_accuracy_drop=cfg.max_accuracy_drop, seed=ctx.seed))
     for peer in PEER_METHODS:  # the field's methods at their authors' defaults, and tuned by calibration's rule
         res = run_method(peer, task, {})
-        m = _evaluate(ctx, res.model)
-        rows.append(_row(f"{peer} (paper defaults{'' if m['finite'] else ', diverged'})", m, start, gold, ctx,
-                         res.time_s, res.params))
+        rows.append(_row(f"{peer} (paper defaults)", _evaluate(ctx, res.model), start, gold, ctx, res.time_s,
+                         res.params))
         tuned, qualified = best_setting(cal, peer)
         res = run_method(peer, task, tuned["params"])
-        rows.append(_row(f"{peer} (tuned{'' if qualified else ', none qualified'})", _evaluate(ctx, res.model),
-                         start, gold, ctx, res.time_s, res.params))
+        rows.append({**_row(f"{peer} (tuned)", _evaluate(ctx, res.model), start, gold, ctx, res.time_s,
+                            res.params), "qualified": qualified})
     acc0 = accuracy(task.model, ctx.ds, hold)
     # as the service runs it: a fast result within the budget, an exact retrain only guarded against a broken run
     budget = Budget.below(acc0, max_drop=cfg.max_accuracy_drop, exact_max_drop=cfg.exact_max_accuracy_drop)
@@ -152,15 +152,17 @@ KEYS = ("test_acc", "forget_acc", "MU", "UE", "lira_flagged", "UE_lira", "lira_a
 
 
 def summarise(per_seed: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = [r for s in per_seed for r in s["rows"]]
-    out = []
-    for name in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == name]
-        e: dict[str, Any] = {"method": name, "n_seeds": len(mine)}
-        for k in KEYS:
-            e[k], e[f"{k}_std"] = mean_std([float("nan") if r[k] is None else r[k] for r in mine])
-        out.append(e)
-    return out
+    return summary_rows([r for s in per_seed for r in s["rows"]], KEYS)
+
+
+def _caveats(mine: list[dict[str, Any]]) -> str:
+    """What a row's mean hides: seeds on which it diverged, or on which no tuned setting qualified."""
+    n, notes = len(mine), []
+    if diverged := sum(not r.get("finite", 1.0) for r in mine):
+        notes.append(f"diverged on {diverged}/{n}")
+    if "qualified" in mine[0]:
+        notes.append(f"qualified on {sum(bool(r['qualified']) for r in mine)}/{n}")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def _markdown(cfg: ForgettingConfig, per_seed: list[dict[str, Any]]) -> str:
@@ -186,7 +188,7 @@ def _markdown(cfg: ForgettingConfig, per_seed: list[dict[str, Any]]) -> str:
         t = [r["time_s"] for r in mine if r["time_s"] is not None]
         sp = [r["speedup"] for r in mine if r["speedup"] is not None]
         cell += [fmt_pm(t, 2) if t else "—", f"{fmt_pm(sp, 0)}×" if sp and name != "retrain" else "—"]
-        lines.append(f"| {name} | {' | '.join(cell)} |")
+        lines.append(f"| {name}{_caveats(mine)} | {' | '.join(cell)} |")
     lines += ["", "Calibration's choice per seed (budget: held-out accuracy within "
               f"{100 * cfg.max_accuracy_drop:g} point; chained {CalibrationConfig.chain} × 10 ids):", ""]
     for s in per_seed:
@@ -199,7 +201,13 @@ def _markdown(cfg: ForgettingConfig, per_seed: list[dict[str, Any]]) -> str:
                          f"{x['setting']['method']} {x['setting']['params']} → " + ", ".join(
                              f"{k} {v['why'] or 'qualifies'} ({v['score']})" for k in ("large", "small")
                              if (v := x[k]) is not None) for x in c["candidates"]))
-    lines += ["", f"Chained deletions through the policy with the calibrated setting ({cfg.chain} steps; "
+    if cfg.chain_sizes:
+        lines += _chain_table(cfg, per_seed)
+    return "\n".join(lines)
+
+
+def _chain_table(cfg: ForgettingConfig, per_seed: list[dict[str, Any]]) -> list[str]:
+    lines = ["", f"Chained deletions through the policy with the calibrated setting ({cfg.chain} steps; "
               "held-out accuracy drop from the start, worst step; verdicts over all steps; steps served by an exact "
               f"retrain, which only has to stay within {100 * cfg.exact_max_accuracy_drop:g} points; steps that "
               "failed, where the service keeps the previous version; no consolidation in between, unlike the "
@@ -218,7 +226,7 @@ def _markdown(cfg: ForgettingConfig, per_seed: list[dict[str, Any]]) -> str:
         said = ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items()))
         lines.append(f"| {ch[0]['size']} ids | {fmt_pm([100 * c['max_drop'] for c in ch])} | {fmt_pm(finals)} | "
                      f"{said} | {exact} / {len(ch) * cfg.chain} | {failed} |")
-    return "\n".join(lines)
+    return lines
 
 
 def _name(setting: dict[str, Any] | None) -> str:
@@ -232,7 +240,8 @@ def label(setting: dict[str, Any]) -> str:
 
 
 def plot(path: Path, per_seed: list[dict[str, Any]], title: str) -> None:
-    """The frontier: gap closed against MU, each method's speed-up in its label; mean ± std over seeds."""
+    """The frontier: gap closed against MU, each method's speed-up in its label; mean ± std over seeds. The
+    field's methods are squares, the calibrated policy a star."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -241,7 +250,10 @@ def plot(path: Path, per_seed: list[dict[str, Any]], title: str) -> None:
     summary = [e for e in summarise(per_seed) if e["method"] != "θ*"]
     fig, ax = plt.subplots(figsize=(8.5, 6.0))
     for e in summary:
-        ax.errorbar(e["MU"], e["gap_closed"], xerr=e["MU_std"], yerr=e["gap_closed_std"], fmt="o", capsize=3)
+        peer = e["method"].split(" ")[0] in PEER_METHODS
+        ax.errorbar(e["MU"], e["gap_closed"], xerr=e["MU_std"], yerr=e["gap_closed_std"], capsize=3,
+                    fmt="*" if e["method"] == CALIBRATED else "s" if peer else "o",
+                    markersize=13 if e["method"] == CALIBRATED else 6)
         speed = "" if e["method"] == "retrain" or np.isnan(e["speedup"]) else f" ({e['speedup']:.0f}×)"
         name = e["method"].replace("cand. ", "").replace("out_match", "om").replace("retain_weight", "rw")
         ax.annotate(name + speed, (e["MU"], e["gap_closed"]), textcoords="offset points", xytext=(5, 4),
@@ -257,6 +269,25 @@ def plot(path: Path, per_seed: list[dict[str, Any]], title: str) -> None:
     plt.close(fig)
 
 
+def render(out: Path) -> None:
+    """results.md and frontier.png again from OUT/results.json (its run's provenance kept): a change of
+    presentation must not cost an hour of CPU."""
+    doc = json.loads((out / "results.json").read_text())
+    c = doc["config"]
+    exp = {**c["experiment"], "extra_alphas": tuple(c["experiment"]["extra_alphas"])}
+    cfg = ForgettingConfig(**{**c, "experiment": ExperimentConfig(**exp), "chain_sizes": tuple(c["chain_sizes"]),
+                              "seeds": len(c["seeds"])})
+    per_seed = doc["per_seed"]
+    plot(out / "frontier.png", per_seed, f"{cfg.experiment.dataset} / {cfg.experiment.arch}, "
+         f"{cfg.experiment.forget_frac:.0%} forgotten, {len(per_seed)} seeds")
+    write_results(out, suite=doc["suite"], command=doc["command"], config=c,
+                  results=_results(per_seed), markdown=_markdown(cfg, per_seed), prov=doc["provenance"])
+
+
+def _results(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"per_seed": per_seed, "summary": summarise(per_seed), "rows": [r for s in per_seed for r in s["rows"]]}
+
+
 def run(cfg: ForgettingConfig, *, out: Path, seeds: int | None, data_dir: Path | None,
         data_path: Path | None, device: str = "cpu") -> dict[str, Any]:
     n = seeds or cfg.seeds
@@ -267,8 +298,7 @@ def run(cfg: ForgettingConfig, *, out: Path, seeds: int | None, data_dir: Path |
     command = f"unlearnd bench --suite {cfg.name} --out {out}" + (f" --seeds {seeds}" if seeds else "")
     return write_results(out, device=ds.device, placement=ds.placement,
                          suite=cfg.name, command=command, config={**asdict(cfg), "seeds": list(range(n))},
-                         results={"per_seed": per_seed, "summary": summarise(per_seed), "rows":
-                                  [r for s in per_seed for r in s["rows"]]},
+                         results=_results(per_seed),
                          markdown=_markdown(cfg, per_seed))
 
 

@@ -49,10 +49,12 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int,
 
 
 def write_results(out: Path, *, suite: str, command: str, config: dict[str, Any], results: dict[str, Any],
-                  markdown: str, device: torch.device | None = None, placement: str | None = None) -> dict[str, Any]:
-    """DEVICE and PLACEMENT: what the suite ran on, and where its data lived (Dataset.placement)."""
-    doc = {"suite": suite, "command": command, "config": config, "provenance": provenance(device, placement),
-           **results}
+                  markdown: str, device: torch.device | None = None, placement: str | None = None,
+                  prov: dict[str, Any] | None = None) -> dict[str, Any]:
+    """DEVICE and PLACEMENT: what the suite ran on, and where its data lived (Dataset.placement); PROV: a stored
+    run's provenance, when its outputs are rendered again."""
+    doc = {"suite": suite, "command": command, "config": config,
+           "provenance": prov or provenance(device, placement), **results}
     atomic_write_text(out / "results.json", json.dumps(doc, indent=2, default=float))
     header = f"# {suite}\n\nCommand: `{command}`\n\n"
     p = doc["provenance"]
