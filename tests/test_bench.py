@@ -79,7 +79,7 @@ def test_sweep_default_respects_the_accuracy_bound() -> None:
 
 
 def test_forgetting_suite_rows_frontier_and_chain(tmp_path: Path) -> None:
-    from app.ml.bench.forgetting import CALIBRATED, CONFIGS, FAST, PEER_METHODS, label, run
+    from app.ml.bench.forgetting import CALIBRATED, CONFIGS, FAST, PEER_METHODS, label, render, run
     from app.ml.calibrate import CANDIDATES
 
     quick = next(c for c in CONFIGS if c.name == "forgetting-quick")
@@ -89,10 +89,10 @@ def test_forgetting_suite_rows_frontier_and_chain(tmp_path: Path) -> None:
     assert names[:2 + len(FAST) + len(CANDIDATES)] == ["θ*", "retrain", *(f[0] for f in FAST),
                                                         *(label(c.to_dict()) for c in CANDIDATES)]
     assert names[-1] == CALIBRATED and len(peers) == 2 * len(PEER_METHODS)
-    for p in PEER_METHODS:  # each at its authors' defaults and tuned by calibration's rule
-        assert any(n.startswith(f"{p} (paper defaults") for n in peers)
-        assert any(n.startswith(f"{p} (tuned") for n in peers)
+    # each at its authors' defaults and tuned by calibration's rule, under one name whatever the seed gave
+    assert peers == [f"{p} ({kind})" for p in PEER_METHODS for kind in ("paper defaults", "tuned")]
     rows = {r["method"]: r for r in doc["rows"]}
+    assert all(isinstance(rows[f"{p} (tuned)"]["qualified"], bool) for p in PEER_METHODS)
     assert rows["retrain"]["salun_gap"] == 0 and all(r["salun_gap"] >= 0 for r in rows.values())
     assert 0 <= rows["θ*"]["mia_efficacy"] <= 100
     gap = rows["retrain"]["gap_closed"]
@@ -109,7 +109,11 @@ def test_forgetting_suite_rows_frontier_and_chain(tmp_path: Path) -> None:
         assert step["failed"] or chain["holdout_acc_start"] - step["holdout_acc"] <= budget + 1e-9, step
     md = (tmp_path / "results.md").read_text()
     assert "| calibrated (policy) |" in md and "Chained deletions" in md and "speed-up" in md
+    assert "| scrub (tuned) (qualified on " in md
     assert (tmp_path / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "frontier.png").unlink()
+    render(tmp_path)  # from results.json alone: the same table, the run's own provenance
+    assert (tmp_path / "results.md").read_text() == md and (tmp_path / "frontier.png").exists()
 
 
 def test_finetune_suite_rows_and_frozen_backbone(tmp_path: Path) -> None:

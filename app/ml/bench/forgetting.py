@@ -278,10 +278,14 @@ def render(out: Path) -> None:
     cfg = ForgettingConfig(**{**c, "experiment": ExperimentConfig(**exp), "chain_sizes": tuple(c["chain_sizes"]),
                               "seeds": len(c["seeds"])})
     per_seed = doc["per_seed"]
-    plot(out / "frontier.png", per_seed, f"{cfg.experiment.dataset} / {cfg.experiment.arch}, "
-         f"{cfg.experiment.forget_frac:.0%} forgotten, {len(per_seed)} seeds")
+    plot(out / "frontier.png", per_seed, _title(cfg, len(per_seed)))
     write_results(out, suite=doc["suite"], command=doc["command"], config=c,
                   results=_results(per_seed), markdown=_markdown(cfg, per_seed), prov=doc["provenance"])
+
+
+def _title(cfg: ForgettingConfig, seeds: int) -> str:
+    x = cfg.experiment
+    return f"{x.dataset} / {x.arch}, {x.forget_frac:.0%} forgotten, {seeds} seeds"
 
 
 def _results(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
@@ -293,8 +297,7 @@ def run(cfg: ForgettingConfig, *, out: Path, seeds: int | None, data_dir: Path |
     n = seeds or cfg.seeds
     ds = load_dataset(cfg.experiment.dataset, path=data_path, data_dir=data_dir, device=device)
     per_seed = [run_seed(cfg, prepare(cfg.experiment, ds, s, progress=False)) for s in range(n)]
-    plot(out / "frontier.png", per_seed, f"{cfg.experiment.dataset} / {cfg.experiment.arch}, "
-         f"{cfg.experiment.forget_frac:.0%} forgotten, {n} seeds")
+    plot(out / "frontier.png", per_seed, _title(cfg, n))
     command = f"unlearnd bench --suite {cfg.name} --out {out}" + (f" --seeds {seeds}" if seeds else "")
     return write_results(out, device=ds.device, placement=ds.placement,
                          suite=cfg.name, command=command, config={**asdict(cfg), "seeds": list(range(n))},
