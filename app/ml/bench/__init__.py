@@ -20,17 +20,16 @@ class Suite:
 SUITES: Registry[Suite] = Registry("suite")
 
 
-def bind(run: Callable[..., dict[str, Any]], cfg: Any, *, seeds: bool = True) -> Callable[..., dict[str, Any]]:
+def bind(run: Callable[..., dict[str, Any]], cfg: Any, *,
+         fixed_seeds: bool = False) -> Callable[..., dict[str, Any]]:
     """A suite's entry point: RUN(cfg, out=, seeds=, data_dir=, data_path=, device=) with its config bound;
-    SEEDS=False for a suite whose config fixes its seeds (RUN then takes no `seeds`, and `--seeds` is refused
+    FIXED_SEEDS for a suite whose config fixes its seeds (RUN then takes no `seeds`, and `--seeds` is refused
     rather than silently ignored)."""
-    takes_seeds = seeds
-
     def go(*, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
            device: str = "cpu") -> dict[str, Any]:
-        if not takes_seeds and seeds is not None:
+        if fixed_seeds and seeds is not None:
             raise ConfigError("this suite's seeds are fixed by its configuration; run it without --seeds")
-        extra = {"seeds": seeds} if takes_seeds else {}
+        extra = {} if fixed_seeds else {"seeds": seeds}
         return run(cfg, out=out, data_dir=data_dir, data_path=data_path, device=device, **extra)
 
     return go

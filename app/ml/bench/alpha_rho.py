@@ -118,10 +118,12 @@ def _plot(path: Path, rows: list[dict[str, Any]], cfg: AlphaRhoConfig) -> None:
 
 SUITES.register("alpha-rho-full")(Suite("MU/UE heatmaps over α ∈ {0..0.1} × ρ ∈ {0.01..0.1} (Fig. 4): "
                                         "11 GR trainings + 10 retrains, about 2.5 h on one CPU core",
-                                        bind(run_alpha_rho, AlphaRhoConfig("alpha-rho-full", "cifar10"), seeds=False)))
+                                        bind(run_alpha_rho, AlphaRhoConfig("alpha-rho-full", "cifar10"),
+                                             fixed_seeds=True)))
 # The committed CIFAR-10 run: a 4 × 3 corner-and-middle subgrid of Fig. 4 that fits a CPU session.
 SUBGRID = AlphaRhoConfig("alpha-rho", "cifar10", alphas=(0.0, 0.01, 0.05, 0.1), rhos=(0.01, 0.05, 0.1))
 QUICK = AlphaRhoConfig("alpha-rho-quick", "digits", alphas=(0.0, 0.05, 0.1), rhos=(0.02, 0.05, 0.1))
 SUITES.register("alpha-rho")(Suite("alpha-rho-full's subgrid α ∈ {0, .01, .05, .1} × ρ ∈ {.01, .05, .1}",
-                                   bind(run_alpha_rho, SUBGRID, seeds=False)))
-SUITES.register("alpha-rho-quick")(Suite("alpha-rho on digits, a 3 × 3 grid", bind(run_alpha_rho, QUICK, seeds=False)))
+                                   bind(run_alpha_rho, SUBGRID, fixed_seeds=True)))
+SUITES.register("alpha-rho-quick")(Suite("alpha-rho on digits, a 3 × 3 grid",
+                                         bind(run_alpha_rho, QUICK, fixed_seeds=True)))

@@ -89,6 +89,6 @@ def _plot(path: Path, norms: dict[str, np.ndarray]) -> None:
 
 
 SUITES.register("grad-norms")(Suite("per-sample gradient norms: plain / GR / clipping / SignSGD (Fig. 3)",
-                                    bind(run_grad_norms, GradNormsConfig("grad-norms", "cifar10"), seeds=False)))
+                                    bind(run_grad_norms, GradNormsConfig("grad-norms", "cifar10"), fixed_seeds=True)))
 SUITES.register("grad-norms-quick")(Suite("grad-norms on digits", bind(
-    run_grad_norms, GradNormsConfig("grad-norms-quick", "digits"), seeds=False)))
+    run_grad_norms, GradNormsConfig("grad-norms-quick", "digits"), fixed_seeds=True)))

@@ -270,8 +270,8 @@ RESNET18 = SpeedConfig(arch="resnet18", max_epochs=15, patience=3, epoch_repeats
                        gr_grad="fd")
 QUICK = SpeedConfig(dataset="digits", max_epochs=5, patience=3, epoch_repeats=1, repeats=2)
 SUITES.register("speed")(Suite("CIFAR-10/LeNet5: fast & slow path, retrain, GR epoch cost, peak memory",
-                               bind(run_speed, SpeedConfig(), seeds=False)))
+                               bind(run_speed, SpeedConfig(), fixed_seeds=True)))
 SUITES.register("speed-resnet18")(Suite("ResNet18/CIFAR-10 on a GPU: the speed suite with batch 128, GR by fd, "
-                                        "≤ 15 epochs", bind(run_speed, RESNET18, seeds=False)))
+                                        "≤ 15 epochs", bind(run_speed, RESNET18, fixed_seeds=True)))
 SUITES.register("speed-quick")(Suite("the speed suite on digits in well under a minute (for tests)",
-                                     bind(run_speed, QUICK, seeds=False)))
+                                     bind(run_speed, QUICK, fixed_seeds=True)))

@@ -136,6 +136,6 @@ def _plot(path: Path, rows: list[dict[str, Any]], alphas: tuple[float, ...]) -> 
 
 
 SUITES.register("iau-sweep")(Suite("IAU defaults by a validation sweep on CIFAR-10/LeNet5 (α, form, η)", bind(
-    run_sweep, SweepConfig("iau-sweep", ExperimentConfig("cifar10", "lenet5")), seeds=False)))
+    run_sweep, SweepConfig("iau-sweep", ExperimentConfig("cifar10", "lenet5")), fixed_seeds=True)))
 SUITES.register("iau-sweep-quick")(Suite("the IAU sweep on digits", bind(
-    run_sweep, SweepConfig("iau-sweep-quick", ExperimentConfig("digits", "lenet5")), seeds=False)))
+    run_sweep, SweepConfig("iau-sweep-quick", ExperimentConfig("digits", "lenet5")), fixed_seeds=True)))
