@@ -58,7 +58,10 @@ def _extras(ns: argparse.Namespace, settings: Settings) -> dict[str, object]:
             "calibration": None if ns.no_calibrate else CalibrationConfig(max_accuracy_drop=ns.max_accuracy_drop,
                                                                           seed=ns.seed),
             "chunk_size": settings.chunk_size, "progress": not ns.quiet, "device": ns.device or settings.device,
-            "data_dir": settings.data_dir, "data_options": {"image_size": ns.image_size}}
+            "data_dir": settings.data_dir, "data_options": {
+                "image_size": ns.image_size, "label_column": ns.label_column, "normalize": ns.normalize,
+                "drop_columns": [c.strip() for c in ns.drop_columns.split(",") if c.strip()] if ns.drop_columns
+                else None}}
 
 
 def _report(meta: dict[str, object]) -> None:
@@ -248,6 +251,12 @@ def _model_flags(p: argparse.ArgumentParser, datasets: list[str], models: list[s
                    help="imagefolder:DIR, csv:FILE, parquet:FILE or npz:FILE; or the file of --dataset NAME")
     p.add_argument("--dataset", help=f"a dataset by name: {', '.join(datasets)}")
     p.add_argument("--image-size", type=positive(int), metavar="N", help="imagefolder: resize every image to N×N")
+    p.add_argument("--normalize", metavar="data|none|M,…/S,…",
+                   help="images: standardise each channel with the data's own statistics (data, the default), not "
+                        "at all (none: pixels in [0, 1]), or your own means/stds, e.g. a backbone's "
+                        "0.485,0.456,0.406/0.229,0.224,0.225")
+    p.add_argument("--label-column", metavar="NAME", help="csv/parquet: the label column (default: label)")
+    p.add_argument("--drop-columns", metavar="NAME[,NAME…]", help="csv/parquet: columns that are not features")
     p.add_argument("--init", type=Path, metavar="FILE",
                    help="starting weights (safetensors, or a state_dict read with weights_only=True); every "
                         "retrain starts from them too")

@@ -15,6 +15,8 @@ message (no traceback) and the HTTP layer maps each class once to a problem+json
     └── ServiceError          the deletion service (status + slug → problem+json)
         ├── InvalidRequest 422  ├── NotFound 404   ├── Gone 410 (forgotten sample)
         ├── Conflict 409        ├── Unauthorized 401 ├── Forbidden 403
+        │   └── AlreadyForgotten 409 (a subject an earlier request forgot)
+        ├── MalformedRequest 400 ├── UnsupportedMediaType 415
         └── Unavailable 503     (no model loaded yet, ledger unreachable)
 """
 
@@ -116,7 +118,7 @@ class MalformedRequest(ServiceError):
 
 
 class UnsupportedMediaType(ServiceError):
-    status, slug, title = 415, "unsupported-media-type", "The body must be JSON"
+    status, slug, title = 415, "unsupported-media-type", "The body's media type is not accepted here"
 
 
 class NotFound(ServiceError):
@@ -129,6 +131,12 @@ class Gone(ServiceError):
 
 class Conflict(ServiceError):
     status, slug, title = 409, "conflict", "Conflict"
+
+
+class AlreadyForgotten(Conflict):
+    """A deletion by subject whose samples an earlier request already forgot (`request_id` names it)."""
+
+    status, slug, title = 409, "already-forgotten", "Already forgotten"
 
 
 class Unauthorized(ServiceError):

@@ -26,7 +26,7 @@ CLASSES = ("zero", "one", "two")
 FAST = ["--max-epochs", "3", "--verify-refs", "0", "--no-calibrate", "--quiet"]
 
 
-def make_image_folder(root: Path, *, per_class: int = 30, test_per_class: int = 8, rgb: bool = False,
+def make_image_folder(root: Path, *, per_class: int = 30, test_per_class: int = 12, rgb: bool = False,
                       subjects: bool = True) -> dict[str, int]:
     """Digits 0–2 as 16×16 PNGs under root/{train,test}/<name>/; samples.csv gives shuffled ids and a subject per
     three images. Returns path → sample_id."""
@@ -77,7 +77,11 @@ def test_an_image_folder_with_samples_csv(tmp_path: Path) -> None:
         assert ds.y[sid] == ds.names.index(rel.split("/")[1]) and ds.subjects[sid] == f"subject-{sid // 3}"
     splits = make_splits(ds, SplitConfig(seed=0))
     test_ids = sorted(sid for rel, sid in mapping.items() if rel.startswith("test/"))
-    assert splits.test.tolist() == test_ids  # the folder's own test split
+    train_ids = sorted(sid for rel, sid in mapping.items() if rel.startswith("train/"))
+    assert splits.train.tolist() == train_ids  # every image under train/ is trained on
+    held = np.concatenate([splits.test, splits.val, splits.shadow])  # the rest is carved from test/
+    assert sorted(held.tolist()) == test_ids and len(splits.val) and len(splits.shadow)
+    assert splits.origin["val"]["from"] == {"carved from test": len(splits.val)}
     out = tmp_path / "model"
     assert run("train", "--model", "tests.models_for_tests:small_cnn", "--data", f"imagefolder:{tmp_path / 'imgs'}",
                "--out", out, *FAST) == 0
@@ -236,7 +240,8 @@ def test_import_serve_delete_a_subject_and_consolidate(tmp_path: Path, redis_url
             gone = [rel for rel, sid in mapping.items() if sid in victims]
             assert wait_until(lambda: all((tmp_path / "imgs" / rel).stat().st_size == 0 for rel in gone),
                               timeout=30)  # erased at the source by the worker's sweep, as in the store
-            assert "subject-4" not in (tmp_path / "imgs" / "samples.csv").read_text()
+            listed = csv.DictReader((tmp_path / "imgs" / "samples.csv").open())
+            assert not [r for r in listed if r["subject_id"] == "subject-4"]
             # a stored sample and its own PNG get the same answer
             keep = int(train[0]) if int(train[0]) not in victims else int(train[1])
             rel = next(r for r, s in mapping.items() if s == keep)

@@ -69,7 +69,7 @@ def cases(f: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
         "missing flag": (["train", "--dataset", "digits", "--arch", "mlp"], "--out"),
         "unknown subcommand": (["frobnicate"], "invalid choice"),
         "unlearn a missing model": (["unlearn", "--model", str(f["dir"] / "none"), "--forget-ids", str(f["ids"]),
-                                     "--out", out], "not an integer id"),
+                                     "--out", out], "is not a model directory"),
         "verify a missing model": (["verify", "--model", str(f["dir"] / "none"), "--ids", str(f["ids"])], "none"),
         "cache a missing model": (["cache", "--model", str(f["dir"] / "none")], "none"),
         "unknown suite": (["bench", "--suite", "nope", "--out", out], "valid"),

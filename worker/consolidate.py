@@ -108,7 +108,7 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
     train_s = time.perf_counter() - t0
     hold = kept.holdout(settings.holdout_size)
     floor = budget(settings, first).exact_floor
-    acc, problem = validate(model, ds, hold, floor)
+    acc, problem = validate(model, ds, hold, floor, exact=True)
     if problem:
         log.error("consolidation rejected, the served version stays: %s", problem)
         now = utcnow()

@@ -28,9 +28,10 @@ from app.db.models import ModelVersion
 from app.db.session import transaction, truncate_wal, utcnow
 from app.ml.device import resolve
 from app.ml.gradcache import build_cache, cache_matches, load_cache, save_cache
+from app.ml.imagefolder import drop_from_mapping
 from app.service.ledger_conn import LedgerConn
 from app.service.queue import notify
-from app.service.store import erase_source, open_store, purge, store_on
+from app.service.store import erase_source, open_store, purge, sample_keys, store_on
 from app.service.versions import load_version, version_dir
 from worker.derived import drop_statistics
 
@@ -50,6 +51,9 @@ def purge_forgotten(settings: Settings, conn: LedgerConn) -> None:
     if erased:
         log.info("erased %d forgotten samples in the source data too", erased)
     drop_statistics(settings, np.asarray(gone, dtype=np.int64))  # the references: rebuild_derived, outside jobs
+    unlinked = _drop_links(settings, head, gone)
+    if unlinked:
+        log.info("removed %d forgotten samples' rows from the model folders' samples.csv", unlinked)
     if not truncate_wal(conn.engine):
         log.info("the ledger's WAL is still read; its pre-erasure pages go at the next sweep")
     initial = settings.home / "initial-model"
@@ -64,6 +68,17 @@ def purge_forgotten(settings: Settings, conn: LedgerConn) -> None:
         with transaction(conn.write) as s:
             s.execute(update(ModelVersion).where(ModelVersion.id == v.id).values(weights_present=False))
         log.info("purged the weights of version %s", v.id)
+
+
+def _drop_links(settings: Settings, head: ModelVersion, gone: list[int]) -> int:
+    """The id → path/subject rows of forgotten samples leave every samples.csv the service knows of: the
+    folder it published from (the operator's), and its own model folders."""
+    meta = json.loads((version_dir(settings.home, head) / "meta.json").read_text())
+    folders = [Path(meta["published_from"])] if meta.get("published_from") else []
+    if settings.models_dir.is_dir():
+        folders += [d for d in settings.models_dir.iterdir() if d.is_dir()]
+    keys = {str(k) for k in sample_keys(settings.store_dir, np.asarray(gone, dtype=np.int64))}
+    return sum(drop_from_mapping(f, keys) for f in folders if f.is_dir())
 
 
 def remove_orphans(settings: Settings, conn: LedgerConn) -> int:

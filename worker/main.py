@@ -22,7 +22,7 @@ from rq.exceptions import StopRequested
 from rq.serializers import JSONSerializer
 
 from app.core.config import Settings
-from app.db import ledger, workers
+from app.db import jobs, ledger, workers
 from app.db.session import transaction, utcnow
 from app.service.ledger_conn import LedgerConn
 from app.service.queue import announce, connect, queue
@@ -72,21 +72,30 @@ def _lower_priority(priority: str) -> None:
 
 
 CONSOLIDATE_BACKOFF_S = 600.0  # a failed retrain is minutes of CPU: not again at the next sweep
-REBUILD_BACKOFF_S = 60.0
 JOBS_PER_TURN = 10
 
 
-def maybe_rebuild(settings: Settings, conn: LedgerConn, *, not_before: float = 0.0) -> float:
+def maybe_rebuild(settings: Settings, conn: LedgerConn) -> None:
     """Retrain the models derived from deleted shadow samples, here rather than in an RQ job: its timeout
-    would interrupt a rebuild that takes minutes. Returns when the next attempt may run."""
-    if time.monotonic() < not_before:
-        return not_before
+    would interrupt a rebuild that takes minutes. A failure is recorded in the ledger (failures in a row, the
+    error, the next try with backoff); after UNLEARND_REBUILD_MAX_FAILURES the waiting requests carry the
+    error, and /readyz, /metrics and /ui show it. `unlearnd requests retry --rebuild` clears the backoff."""
+    with transaction(conn.read) as s:
+        if not jobs.may_run(s, name=jobs.REBUILD, now=utcnow()):
+            return
     try:
         rebuild_derived(settings, conn)
     except Exception as e:  # retried until done: the ledger still names the samples the references hold
-        log.exception("rebuilding the derived models failed; retrying in %.0f s", REBUILD_BACKOFF_S, exc_info=e)
-        return time.monotonic() + REBUILD_BACKOFF_S
-    return 0.0
+        error = f"{type(e).__name__}: {e}"
+        with transaction(conn.write) as s:
+            row = jobs.failed(s, name=jobs.REBUILD, error=error, now=utcnow())
+            if row.failures >= settings.rebuild_max_failures:
+                jobs.mark_derived_error(s, error=error)
+            n, wait = row.failures, jobs.backoff_s(row.failures)
+        log.exception("rebuilding the derived models failed (%d in a row); retrying in %.0f s", n, wait, exc_info=e)
+        return
+    with transaction(conn.write) as s:
+        jobs.succeeded(s, name=jobs.REBUILD)
 
 
 def maybe_consolidate(settings: Settings, conn: LedgerConn, redis: Redis, *, not_before: float = 0.0) -> float:
@@ -169,12 +178,12 @@ def _serve_queue(settings: Settings, conn: LedgerConn, stop: _Stop) -> int:
     purge_forgotten(settings, conn)  # heal a crash between a commit and its clean-up
     refresh_cache(settings, conn)
     log.info("worker listening on queue %r", settings.queue_name)
-    next_sweep = next_consolidation = next_rebuild = 0.0
+    next_sweep = next_consolidation = 0.0
     while not stop.requested:
         try:
             if time.monotonic() >= next_sweep:
                 sweep(settings, conn, redis)
-                next_rebuild = maybe_rebuild(settings, conn, not_before=next_rebuild)
+                maybe_rebuild(settings, conn)
                 next_consolidation = maybe_consolidate(settings, conn, redis, not_before=next_consolidation)
                 next_sweep = time.monotonic() + settings.sweep_interval_s
             w = SimpleWorker([queue(settings, redis)], connection=redis, serializer=JSONSerializer)

@@ -2,9 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+@dataclass
+class JobReading:
+    """One background job's state as the ledger says it (app/db/jobs.py), read at each scrape."""
+
+    failures_total: int
+    failures_in_a_row: int
+    stuck_seconds: float  # since its first failure in a row, once that run reached the stuck threshold; else 0
+
+
+class BackgroundJobs(Collector):
+    """The worker's background jobs' failures, which only the ledger knows (the worker is another process): a
+    counter of every failure and gauges of the current run of them, per job."""
+
+    def __init__(self) -> None:
+        self.readings: dict[str, JobReading] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        total = CounterMetricFamily("unlearnd_background_job_failures", "failures of a background job (the "
+                                    "derived models' rebuild), all time", labels=["job"])
+        row = GaugeMetricFamily("unlearnd_background_job_failures_in_a_row", "failures since its last success",
+                                labels=["job"])
+        stuck = GaugeMetricFamily("unlearnd_background_job_stuck_seconds", "how long the job has been stuck "
+                                  "(failed UNLEARND_REBUILD_MAX_FAILURES times or more in a row); 0 when not",
+                                  labels=["job"])
+        for name, r in sorted(self.readings.items()):
+            total.add_metric([name], r.failures_total)
+            row.add_metric([name], r.failures_in_a_row)
+            stuck.add_metric([name], r.stuck_seconds)
+        yield from (total, row, stuck)
 
 
 @dataclass
@@ -13,6 +47,8 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
+        self.jobs = BackgroundJobs()
+        r.register(self.jobs)
         self.http = Counter("unlearnd_http_requests_total", "HTTP requests", ["route", "status"], registry=r)
         self.latency = Histogram("unlearnd_http_request_seconds", "HTTP latency", ["route"], registry=r,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))

@@ -5,13 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from app.ml.record import Verdict
 
 RequestState = Literal["pending", "processing", "completed", "rejected", "failed"]
 INT64_MAX = 2**63 - 1  # the ledger's integer columns (SQLite and PostgreSQL BIGINT)
-SampleId = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]
+SampleId = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)] | Annotated[
+    StrictStr, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+# what clients see: the data's own id (app/ids.py), an integer when the data's ids are integers
+OwnId = int | str
 # text that is stored (subject ids, idempotency keys): no control characters (NUL breaks PostgreSQL's text type)
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 
@@ -29,7 +32,8 @@ class Problem(BaseModel):
 
 class DeleteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    sample_ids: list[SampleId] | None = Field(default=None, description="training sample ids to forget")
+    sample_ids: list[SampleId] | None = Field(default=None, description="ids of the samples to forget, as the data "
+                                                                        "names them (integers or strings)")
     subject_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=PRINTABLE,
                                    description="forget every sample of this data subject")
 
@@ -41,7 +45,7 @@ class DeleteAccepted(BaseModel):
     received_at: datetime
     due_at: datetime
     n_samples: int
-    already_forgotten: list[int] = Field(description="ids in the request that were already forgotten")
+    already_forgotten: list[OwnId] = Field(description="ids in the request that were already forgotten")
 
 
 class Forgetting(BaseModel):
@@ -55,6 +59,9 @@ class Forgetting(BaseModel):
                                                                       "samples was first served")
     derived_pending: bool = Field(default=False, description="deleted shadow samples are still inside the "
                                                              "verifier's reference models; they are being retrained")
+    derived_error: str | None = Field(default=None, description="why retraining those models keeps failing (it is "
+                                                                "retried with backoff, and by `unlearnd requests "
+                                                                "retry`); null while it works")
     verdict: Verdict = Field(description="forgotten | partial | not measurable | unverified: the membership "
                                      "verifier on the batch's forgotten samples after the update")
     gap_closed: float | None = Field(default=None, description="share of the samples' membership signal (set AUC "
@@ -74,9 +81,9 @@ class RequestStatus(BaseModel):
     received_at: datetime
     due_at: datetime
     completed_at: datetime | None
-    sample_ids: list[int]
+    sample_ids: list[OwnId]
     subject_id: str | None
-    already_forgotten: list[int]
+    already_forgotten: list[OwnId]
     model_version: str | None = Field(description="the first version that excludes the samples")
     audit_entry: int | None
     reason: str | None
@@ -99,7 +106,7 @@ class Prediction(BaseModel):
 
 class PredictResponse(BaseModel):
     model_version: str
-    sample_id: int | None = None
+    sample_id: OwnId | None = None
     predictions: list[Prediction]
 
 

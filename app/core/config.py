@@ -128,6 +128,12 @@ class Settings(BaseSettings):
                                                        "approximately-forgotten request is due")
     consolidate_after: int = Field(default=20, ge=1,
                                    description="consolidate after this many approximate versions in a row")
+    rebuild_max_failures: int = Field(default=3, ge=1,
+                                      description="a background rebuild (the verifier's reference models) that fails "
+                                                  "this many times in a row is shown as stuck: /readyz, /metrics, "
+                                                  "/ui and the waiting requests' derived_error; it is still retried, "
+                                                  "with backoff (60 s doubling to 1 h), and at once by `unlearnd "
+                                                  "requests retry --rebuild`")
     subjects_file: Path | None = Field(default=None, description="JSON {sample_id: subject_id} for the samples")
     verifier: str = Field(default="lira", description="membership verifier that judges each batch (lira, loss)")
     verify_refs: int = Field(default=4, ge=0,

@@ -9,7 +9,7 @@ import hashlib
 import hmac
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 
 from app.db.models import DeletionRequest, Head, ModelVersion, RequestSample, Sample
 from app.db.session import as_utc
-from app.errors import Conflict, InvalidRequest, NotFound
+from app.errors import AlreadyForgotten, Conflict, InvalidRequest, NotFound
+from app.ids import PublicId, public, text
 
 OPEN_STATES = ("pending", "processing")
 
@@ -27,10 +28,13 @@ OPEN_STATES = ("pending", "processing")
 # --- samples and versions ------------------------------------------------------------------
 
 def add_samples(session: Session, *, ids: Sequence[int], subjects: dict[int, str] | None = None,
-                split: str = "train") -> None:
+                split: str = "train", keys: Sequence[str] | None = None) -> None:
+    """IDS are the store's rows; KEYS the data's own ids for them (default: the row numbers)."""
     subjects = subjects or {}
-    session.bulk_insert_mappings(Sample, [{"id": int(i), "subject_id": subjects.get(int(i)), "state": "active",
-                                           "split": split} for i in ids])  # type: ignore[arg-type]
+    keys = keys if keys is not None else [str(int(i)) for i in ids]
+    session.bulk_insert_mappings(Sample, [{"id": int(i), "key": k, "subject_id": subjects.get(int(i)),
+                                           "state": "active", "split": split}
+                                          for i, k in zip(ids, keys, strict=True)])  # type: ignore[arg-type]
 
 
 def has_split_samples(session: Session) -> bool:
@@ -59,6 +63,18 @@ def forgotten_ids(session: Session, *, split: str | None = None) -> list[int]:
 
 def sample_state(session: Session, *, sample_id: int) -> str | None:
     return session.scalar(select(Sample.state).where(Sample.id == sample_id))
+
+
+def sample_by_key(session: Session, *, key: str) -> tuple[int, str] | None:
+    """(the store's row, state) of the sample the data calls KEY."""
+    row = session.execute(select(Sample.id, Sample.state).where(Sample.key == key)).first()
+    return (int(row[0]), str(row[1])) if row else None
+
+
+def keys_of_rows(session: Session, *, rows: Sequence[int]) -> dict[int, PublicId]:
+    """The data's own id of each row, as clients see it."""
+    found = session.execute(select(Sample.id, Sample.key).where(Sample.id.in_([int(r) for r in rows])))
+    return {int(i): public(k if k is not None else str(i)) for i, k in found}
 
 
 def head(session: Session) -> ModelVersion | None:
@@ -103,7 +119,7 @@ def versions(session: Session) -> list[ModelVersion]:
 class NewRequest:
     request: DeletionRequest
     created: bool  # False: an earlier request with the same Idempotency-Key
-    already_forgotten: list[int]
+    already_forgotten: list[PublicId]
 
 
 SUBJECT_DIGEST = "hmac-sha256:"
@@ -115,36 +131,49 @@ def subject_digest(subject: str, key: bytes) -> str:
     return SUBJECT_DIGEST + hmac.new(key, subject.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def _body_hash(sample_ids: Sequence[int] | None, subject_id: str | None) -> str:
-    body = {"sample_ids": sorted(set(sample_ids)) if sample_ids is not None else None, "subject_id": subject_id}
+def _body_hash(sample_ids: Sequence[PublicId] | None, subject_id: str | None) -> str:
+    ids = sorted({text(i) for i in sample_ids}, key=lambda t: (len(t), t)) if sample_ids is not None else None
+    body = {"sample_ids": [public(t) for t in ids] if ids is not None else None, "subject_id": subject_id}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _resolve(session: Session, *, sample_ids: Sequence[int] | None, subject_id: str | None,
-             max_ids: int) -> list[int]:
+def _resolve(session: Session, *, sample_ids: Sequence[PublicId] | None, subject_id: str | None,
+             max_ids: int, subject_key: bytes) -> list[int]:
+    """The store's rows the request names (by the data's own ids, or by subject)."""
     if (sample_ids is None) == (subject_id is None):
         raise InvalidRequest("give exactly one of sample_ids or subject_id")
     if subject_id is not None:
         ids = list(session.scalars(select(Sample.id).where(Sample.subject_id == subject_id).order_by(Sample.id)))
         if not ids:
+            _forgotten_subject(session, subject_id, subject_key)
             raise NotFound(f"no samples belong to subject {subject_id!r}")
         return ids
     assert sample_ids is not None
-    ids = sorted(set(int(i) for i in sample_ids))
-    if not ids:
+    wanted = sorted({text(i) for i in sample_ids})
+    if not wanted:
         raise InvalidRequest("sample_ids is empty")
-    if len(ids) > max_ids:
-        raise InvalidRequest(f"{len(ids)} sample ids; at most {max_ids} per request", max_ids=max_ids)
-    known = set(session.scalars(select(Sample.id).where(Sample.id.in_(ids))))
-    unknown = [i for i in ids if i not in known]
+    if len(wanted) > max_ids:
+        raise InvalidRequest(f"{len(wanted)} sample ids; at most {max_ids} per request", max_ids=max_ids)
+    found = dict(session.execute(select(Sample.key, Sample.id).where(Sample.key.in_(wanted))).tuples().all())
+    unknown = [public(k) for k in wanted if k not in found]
     if unknown:
         raise InvalidRequest(f"{len(unknown)} unknown sample ids", unknown_ids=unknown[:100])
-    return ids
+    return sorted(int(found[k]) for k in wanted)
 
 
-def create_request(session: Session, *, sample_ids: Sequence[int] | None, subject_id: str | None,
+def _forgotten_subject(session: Session, subject_id: str, subject_key: bytes) -> None:
+    """A subject with no samples left whom a completed request named: say so, and which request it was."""
+    done = session.scalar(select(DeletionRequest).where(
+        DeletionRequest.subject_id.in_([subject_digest(subject_id, subject_key), subject_id]),
+        DeletionRequest.state == "completed").order_by(DeletionRequest.completed_at).limit(1))
+    if done is not None:
+        raise AlreadyForgotten(f"subject {subject_id!r} was already forgotten by request {done.id}",
+                               request_id=done.id, status_url=f"/requests/{done.id}")
+
+
+def create_request(session: Session, *, sample_ids: Sequence[PublicId] | None, subject_id: str | None,
                    idempotency_key: str | None, api_key_id: str | None, now: datetime, retention_days: int,
-                   max_ids: int) -> NewRequest:
+                   max_ids: int, subject_key: bytes = b"") -> NewRequest:
     body = _body_hash(sample_ids, subject_id)
     if idempotency_key is not None:
         owner = (DeletionRequest.api_key_id.is_(None) if api_key_id is None
@@ -155,16 +184,27 @@ def create_request(session: Session, *, sample_ids: Sequence[int] | None, subjec
             if prior.body_sha256 != body:
                 raise Conflict("this Idempotency-Key was used with a different body")
             return NewRequest(prior, False, list(prior.already_forgotten or []))
-    ids = _resolve(session, sample_ids=sample_ids, subject_id=subject_id, max_ids=max_ids)
-    gone = list(session.scalars(select(Sample.id).where(Sample.id.in_(ids), Sample.state == "forgotten")))
+    ids = _resolve(session, sample_ids=sample_ids, subject_id=subject_id, max_ids=max_ids, subject_key=subject_key)
+    gone_rows = list(session.scalars(select(Sample.id).where(Sample.id.in_(ids), Sample.state == "forgotten")))
+    gone = _sorted_ids(keys_of_rows(session, rows=gone_rows).values())
     req = DeletionRequest(id=str(uuid.uuid4()), state="pending", subject_id=subject_id,
                           idempotency_key=idempotency_key, body_sha256=body, api_key_id=api_key_id,
                           received_at=now, due_at=now + timedelta(days=retention_days), attempts=0,
-                          already_forgotten=sorted(gone))
+                          already_forgotten=gone)
     session.add(req)
     session.flush()
     session.bulk_insert_mappings(RequestSample, [{"request_id": req.id, "sample_id": i} for i in ids])  # type: ignore[arg-type]
-    return NewRequest(req, True, sorted(gone))
+    return NewRequest(req, True, gone)
+
+
+def _sorted_ids(ids: Iterable[PublicId]) -> list[PublicId]:
+    return sorted(ids, key=lambda i: (isinstance(i, str), i if isinstance(i, int) else 0, str(i)))
+
+
+def request_sample_keys(session: Session, *, request_id: str) -> list[PublicId]:
+    """The data's own ids of a request's samples, as clients see them."""
+    rows = request_sample_ids(session, request_ids=[request_id])[request_id]
+    return _sorted_ids(keys_of_rows(session, rows=rows).values())
 
 
 def get_request(session: Session, *, request_id: str) -> DeletionRequest:
@@ -263,11 +303,13 @@ def complete_batch(session: Session, *, batch_id: str, request_ids: Sequence[str
         if res.rowcount != len(forget_ids):  # type: ignore[attr-defined]
             raise Conflict("some samples of the batch were forgotten by another batch")
     for rid in request_ids:
+        rows = already.get(rid, [])
+        keys = _sorted_ids(keys_of_rows(session, rows=rows).values()) if rows else []
         res = session.execute(update(DeletionRequest)
                               .where(DeletionRequest.id == rid, DeletionRequest.batch_id == batch_id,
                                      DeletionRequest.state == "processing")
                               .values(state="completed", completed_at=now, model_version_id=version_id,
-                                      audit_seq=audit_seq, already_forgotten=already.get(rid, []), method=method,
+                                      audit_seq=audit_seq, already_forgotten=keys, method=method,
                                       verdict=verdict, model_exact_at=now if exact else None,
                                       derived_pending=derived_pending,
                                       exact_at=now if exact and not derived_pending else None))
@@ -323,7 +365,8 @@ def settle_derived(session: Session, *, excluded: Sequence[int], now: datetime) 
         need[rid].add(int(sid))
     done = [r for r, ids in need.items() if ids <= gone]
     if done:
-        session.execute(update(DeletionRequest).where(DeletionRequest.id.in_(done)).values(derived_pending=False))
+        session.execute(update(DeletionRequest).where(DeletionRequest.id.in_(done))
+                        .values(derived_pending=False, derived_error=None))
         session.execute(update(DeletionRequest)
                         .where(DeletionRequest.id.in_(done), DeletionRequest.model_exact_at.is_not(None),
                                DeletionRequest.exact_at.is_(None))

@@ -40,7 +40,8 @@ class Head(Base):
 
 class Sample(Base):
     __tablename__ = "samples"
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)  # the store's row
+    key: Mapped[str | None] = mapped_column(String(200), unique=True)  # the data's own id (app/ml/ids.py)
     subject_id: Mapped[str | None] = mapped_column(String(128), index=True)
     state: Mapped[str] = mapped_column(String(16), default="active", index=True)  # active | forgotten
     # train | val | test | shadow: every split holds personal data; only train samples are in the served model
@@ -79,6 +80,20 @@ class DeletionRequest(Base):
     model_exact_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
     derived_pending: Mapped[bool] = mapped_column(default=False, server_default=false())
     claimed_by: Mapped[str | None] = mapped_column(String(64), index=True)  # the worker processing it
+    derived_error: Mapped[str | None] = mapped_column(Text)  # why the derived models' rebuild keeps failing
+
+
+class JobHealth(Base):
+    """A background job that can fail outside any request (the derived models' rebuild, consolidation): its
+    failures in a row and the last error, so /readyz, /metrics, /ui and the requests show them."""
+
+    __tablename__ = "job_health"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # in a row; 0 once it succeeds
+    total_failures: Mapped[int] = mapped_column(Integer, default=0)
+    first_failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # of the current run of them
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_try_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class RequestSample(Base):

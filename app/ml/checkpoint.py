@@ -169,15 +169,11 @@ def train_config_from_meta(meta: dict[str, Any]) -> TrainConfig | None:
     return TrainConfig(**{k: v for k, v in raw.items() if k in known})
 
 
-def read_ids(path: Path) -> np.ndarray:
-    """One integer id per line; blank lines and #-comments are ignored."""
-    ids = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
-        try:
-            ids.append(int(text))
-        except ValueError:
-            raise ForgetSetError(f"{path}:{n}: {text!r} is not an integer id") from None
-    return np.asarray(ids, dtype=np.int64)
+def read_ids(path: Path) -> list[str]:
+    """One sample id per line, as the data names it (integers or strings); blank lines and #-comments are
+    ignored. app/ml/ids.py maps them to rows."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ForgetSetError(f"{path}: cannot read the id list ({type(e).__name__})") from None
+    return [t for t in (line.split("#", 1)[0].strip() for line in lines) if t]

@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 SPLIT_NAMES = ("train", "val", "test", "shadow")
+LAST_BATCH = ("fold", "keep")
 RESIDENT_SHARE = 0.25  # the rest of the GPU is for activations, double backprop and several models
 
 
@@ -40,6 +42,7 @@ class Dataset:
     given_split: np.ndarray | None = None  # (N,) str: train | val | test | shadow, "" = chosen by make_splits
     feature_names: tuple[str, ...] | None = None  # tabular: the columns, in the order the model reads them
     sources: tuple[str, ...] | None = None  # where each row came from (an image's path), for the id mapping
+    keys: np.ndarray | None = None  # (N,) str: each row's id as the data names it; None: the row is the id (ids.py)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _resident: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -123,6 +126,16 @@ class Dataset:
         return torch.from_numpy(x)
 
 
+def minibatches(order: np.ndarray, size: int, last: str = "fold") -> list[np.ndarray]:
+    """ORDER cut into minibatches of SIZE. A last batch of one sample is folded into the one before ("fold"):
+    batch-norm cannot train on a batch of one, and every sample is still seen once per epoch. Every training
+    loop (fit, retrain, consolidation, references, the methods' own loops) cuts its batches here."""
+    cuts = list(range(size, len(order), size))
+    if last == "fold" and cuts and len(order) - cuts[-1] == 1:
+        cuts.pop()
+    return np.split(np.asarray(order), cuts) if len(order) else []
+
+
 @dataclass(frozen=True)
 class SplitConfig:
     seed: int = 0
@@ -137,6 +150,8 @@ class Splits:
     val: np.ndarray
     test: np.ndarray
     shadow: np.ndarray
+    # where each split came from (publication only): {split: {"count": n, "from": {source: rows}}}
+    origin: dict[str, Any] | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, list[int]]:
         return {name: [int(i) for i in getattr(self, name)] for name in SPLIT_NAMES}
@@ -164,16 +179,25 @@ class Splits:
 
 def make_splits(ds: Dataset, cfg: SplitConfig) -> Splits:
     """Deterministic from cfg.seed alone; every present id lands in exactly one split. Rows the data marks as
-    absent or erased (label −1) land in none; a split the data names for a row (`given_split`) is kept."""
+    absent or erased (label −1) land in none; a split the data names for a row (`given_split`) is kept, and
+    a missing split is carved from unassigned rows, else from the held-out side, never from named train rows."""
     rng = np.random.default_rng(cfg.seed)
     all_ids = np.flatnonzero(ds.y >= 0).astype(np.int64)
-    if ds.given_split is not None:
-        return _given_splits(ds, all_ids, cfg, rng)
+    if ds.given_split is not None and (ds.given_split[all_ids] != "").any():
+        return _given_splits(ds, all_ids, cfg, rng, unassigned="split")
+    out = _carve_pool(ds, all_ids, cfg, rng)
+    return _with_origin(out, {n: {"carved from the data's train pool" if n != "test" or ds.n_pool >= len(ds)
+                                  else "the data's test split": len(getattr(out, n))} for n in SPLIT_NAMES})
+
+
+def _carve_pool(ds: Dataset, ids: np.ndarray, cfg: SplitConfig, rng: np.random.Generator) -> Splits:
+    """The split of data that names none: the official test split (or a seeded share), then validation and
+    shadow samples from the rest."""
     if ds.n_pool < len(ds):
-        pool, test = all_ids[all_ids < ds.n_pool], all_ids[all_ids >= ds.n_pool]
+        pool, test = ids[ids < ds.n_pool], ids[ids >= ds.n_pool]
     else:
-        perm = rng.permutation(all_ids)
-        n_test = round(cfg.test_frac * len(ds))
+        perm = rng.permutation(ids)
+        n_test = round(cfg.test_frac * len(ids))
         pool, test = perm[n_test:], perm[:n_test]
     pool = rng.permutation(pool)
     n_val = round(cfg.val_frac * len(pool))
@@ -182,30 +206,72 @@ def make_splits(ds: Dataset, cfg: SplitConfig) -> Splits:
     return Splits(train=np.sort(train), val=np.sort(val), test=np.sort(test), shadow=np.sort(shadow))
 
 
-def _given_splits(ds: Dataset, ids: np.ndarray, cfg: SplitConfig, rng: np.random.Generator) -> Splits:
-    """The data names some splits: named val/shadow/test rows stay there; unnamed rows are split as usual, and
-    the train rows give validation and shadow samples only when the data names none."""
+HELD_OUT_SHARES = {"val": 0.2, "shadow": 0.4}  # of the held-out rows, when the data names no val/shadow rows
+
+
+def _given_splits(ds: Dataset, ids: np.ndarray, cfg: SplitConfig, rng: np.random.Generator, *,
+                  unassigned: str) -> Splits:
+    """The data names some splits. Named rows stay where they are. Unassigned rows are split as usual
+    (UNASSIGNED="split") or are training rows (="train": a model trained elsewhere on them). A split still
+    missing is carved from the held-out (test) rows; only data that names no held-out row at all gives up
+    training rows, and the origin says so."""
     assert ds.given_split is not None
     named = {n: ids[ds.given_split[ids] == n] for n in SPLIT_NAMES}
+    origin: dict[str, dict[str, int]] = {n: {"named by the data": len(named[n])} for n in SPLIT_NAMES}
     free = ids[ds.given_split[ids] == ""]
-    if len(free):
-        sub = make_splits(replace(ds, given_split=None, y=np.where(np.isin(np.arange(len(ds)), free), ds.y, -1)),
-                          cfg)
-        named = {n: np.union1d(named[n], getattr(sub, n)) for n in SPLIT_NAMES}
-    if not len(named["val"]) and not len(named["shadow"]):
-        pool = rng.permutation(named["train"])
-        n_val, n_shadow = round(cfg.val_frac * len(pool)), round(cfg.shadow_frac * len(pool))
-        named["val"], named["shadow"], named["train"] = np.split(pool, [n_val, n_val + n_shadow])
-    return Splits(**{n: np.sort(named[n]).astype(np.int64) for n in SPLIT_NAMES})
+    if len(free) and unassigned == "train":
+        named["train"] = np.union1d(named["train"], free)
+        origin["train"]["unassigned rows (the imported weights' training rows)"] = len(free)
+    elif len(free):
+        sub = _carve_pool(replace(ds, n_pool=len(ds)), free, cfg, rng)
+        for n in SPLIT_NAMES:
+            named[n] = np.union1d(named[n], getattr(sub, n))
+            origin[n]["carved from unassigned rows"] = len(getattr(sub, n))
+    missing = [n for n in ("val", "shadow") if not len(named[n])]
+    if missing and not len(named["test"]):  # nothing held out at all: the only place left is train
+        sub = _carve_pool(replace(ds, n_pool=len(ds)), named["train"], cfg, rng)
+        why = "carved from train (the data names no held-out rows)"
+        for n in ("test", *missing):
+            named[n] = getattr(sub, n)
+            origin[n][why] = len(named[n])
+        named["train"] = np.setdiff1d(named["train"], np.concatenate([named[n] for n in ("test", *missing)]))
+        origin["train"]["given to " + " and ".join(("test", *missing))] = -(len(sub.test) + sum(
+            len(getattr(sub, n)) for n in missing))
+    elif missing:
+        held = rng.permutation(named["test"])
+        cut = 0
+        for n in missing:
+            k = round(HELD_OUT_SHARES[n] * len(held))
+            named[n], cut = held[cut:cut + k], cut + k
+            origin[n]["carved from test"] = k
+        named["test"] = held[cut:]
+        origin["test"]["given to " + " and ".join(missing)] = -cut
+    out = Splits(**{n: np.sort(named[n]).astype(np.int64) for n in SPLIT_NAMES})
+    return _with_origin(out, {n: {k: v for k, v in o.items() if v} for n, o in origin.items()})
+
+
+def _with_origin(splits: Splits, origin: dict[str, dict[str, int]]) -> Splits:
+    return replace(splits, origin={n: {"count": len(getattr(splits, n)), "from": origin[n]} for n in SPLIT_NAMES})
 
 
 def member_splits(ds: Dataset, cfg: SplitConfig) -> Splits:
-    """For a model trained elsewhere on every training row: train is exactly those rows; validation, shadow and
-    test samples come from the rest (named ones kept, else 20/40/40 of the held-out rows, seeded)."""
+    """For a model trained elsewhere on every training row: train is exactly those rows (named train, or
+    unassigned); validation, shadow and test samples come from the held-out rows (named ones kept, else
+    20/40/40 of them, seeded)."""
     present = ds.y >= 0
     given = ds.given_split if ds.given_split is not None else np.where(np.arange(len(ds)) < ds.n_pool, "train", "test")
-    ids = {n: np.flatnonzero(present & (given == n)).astype(np.int64) for n in SPLIT_NAMES}
-    if not len(ids["val"]) and not len(ids["shadow"]):
-        held = np.random.default_rng(cfg.seed).permutation(ids["test"])
-        ids["val"], ids["shadow"], ids["test"] = np.split(held, [round(0.2 * len(held)), round(0.6 * len(held))])
-    return Splits(**{n: np.sort(v) for n, v in ids.items()})
+    rng = np.random.default_rng(cfg.seed)
+    return _given_splits(replace(ds, given_split=given), np.flatnonzero(present).astype(np.int64), cfg, rng,
+                         unassigned="train")
+
+
+def describe_splits(splits: Splits) -> str:
+    """One line for the start banner and the CLI: each split's count and where it came from."""
+    if splits.origin is None:
+        return ", ".join(f"{n} {len(getattr(splits, n))}" for n in SPLIT_NAMES)
+    parts = []
+    for n in SPLIT_NAMES:
+        o = splits.origin[n]
+        src = "; ".join(f"{v} {k}" for k, v in o["from"].items())
+        parts.append(f"{n} {o['count']}" + (f" ({src})" if src else ""))
+    return ", ".join(parts)

@@ -38,7 +38,7 @@ from app.ml.registry import Registry
 class DatasetSpec:
     load: Callable[..., Dataset]
     default_path: str | None  # relative to the data dir; None: needs no file
-    erase: Callable[[Path, np.ndarray], int] | None = None  # erases samples in the source files themselves
+    erase: Callable[..., int] | None = None  # (path, the data's own ids, **options): erases them in the source files
     options: tuple[str, ...] = ()  # keyword options load takes (image_size)
 
 
@@ -66,19 +66,42 @@ def load_dataset(name: str, *, path: Path | None = None, data_dir: Path | None =
     OPTIONS: the loader's own (image_size for imagefolder)."""
     spec = DATASETS.get(name)
     opts = {k: v for k, v in (options or {}).items() if v is not None}
+    normalize = opts.pop("normalize", "data")
     if set(opts) - set(spec.options):
         raise DataError(f"dataset {name!r} takes no {', '.join(sorted(set(opts) - set(spec.options)))} option "
-                        f"(--image-size is for imagefolder)")
+                        f"(--image-size is for imagefolder; --label-column and --drop-columns for csv and parquet)")
     if path is None and spec.default_path is not None:
         if data_dir is None:
             raise DataError(f"dataset {name!r} needs a path (--data) or a data dir (UNLEARND_DATA_DIR)")
         path = data_dir / spec.default_path
     if path is not None and not path.exists():
         raise DataError(f"dataset {name!r}: {path} does not exist")
-    ds = spec.load(path, **opts) if opts else spec.load(path)
+    ds = normalized(spec.load(path, **opts) if opts else spec.load(path), normalize)
     if device is None:
         return ds
     return ds.on(resolve(device) if isinstance(device, str) else device)
+
+
+def normalized(ds: Dataset, how: str) -> Dataset:
+    """Images are scaled to [0, 1] and standardised per channel. HOW: `data` (statistics of the data's training
+    pool, the default), `none` (no standardisation), or `M1,M2,M3/S1,S2,S3` (your own, e.g. the ones a
+    pretrained backbone was trained with). Tables are fed raw whatever HOW says."""
+    if how == "data":
+        return ds
+    if not ds.is_image:
+        raise DataError("--normalize applies to images; tables are fed to the model as they are")
+    channels = ds.in_shape[0]
+    if how == "none":
+        mean, std = np.zeros(channels, np.float32), np.ones(channels, np.float32)
+    else:
+        try:
+            mean, std = (np.asarray([float(v) for v in part.split(",")], np.float32) for part in how.split("/"))
+        except ValueError:
+            raise DataError(f"--normalize {how!r}: give data, none, or MEAN,…/STD,… (one per channel)") from None
+        if len(mean) != channels or len(std) != channels or not (std > 0).all():
+            raise DataError(f"--normalize {how!r}: {channels} means and {channels} positive stds are needed")
+    ds.mean, ds.std = mean, std
+    return ds
 
 
 def _require(path: Path | None) -> Path:
@@ -262,24 +285,24 @@ def _imagefolder(path: Path | None, image_size: int | None = None) -> Dataset:
     return imagefolder.load(_require(path), image_size)
 
 
-def _erase_images(path: Path, ids: np.ndarray) -> int:
+def _erase_images(path: Path, ids: list[str], image_size: int | None = None) -> int:
     from app.ml import imagefolder
 
     return imagefolder.erase(path, ids)
 
 
 def _table(kind: str) -> DatasetSpec:
-    def load(path: Path | None) -> Dataset:
+    def load(path: Path | None, label_column: str = "label", drop_columns: list[str] | None = None) -> Dataset:
         from app.ml import tables
 
-        return tables.load(_require(path), kind)
+        return tables.load(_require(path), kind, label_column=label_column, drop=tuple(drop_columns or ()))
 
-    def erase(path: Path, ids: np.ndarray) -> int:
+    def erase(path: Path, ids: list[str], label_column: str = "label", drop_columns: list[str] | None = None) -> int:
         from app.ml import tables
 
-        return tables.erase(path, kind, ids)
+        return tables.erase(path, kind, ids, label_column=label_column)
 
-    return DatasetSpec(load, None, erase=erase)
+    return DatasetSpec(load, None, erase=erase, options=("label_column", "drop_columns"))
 
 
 DATASETS.register("imagefolder")(DatasetSpec(_imagefolder, None, erase=_erase_images, options=("image_size",)))

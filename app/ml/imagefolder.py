@@ -1,10 +1,12 @@
 """`--data imagefolder:DIR`: PNG or JPEG files in DIR/train/<class>/ and DIR/test/<class>/.
 
 The images are never all in memory: `ImageFiles` decodes the rows a batch asks for (the service copies them once
-into its memory-mapped store). Without DIR/test/ the test split is carved out by a seeded split (recorded in
-splits.json). Class names are the folder names, sorted.
+into its memory-mapped store). The folders name the splits: every image under train/ is trained on; DIR/test/ (and
+optional DIR/val/, DIR/shadow/) are held out, and validation and the verifier's non-members are carved from the
+held-out images when no folder names them. Only without any held-out folder does train/ give up images (a seeded
+split, said in meta.json's `split_origin`). Class names are the folder names, sorted.
 
-Ids: DIR/samples.csv (`path,sample_id[,subject_id]`, paths relative to DIR) gives stable ids and subjects;
+Ids: DIR/samples.csv (`path,sample_id[,subject_id][,split]`, paths relative to DIR) gives stable ids and subjects;
 without it, ids follow the sorted paths, and the mapping is written to the model directory (`samples.csv`).
 Erasing a sample (`erase`) overwrites its file with zeros and truncates it to 0 bytes, and blanks its subject in
 DIR/samples.csv: the empty file keeps every other id where it was, and reads back as an erased row.
@@ -21,12 +23,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from app.errors import DataError
-from app.ml.data import Dataset
+from app.ml.data import SPLIT_NAMES, Dataset
 from app.ml.fsutil import atomic_write_text
+from app.ml.ids import keys_of, placement
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 SAMPLES = "samples.csv"
-MAX_ID_SLACK = 2  # ids may leave gaps (erased samples), but not name a table 2× larger than the data
 
 
 class ImageFiles:
@@ -72,7 +74,7 @@ def _listing(root: Path) -> tuple[list[tuple[str, str, str]], tuple[str, ...]]:
     """(relative path, class, split) of every image, sorted by path; and the class names."""
     if not (root / "train").is_dir():
         raise DataError(f"imagefolder {root}: no train/ folder (expected {root}/train/<class>/<image>)")
-    splits = [s for s in ("train", "test") if (root / s).is_dir()]
+    splits = [s for s in SPLIT_NAMES if (root / s).is_dir()]
     classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
     if len(classes) < 2:
         raise DataError(f"imagefolder {root}/train: {len(classes)} class folder(s); a classifier needs at least 2")
@@ -88,24 +90,24 @@ def _listing(root: Path) -> tuple[list[tuple[str, str, str]], tuple[str, ...]]:
     return sorted(rows), tuple(classes)
 
 
-def _samples_csv(root: Path) -> dict[str, tuple[int, str]] | None:
-    """DIR/samples.csv as path → (sample_id, subject_id)."""
+def _samples_csv(root: Path) -> dict[str, tuple[str, str, str]] | None:
+    """DIR/samples.csv as path → (sample_id, subject_id, split): a split named there wins over the folder's."""
     path = root / SAMPLES
     if not path.is_file():
         return None
-    out: dict[str, tuple[int, str]] = {}
+    out: dict[str, tuple[str, str, str]] = {}
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"path", "sample_id"} <= set(reader.fieldnames):
             raise DataError(f"{path}: needs columns path,sample_id[,subject_id]; has {reader.fieldnames}")
         for n, row in enumerate(reader, 2):
-            try:
-                sid = int(row["sample_id"])
-            except (TypeError, ValueError):
-                raise DataError(f"{path}:{n}: sample_id {row['sample_id']!r} is not an integer") from None
-            if sid < 0 or row["path"] in out:
-                raise DataError(f"{path}:{n}: sample_id must be ≥ 0 and each path listed once")
-            out[row["path"]] = (sid, (row.get("subject_id") or "").strip())
+            sid = (row["sample_id"] or "").strip()
+            if not sid or row["path"] in out:
+                raise DataError(f"{path}:{n}: every row needs a sample_id, and each path is listed once")
+            split = (row.get("split") or "").strip()
+            if split not in (*SPLIT_NAMES, ""):
+                raise DataError(f"{path}:{n}: split {split!r} is not among {', '.join(SPLIT_NAMES)} (or empty)")
+            out[row["path"]] = (sid, (row.get("subject_id") or "").strip(), split)
     return out
 
 
@@ -134,64 +136,56 @@ def load(root: Path, image_size: int | None = None) -> Dataset:
         missing = [r[0] for r in rows if r[0] not in given]
         if missing:
             raise DataError(f"{root / SAMPLES} lists no sample_id for {len(missing)} image(s), e.g. {missing[0]}")
-        ids = [given[r[0]][0] for r in rows]
-        if len(set(ids)) != len(ids):
-            raise DataError(f"{root / SAMPLES}: sample_id values repeat")
-        if max(ids) >= MAX_ID_SLACK * len(ids) + 16:
-            raise DataError(f"{root / SAMPLES}: sample_id up to {max(ids)} for {len(ids)} images; ids index the "
-                            "model's rows, so keep them near 0..N-1 (gaps are fine)")
+        at, keys = placement([given[r[0]][0] for r in rows], str(root / SAMPLES))
+        ids = at.tolist()
     else:
-        ids = list(range(len(rows)))
+        ids, keys = list(range(len(rows))), None
     n = max(ids) + 1
     files: list[Path | None] = [None] * n
     y = np.full(n, -1, dtype=np.int64)
     split = np.full(n, "", dtype=object)
     subjects = np.full(n, "", dtype=object)
     sources = [""] * n
-    has_test = any(r[2] == "test" for r in rows)
     for i, (rel, cls, sp) in zip(ids, rows, strict=True):
         sources[i] = rel
         if (root / rel).stat().st_size == 0:
             continue  # erased: no label, no pixels
         files[i], y[i] = root / rel, classes.index(cls)
-        split[i] = sp if has_test else ""
+        split[i] = (given[rel][2] if given else "") or sp
         subjects[i] = given[rel][1] if given else ""
     return Dataset(name=root.name, x=ImageFiles(files, size, max(channels)), y=y,  # type: ignore[arg-type]
                    num_classes=len(classes), n_pool=n, class_names=classes, given_split=split.astype(str),
-                   subjects=subjects.astype(str) if given else None, sources=tuple(sources))
+                   subjects=subjects.astype(str) if given else None, sources=tuple(sources), keys=keys)
 
 
-def erase(root: Path, ids: np.ndarray) -> int:
-    """Overwrite and empty the files of IDS, blank their subjects in samples.csv; returns files emptied."""
-    ds = load_listing_only(root)
+def erase(root: Path, ids: list[str]) -> int:
+    """Overwrite and empty the files of IDS (the folder's own sample ids), blank their subjects in samples.csv;
+    returns files emptied."""
+    paths = listing_by_id(root)
     done = 0
-    for i in np.asarray(ids, dtype=np.int64):
-        if 0 <= i < len(ds) and ds[i]:
-            path = root / ds[i]
-            size = path.stat().st_size if path.exists() else 0
-            if size:
-                with path.open("r+b") as f:
-                    f.write(b"\0" * size)
-                    f.flush()
-                    os.fsync(f.fileno())
-                    f.truncate(0)
-                done += 1
-    _blank_subjects(root, set(np.asarray(ids, dtype=np.int64).tolist()))
+    for i in ids:
+        rel = paths.get(str(i))
+        path = root / rel if rel else None
+        size = path.stat().st_size if path is not None and path.exists() else 0
+        if path is not None and size:
+            with path.open("r+b") as f:
+                f.write(b"\0" * size)
+                f.flush()
+                os.fsync(f.fileno())
+                f.truncate(0)
+            done += 1
+    _blank_subjects(root, {str(i) for i in ids})
     return done
 
 
-def load_listing_only(root: Path) -> list[str]:
-    """Relative path of each id, without opening an image."""
+def listing_by_id(root: Path) -> dict[str, str]:
+    """Relative path of each sample id, without opening an image."""
     rows, _ = _listing(root)
     given = _samples_csv(root)
-    ids = [given[r[0]][0] for r in rows] if given else list(range(len(rows)))
-    out = [""] * (max(ids, default=-1) + 1)
-    for i, r in zip(ids, rows, strict=True):
-        out[i] = r[0]
-    return out
+    return {(given[r[0]][0] if given else str(k)): r[0] for k, r in enumerate(rows)}
 
 
-def _blank_subjects(root: Path, ids: set[int]) -> None:
+def _blank_subjects(root: Path, ids: set[str]) -> None:
     path = root / SAMPLES
     if not path.is_file():
         return
@@ -200,7 +194,7 @@ def _blank_subjects(root: Path, ids: set[int]) -> None:
         fields, rows = reader.fieldnames or [], list(reader)
     if "subject_id" not in fields:
         return
-    hit = [r for r in rows if int(r["sample_id"]) in ids and r["subject_id"]]
+    hit = [r for r in rows if (r["sample_id"] or "").strip() in ids and r["subject_id"]]
     if not hit:
         return
     for r in hit:
@@ -219,6 +213,28 @@ def write_mapping(ds: Dataset, folder: Path) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["sample_id", "path", "subject_id"])
-    for i in np.flatnonzero(ds.y >= 0):
-        w.writerow([int(i), ds.sources[i] if ds.sources else "", ds.subjects[i] if ds.subjects is not None else ""])
+    rows = np.flatnonzero(ds.y >= 0)
+    for i, key in zip(rows, keys_of(ds.keys, rows), strict=True):
+        w.writerow([key, ds.sources[i] if ds.sources else "", ds.subjects[i] if ds.subjects is not None else ""])
     atomic_write_text(folder / SAMPLES, buf.getvalue())
+
+
+def drop_from_mapping(folder: Path, ids: set[str]) -> int:
+    """Remove the rows of forgotten sample ids from FOLDER's samples.csv (a model directory's record of whose
+    each sample is): once a sample is forgotten, no file the service wrote may link its id to a person or a
+    path. Returns rows removed."""
+    path = folder / SAMPLES
+    if not path.is_file():
+        return 0
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames or [], list(reader)
+    kept = [r for r in rows if r.get("sample_id", "") not in ids]
+    if len(kept) == len(rows):
+        return 0
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(kept)
+    atomic_write_text(path, buf.getvalue())
+    return len(rows) - len(kept)

@@ -20,7 +20,7 @@ import torch
 from app.errors import ConfigError
 from app.ml.calibrate import CalibrationConfig
 from app.ml.checkpoint import check_finite
-from app.ml.data import Dataset, SplitConfig, member_splits
+from app.ml.data import Dataset, SplitConfig, describe_splits, member_splits
 from app.ml.datasets import load_dataset
 from app.ml.device import resolve
 from app.ml.metrics import accuracy
@@ -68,8 +68,10 @@ def import_to_dir(*, weights: Path, arch: str, dataset: str, data_path: Path | N
         "seconds_per_epoch_estimated": True,
         "train_acc": accuracy(model, ds, splits.train), "val_acc": accuracy(model, ds, splits.val),
         "test_acc": accuracy(model, ds, splits.test), "n_train": len(splits.train),
-        **provenance(dev, ds.placement),
+        "split_origin": splits.origin, **provenance(dev, ds.placement),
     }
+    if progress:
+        print(f"splits: {describe_splits(splits)}", flush=True)
     return finish_model_dir(out, model=model, model_cfg=model_cfg, ds=ds, splits=splits, meta=meta,
                             refs=RefRecipe(train_cfg, train_cfg.max_epochs), t0=t0, with_cache=True,
                             chunk_size=chunk_size, verifier=verifier,

@@ -10,14 +10,15 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from app.errors import UnlearnFailed
+from app.errors import ForgetSetError, UnlearnFailed
 from app.ml.calibrate import CalibrationConfig, calibrate
 from app.ml.checkpoint import ModelDir, dataset_for, inherited_meta, load_model_dir, save_model_dir, set_meta_fields
-from app.ml.data import Dataset, SplitConfig, Splits, make_splits
+from app.ml.data import Dataset, SplitConfig, Splits, describe_splits, make_splits
 from app.ml.datasets import load_dataset
 from app.ml.device import resolve
 from app.ml.forgetting import PolicyOptions, forget_version
 from app.ml.gradcache import GradCache, build_cache, load_cache, save_cache
+from app.ml.ids import keys_of, rows_of
 from app.ml.imagefolder import write_mapping
 from app.ml.metrics import accuracy
 from app.ml.models import ModelConfig, create_model
@@ -91,9 +92,11 @@ def train_to_dir(*, dataset: str, arch: str, out: Path, train_cfg: TrainConfig, 
         "seconds_per_epoch": float(np.mean(result.epoch_seconds)),
         "train_acc": accuracy(model, ds, splits.train), "val_acc": result.val_acc,
         "test_acc": accuracy(model, ds, splits.test),
-        "n_train": len(splits.train),
+        "n_train": len(splits.train), "split_origin": splits.origin,
         **provenance(dev, ds.placement),
     }
+    if progress:
+        print(f"splits: {describe_splits(splits)}", flush=True)
     return finish_model_dir(out, model=model, model_cfg=model_cfg, ds=ds, splits=splits, meta=meta,
                             refs=RefRecipe(train_cfg, result.best_epoch), t0=t0, with_cache=with_cache,
                             chunk_size=chunk_size, verifier=verifier, verifier_cfg=vcfg, calibration=calibration,
@@ -162,7 +165,7 @@ def attach_verifier(folder: Path, inputs: BuildInputs, name: str, cfg: VerifierC
     return {**power_summary(v), "build_seconds": time.perf_counter() - t0, "power": v.power}
 
 
-def unlearn_to_dir(*, model_dir: Path, forget_ids: np.ndarray, out: Path, method: str | None = None,
+def unlearn_to_dir(*, model_dir: Path, forget_ids: np.ndarray | list[str], out: Path, method: str | None = None,
                    params: dict[str, Any] | None = None, data_path: Path | None = None,
                    data_dir: Path | None = None, use_cache: bool = True, refresh_cache: bool = False,
                    chunk_size: int = 1024, max_accuracy_drop: float | None = None,
@@ -170,11 +173,12 @@ def unlearn_to_dir(*, model_dir: Path, forget_ids: np.ndarray, out: Path, method
                    device: str = "cpu") -> dict[str, Any]:
     """Forget FORGET_IDS from the model in MODEL_DIR (app.ml.forgetting) and write the new model to OUT.
     METHOD None: the model's calibrated setting. Nothing is written when no setting (retrain included) keeps
-    the held-out accuracy within MAX_ACCURACY_DROP (default: calibration's)."""
+    the held-out accuracy within MAX_ACCURACY_DROP (default: calibration's). FORGET_IDS: rows, or the data's own
+    ids as text (a --forget-ids file)."""
     dev = resolve(device)
     md = load_model_dir(model_dir, device=dev)
-    forget_set = check_forget_ids(md.splits.train, forget_ids)
     ds = dataset_for(md, data_path=data_path, data_dir=data_dir)
+    forget_set = own_forget_ids(md.splits.train, ds, forget_ids)
     vdir = model_dir / VERIFIER_FOLDER
     verifier = load_verifier(vdir, with_refs=True) if vdir.is_dir() else None
     task = UnlearnTask.from_model_dir(md, ds, forget_ids=forget_set, verifier=verifier, chunk_size=chunk_size,
@@ -210,6 +214,25 @@ def unlearn_to_dir(*, model_dir: Path, forget_ids: np.ndarray, out: Path, method
     if refresh_cache:
         save_cache(build_cache(done.model, ds, new_splits.train, chunk_size=chunk_size), out)
     return meta
+
+
+def own_forget_ids(train: np.ndarray, ds: Dataset, ids: np.ndarray | list[str]) -> np.ndarray:
+    """The rows to forget, checked against the train split; errors name the data's own ids."""
+    if isinstance(ids, np.ndarray):
+        return check_forget_ids(train, ids)
+    rows, unknown = rows_of(ds.keys, ids, n_rows=len(ds))
+    if unknown:
+        shown = ", ".join(unknown[:20]) + (" …" if len(unknown) > 20 else "")
+        raise ForgetSetError(f"{len(unknown)} forget id(s) name no sample of the data: {shown}", bad_ids=unknown)
+    try:
+        return check_forget_ids(train, rows)
+    except ForgetSetError as e:
+        bad = keys_of(ds.keys, e.bad_ids)
+        if not bad:
+            raise
+        shown = ", ".join(bad[:20]) + (" …" if len(bad) > 20 else "")
+        raise ForgetSetError(f"{len(bad)} forget id(s) are not in the train split (they are held out: validation, "
+                             f"test or the verifier's non-members): {shown}", bad_ids=bad) from None
 
 
 def default_accuracy_drop(meta: dict[str, Any]) -> float:

@@ -1,9 +1,10 @@
 """`--data csv:FILE` and `--data parquet:FILE`: one row per sample.
 
 Columns: `label` (integers 0..K-1, or strings, which become the class names, sorted), optional `sample_id`
-(integers: the ids the API uses; default: the row number), `subject_id` and `split` (train | val | test | shadow,
-or empty), and the features: every other column, numeric, in the file's order (kept with the model, and used by
-/predict to read named inputs).
+(integers or strings: the ids the API uses, mapped to rows in app/ml/ids.py; default: the row number),
+`subject_id` and `split` (train | val | test | shadow, or empty), and the features: every other column,
+numeric, in the file's order (kept with the model, and used by /predict to read named inputs). `--label-column`
+names another label column; `--drop-columns` leaves columns out of the features.
 
 The file is read in chunks into a float32 memory map in a temporary file that is unlinked at once (the mapping
 outlives the name), so a table larger than memory is never held in it. Erasing a sample (`erase`) rewrites the
@@ -21,19 +22,20 @@ from pathlib import Path
 import numpy as np
 
 from app.errors import DataError
-from app.ml.data import SPLIT_NAMES, Dataset
+from app.ml.data import Dataset
+from app.ml.ids import placement
 
 RESERVED = ("label", "sample_id", "subject_id", "split")
 CHUNK_ROWS = 65_536
 
 
-def _chunks(path: Path, kind: str) -> Iterator[object]:
+def _chunks(path: Path, kind: str, label: str = "label") -> Iterator[object]:
     import pandas as pd
 
     try:
         if kind == "csv":
-            yield from pd.read_csv(path, chunksize=CHUNK_ROWS, dtype={"label": str, "subject_id": str,
-                                                                         "split": str},
+            yield from pd.read_csv(path, chunksize=CHUNK_ROWS, dtype={label: str, "subject_id": str,
+                                                                         "sample_id": str, "split": str},
                                    keep_default_na=False, na_values=[""])
         else:
             import pyarrow.parquet as pq
@@ -53,17 +55,17 @@ def _text(col: object) -> np.ndarray:
     return s.where(s.notna(), "").astype(str).str.strip().to_numpy(dtype=object)
 
 
-def load(path: Path, kind: str) -> Dataset:
+def load(path: Path, kind: str, *, label_column: str = "label", drop: tuple[str, ...] = ()) -> Dataset:
     tmp = tempfile.NamedTemporaryFile(prefix="unlearnd-table-", suffix=".f32", delete=False)  # noqa: SIM115
     features: list[str] | None = None
     labels, ids, subjects, splits = [], [], [], []
     try:
-        for chunk in _chunks(path, kind):
+        for chunk in _chunks(path, kind, label_column):
             if features is None:
-                features = _features(path, list(chunk.columns))  # type: ignore[attr-defined]
-            x = _numeric(path, chunk, features)
+                features = _features(path, list(chunk.columns), label_column, drop)  # type: ignore[attr-defined]
+            x = _numeric(path, chunk, features, label_column)
             tmp.write(x.tobytes())
-            labels.append(_text(chunk["label"]))  # type: ignore[index]
+            labels.append(_text(chunk[label_column]))  # type: ignore[index]
             ids.append(_ids(path, chunk, sum(len(a) for a in labels[:-1])))
             cols = chunk.columns  # type: ignore[attr-defined]
             subjects.append(_text(chunk["subject_id"]) if "subject_id" in cols else None)  # type: ignore[index]
@@ -81,19 +83,24 @@ def load(path: Path, kind: str) -> Dataset:
                      None if splits[0] is None else np.concatenate(splits), tuple(features))
 
 
-def _features(path: Path, columns: list[str]) -> list[str]:
-    if "label" not in columns:
-        raise DataError(f"{path}: no 'label' column; columns are {columns[:12]}")
-    features = [c for c in columns if c not in RESERVED]
+def _features(path: Path, columns: list[str], label: str, drop: tuple[str, ...]) -> list[str]:
+    if label not in columns:
+        raise DataError(f"{path}: no {label!r} column (name the label column with --label-column); columns are "
+                        f"{columns[:12]}")
+    unknown = sorted(set(drop) - set(columns))
+    if unknown:
+        raise DataError(f"{path}: --drop-columns names {unknown[:5]}, which the table does not have")
+    features = [c for c in columns if c not in (*RESERVED, label, *drop)]
     if not features:
-        raise DataError(f"{path}: no feature columns besides {[c for c in columns if c in RESERVED]}")
+        raise DataError(f"{path}: no feature columns besides {[c for c in columns if c in (*RESERVED, label)]}"
+                        + (f" and the dropped {list(drop)}" if drop else ""))
     return features
 
 
-def _numeric(path: Path, chunk: object, features: list[str]) -> np.ndarray:
+def _numeric(path: Path, chunk: object, features: list[str], label: str) -> np.ndarray:
     import pandas as pd
 
-    present = _text(chunk["label"]) != ""  # type: ignore[index]
+    present = _text(chunk[label]) != ""  # type: ignore[index]
     out = np.zeros((len(present), len(features)), dtype=np.float32)
     for j, col in enumerate(features):
         values = pd.to_numeric(chunk[col], errors="coerce").to_numpy(dtype=np.float64)  # type: ignore[index]
@@ -106,44 +113,43 @@ def _numeric(path: Path, chunk: object, features: list[str]) -> np.ndarray:
 
 
 def _ids(path: Path, chunk: object, offset: int) -> np.ndarray:
+    """The chunk's sample ids as text (the row numbers when the table has no sample_id column)."""
     cols = chunk.columns  # type: ignore[attr-defined]
     if "sample_id" not in cols:
-        return np.arange(offset, offset + len(chunk), dtype=np.int64)  # type: ignore[arg-type]
-    import pandas as pd
+        return np.arange(offset, offset + len(chunk)).astype(str)  # type: ignore[arg-type]
+    raw = _text(chunk["sample_id"])  # type: ignore[index]
+    return np.asarray([_integral(v) for v in raw], dtype=object)
 
-    raw = pd.to_numeric(chunk["sample_id"], errors="coerce").to_numpy(dtype=np.float64)  # type: ignore[index]
-    if not np.isfinite(raw).all() or (raw < 0).any() or (raw != np.round(raw)).any():
-        raise DataError(f"{path}: sample_id must be integers ≥ 0 in every row")
-    return raw.astype(np.int64)
+
+def _integral(v: str) -> str:
+    """'12.0' (pandas reads an integer column with gaps as floats) → '12'; anything else as written."""
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return str(int(f)) if f.is_integer() and abs(f) < 2**53 and v.replace(".", "", 1).lstrip("-").isdigit() else v
 
 
 def _assemble(path: Path, x: np.ndarray, labels: np.ndarray, ids: np.ndarray, subjects: np.ndarray | None,
               splits: np.ndarray | None, features: tuple[str, ...]) -> Dataset:
     present = labels != ""
     names, y_rows = _classes(path, labels[present])
-    if len(np.unique(ids)) != len(ids):
-        raise DataError(f"{path}: sample_id values repeat")
-    if splits is not None and not set(splits[present]) <= {*SPLIT_NAMES, ""}:
-        bad = sorted(set(splits[present]) - {*SPLIT_NAMES, ""})
-        raise DataError(f"{path}: split values {bad[:3]} are not among {', '.join(SPLIT_NAMES)} (or empty)")
-    n = int(ids.max()) + 1
-    if n > 2 * len(ids) + 16:
-        raise DataError(f"{path}: sample_id up to {n - 1} for {len(ids)} rows; ids index the model's rows, so keep "
-                        "them near 0..N-1 (gaps are fine)")
-    if not np.array_equal(ids, np.arange(len(ids))):  # rows go where their ids say, gaps are erased rows
-        x = _scatter(x, ids, n)
+    rows, keys = placement([str(i) for i in ids], str(path))
+    n = int(rows.max()) + 1
+    if keys is None and not np.array_equal(rows, np.arange(len(rows))):  # rows go where their ids say
+        x = _scatter(x, rows, n)
     y = np.full(n, -1, dtype=np.int64)
-    y[ids[present]] = y_rows
+    y[rows[present]] = y_rows
 
     def spread(col: np.ndarray | None) -> np.ndarray | None:
         if col is None:
             return None
         out = np.full(n, "", dtype=object)
-        out[ids[present]] = col[present]
+        out[rows[present]] = col[present]
         return out.astype(str)
 
     return Dataset(name=path.stem, x=x, y=y, num_classes=len(names), n_pool=n, class_names=names,
-                   subjects=spread(subjects), given_split=spread(splits), feature_names=features)
+                   subjects=spread(subjects), given_split=spread(splits), feature_names=features, keys=keys)
 
 
 def _scatter(x: np.ndarray, ids: np.ndarray, n: int) -> np.ndarray:
@@ -173,18 +179,19 @@ def _classes(path: Path, labels: np.ndarray) -> tuple[tuple[str, ...], np.ndarra
     return tuple(values), np.asarray([index[v] for v in labels], dtype=np.int64)
 
 
-def erase(path: Path, kind: str, ids: np.ndarray) -> int:
-    """Rewrite PATH with the rows of IDS emptied (sample_id and split kept); returns rows emptied."""
+def erase(path: Path, kind: str, ids: list[str], *, label_column: str = "label") -> int:
+    """Rewrite PATH with the rows of IDS (the table's own sample ids) emptied (sample_id and split kept, every
+    other column emptied, dropped ones too); returns rows emptied."""
     import pandas as pd
 
-    gone = set(np.asarray(ids, dtype=np.int64).tolist())
+    gone = [str(i) for i in ids]
     tmp = path.with_name(f".{path.name}.erasing")
     parts, offset, done = [], 0, 0
     with tmp.open("w", newline="") as out:
-        for chunk in _chunks(path, kind):
+        for chunk in _chunks(path, kind, label_column):
             frame = chunk.copy()  # type: ignore[attr-defined]
             row_ids = _ids(path, frame, offset)
-            hit = np.isin(row_ids, list(gone)) & (_text(frame["label"]) != "")
+            hit = np.isin(row_ids.astype(str), gone) & (_text(frame[label_column]) != "")
             if hit.any():
                 for col in frame.columns:
                     if col not in ("sample_id", "split"):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from app.ml.data import Dataset
+from app.ml.data import LAST_BATCH, Dataset, minibatches
 from app.ml.gates import FrozenGates
 from app.ml.gr import GR_GRADS, GR_NORMS, gr_fd_loss_and_grads, gr_loss_and_grads
 from app.ml.metrics import accuracy
@@ -21,6 +21,7 @@ from app.ml.models import ModelConfig, create_model
 OPTIMIZERS = ("adam", "sgd", "signsgd")
 SCHEDULES = ("constant", "cosine")
 AUGMENTS = ("none", "flip_crop")
+KEEP = ("best", "last")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "constant"  # constant | cosine (over max_epochs)
     augment: str = "none"  # none | flip_crop (images: horizontal flip, 4-pixel padded random crop)
+    last_batch: str = "fold"  # fold: a last minibatch of one joins the one before (batch-norm needs 2) | keep
+    keep: str = "best"  # best: the best validation epoch's weights | last: the last epoch's (small validation sets)
 
     def __post_init__(self) -> None:
         if self.gr_norm not in GR_NORMS:
@@ -54,6 +57,10 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}")
         if self.augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}")
+        if self.last_batch not in LAST_BATCH:
+            raise ValueError(f"last_batch must be one of {LAST_BATCH}")
+        if self.keep not in KEEP:
+            raise ValueError(f"keep must be one of {KEEP}")
         if not (self.lr > 0 and self.batch_size > 0 and self.max_epochs > 0 and self.patience > 0):
             raise ValueError("lr, batch_size, max_epochs and patience must be > 0")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
@@ -112,8 +119,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: Dataset, ids: 
     # drawn only when used: a recipe without augmentation keeps the batch order it always had
     gen = torch.Generator().manual_seed(int(rng.integers(2**62))) if cfg.augment != "none" else None
     try:
-        for start in range(0, len(order), cfg.batch_size):
-            batch = order[start : start + cfg.batch_size]
+        for batch in minibatches(order, cfg.batch_size, cfg.last_batch):
             x, y = ds.features(batch), ds.labels(batch)
             if gen is not None and x.ndim == 4:
                 x = augment(x, gen)
@@ -146,7 +152,8 @@ def fit(model_cfg: ModelConfig, ds: Dataset, train_ids: np.ndarray, val_ids: np.
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.max_epochs) if cfg.schedule == "cosine" else None
     rng = np.random.default_rng(cfg.seed)
-    best_acc, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
+    best_acc, best_epoch = -1.0, 0
+    best_state: dict[str, torch.Tensor] | None = copy.deepcopy(model.state_dict())
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     bar = tqdm(range(1, cfg.max_epochs + 1), desc=f"train α={cfg.alpha}", disable=not progress, leave=False)
@@ -159,11 +166,14 @@ def fit(model_cfg: ModelConfig, ds: Dataset, train_ids: np.ndarray, val_ids: np.
         val_acc = accuracy(model, ds, val_ids) if val_ids is not None else float(epoch)
         history.append({"epoch": epoch, "loss": loss, "val_acc": val_acc, "seconds": epoch_s})
         bar.set_postfix(loss=f"{loss:.3f}", val_acc=f"{val_acc:.3f}")
-        if val_acc > best_acc:
+        if cfg.keep == "last":  # every epoch of the recipe runs; no early stopping on a noisy validation set
+            best_acc, best_epoch, best_state = val_acc, epoch, None
+        elif val_acc > best_acc:
             best_acc, best_epoch, best_state = val_acc, epoch, copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= cfg.patience:
             break
-    model.load_state_dict(best_state)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     if val_ids is None:
         best_acc = float("nan")
     return TrainResult(model=model, epochs_run=len(history), best_epoch=best_epoch, val_acc=best_acc,

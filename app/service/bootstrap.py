@@ -27,6 +27,7 @@ from app.ml.checkpoint import ModelDir, dataset_for, load_model_dir, train_confi
 from app.ml.data import Dataset, SplitConfig, Splits
 from app.ml.device import resolve
 from app.ml.gradcache import build_cache, cache_matches, load_cache, save_cache
+from app.ml.ids import keys_of
 from app.ml.metrics import accuracy
 from app.ml.pipeline import attach_verifier, calibrate_model, train_to_dir
 from app.ml.train import TrainConfig
@@ -110,9 +111,10 @@ def publish_initial(settings: Settings, conn: LedgerConn, *, model_dir: Path | N
         if ledger.head(s) is not None:  # another process published first
             return ledger.head(s).id  # type: ignore[union-attr]
         subjects = _subjects(settings, md, default_model, ds)
-        ledger.add_samples(s, ids=train_ids.tolist(), subjects=subjects)
+        ledger.add_samples(s, ids=train_ids.tolist(), subjects=subjects, keys=keys_of(ds.keys, train_ids))
         for split in OTHER_SPLITS:
-            ledger.add_samples(s, ids=np.sort(getattr(md.splits, split)).tolist(), subjects=subjects, split=split)
+            rows = np.sort(getattr(md.splits, split))
+            ledger.add_samples(s, ids=rows.tolist(), subjects=subjects, split=split, keys=keys_of(ds.keys, rows))
         v = ledger.add_version(s, sha256=sha, parent_id=None, path=ledger_path(path), now=now, metrics=metrics)
         ledger.set_head(s, version_id=v.id, expected=None, now=now)
         append_entry(s, batch_id="publish", created_at=now.isoformat(),

@@ -15,11 +15,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from app.core.config import Settings
+from app.core.secrets import subject_key
 from app.db import ledger
 from app.db.models import AuditEntry, ModelVersion
 from app.db.session import as_utc, transaction, utcnow
 from app.db.views import entry_dict
 from app.errors import public_reason
+from app.ids import PublicId
 from app.ml.record import ForgettingRecord
 from app.service.ledger_conn import LedgerConn
 from app.service.queue import notify
@@ -38,7 +40,7 @@ def ping(ctx: LedgerContext) -> bool:
     return True
 
 
-def accept_deletion(ctx: LedgerContext, *, sample_ids: list[int] | None, subject_id: str | None,
+def accept_deletion(ctx: LedgerContext, *, sample_ids: list[PublicId] | None, subject_id: str | None,
                     idempotency_key: str | None, api_key_id: str | None) -> dict[str, Any]:
     """Commit a deletion request (or find the one this Idempotency-Key made), then tell the queue.
     `notified` is False when Redis was unreachable: the request is accepted all the same (the
@@ -49,7 +51,8 @@ def accept_deletion(ctx: LedgerContext, *, sample_ids: list[int] | None, subject
             with transaction(ctx.conn.write) as s:
                 new = ledger.create_request(s, sample_ids=sample_ids, subject_id=subject_id,
                                             idempotency_key=idempotency_key, api_key_id=api_key_id, now=utcnow(),
-                                            retention_days=st.retention_days, max_ids=st.max_delete_ids)
+                                            retention_days=st.retention_days, max_ids=st.max_delete_ids,
+                                            subject_key=subject_key(st))
                 req = new.request
                 n = len(ledger.request_sample_ids(s, request_ids=[req.id])[req.id])
             break
@@ -67,7 +70,7 @@ def accept_deletion(ctx: LedgerContext, *, sample_ids: list[int] | None, subject
 def request_status(ctx: LedgerContext, *, request_id: str) -> dict[str, Any]:
     with transaction(ctx.conn.read) as s:
         req = ledger.get_request(s, request_id=request_id)
-        ids = ledger.request_sample_ids(s, request_ids=[req.id])[req.id]
+        ids = ledger.request_sample_keys(s, request_id=req.id)
         entry = s.scalar(select(AuditEntry).where(AuditEntry.seq == req.audit_seq)) if req.audit_seq else None
     # how the batch that served the request forgot: method, the verifier's verdict and its evidence
     how = ForgettingRecord.from_payload(json.loads(entry.payload)).summary() if entry is not None else None
@@ -76,6 +79,7 @@ def request_status(ctx: LedgerContext, *, request_id: str) -> dict[str, Any]:
         how["exact"] = req.exact_at is not None
         how["model_exact_at"] = as_utc(req.model_exact_at)
         how["derived_pending"] = bool(req.derived_pending)
+        how["derived_error"] = public_reason(req.derived_error) if req.derived_error else None
     return {"forgetting": how,
             "id": req.id, "state": req.state, "received_at": as_utc(req.received_at), "due_at": as_utc(req.due_at),
             "completed_at": as_utc(req.completed_at), "sample_ids": ids, "subject_id": req.subject_id,

@@ -18,7 +18,9 @@ import torch
 from app.errors import DataError
 from app.ml.data import Dataset
 from app.ml.fsutil import atomic_replace, atomic_write_text
+from app.ml.ids import keys_of
 
+KEYS = "keys.npy"
 COPY_ROWS = 4096  # rows copied at a time: a dataset larger than memory (image files, a table) never is in it
 
 
@@ -32,6 +34,9 @@ def create_store(folder: Path, ds: Dataset) -> None:
         del x
     with atomic_replace(folder / "y.npy") as tmp, tmp.open("wb") as f:  # a path would get ".npy" appended
         np.save(f, ds.y)
+    if ds.keys is not None:  # the data's own ids (app/ml/ids.py): fixed-width text, no pickle
+        with atomic_replace(folder / KEYS) as tmp, tmp.open("wb") as f:
+            np.save(f, np.asarray(ds.keys, dtype=str))
     meta = {"name": ds.name, "num_classes": ds.num_classes, "n_pool": ds.n_pool, "class_names": list(ds.names),
             "mean": None if ds.mean is None else ds.mean.tolist(), "std": None if ds.std is None else ds.std.tolist(),
             "feature_names": list(ds.feature_names) if ds.feature_names else None}
@@ -50,6 +55,8 @@ def open_store(folder: Path, *, writable: bool = False) -> Dataset:
     ds = Dataset(name=meta["name"], x=x, y=y, num_classes=meta["num_classes"], n_pool=meta["n_pool"],
                  mean=_floats(meta["mean"]), std=_floats(meta["std"]), class_names=tuple(names) if names else None,
                  feature_names=tuple(features) if features else None)
+    if (folder / KEYS).is_file():
+        ds.keys = np.load(folder / KEYS, allow_pickle=False)
     if writable:
         ds.y = y  # the memory map itself (Dataset keeps a copy otherwise), so that purge writes the file
     return ds
@@ -135,7 +142,15 @@ def erase_source(folder: Path, meta: dict[str, Any], ids: Sequence[int]) -> int:
         return 0
     erase = DATASETS.get(name).erase
     assert erase is not None
-    n = erase(Path(path), todo)
+    spec = DATASETS.get(name)
+    opts = {k: v for k, v in (meta.get("data_options") or {}).items() if k in spec.options and v is not None}
+    n = erase(Path(path), sample_keys(folder, todo), **opts)
     with atomic_replace(done_file) as tmp, tmp.open("wb") as f:
         np.save(f, np.union1d(done, todo))
     return n
+
+
+def sample_keys(folder: Path, rows: Sequence[int] | np.ndarray) -> list[str]:
+    """The data's own ids of these store rows (app/ml/ids.py)."""
+    keys = np.load(folder / KEYS, allow_pickle=False) if (folder / KEYS).is_file() else None
+    return keys_of(keys, np.asarray(rows, dtype=np.int64))

@@ -9,10 +9,12 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 
 from app.api.deps import State
+from app.api.metrics import JobReading
 from app.api.problems import problem, responses
 from app.api.threads import BackgroundRoute
-from app.db import ledger, workers
-from app.db.session import transaction, utcnow
+from app.db import jobs, ledger, workers
+from app.db.session import as_utc, transaction, utcnow
+from app.errors import public_reason
 from app.service import deletions
 
 router = APIRouter(route_class=BackgroundRoute, tags=["health"])
@@ -50,10 +52,48 @@ def readyz(state: State, request: Request) -> Response:
         worker = _worker_check(state)
     except Exception as e:
         worker = f"error: {type(e).__name__}"
+    try:
+        background = _background(state)
+    except Exception as e:
+        background = {"ledger": f"error: {type(e).__name__}"}
+    stuck = [f"{k} {v}" for k, v in background.items() if v.startswith("stuck")]
+    if stuck and not worker.startswith("error"):
+        worker = f"error: {'; '.join(stuck)} (worker {worker})"
     if all(v.startswith("ok") for v in checks.values()):
-        return JSONResponse({"status": "ready", "checks": checks, "worker": worker})
+        return JSONResponse({"status": "ready", "checks": checks, "worker": worker, "background": background})
     return problem(503, "not-ready", "Not ready", "a dependency is not ready", request.url.path, checks=checks,
-                   worker=worker)
+                   worker=worker, background=background)
+
+
+def _background(state: State) -> dict[str, str]:
+    """Each background job in words: ok, failing (retried), or stuck (failed N times in a row)."""
+    now, n = utcnow(), state.settings.rebuild_max_failures
+    with transaction(state.conn.read) as s:
+        rows = jobs.health(s)
+    out = {jobs.REBUILD: "ok"}
+    for r in rows:
+        if not r.failures:
+            out[r.name] = "ok"
+            continue
+        since = as_utc(r.first_failed_at)
+        nxt = as_utc(r.next_try_at)
+        words = (f"failed {r.failures} time(s) in a row since {since.isoformat() if since else '?'}; last error: "
+                 f"{public_reason(r.last_error or '?')}; next try "
+                 f"{'now' if nxt is None or nxt <= now else nxt.isoformat()}")
+        out[r.name] = ("stuck: " if r.failures >= n else "failing: ") + words
+    return out
+
+
+def job_readings(state: State) -> dict[str, JobReading]:
+    now, n = utcnow(), state.settings.rebuild_max_failures
+    with transaction(state.conn.read) as s:
+        rows = jobs.health(s)
+    out = {jobs.REBUILD: JobReading(0, 0, 0.0)}
+    for r in rows:
+        since = as_utc(r.first_failed_at)
+        age = (now - since).total_seconds() if since is not None and r.failures >= n else 0.0
+        out[r.name] = JobReading(r.total_failures or 0, r.failures or 0, age)
+    return out
 
 
 @router.get("/healthz/worker", responses=responses(503),
@@ -102,4 +142,5 @@ def metrics(state: State) -> Response:
     m.heartbeat_age.set(min((w.heartbeat_age_s for w in ws if not w.stopped), default=float("nan")))
     m.swaps.set(state.holder.swaps)
     m.failed_loads.set(state.holder.failed_loads)
+    m.jobs.readings = job_readings(state)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -15,16 +15,17 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import AppState, State, authorize, require
 from app.api.inputs import IMAGE_TYPES, base64_images, image_rows, media_type
 from app.api.problems import responses
-from app.api.schemas import INT64_MAX, PredictBody, PredictResponse
+from app.api.schemas import PredictBody, PredictResponse
 from app.api.serving import Served
 from app.api.threads import BackgroundRoute
 from app.db import ledger
 from app.db.session import transaction
 from app.errors import Gone, InvalidRequest, MalformedRequest, NotFound, Unavailable, UnsupportedMediaType
+from app.ids import PublicId, public, text
 from app.service.store import raw_to_features
 
 router = APIRouter(route_class=BackgroundRoute, tags=["predict"])
-SAMPLE_ID = r"^[0-9]{1,19}$"
+SAMPLE_ID = r"^[^\x00-\x1f\x7f]{1,200}$"  # the data's own id: digits, or any printable string
 NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
 auth = Depends(require("predict", open_if_predict_open=True))
 
@@ -36,7 +37,7 @@ def served_model(state: State) -> Served:
     return served
 
 
-def payload(served: Served, x: torch.Tensor, names: tuple[str, ...], sample_id: int | None = None) -> bytes:
+def payload(served: Served, x: torch.Tensor, names: tuple[str, ...], sample_id: PublicId | None = None) -> bytes:
     """Inline on the event loop (a small model's forward is shorter than a thread hop), and
     serialised by hand: this is the hot path, and its shape is PredictResponse."""
     with torch.inference_mode():
@@ -49,13 +50,13 @@ def payload(served: Served, x: torch.Tensor, names: tuple[str, ...], sample_id: 
     return json.dumps(body).encode()
 
 
-def _answer(state: State, served: Served, x: torch.Tensor, sample_id: int | None = None) -> Response:
+def _answer(state: State, served: Served, x: torch.Tensor, sample_id: PublicId | None = None) -> Response:
     return Response(payload(served, x, state.store.names, sample_id), media_type="application/json")
 
 
-def _state_of(state: State, sample_id: int) -> str | None:
+def _sample(state: State, key: str) -> tuple[int, str] | None:
     with transaction(state.conn.read) as s:
-        return ledger.sample_state(s, sample_id=sample_id)
+        return ledger.sample_by_key(s, key=key)
 
 
 def from_rows(state: State, rows: np.ndarray) -> torch.Tensor:
@@ -71,33 +72,26 @@ def from_rows(state: State, rows: np.ndarray) -> torch.Tensor:
             responses=responses(401, 403, 404, 410, 422, 503),
             summary="Predict a stored training sample (`sample_id`) or one input (`x`, comma-separated)")
 async def predict_get(state: State,
-                      sample_id: Annotated[str | None, Query(pattern=SAMPLE_ID, description="a training sample id "
-                                                             "(ASCII digits, at most 2^63 − 1)")] = None,
+                      sample_id: Annotated[str | None, Query(pattern=SAMPLE_ID, description="a training sample's id "
+                                                             "as the data names it")] = None,
                       x: Annotated[str | None, Query(description="flattened input, comma-separated numbers")] = None,
                       ) -> Response:
     if (sample_id is None) == (x is None):
         raise InvalidRequest("give exactly one of sample_id or x")
     served = served_model(state)
     if sample_id is not None:
-        sample_id = parse_sample_id(sample_id)
-        st = await run_in_threadpool(_state_of, state, sample_id)
-        if st is None:
+        found = await run_in_threadpool(_sample, state, text(sample_id))
+        if found is None:
             raise NotFound(f"no training sample {sample_id}")
+        row, st = found
         if st != "active":
             raise Gone(f"sample {sample_id} was forgotten; it can no longer be used")
-        return _answer(state, served, state.store.features(np.asarray([sample_id])), sample_id)
+        return _answer(state, served, state.store.features(np.asarray([row])), public(text(sample_id)))
     assert x is not None
     values = x.split(",")
     if not all(NUMBER.fullmatch(v) for v in values):  # float() would take "1_0", "٣", "nan" and " 1"
         raise InvalidRequest("x must be comma-separated decimal numbers (ASCII)")
     return _answer(state, served, from_rows(state, np.asarray([[float(v) for v in values]], dtype=np.float64)))
-
-
-def parse_sample_id(text: str) -> int:
-    value = int(text)
-    if value > INT64_MAX:
-        raise InvalidRequest(f"sample_id must be at most {INT64_MAX}")
-    return value
 
 
 def instances(state: AppState, raw: bytes, content_type: str | None) -> np.ndarray:

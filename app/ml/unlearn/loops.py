@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.ml.data import Dataset
+from app.ml.data import Dataset, minibatches
 
 BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, np.ndarray], torch.Tensor]
 
@@ -29,9 +29,8 @@ def run_epochs(model: nn.Module, ds: Dataset, ids: np.ndarray, *, epochs: int, l
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
         order = rng.permutation(ids)
-        for start in range(0, len(order), batch_size):
+        for batch in minibatches(order, batch_size):
             tick()
-            batch = order[start : start + batch_size]
             y = labels(batch) if labels is not None else ds.labels(batch)
             loss = loss_fn(model, ds.features(batch), y, batch)
             opt.zero_grad(set_to_none=True)
@@ -65,5 +64,4 @@ class SGDConfig:
 
 def batches(ids: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """IDS in a seeded random order, cut into minibatches."""
-    order = rng.permutation(ids)
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return minibatches(rng.permutation(ids), batch_size)

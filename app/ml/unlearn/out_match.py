@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from app.errors import ConfigError
+from app.ml.data import minibatches
 from app.ml.unlearn import METHODS
 from app.ml.unlearn.base import UnlearnResult, UnlearnTask, parse_params, seconds_since
 from app.ml.unlearn.loops import trainable_params
@@ -95,9 +96,8 @@ def out_match(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
     per_epoch = -(-len(forget) // cfg.batch_size)
     for _ in range(max(cfg.epochs, -(-cfg.min_steps // per_epoch))):
         order = rng.permutation(len(forget))
-        for start in range(0, len(order), cfg.batch_size):
+        for pick in minibatches(order, cfg.batch_size):
             task.tick()
-            pick = order[start : start + cfg.batch_size]
             # a full retained batch even when D_f is tiny: the anchor must outweigh repeated steps on few samples
             fb, rb = forget[pick], rng.choice(retain, cfg.batch_size, replace=len(retain) < cfg.batch_size)
             phi = phi_from_logits(model(task.ds.features(fb)), task.ds.labels(fb))

@@ -63,14 +63,20 @@ def calibration_line(cal: dict[str, Any]) -> str:
 
 def verify_command(*, model: Path, ids_file: Path, against: Path | None, data: Path | None,
                    data_dir: Path | None, as_json: bool, device: str = "cpu") -> dict[str, Any]:
+    from app.errors import ForgetSetError
     from app.ml.checkpoint import dataset_for, read_ids
     from app.ml.device import describe, resolve
+    from app.ml.ids import rows_of
 
     dev = resolve(device)
     md = load_model_dir(model, device=dev)
     v = load_verifier(model / FOLDER)
-    ids = v.check_ids(read_ids(ids_file))
     ds = dataset_for(md, data_path=data, data_dir=data_dir)
+    rows, unknown = rows_of(ds.keys, read_ids(ids_file), n_rows=len(ds))
+    if unknown:
+        raise ForgetSetError(f"{ids_file}: {len(unknown)} id(s) name no sample of the data: "
+                             f"{', '.join(unknown[:10])}", bad_ids=unknown)
+    ids = v.check_ids(rows)
     assessed, p_model = v.assess_with_pvalues(md.model, ds, ids)
     result: dict[str, Any] = {"model": str(model), "power": power_summary(v), "assessed": assessed,
                               "device": describe(dev)}
