@@ -23,9 +23,22 @@ RECIPE_FLAGS = ("lr", "batch_size", "max_epochs", "patience", "optimizer", "mome
                 "augment")
 
 
+def _model_dir(path: Path) -> None:
+    """The check load_model_dir makes first, made before torch is imported."""
+    from app.errors import ModelLoadError
+
+    if not (path / "model.safetensors").is_file():
+        raise ModelLoadError(f"{path} is not a model directory: model.safetensors is missing")
+
+
 def _data(ns: argparse.Namespace) -> tuple[str, Path | None]:
     """--data FORMAT:PATH, or --dataset NAME [--data PATH]."""
     from app.errors import ConfigError
+
+    if ns.data:  # a path that is not there fails before torch is imported
+        _, sep, rest = ns.data.partition(":")
+        if not any(Path(c).exists() for c in ([rest] if sep else []) + [ns.data]):
+            raise ConfigError(f"--data {ns.data}: {rest if sep else ns.data} does not exist")
     from app.ml.datasets import parse_data
 
     fmt, path = parse_data(ns.data) if ns.data else (None, None)
@@ -76,10 +89,10 @@ def _report(meta: dict[str, object]) -> None:
 
 
 def _train(ns: argparse.Namespace, settings: Settings) -> int:
+    dataset, path = _data(ns)  # before torch: a bad path fails at once
     from app.ml.data import SplitConfig
     from app.ml.pipeline import train_to_dir
 
-    dataset, path = _data(ns)
     cfg, start = _start(ns)
     meta = train_to_dir(dataset=dataset, arch=ns.arch, out=ns.out, train_cfg=cfg,  # type: ignore[arg-type]
                         split_cfg=SplitConfig(seed=ns.seed), data_path=path, with_cache=not ns.no_cache,
@@ -92,10 +105,10 @@ def _train(ns: argparse.Namespace, settings: Settings) -> int:
 
 
 def _import(ns: argparse.Namespace, settings: Settings) -> int:
+    dataset, path = _data(ns)  # before torch: a bad path fails at once
     from app.ml.importing import import_to_dir
     from app.ml.recipe import recipe_note
 
-    dataset, path = _data(ns)
     cfg, start = _start(ns)
     meta = import_to_dir(weights=ns.weights, arch=ns.arch, dataset=dataset, data_path=path, out=ns.out,
                          train_cfg=cfg, start=start, **_extras(ns, settings))  # type: ignore[arg-type]
@@ -110,7 +123,10 @@ def _import(ns: argparse.Namespace, settings: Settings) -> int:
 
 def _unlearn(ns: argparse.Namespace, settings: Settings) -> int:
     from app.errors import ConfigError
-    from app.ml.checkpoint import read_ids
+    from app.ml.ids import read_ids
+
+    forget = read_ids(ns.forget_ids)  # bad input fails before torch is imported
+    _model_dir(ns.model)
     from app.ml.pipeline import unlearn_to_dir
 
     iau_flags = {k: getattr(ns, k) for k in ("eta", "reduction", "step") if getattr(ns, k) is not None}
@@ -120,7 +136,7 @@ def _unlearn(ns: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"--eta, --reduction, --step and --no-correction are IAU's; --method is {ns.method!r}")
     else:
         params = {}
-    meta = unlearn_to_dir(model_dir=ns.model, forget_ids=read_ids(ns.forget_ids), out=ns.out, method=ns.method,
+    meta = unlearn_to_dir(model_dir=ns.model, forget_ids=forget, out=ns.out, method=ns.method,
                           params=params, data_path=ns.data, data_dir=settings.data_dir,
                           use_cache=not ns.no_cache, refresh_cache=ns.refresh_cache,
                           chunk_size=settings.chunk_size, max_accuracy_drop=ns.max_accuracy_drop,
@@ -287,15 +303,26 @@ def _model_flags(p: argparse.ArgumentParser, datasets: list[str], models: list[s
     p.add_argument("--device", help=DEVICE_HELP)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="unlearnd", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _registered(argv: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """The dataset and arch names train's and import's --help lists. Reading them imports torch (seconds), so
+    only those two helps do: every other command, and a bad input's error, start at once."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    words = [a for a in args if not a.startswith("-")]
+    if not words or words[0] not in ("train", "import") or not {"-h", "--help"} & set(args):
+        return ["(see `unlearnd train --help`)"], ["(see `unlearnd train --help`)"]
     from app.ml.datasets import DATASETS
     from app.ml.models import MODELS
 
+    return DATASETS.names(), MODELS.names()
+
+
+def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    p = OneLineParser(prog="unlearnd", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    datasets, models = _registered(argv)
+
     t = sub.add_parser("train", help="train a model with the GR loss")
-    _model_flags(t, DATASETS.names(), MODELS.names())
+    _model_flags(t, datasets, models)
     t.add_argument("--alpha", type=non_negative(float), help="GR strength (0: plain training)")
     t.add_argument("--gr-norm", choices=("global", "per_tensor"))
     t.add_argument("--gr-grad", choices=("exact", "fd"),
@@ -306,7 +333,7 @@ def _parser() -> argparse.ArgumentParser:
     im = sub.add_parser("import", help="make a model directory for weights trained elsewhere, ready to serve")
     im.add_argument("--weights", type=Path, required=True,
                     help="the trained weights: safetensors, or a torch state_dict (read with weights_only=True)")
-    _model_flags(im, DATASETS.names(), MODELS.names())
+    _model_flags(im, datasets, models)
     im.set_defaults(func=_import)
 
     u = sub.add_parser("unlearn", help="forget training samples (the model's calibrated setting by default)")
@@ -368,7 +395,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ns = _parser().parse_args(argv)
+    ns = _parser(argv).parse_args(argv)
     try:
         settings = Settings()
     except ValidationError as e:

@@ -18,7 +18,7 @@ from app.db import ledger
 from app.db.audit import head, parse_head, verify_chain
 from app.db.migrate import upgrade
 from app.db.session import transaction, utcnow
-from app.errors import InvalidRequest, NotFound
+from app.errors import ConfigError, InvalidRequest, NotFound
 from app.service.ledger_conn import LedgerConn
 from app.service.supervisor import SERVE_PID_ENV, Child, Supervisor, die_with_parent
 
@@ -134,7 +134,7 @@ def worker(ns: argparse.Namespace, settings: Settings) -> int:
 
 def consolidate_now(ns: argparse.Namespace, settings: Settings) -> int:
     """Retrain exactly on the active samples now; the worker's announcements and clean-up follow."""
-    from worker.consolidate import consolidate
+    from worker.consolidate import consolidate, exact_words
     from worker.housekeeping import purge_forgotten, refresh_cache
 
     _logging()
@@ -151,7 +151,7 @@ def consolidate_now(ns: argparse.Namespace, settings: Settings) -> int:
             info = result.info or {}
             print(f"consolidated: version {result.version_id} retrained on {info['n_train']} samples in "
                   f"{info['train_s']:.1f} s (held-out {info['holdout_acc_after']:.4f}); "
-                  f"{len(info['request_ids'])} requests are now exact")
+                  f"{exact_words(info['n_exact'], info['n_waiting_derived'])}")
             return 0
         print(f"consolidation {result.state}: {(result.info or {}).get('why')}")
         return 0 if result.state == "nothing" else 1
@@ -227,9 +227,18 @@ def audit_head(ns: argparse.Namespace, settings: Settings) -> int:
 
 
 def requests_retry(ns: argparse.Namespace, settings: Settings) -> int:
+    from app.db import jobs
     from app.service.queue import connect, notify
 
+    if (ns.request_id is None) != ns.rebuild:
+        raise ConfigError("give a failed request's id, or --rebuild (not both)")
     conn = LedgerConn.open(settings)
+    if ns.rebuild:
+        with transaction(conn.write) as s:
+            failing = jobs.retry_now(s, name=jobs.REBUILD)
+        print("the derived models' rebuild is tried again at the worker's next sweep" if failing
+              else "the derived models' rebuild is not failing; nothing to retry")
+        return 0
     with transaction(conn.write) as s:
         ledger.retry_failed(s, request_id=ns.request_id)
     if settings.redis_url:
@@ -243,7 +252,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--workers", type=int, default=1, help="API processes")
-    s.add_argument("--model", type=Path, help="a model made by `unlearnd train` (default: train on digits)")
+    s.add_argument("--model", type=Path, help="a model directory made by `unlearnd train` or `unlearnd import` "
+                                              "(default: train on digits)")
     s.add_argument("--no-worker", action="store_true", help="API only; run `unlearnd worker` separately")
     s.set_defaults(func=serve)
     w = sub.add_parser("worker", help="process deletion requests (needs REDIS_URL)")
@@ -271,6 +281,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     a.add_parser("head", help="print the last entry as SEQ:HASH, to keep outside this host").set_defaults(
         func=audit_head)
     r = sub.add_parser("requests", help="deletion requests").add_subparsers(dest="req_command", required=True)
-    rr = r.add_parser("retry", help="put a failed request back to pending")
-    rr.add_argument("request_id")
+    rr = r.add_parser("retry", help="put a failed request back to pending, or (--rebuild) retry the derived "
+                                    "models' rebuild now instead of after its backoff")
+    rr.add_argument("request_id", nargs="?")
+    rr.add_argument("--rebuild", action="store_true", help="retry the verifier's reference models' rebuild now")
     rr.set_defaults(func=requests_retry)

@@ -29,3 +29,8 @@ def wrong_classes(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
 
 
 NOT_CALLABLE = 3
+
+
+def mlp_bn(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """A small batch-norm MLP for tables: batch norm cannot train on a minibatch of one sample."""
+    return nn.Sequential(nn.Linear(input_shape[0], 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, num_classes))

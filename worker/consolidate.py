@@ -37,6 +37,7 @@ from app.ml.checkpoint import inherited_meta, train_config_from_meta
 from app.ml.device import describe, resolve
 from app.ml.grads import ids_sha256
 from app.ml.policy import validate
+from app.ml.pretrained import start_evidence
 from app.ml.train import TrainConfig, fit
 from app.service.ledger_conn import LedgerConn
 from app.service.store import erased_rows, store_on
@@ -105,6 +106,7 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
     kept = md.splits.without(np.union1d(forgotten, erased))  # a deleted validation sample must not steer training
     model = fit(md.model_cfg, ds, active, kept.val, cfg, progress=False).model
     model.eval()
+    start = start_evidence(md.model, model, md.model_cfg.init_sha256, md.model_cfg.freeze, "the consolidation")
     train_s = time.perf_counter() - t0
     hold = kept.holdout(settings.holdout_size)
     floor = budget(settings, first).exact_floor
@@ -121,7 +123,7 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
         return Result("failed", info={"why": problem, "train_s": train_s})
     splits = dataclasses.replace(kept, train=active)
     record = {"reason": reason, "n_train": len(active), "train_ids_sha256": ids_sha256(active), "train_s": train_s,
-              "recipe": {"alpha": cfg.alpha, "seed": cfg.seed, "max_epochs": cfg.max_epochs},
+              "recipe": dataclasses.asdict(cfg), **start,
               "device": describe(dev), "data_placement": ds.placement,
               "holdout_acc_before": float(head.metrics.get("holdout_acc", float("nan"))), "holdout_acc_after": acc,
               "accuracy_floor": floor, "request_ids": covered, "replaces_chain_of": chain}
@@ -148,10 +150,20 @@ def _commit(conn: LedgerConn, head: ModelVersion, sha: str, path: str, record: d
             if not ledger.set_head(s, version_id=v.id, expected=head.id, now=now):
                 raise Conflict("the head moved while the consolidation trained")
             append_entry(s, batch_id="consolidate", created_at=now.isoformat(), payload=payload)
-            ledger.mark_exact(s, request_ids=record["request_ids"], now=now)
+            n_exact = ledger.mark_exact(s, request_ids=record["request_ids"], now=now)
+            waiting = ledger.derived_waiting_among(s, request_ids=record["request_ids"])
     except (Conflict, IntegrityError) as e:  # IntegrityError: another version took the next seq first
         log.info("consolidation discarded (%s); it will be redone on the new head", e)
         return Result("released", info={"why": str(e)})
-    log.info("consolidated: version %s is exact for %d samples; %d requests are now exact", v.id,
-             record["n_train"], len(record["request_ids"]))
-    return Result("completed", v.id, record)
+    log.info("consolidated: version %s retrained on %d samples; %s", v.id, record["n_train"],
+             exact_words(n_exact, waiting))
+    return Result("completed", v.id, {**record, "n_exact": n_exact, "n_waiting_derived": waiting})
+
+
+def exact_words(n_exact: int, waiting: int) -> str:
+    """What a consolidation did for its requests, in the words /requests/{id} uses."""
+    out = f"{n_exact} request(s) are now exact"
+    if waiting:
+        out += (f"; {waiting} more are exact for the served model but wait for the verifier's reference models to "
+                "be retrained without their shadow samples (`exact` turns true then)")
+    return out

@@ -31,7 +31,7 @@ from app.ml.gradcache import build_cache, cache_matches, load_cache, save_cache
 from app.ml.imagefolder import drop_from_mapping
 from app.service.ledger_conn import LedgerConn
 from app.service.queue import notify
-from app.service.store import erase_source, open_store, purge, sample_keys, store_on
+from app.service.store import erase_source, open_store, purge, sample_keys, source_folder, store_on
 from app.service.versions import load_version, version_dir
 from worker.derived import drop_statistics
 
@@ -51,7 +51,7 @@ def purge_forgotten(settings: Settings, conn: LedgerConn) -> None:
     if erased:
         log.info("erased %d forgotten samples in the source data too", erased)
     drop_statistics(settings, np.asarray(gone, dtype=np.int64))  # the references: rebuild_derived, outside jobs
-    unlinked = _drop_links(settings, head, gone)
+    unlinked = _drop_links(settings, gone)
     if unlinked:
         log.info("removed %d forgotten samples' rows from the model folders' samples.csv", unlinked)
     if not truncate_wal(conn.engine):
@@ -70,11 +70,11 @@ def purge_forgotten(settings: Settings, conn: LedgerConn) -> None:
         log.info("purged the weights of version %s", v.id)
 
 
-def _drop_links(settings: Settings, head: ModelVersion, gone: list[int]) -> int:
+def _drop_links(settings: Settings, gone: list[int]) -> int:
     """The id → path/subject rows of forgotten samples leave every samples.csv the service knows of: the
     folder it published from (the operator's), and its own model folders."""
-    meta = json.loads((version_dir(settings.home, head) / "meta.json").read_text())
-    folders = [Path(meta["published_from"])] if meta.get("published_from") else []
+    source = source_folder(settings.store_dir)
+    folders = [source] if source is not None else []
     if settings.models_dir.is_dir():
         folders += [d for d in settings.models_dir.iterdir() if d.is_dir()]
     keys = {str(k) for k in sample_keys(settings.store_dir, np.asarray(gone, dtype=np.int64))}

@@ -154,7 +154,7 @@ def _resolve(session: Session, *, sample_ids: Sequence[PublicId] | None, subject
         raise InvalidRequest("sample_ids is empty")
     if len(wanted) > max_ids:
         raise InvalidRequest(f"{len(wanted)} sample ids; at most {max_ids} per request", max_ids=max_ids)
-    found = dict(session.execute(select(Sample.key, Sample.id).where(Sample.key.in_(wanted))).tuples().all())
+    found = {str(k): int(i) for k, i in session.execute(select(Sample.key, Sample.id).where(Sample.key.in_(wanted)))}
     unknown = [public(k) for k in wanted if k not in found]
     if unknown:
         raise InvalidRequest(f"{len(unknown)} unknown sample ids", unknown_ids=unknown[:100])
@@ -342,6 +342,12 @@ def mark_exact(session: Session, *, request_ids: Sequence[str], now: datetime) -
                                  DeletionRequest.derived_pending.is_(False))
                           .values(exact_at=now))
     return int(res.rowcount)  # type: ignore[attr-defined]
+
+
+def derived_waiting_among(session: Session, *, request_ids: Sequence[str]) -> int:
+    """How many of these requests still wait for the derived models' rebuild."""
+    return int(session.scalar(select(func.count()).select_from(DeletionRequest).where(
+        DeletionRequest.id.in_(list(request_ids)), DeletionRequest.derived_pending.is_(True))) or 0)
 
 
 def derived_waiting(session: Session) -> bool:

@@ -33,6 +33,7 @@ class RequestRow:
     audit_seq: int | None
     reason: str | None
     derived_pending: bool = False
+    derived_error: str | None = None  # why the derived models' rebuild keeps failing
 
 
 def request_counts(session: Session) -> dict[str, int]:
@@ -69,7 +70,8 @@ def _rows(session: Session, reqs: list[DeletionRequest]) -> list[RequestRow]:
                        due_at=as_utc(r.due_at), completed_at=as_utc(r.completed_at),  # type: ignore[arg-type]
                        subject_id=r.subject_id, n_samples=int(sizes.get(r.id, 0)), method=r.method,
                        verdict=r.verdict, exact_at=as_utc(r.exact_at), audit_seq=r.audit_seq,
-                       reason=public_reason(r.reason) if r.reason else None, derived_pending=bool(r.derived_pending))
+                       reason=public_reason(r.reason) if r.reason else None, derived_pending=bool(r.derived_pending),
+                       derived_error=public_reason(r.derived_error) if r.derived_error else None)
             for r in reqs]
 
 

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from app.errors import DataError, ForgetSetError, ModelLoadError
+from app.errors import DataError, ModelLoadError
 from app.ml.data import Dataset, Splits
 from app.ml.datasets import load_dataset
 from app.ml.fsutil import atomic_replace, atomic_write_text
@@ -169,11 +169,3 @@ def train_config_from_meta(meta: dict[str, Any]) -> TrainConfig | None:
     return TrainConfig(**{k: v for k, v in raw.items() if k in known})
 
 
-def read_ids(path: Path) -> list[str]:
-    """One sample id per line, as the data names it (integers or strings); blank lines and #-comments are
-    ignored. app/ml/ids.py maps them to rows."""
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ForgetSetError(f"{path}: cannot read the id list ({type(e).__name__})") from None
-    return [t for t in (line.split("#", 1)[0].strip() for line in lines) if t]

@@ -19,7 +19,7 @@ from torch import nn
 from app.ml.grads import ids_sha256
 from app.ml.metrics import accuracy
 from app.ml.policy import Budget, Setting, forget, settings_from_meta
-from app.ml.pretrained import check_frozen
+from app.ml.pretrained import start_evidence
 from app.ml.record import ForgettingRecord
 from app.ml.unlearn.base import UnlearnTask
 
@@ -49,12 +49,14 @@ def forget_version(task: UnlearnTask, meta: dict[str, Any], hold: np.ndarray, bu
     out = forget(task, settings, hold, budget.policy(backtracks=opts.backtracks, on_partial=opts.on_partial,
                                                       retrain_if_invalid=opts.retrain_if_invalid))
     s = out.setting
+    start: dict[str, Any] = {}
     if out.model is not None and task.model_cfg is not None:
-        check_frozen(task.model, out.model, task.model_cfg.freeze, s.method if s else "the policy")
+        start = start_evidence(task.model, out.model, task.model_cfg.init_sha256, task.model_cfg.freeze,
+                               s.method if s else "the policy")
     record = ForgettingRecord(
         method=s.method if s else None, params=s.params if s else None, exact=out.exact, verdict=out.verdict,
         n_forget=len(task.forget_ids), forget_ids_sha256=ids_sha256(np.asarray(task.forget_ids)),
         holdout_acc_before=before, holdout_acc_after=out.holdout_acc, accuracy_floor=budget.floor,
         time_s=out.update_seconds, policy_time_s=time.perf_counter() - t0, attempts=out.attempts,
-        verification=out.verification, consolidate_now=out.consolidate_now, problem=out.problem)
+        verification=out.verification, consolidate_now=out.consolidate_now, problem=out.problem, start=start)
     return Forgotten(out.model, record)

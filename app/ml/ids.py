@@ -11,13 +11,14 @@ row. Every id the API, the ledger, the CLI and the audit show is the data's own.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 
-from app.errors import DataError
+from app.errors import DataError, ForgetSetError
 from app.ids import PublicId, is_canonical_int, public, text
 
-__all__ = ["PublicId", "keys_of", "placement", "public", "rows_of", "text"]
+__all__ = ["PublicId", "keys_of", "placement", "public", "read_ids", "rows_of", "text"]
 
 MAX_ID_SLACK = 2  # integer ids index rows directly unless they would name a table over 2× the data
 MAX_KEY_LEN = 200  # the ledger's column
@@ -54,3 +55,13 @@ def rows_of(keys: np.ndarray | None, ids: Iterable[PublicId], *, n_rows: int) ->
         else:
             rows.append(r)
     return np.asarray(rows, dtype=np.int64), unknown
+
+
+def read_ids(path: Path) -> list[str]:
+    """One sample id per line, as the data names it (integers or strings); blank lines and #-comments are
+    ignored. Read before torch is imported, so a bad file fails at once."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ForgetSetError(f"{path}: cannot read the id list ({type(e).__name__})") from None
+    return [t for t in (line.split("#", 1)[0].strip() for line in lines) if t]

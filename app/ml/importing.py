@@ -40,6 +40,9 @@ def import_to_dir(*, weights: Path, arch: str, dataset: str, data_path: Path | N
                   verifier_cfg: VerifierConfig | None = None, calibration: CalibrationConfig | None = None,
                   chunk_size: int = 1024, progress: bool = True, device: str = "cpu") -> dict[str, Any]:
     t0 = time.perf_counter()
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} already exists and is not empty; import writes a new model directory (remove it, "
+                          "or give another --out)")
     state = read_weights(weights)  # a bad file fails before the data is read
     dev = resolve(device)
     ds = load_dataset(dataset, path=data_path, data_dir=data_dir, device=dev, options=data_options)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -37,6 +38,9 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # torch colours its unpickling hints
+
+
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A state_dict from safetensors, or from torch.save'd tensors read with weights_only=True."""
     if not path.is_file():
@@ -48,8 +52,11 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refuses pickled code with an UnpicklingError; garbage raises others
+        why = ANSI.sub("", str(e)).strip().splitlines()
+        whole = "a whole pickled model, which is never unpickled (save model.state_dict() instead); "
         raise ConfigError(f"{path}: neither safetensors nor a weights-only torch state_dict "
-                          f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+                          f"({whole if 'weights_only' in str(e) or 'Unpickl' in type(e).__name__ else ''}"
+                          f"{type(e).__name__}: {(why[0] if why else '')[:160]})") from None
     if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):  # a common checkpoint wrapper
         raw = raw["state_dict"]
     if not isinstance(raw, dict) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
@@ -65,8 +72,10 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -
     shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
     if missing or unexpected or shapes:
         parts = [f"{label} {keys[:3]}{' …' if len(keys) > 3 else ''} ({len(keys)})"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes))
-                 if keys]
+                 for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        if shapes:
+            shown = ", ".join(f"{k} model {list(own[k].shape)} file {list(state[k].shape)}" for k in shapes[:3])
+            parts.append(f"other shapes: {shown}{' …' if len(shapes) > 3 else ''} ({len(shapes)})")
         raise ConfigError(f"{source} does not fit the model: {'; '.join(parts)}")
     with torch.no_grad():
         for k, v in own.items():
@@ -131,10 +140,21 @@ def frozen_state(model: nn.Module, prefixes: tuple[str, ...]) -> dict[str, torch
     return {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(prefixes)}
 
 
-def check_frozen(before: nn.Module, after: nn.Module, prefixes: tuple[str, ...], method: str) -> None:
+def check_frozen(before: nn.Module, after: nn.Module, prefixes: tuple[str, ...], method: str) -> int:
+    """Refuse a result whose frozen entries moved; returns how many entries were compared (bit for bit)."""
     if not prefixes:
-        return
+        return 0
     ref, now = frozen_state(before, prefixes), frozen_state(after, prefixes)
     moved = [k for k in ref if not torch.equal(ref[k], now[k])]
     if moved:
         raise UnlearnFailed(f"{method} changed frozen parameters {moved[:3]}; the result is refused")
+    return len(ref)
+
+
+def start_evidence(before: nn.Module, after: nn.Module, init_sha256: str | None, prefixes: tuple[str, ...],
+                   method: str) -> dict[str, object]:
+    """What an audit entry records of where a model starts and what it may not move: the init's sha256, the
+    frozen prefixes and the result of comparing every frozen entry bit for bit (refused if one moved)."""
+    n = check_frozen(before, after, prefixes, method)
+    return {"init_sha256": init_sha256, "freeze": list(prefixes),
+            "frozen_check": f"{n} frozen entries bit-identical" if prefixes else "no frozen parameters"}

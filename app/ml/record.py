@@ -50,6 +50,7 @@ class ForgettingRecord:
     problem: str | None = None
     device: str | None = None
     data_placement: str | None = None
+    start: dict[str, Any] = field(default_factory=dict)  # init sha256, frozen prefixes, the frozen check's result
 
     @property
     def ue_lira(self) -> float | None:
@@ -66,7 +67,8 @@ class ForgettingRecord:
                 "accuracy_floor": self.accuracy_floor, "unlearn_time_s": self.time_s,
                 "policy_time_s": self.policy_time_s, "attempts": self.attempts, "verification": self.verification,
                 "consolidate_now": self.consolidate_now, "ue_lira": self.ue_lira, "device": self.device,
-                "data_placement": self.data_placement, **({"problem": self.problem} if self.problem else {})}
+                "data_placement": self.data_placement, **({"problem": self.problem} if self.problem else {}),
+                **self.start}
 
     @classmethod
     def from_payload(cls, p: dict[str, Any]) -> ForgettingRecord:

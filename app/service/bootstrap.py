@@ -36,7 +36,7 @@ from app.ml.verify.report import power_summary
 from app.ml.verify.store import FOLDER as VERIFIER_FOLDER
 from app.ml.verify.store import load_verifier, save_verifier
 from app.service.ledger_conn import LedgerConn
-from app.service.store import FORGOTTEN_LABEL, create_store
+from app.service.store import FORGOTTEN_LABEL, create_store, remember_source_folder
 from app.service.versions import holdout_ids, ledger_path, version_dir, write_version
 
 log = logging.getLogger("unlearnd.bootstrap")
@@ -90,6 +90,7 @@ def publish_initial(settings: Settings, conn: LedgerConn, *, model_dir: Path | N
     md = load_model_dir(model_dir, device=resolve(settings.device))
     ds = dataset_for(md, data_path=None, data_dir=settings.data_dir)
     create_store(settings.store_dir, ds)
+    remember_source_folder(settings.store_dir, model_dir)
     train_ids = np.sort(md.splits.train)
     hold = holdout_ids(md.splits, settings.holdout_size)
     cache = load_cache(model_dir, ds.device)

@@ -154,3 +154,17 @@ def sample_keys(folder: Path, rows: Sequence[int] | np.ndarray) -> list[str]:
     """The data's own ids of these store rows (app/ml/ids.py)."""
     keys = np.load(folder / KEYS, allow_pickle=False) if (folder / KEYS).is_file() else None
     return keys_of(keys, np.asarray(rows, dtype=np.int64))
+
+
+SOURCE_FOLDER = "published_from.txt"
+
+
+def remember_source_folder(folder: Path, model_dir: Path) -> None:
+    """The model folder the service published from (the operator's): its samples.csv links ids to people, so
+    the purge drops forgotten rows there too, whichever version is served by then."""
+    atomic_write_text(folder / SOURCE_FOLDER, str(model_dir.resolve()))
+
+
+def source_folder(folder: Path) -> Path | None:
+    path = folder / SOURCE_FOLDER
+    return Path(path.read_text().strip()) if path.is_file() else None

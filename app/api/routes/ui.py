@@ -27,7 +27,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from app.api import svg
 from app.api.deps import AppState, authorize
 from app.core.secrets import subject_key
-from app.db import ui_sessions, views
+from app.db import jobs, ui_sessions, views
 from app.db.audit import ChainReport, parse_head, verify_chain
 from app.db.audit import head as audit_head
 from app.db.keys import Principal
@@ -179,7 +179,8 @@ def _export_rows(app: AppState, what: str, fmt: str) -> Iterator[str]:
             fields: tuple[str, ...] = EXPORT_FIELDS
         else:
             rows = views.all_audit_entries(s)
-            fields = ("seq", "created_at", "batch_id", "payload", "prev_hash", "hash")
+            rows = (_flat(e) for e in views.all_audit_entries(s))
+            fields = ("seq", "created_at", "batch_id", *AUDIT_COLUMNS, "prev_hash", "hash", "payload")
         if fmt == "csv":
             yield _csv_line(fields)
         for row in rows:
@@ -188,6 +189,19 @@ def _export_rows(app: AppState, what: str, fmt: str) -> Iterator[str]:
             else:
                 yield _csv_line([json.dumps(v, sort_keys=True) if isinstance(v, dict) else _iso(v) if v is not None
                                  else "" for v in (row[f] for f in fields)])
+
+
+# the audit CSV's own columns, so a spreadsheet can filter on them; `payload` keeps the whole hashed entry
+AUDIT_COLUMNS = ("event", "request_ids", "method", "exact", "verdict", "n_forget", "test_acc_before",
+                 "test_acc_after", "unlearn_time_s", "parent_model_sha256", "model_sha256", "init_sha256", "freeze",
+                 "frozen_check", "reason")
+
+
+def _flat(entry: dict[str, Any]) -> dict[str, Any]:
+    p = entry["payload"]
+    cols = {c: " ".join(map(str, p[c])) if isinstance(p.get(c), list) else p.get(c) for c in AUDIT_COLUMNS}
+    cols["event"] = p.get("event", "unlearn" if "method" in p else None)
+    return {**entry, **cols}
 
 
 def _iso(v: object) -> str:
@@ -211,6 +225,8 @@ def _due(row: views.RequestRow, now: datetime) -> dict[str, Any]:
         wait = "the derived models' rebuild" if row.derived_pending else "an exact retrain"
         text = (f"approximate: overdue by {_span(-left)}" if left < 0
                 else f"approximate: {wait} due in {_span(left)}")
+        if row.derived_error:
+            text += f"; the rebuild keeps failing ({row.derived_error})"
     elif row.state in ("failed", "rejected"):
         left = (row.due_at - (row.completed_at or now)).total_seconds()
         text = f"{row.state}; due in {_span(left)}" if left >= 0 else f"{row.state}; overdue by {_span(-left)}"
@@ -265,6 +281,7 @@ def _page(s: Any, app: AppState, *, state: str | None, offset: int, batch: int |
     return {
         "head": head, "versions": versions[-20:], "floor": floor, "state": state, "q": q,
         "exact_floor": budget.exact_floor if budget else None,
+        "stuck": [j for j in jobs.health(s) if j.failures >= app.settings.rebuild_max_failures],
         "counts": counts, "roffset": roffset,
         "rtotal": counts.get(state, 0) if state else sum(counts.values()),
         "requests": [_due(r, now) for r in views.requests(s, state=state, limit=PAGE, offset=roffset,

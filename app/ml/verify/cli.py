@@ -64,9 +64,9 @@ def calibration_line(cal: dict[str, Any]) -> str:
 def verify_command(*, model: Path, ids_file: Path, against: Path | None, data: Path | None,
                    data_dir: Path | None, as_json: bool, device: str = "cpu") -> dict[str, Any]:
     from app.errors import ForgetSetError
-    from app.ml.checkpoint import dataset_for, read_ids
+    from app.ml.checkpoint import dataset_for
     from app.ml.device import describe, resolve
-    from app.ml.ids import rows_of
+    from app.ml.ids import read_ids, rows_of
 
     dev = resolve(device)
     md = load_model_dir(model, device=dev)
