@@ -104,9 +104,10 @@ def serve(ns: argparse.Namespace, settings: Settings) -> int:
         children.start()
         os.environ[SERVE_PID_ENV] = str(os.getpid())
         url = f"http://{ns.host}:{ns.port}"
-        note = recipe_note(served_meta(settings, conn))
+        meta = served_meta(settings, conn)
+        note = recipe_note(meta)
         print(f"\nunlearnd serving version {version} at {url}  (docs: {url}/docs)\n"
-              + (f"note: {note}\n" if note else "") +
+              + (f"note: {note}\n" if note else "") + splits_line(meta) +
               f"admin API key: {admin}\nstate: {settings.home}  ledger: {settings.db_url.split('@')[-1]}  "
               f"redis: {settings.redis_url}\nCtrl-C stops.\n", flush=True)
         uvicorn.run("app.api.main:create_app", factory=True, host=ns.host, port=ns.port, workers=ns.workers,
@@ -130,6 +131,16 @@ def worker(ns: argparse.Namespace, settings: Settings) -> int:
         settings = settings.model_copy(update={"device": ns.device})
     resolve(settings.device)
     return run_worker(settings)
+
+
+def splits_line(meta: dict[str, object]) -> str:
+    """The start banner's line on where each split came from (meta.json's split_origin), when it was recorded."""
+    origin = meta.get("split_origin")
+    if not isinstance(origin, dict):
+        return ""
+    parts = [f"{n} {o['count']} ({'; '.join(f'{v} {k}' for k, v in o['from'].items())})"
+             for n, o in origin.items() if isinstance(o, dict)]
+    return "splits: " + ", ".join(parts) + "\n"
 
 
 def consolidate_now(ns: argparse.Namespace, settings: Settings) -> int:

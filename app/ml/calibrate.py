@@ -100,7 +100,11 @@ def calibrate(base: UnlearnTask, hold: np.ndarray, train_seconds: float, cfg: Ca
     small = [i for i, n in enumerate(sizes) if need is None or n < need]
     large = [i for i, n in enumerate(sizes) if i not in small]
     trials, summary = [], []
+    if progress:
+        print(f"  calibrating {len(candidates)} settings on {len(sets)} simulated deletions ({sizes} ids; budget "
+              f"{budget['max_time_s']:.1f} s each); θ* assessed in {time.perf_counter() - t0:.1f} s", flush=True)
     for s in candidates:
+        c0 = time.perf_counter()
         rows = []
         for f, b in zip(sets, before, strict=True):
             rows.append(_trial(base, s, f, b, hold, acc0, budget["max_time_s"]))
@@ -111,12 +115,18 @@ def calibrate(base: UnlearnTask, hold: np.ndarray, train_seconds: float, cfg: Ca
         if progress:
             print(f"  calibrate {s.method} {s.params}: " + "; ".join(
                 f"{k}: {v['why'] or 'ok'} (score {v['score']})" for k in ("large", "small")
-                if (v := summary[-1][k]) is not None), flush=True)
+                if (v := summary[-1][k]) is not None)
+                + f" [{time.perf_counter() - c0:.1f} s; {time.perf_counter() - t0:.0f} s in]", flush=True)
     ranked = [x["setting"] for x in _ordered(summary, "large", "large")]
     small_order = _ordered(summary, "small", "large" if large else "small")
     chains, choice_small = [], None
     for x in small_order:
+        c0 = time.perf_counter()
         chains.append(_chain(base, x["setting"], hold, acc0, cfg, rng))
+        if progress:
+            print(f"  chained {cfg.chain} deletions with {x['setting']['method']}: "
+                  f"{'stable' if chains[-1]['stable'] else 'not stable'} [{time.perf_counter() - c0:.1f} s; "
+                  f"{time.perf_counter() - t0:.0f} s in]", flush=True)
         if chains[-1]["stable"]:
             choice_small = x["setting"]
             break

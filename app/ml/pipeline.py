@@ -132,6 +132,10 @@ def finish_model_dir(out: Path, *, model: nn.Module, model_cfg: ModelConfig, ds:
             meta["calibration"] = calibrate_model(md, ds, load_verifier(out / VERIFIER_FOLDER, with_refs=True),
                                                   cache, calibration, progress=progress)
         meta["wall_time_s"] = time.perf_counter() - t0
+        if progress and "calibration" in meta:
+            cal_s = float(meta["calibration"].get("seconds", 0.0))
+            print(f"calibration took {cal_s:.0f} s of {meta['wall_time_s']:.0f} s in all "
+                  f"({100 * cal_s / max(meta['wall_time_s'], 1e-9):.0f}%)", flush=True)
         set_meta_fields(out, {k: meta[k] for k in ("verifier", "calibration", "wall_time_s") if k in meta})
     return meta
 
