@@ -60,7 +60,7 @@ def test_on_demand_consolidation_makes_requests_exact(backend: str, tmp_path: Pa
             assert refused.returncode == 1 and "failed" in refused.stdout, refused.stdout + refused.stderr
             assert c.get("/models/current").json()["id"] == v2 and not _is_exact(c, rid)
             proc = svc.cli("consolidate")
-            assert proc.returncode == 0 and "1 requests are now exact" in proc.stdout, proc.stdout + proc.stderr
+            assert proc.returncode == 0 and "1 request(s) are now exact" in proc.stdout, proc.stdout + proc.stderr
             body = _wait_exact(c, rid)
             assert body["forgetting"]["exact_at"] < body["due_at"]
             head = c.get("/models/current").json()

@@ -225,18 +225,18 @@ def own_forget_ids(train: np.ndarray, ds: Dataset, ids: np.ndarray | list[str]) 
     if isinstance(ids, np.ndarray):
         return check_forget_ids(train, ids)
     rows, unknown = rows_of(ds.keys, ids, n_rows=len(ds))
-    if unknown:
-        shown = ", ".join(unknown[:20]) + (" …" if len(unknown) > 20 else "")
-        raise ForgetSetError(f"{len(unknown)} forget id(s) name no sample of the data: {shown}", bad_ids=unknown)
-    try:
+    held = keys_of(ds.keys, np.setdiff1d(rows, train))
+    if not unknown and not held:
         return check_forget_ids(train, rows)
-    except ForgetSetError as e:
-        bad = keys_of(ds.keys, e.bad_ids)
-        if not bad:
-            raise
-        shown = ", ".join(bad[:20]) + (" …" if len(bad) > 20 else "")
-        raise ForgetSetError(f"{len(bad)} forget id(s) are not in the train split (they are held out: validation, "
-                             f"test or the verifier's non-members): {shown}", bad_ids=bad) from None
+    parts = [f"{len(unknown)} name no sample of the data: {_shown(unknown)}"] if unknown else []
+    if held:
+        parts.append(f"{len(held)} are not in the train split (held out: validation, test or the verifier's "
+                     f"non-members): {_shown(held)}")
+    raise ForgetSetError(f"forget ids: {'; '.join(parts)}", bad_ids=[*unknown, *held])
+
+
+def _shown(ids: list[str]) -> str:
+    return ", ".join(ids[:20]) + (" …" if len(ids) > 20 else "")
 
 
 def default_accuracy_drop(meta: dict[str, Any]) -> float:
