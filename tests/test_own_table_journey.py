@@ -17,6 +17,8 @@ from sklearn.datasets import load_breast_cancer
 
 from app.cli import main
 from app.core.config import Settings
+from app.db import jobs
+from app.db.session import transaction, utcnow
 from app.service.ledger_conn import LedgerConn
 from tests.service_harness import PG_URL, db_url_for, wait_until
 
@@ -97,6 +99,20 @@ def test_a_table_journey_with_own_ids_ends_exact_consolidated_and_unlinked(tmp_p
             assert not [e for e in events if e["payload"].get("event") == "consolidate_failed"]  # never refused
             entry = next(e for e in events if e["payload"].get("event") == "consolidate")
             assert entry["payload"]["recipe"]["last_batch"] == "fold" and "frozen_check" in entry["payload"]
+            # a rebuild that failed three times in a row shows outside the log
+            conn = LedgerConn.open(settings)
+            try:
+                for _ in range(3):
+                    with transaction(conn.write) as s:
+                        jobs.failed(s, name=jobs.REBUILD, error="ValueError: per channel", now=utcnow())
+            finally:
+                conn.close()
+            ready = c.get("/readyz").json()
+            assert ready["background"][jobs.REBUILD].startswith("stuck: failed 3 time(s)"), ready
+            assert ready["worker"].startswith("error: rebuild_derived stuck"), ready
+            scrape = c.get("/metrics").text
+            assert 'unlearnd_background_job_failures_in_a_row{job="rebuild_derived"} 3.0' in scrape
+            assert 'unlearnd_background_job_failures_total{job="rebuild_derived"} 3.0' in scrape
         linked = wait_until(lambda: not [r for r in csv.DictReader((model / "samples.csv").open())
                                          if r["sample_id"] in victims or r["subject_id"] == person], timeout=60)
         assert linked, "the model folder still links the erased subject"
