@@ -135,12 +135,10 @@ def worker(ns: argparse.Namespace, settings: Settings) -> int:
 
 def splits_line(meta: dict[str, object]) -> str:
     """The start banner's line on where each split came from (meta.json's split_origin), when it was recorded."""
+    from app.ml.data import describe_origin
+
     origin = meta.get("split_origin")
-    if not isinstance(origin, dict):
-        return ""
-    parts = [f"{n} {o['count']} ({'; '.join(f'{v} {k}' for k, v in o['from'].items())})"
-             for n, o in origin.items() if isinstance(o, dict)]
-    return "splits: " + ", ".join(parts) + "\n"
+    return f"splits: {describe_origin(origin)}\n" if isinstance(origin, dict) else ""
 
 
 def consolidate_now(ns: argparse.Namespace, settings: Settings) -> int:

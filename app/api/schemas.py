@@ -11,12 +11,13 @@ from app.ml.record import Verdict
 
 RequestState = Literal["pending", "processing", "completed", "rejected", "failed"]
 INT64_MAX = 2**63 - 1  # the ledger's integer columns (SQLite and PostgreSQL BIGINT)
+# text that is stored (subject ids, idempotency keys, sample ids): no control characters (NUL breaks PostgreSQL's
+# text type)
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 SampleId = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)] | Annotated[
-    StrictStr, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+    StrictStr, Field(min_length=1, max_length=200, pattern=PRINTABLE)]
 # what clients see: the data's own id (app/ids.py), an integer when the data's ids are integers
 OwnId = int | str
-# text that is stored (subject ids, idempotency keys): no control characters (NUL breaks PostgreSQL's text type)
-PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 
 
 class Problem(BaseModel):

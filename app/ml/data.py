@@ -266,12 +266,16 @@ def member_splits(ds: Dataset, cfg: SplitConfig) -> Splits:
 
 
 def describe_splits(splits: Splits) -> str:
-    """One line for the start banner and the CLI: each split's count and where it came from."""
+    """One line for the CLI: each split's count and where it came from."""
     if splits.origin is None:
         return ", ".join(f"{n} {len(getattr(splits, n))}" for n in SPLIT_NAMES)
+    return describe_origin(splits.origin)
+
+
+def describe_origin(origin: dict[str, Any]) -> str:
+    """`Splits.origin` (also meta.json's `split_origin`) in one line: `train 385 (385 named by the data), …`."""
     parts = []
-    for n in SPLIT_NAMES:
-        o = splits.origin[n]
+    for n, o in origin.items():
         src = "; ".join(f"{v} {k}" for k, v in o["from"].items())
         parts.append(f"{n} {o['count']}" + (f" ({src})" if src else ""))
     return ", ".join(parts)

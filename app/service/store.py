@@ -55,8 +55,7 @@ def open_store(folder: Path, *, writable: bool = False) -> Dataset:
     ds = Dataset(name=meta["name"], x=x, y=y, num_classes=meta["num_classes"], n_pool=meta["n_pool"],
                  mean=_floats(meta["mean"]), std=_floats(meta["std"]), class_names=tuple(names) if names else None,
                  feature_names=tuple(features) if features else None)
-    if (folder / KEYS).is_file():
-        ds.keys = np.load(folder / KEYS, allow_pickle=False)
+    ds.keys = _keys(folder)
     if writable:
         ds.y = y  # the memory map itself (Dataset keeps a copy otherwise), so that purge writes the file
     return ds
@@ -152,8 +151,12 @@ def erase_source(folder: Path, meta: dict[str, Any], ids: Sequence[int]) -> int:
 
 def sample_keys(folder: Path, rows: Sequence[int] | np.ndarray) -> list[str]:
     """The data's own ids of these store rows (app/ml/ids.py)."""
-    keys = np.load(folder / KEYS, allow_pickle=False) if (folder / KEYS).is_file() else None
-    return keys_of(keys, np.asarray(rows, dtype=np.int64))
+    return keys_of(_keys(folder), np.asarray(rows, dtype=np.int64))
+
+
+def _keys(folder: Path) -> np.ndarray | None:
+    """The store's keys.npy: None when the data's ids are the rows themselves."""
+    return np.load(folder / KEYS, allow_pickle=False) if (folder / KEYS).is_file() else None
 
 
 SOURCE_FOLDER = "published_from.txt"

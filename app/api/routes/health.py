@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -13,6 +15,7 @@ from app.api.metrics import JobReading
 from app.api.problems import problem, responses
 from app.api.threads import BackgroundRoute
 from app.db import jobs, ledger, workers
+from app.db.models import JobHealth
 from app.db.session import as_utc, transaction, utcnow
 from app.errors import public_reason
 from app.service import deletions
@@ -65,11 +68,15 @@ def readyz(state: State, request: Request) -> Response:
                    worker=worker, background=background)
 
 
+def _jobs(state: State) -> tuple[datetime, int, list[JobHealth]]:
+    """Now, the stuck threshold, and every background job's row, read once for /readyz or /metrics."""
+    with transaction(state.conn.read) as s:
+        return utcnow(), state.settings.rebuild_max_failures, jobs.health(s)
+
+
 def _background(state: State) -> dict[str, str]:
     """Each background job in words: ok, failing (retried), or stuck (failed N times in a row)."""
-    now, n = utcnow(), state.settings.rebuild_max_failures
-    with transaction(state.conn.read) as s:
-        rows = jobs.health(s)
+    now, n, rows = _jobs(state)
     out = {jobs.REBUILD: "ok"}
     for r in rows:
         if not r.failures:
@@ -85,9 +92,7 @@ def _background(state: State) -> dict[str, str]:
 
 
 def job_readings(state: State) -> dict[str, JobReading]:
-    now, n = utcnow(), state.settings.rebuild_max_failures
-    with transaction(state.conn.read) as s:
-        rows = jobs.health(s)
+    now, n, rows = _jobs(state)
     out = {jobs.REBUILD: JobReading(0, 0, 0.0)}
     for r in rows:
         since = as_utc(r.first_failed_at)

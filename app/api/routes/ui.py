@@ -178,7 +178,6 @@ def _export_rows(app: AppState, what: str, fmt: str) -> Iterator[str]:
             rows: Iterator[dict[str, Any]] = ({k: getattr(r, k) for k in EXPORT_FIELDS} for r in views.all_requests(s))
             fields: tuple[str, ...] = EXPORT_FIELDS
         else:
-            rows = views.all_audit_entries(s)
             rows = (_flat(e) for e in views.all_audit_entries(s))
             fields = ("seq", "created_at", "batch_id", *AUDIT_COLUMNS, "prev_hash", "hash", "payload")
         if fmt == "csv":
