@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 PublicId = int | str
-_CANONICAL_INT = re.compile(r"^(0|[1-9][0-9]{0,17})$")
+_CANONICAL_INT = re.compile(r"^(0|[1-9][0-9]{0,18})$")
 
 
 def is_canonical_int(key: str) -> bool:

@@ -138,6 +138,9 @@ def test_the_ledger_keeps_the_datas_own_ids_and_says_a_subject_was_already_forgo
             ledger.create_request(s, sample_ids=["cust-z"], subject_id=None, idempotency_key=None, api_key_id=None,
                                   now=utcnow(), retention_days=30, max_ids=10)
         assert e.value.extra["unknown_ids"] == ["cust-z"]
+        with pytest.raises(InvalidRequest, match="not written as the data names them"):  # "42" is not 42
+            ledger.create_request(s, sample_ids=["42"], subject_id=None, idempotency_key=None, api_key_id=None,
+                                  now=utcnow(), retention_days=30, max_ids=10)
         assert ledger.sample_by_key(s, key="cust-a") == (0, "active")
     with transaction(conn.write) as s:
         by_subject = ledger.create_request(s, sample_ids=None, subject_id="ann", idempotency_key=None,

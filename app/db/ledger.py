@@ -149,6 +149,10 @@ def _resolve(session: Session, *, sample_ids: Sequence[PublicId] | None, subject
             raise NotFound(f"no samples belong to subject {subject_id!r}")
         return ids
     assert sample_ids is not None
+    miswritten = [i for i in sample_ids if type(public(text(i))) is not type(i) or public(text(i)) != i]
+    if miswritten:  # "1" for the integer id 1, or " a" for "a": the data does not call any sample that
+        raise InvalidRequest(f"{len(miswritten)} sample ids are not written as the data names them (integer ids "
+                             f"as JSON numbers, string ids exactly): {miswritten[:5]}", invalid_ids=miswritten[:100])
     wanted = sorted({text(i) for i in sample_ids})
     if not wanted:
         raise InvalidRequest("sample_ids is empty")

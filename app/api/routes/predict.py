@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import AppState, State, authorize, require
 from app.api.inputs import IMAGE_TYPES, base64_images, image_rows, media_type
 from app.api.problems import responses
-from app.api.schemas import PredictBody, PredictResponse
+from app.api.schemas import INT64_MAX, PredictBody, PredictResponse
 from app.api.serving import Served
 from app.api.threads import BackgroundRoute
 from app.db import ledger
@@ -26,6 +26,7 @@ from app.service.store import raw_to_features
 
 router = APIRouter(route_class=BackgroundRoute, tags=["predict"])
 SAMPLE_ID = r"^[^\x00-\x1f\x7f]{1,200}$"  # the data's own id: digits, or any printable string
+INTEGER_ID = re.compile(r"[0-9]{1,19}", re.ASCII)
 NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
 auth = Depends(require("predict", open_if_predict_open=True))
 
@@ -80,18 +81,30 @@ async def predict_get(state: State,
         raise InvalidRequest("give exactly one of sample_id or x")
     served = served_model(state)
     if sample_id is not None:
-        found = await run_in_threadpool(_sample, state, text(sample_id))
+        key = sample_key(state, sample_id)
+        found = await run_in_threadpool(_sample, state, key)
         if found is None:
             raise NotFound(f"no training sample {sample_id}")
         row, st = found
         if st != "active":
             raise Gone(f"sample {sample_id} was forgotten; it can no longer be used")
-        return _answer(state, served, state.store.features(np.asarray([row])), public(text(sample_id)))
+        return _answer(state, served, state.store.features(np.asarray([row])), public(key))
     assert x is not None
     values = x.split(",")
     if not all(NUMBER.fullmatch(v) for v in values):  # float() would take "1_0", "٣", "nan" and " 1"
         raise InvalidRequest("x must be comma-separated decimal numbers (ASCII)")
     return _answer(state, served, from_rows(state, np.asarray([[float(v) for v in values]], dtype=np.float64)))
+
+
+def sample_key(state: State, sample_id: str) -> str:
+    """The ledger key of a query's sample_id. Data whose ids are its rows (no keys) has integer ids: anything
+    else is malformed (422), as before string ids existed; data with ids of its own takes any printable id."""
+    if state.store.keys is not None:
+        return text(sample_id)
+    if not INTEGER_ID.fullmatch(sample_id) or int(sample_id) > INT64_MAX:
+        raise InvalidRequest(f"sample_id must be an integer id (ASCII digits, at most {INT64_MAX}): this data's "
+                             "ids are integers")
+    return str(int(sample_id))
 
 
 def instances(state: AppState, raw: bytes, content_type: str | None) -> np.ndarray:

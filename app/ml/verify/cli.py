@@ -74,8 +74,8 @@ def verify_command(*, model: Path, ids_file: Path, against: Path | None, data: P
     ds = dataset_for(md, data_path=data, data_dir=data_dir)
     rows, unknown = rows_of(ds.keys, read_ids(ids_file), n_rows=len(ds))
     if unknown:
-        raise ForgetSetError(f"{ids_file}: {len(unknown)} id(s) name no sample of the data: "
-                             f"{', '.join(unknown[:10])}", bad_ids=unknown)
+        raise ForgetSetError(f"{ids_file}: {len(unknown)} id(s) are not training samples of this model (no sample "
+                             f"of the data has them): {', '.join(unknown[:10])}", bad_ids=unknown)
     ids = v.check_ids(rows)
     assessed, p_model = v.assess_with_pvalues(md.model, ds, ids)
     result: dict[str, Any] = {"model": str(model), "power": power_summary(v), "assessed": assessed,
