@@ -234,9 +234,9 @@ def _given_splits(ds: Dataset, ids: np.ndarray, cfg: SplitConfig, rng: np.random
         for n in ("test", *missing):
             named[n] = getattr(sub, n)
             origin[n][why] = len(named[n])
-        named["train"] = np.setdiff1d(named["train"], np.concatenate([named[n] for n in ("test", *missing)]))
-        origin["train"]["given to " + " and ".join(("test", *missing))] = -(len(sub.test) + sum(
-            len(getattr(sub, n)) for n in missing))
+        given = np.concatenate([named[n] for n in ("test", *missing)])
+        named["train"] = np.setdiff1d(named["train"], given)
+        origin["train"]["of which given to " + " and ".join(("test", *missing))] = len(given)
     elif missing:
         held = rng.permutation(named["test"])
         cut = 0
@@ -245,7 +245,7 @@ def _given_splits(ds: Dataset, ids: np.ndarray, cfg: SplitConfig, rng: np.random
             named[n], cut = held[cut:cut + k], cut + k
             origin[n]["carved from test"] = k
         named["test"] = held[cut:]
-        origin["test"]["given to " + " and ".join(missing)] = -cut
+        origin["test"]["of which given to " + " and ".join(missing)] = cut
     out = Splits(**{n: np.sort(named[n]).astype(np.int64) for n in SPLIT_NAMES})
     return _with_origin(out, {n: {k: v for k, v in o.items() if v} for n, o in origin.items()})
 
@@ -273,9 +273,11 @@ def describe_splits(splits: Splits) -> str:
 
 
 def describe_origin(origin: dict[str, Any]) -> str:
-    """`Splits.origin` (also meta.json's `split_origin`) in one line: `train 385 (385 named by the data), …`."""
+    """`Splits.origin` (also meta.json's `split_origin`) in one line, in split order: `train 385 (385 named by
+    the data), …`."""
     parts = []
-    for n, o in origin.items():
+    for n in sorted(origin, key=lambda n: SPLIT_NAMES.index(n) if n in SPLIT_NAMES else len(SPLIT_NAMES)):
+        o = origin[n]
         src = "; ".join(f"{v} {k}" for k, v in o["from"].items())
         parts.append(f"{n} {o['count']}" + (f" ({src})" if src else ""))
     return ", ".join(parts)
