@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from pydantic import ValidationError
 from sqlalchemy.exc import DatabaseError
 
 from app.core.config import Settings
 from app.errors import UnlearndError
+
+if TYPE_CHECKING:
+    from app.ml.models.meta import ModelMeta
 
 RECIPE_FLAGS = ("lr", "batch_size", "max_epochs", "patience", "optimizer", "momentum", "weight_decay", "schedule",
                 "augment")
@@ -32,14 +37,18 @@ def _model_dir(path: Path) -> None:
 
 
 def _data(ns: argparse.Namespace) -> tuple[str, Path | None]:
-    """--data FORMAT:PATH, or --dataset NAME [--data PATH]."""
+    """--data FORMAT:PATH, or --dataset NAME [--data PATH]; and --arch's name, as far as it can be known without
+    torch."""
     from app.errors import ConfigError
+    from app.ml.models.config import check_arch
+
+    check_arch(ns.arch)
 
     if ns.data:  # a path that is not there fails before torch is imported
         _, sep, rest = ns.data.partition(":")
         if not any(Path(c).exists() for c in ([rest] if sep else []) + [ns.data]):
             raise ConfigError(f"--data {ns.data}: {rest if sep else ns.data} does not exist")
-    from app.ml.datasets import parse_data
+    from app.ml.data.formats import parse_data
 
     fmt, path = parse_data(ns.data) if ns.data else (None, None)
     if fmt and ns.dataset and fmt != ns.dataset:
@@ -52,8 +61,8 @@ def _data(ns: argparse.Namespace) -> tuple[str, Path | None]:
 
 def _start(ns: argparse.Namespace) -> tuple[object, object]:
     """The recipe (TOML file, then flags) and the start (init, freeze) that train and import share."""
-    from app.ml.pipeline import Start
-    from app.ml.recipe import make_recipe
+    from app.ml.training.recipe import make_recipe
+    from app.ml.workflows.pipeline import Start
 
     cfg, source = make_recipe(ns.recipe, {"alpha": getattr(ns, "alpha", None), "gr_norm": getattr(ns, "gr_norm", None),
                                           "gr_grad": getattr(ns, "gr_grad", None), "seed": ns.seed,
@@ -63,7 +72,7 @@ def _start(ns: argparse.Namespace) -> tuple[object, object]:
 
 
 def _extras(ns: argparse.Namespace, settings: Settings) -> dict[str, object]:
-    from app.ml.calibrate import CalibrationConfig
+    from app.ml.forgetting.calibrate import CalibrationConfig
     from app.ml.verify.base import VerifierConfig
 
     return {"verifier": ns.verifier if ns.verify_refs else None,
@@ -77,43 +86,55 @@ def _extras(ns: argparse.Namespace, settings: Settings) -> dict[str, object]:
                 else None}}
 
 
-def _report(meta: dict[str, object]) -> None:
-    if "verifier" in meta:
+def _report(meta: ModelMeta) -> None:
+    if meta.verifier is not None:
         from app.ml.verify.cli import power_line
 
-        print(power_line(meta["verifier"]))  # type: ignore[arg-type]
-    if "calibration" in meta:
+        print(power_line(meta.verifier))
+    if meta.calibration is not None:
         from app.ml.verify.cli import calibration_line
 
-        print(calibration_line(meta["calibration"]))  # type: ignore[arg-type]
+        print(calibration_line(meta.calibration))
 
 
 def _train(ns: argparse.Namespace, settings: Settings) -> int:
-    dataset, path = _data(ns)  # before torch: a bad path fails at once
-    from app.ml.data import SplitConfig
-    from app.ml.pipeline import train_to_dir
+    dataset, path = _data(ns)  # before torch: a bad path or arch fails at once
+    if ns.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _torchrun(ns.nproc, ns.argv)
+    from app.ml.data.dataset import SplitConfig
+    from app.ml.training.distributed import join
+    from app.ml.workflows.pipeline import train_to_dir
 
     cfg, start = _start(ns)
     meta = train_to_dir(dataset=dataset, arch=ns.arch, out=ns.out, train_cfg=cfg,  # type: ignore[arg-type]
                         split_cfg=SplitConfig(seed=ns.seed), data_path=path, with_cache=not ns.no_cache,
-                        start=start, **_extras(ns, settings))  # type: ignore[arg-type]
-    print(f"trained {ns.arch} on {dataset} (α={meta['alpha']}, {meta['epochs']} epochs, "
-          f"{meta['wall_time_s']:.1f} s): train {meta['train_acc']:.4f} val {meta['val_acc']:.4f} "
-          f"test {meta['test_acc']:.4f} → {ns.out}")
+                        start=start, world=join(ns.device or settings.device),
+                        **_extras(ns, settings))  # type: ignore[arg-type]
+    if meta is None:  # another rank than 0: rank 0 reports and writes
+        return 0
+    print(f"trained {ns.arch} on {dataset} (α={meta.alpha}, {meta.epochs} epochs, {meta.wall_time_s:.1f} s): "
+          f"train {meta.train_acc:.4f} val {meta.val_acc:.4f} test {meta.test_acc:.4f} → {ns.out}")
     _report(meta)
     return 0
 
 
 def _import(ns: argparse.Namespace, settings: Settings) -> int:
     dataset, path = _data(ns)  # before torch: a bad path fails at once
-    from app.ml.importing import import_to_dir
-    from app.ml.recipe import recipe_note
+    if ns.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _torchrun(ns.nproc, ns.argv)
+    from app.ml.training.distributed import join
+    from app.ml.training.recipe import recipe_note
+    from app.ml.workflows.importing import import_to_dir, require_new_dir
 
     cfg, start = _start(ns)
+    require_new_dir(ns.out)  # on every rank, before the rendezvous: rank 0 writes nothing before it
     meta = import_to_dir(weights=ns.weights, arch=ns.arch, dataset=dataset, data_path=path, out=ns.out,
-                         train_cfg=cfg, start=start, **_extras(ns, settings))  # type: ignore[arg-type]
-    print(f"imported {ns.weights} as {ns.arch} on {dataset}: {meta['n_train']} training samples, train "
-          f"{meta['train_acc']:.4f} val {meta['val_acc']:.4f} test {meta['test_acc']:.4f} → {ns.out}")
+                         train_cfg=cfg, start=start, world=join(ns.device or settings.device),
+                         **_extras(ns, settings))  # type: ignore[arg-type]
+    if meta is None:  # another rank than 0: rank 0 reports and writes
+        return 0
+    print(f"imported {ns.weights} as {ns.arch} on {dataset}: {meta.n_train} training samples, train "
+          f"{meta.train_acc:.4f} val {meta.val_acc:.4f} test {meta.test_acc:.4f} → {ns.out}")
     _report(meta)
     note = recipe_note(meta)
     if note:
@@ -123,11 +144,11 @@ def _import(ns: argparse.Namespace, settings: Settings) -> int:
 
 def _unlearn(ns: argparse.Namespace, settings: Settings) -> int:
     from app.errors import ConfigError
-    from app.ml.ids import read_ids
+    from app.ml.data.ids import read_ids
 
     forget = read_ids(ns.forget_ids)  # bad input fails before torch is imported
     _model_dir(ns.model)
-    from app.ml.pipeline import unlearn_to_dir
+    from app.ml.workflows.pipeline import unlearn_to_dir
 
     iau_flags = {k: getattr(ns, k) for k in ("eta", "reduction", "step") if getattr(ns, k) is not None}
     if ns.method == "iau":
@@ -141,7 +162,7 @@ def _unlearn(ns: argparse.Namespace, settings: Settings) -> int:
                           use_cache=not ns.no_cache, refresh_cache=ns.refresh_cache,
                           chunk_size=settings.chunk_size, max_accuracy_drop=ns.max_accuracy_drop,
                           on_partial=ns.on_partial, device=ns.device or settings.device)
-    u = meta["unlearn"]
+    u = meta.unlearn or {}
     tries = f", {len(u['attempts'])} tries" if len(u["attempts"]) > 1 else ""
     path = u["attempts"][-1].get("path")
     tries += f", {path} path" if path else ""
@@ -164,9 +185,9 @@ def _verify(ns: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cache(ns: argparse.Namespace, settings: Settings) -> int:
-    from app.ml.checkpoint import dataset_for, load_model_dir
-    from app.ml.device import resolve
-    from app.ml.gradcache import build_cache, save_cache
+    from app.ml.common.device import resolve
+    from app.ml.forgetting.gradcache import build_cache, save_cache
+    from app.ml.models.checkpoint import dataset_for, load_model_dir
 
     md = load_model_dir(ns.model, device=resolve(ns.device or settings.device))
     ds = dataset_for(md, data_path=ns.data, data_dir=settings.data_dir)
@@ -177,6 +198,8 @@ def _cache(ns: argparse.Namespace, settings: Settings) -> int:
 
 def _bench(ns: argparse.Namespace, settings: Settings) -> int:
     import app.service_bench  # noqa: F401  (registers the service suites)
+    import worker.compliance  # registers the compliance suites: the worker's code on a simulated clock
+    import worker.scaling  # noqa: F401  (registers the scaling suites: the worker's exact retrain at N processes)
     from app.ml.bench import SUITES, run_suite
 
     if ns.list or not ns.suite:
@@ -195,7 +218,7 @@ def _demo(ns: argparse.Namespace, settings: Settings) -> int:
     """Train a GR model on digits, forget 5% of its training set, print both models."""
     import numpy as np
 
-    from app.ml.data import Splits
+    from app.ml.data.dataset import Splits
 
     home = settings.home / "demo"
     # the forgetting setting is not chosen here: training calibrates it for the model it made
@@ -252,7 +275,7 @@ def _bounded(kind: type[int] | type[float], ok: Callable[[float], bool], what: s
 
 def data_path(text: str) -> Path:
     """--data of a command whose model already names its format: `FORMAT:PATH` or `PATH`."""
-    from app.ml.datasets import parse_data
+    from app.ml.data.formats import parse_data
 
     return parse_data(text)[1]
 
@@ -310,10 +333,16 @@ def _registered(argv: Sequence[str] | None) -> tuple[list[str], list[str]]:
     words = [a for a in args if not a.startswith("-")]
     if not words or words[0] not in ("train", "import") or not {"-h", "--help"} & set(args):
         return ["(see `unlearnd train --help`)"], ["(see `unlearnd train --help`)"]
-    from app.ml.datasets import DATASETS
-    from app.ml.models import MODELS
+    from app.ml.data.formats import DATASETS
+    from app.ml.models.factory import MODELS
 
     return DATASETS.names(), MODELS.names()
+
+
+def _nproc_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--nproc", type=positive(int), default=1, metavar="N",
+                   help=f"{what} in N processes on this host (torch.distributed launched by torchrun: gloo on the "
+                        "CPU, nccl on CUDA); under torchrun itself, its world is used")
 
 
 def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -328,12 +357,14 @@ def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     t.add_argument("--gr-grad", choices=("exact", "fd"),
                    help="penalty gradient: exact double backprop, or a finite-difference HVP")
     t.add_argument("--no-cache", action="store_true", help="skip writing the fast path's gradient cache")
+    _nproc_flag(t, "train")
     t.set_defaults(func=_train)
 
     im = sub.add_parser("import", help="make a model directory for weights trained elsewhere, ready to serve")
     im.add_argument("--weights", type=Path, required=True,
                     help="the trained weights: safetensors, or a torch state_dict (read with weights_only=True)")
     _model_flags(im, datasets, models)
+    _nproc_flag(im, "train the verifier's reference models (the recipe's runs)")
     im.set_defaults(func=_import)
 
     u = sub.add_parser("unlearn", help="forget training samples (the model's calibrated setting by default)")
@@ -394,8 +425,27 @@ def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _torchrun(nproc: int, argv: list[str]) -> int:
+    """This same command in NPROC processes on this host, started by torchrun (a standalone rendezvous)."""
+    rest, skip = [], False
+    for a in argv:
+        if skip or a == "--nproc" or a.startswith("--nproc="):
+            skip = a == "--nproc"
+            continue
+        rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "app.cli", *rest]
+    rc = subprocess.run(cmd, check=False).returncode
+    if rc:
+        print(f"unlearnd: error: the {nproc}-process run failed (torchrun exit {rc}); each rank's error is above",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ns = _parser(argv).parse_args(argv)
+    ns.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         settings = Settings()
     except ValidationError as e:

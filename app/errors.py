@@ -4,12 +4,16 @@ Every error a user can cause derives from :class:`UnlearndError`; the CLI prints
 message (no traceback) and the HTTP layer maps each class once to a problem+json status.
 
     UnlearndError
-    ├── UnknownNameError      unknown model / dataset / method / suite name
-    ├── ConfigError           a hyper-parameter that a method does not take, or out of range
+    ├── UnknownNameError      unknown model / dataset / method / verifier / suite name (lists the valid ones)
+    ├── ConfigError           a hyper-parameter that a method does not take, or out of range; a bad option
+    │   └── DeviceError       a device that is not valid, or not present on this machine
     ├── DataError             a dataset file is missing or has the wrong format
     ├── ForgetSetError        empty forget list, or ids not in the train split
     ├── ModelLoadError        weights that do not match their meta.json or arch
     ├── CacheMismatchError    a gradient cache computed for other weights or ids
+    ├── UnlearnFailed         no setting, the exact retrain included, kept the accuracy budget
+    │   ├── OverTimeBudget    a method ran past its deadline (calibration's time budget)
+    │   └── ExactJobFailed    an exact retrain's torchrun job wrote no weights (a rank died, timeout, launcher)
     ├── VerifierError         no (or too few) reference models, a split too small to calibrate
     ├── StateError            the service's home and ledger disagree, or the ledger is unreadable
     └── ServiceError          the deletion service (status + slug → problem+json)
@@ -79,6 +83,11 @@ class UnlearnFailed(UnlearndError):
 
 class OverTimeBudget(UnlearnFailed):
     """A method ran past the task's deadline (calibration's time budget); it stops between minibatches."""
+
+
+class ExactJobFailed(UnlearnFailed):
+    """The exact retrain's job did not produce weights: a rank died, it ran past its timeout, or its launcher
+    could not start."""
 
 
 class VerifierError(UnlearndError):

@@ -1,5 +1,5 @@
 """A sample id as clients see it: the data's own, an integer or a string. Shared by the ML core (which maps ids to
-rows, app/ml/ids.py) and the ledger (which keeps them), so neither imports the other."""
+rows, app/ml/data/ids.py) and the ledger (which keeps them), so neither imports the other."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from app.core.config import Settings
 from app.db import keys as keys_mod
@@ -21,6 +22,9 @@ from app.db.session import transaction, utcnow
 from app.errors import ConfigError, InvalidRequest, NotFound
 from app.service.ledger_conn import LedgerConn
 from app.service.supervisor import SERVE_PID_ENV, Child, Supervisor, die_with_parent
+
+if TYPE_CHECKING:
+    from app.ml.models.meta import ModelMeta
 
 
 def _logging() -> None:
@@ -76,8 +80,8 @@ def serve(ns: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from app.core.embedded_redis import EmbeddedRedis
-    from app.ml.device import resolve
-    from app.ml.recipe import recipe_note
+    from app.ml.common.device import resolve
+    from app.ml.training.recipe import recipe_note
     from app.service.bootstrap import publish_initial, refuse_used_home, served_meta
 
     _logging()
@@ -121,7 +125,7 @@ def serve(ns: argparse.Namespace, settings: Settings) -> int:
 
 
 def worker(ns: argparse.Namespace, settings: Settings) -> int:
-    from app.ml.device import check_spec, resolve
+    from app.ml.common.device import check_spec, resolve
     from worker.main import run_worker
 
     _logging()
@@ -133,11 +137,11 @@ def worker(ns: argparse.Namespace, settings: Settings) -> int:
     return run_worker(settings)
 
 
-def splits_line(meta: dict[str, object]) -> str:
+def splits_line(meta: ModelMeta | None) -> str:
     """The start banner's line on where each split came from (meta.json's split_origin), when it was recorded."""
-    from app.ml.data import describe_origin
+    from app.ml.data.dataset import describe_origin
 
-    origin = meta.get("split_origin")
+    origin = meta.split_origin if meta else None
     return f"splits: {describe_origin(origin)}\n" if isinstance(origin, dict) else ""
 
 
@@ -146,6 +150,10 @@ def consolidate_now(ns: argparse.Namespace, settings: Settings) -> int:
     from worker.consolidate import consolidate, exact_words
     from worker.housekeeping import purge_forgotten, refresh_cache
 
+    if ns.nproc is not None:
+        if ns.nproc < 1:
+            raise ConfigError(f"--nproc must be ≥ 1, got {ns.nproc}")
+        settings = settings.model_copy(update={"exact_nproc": ns.nproc})
     _logging()
     conn = LedgerConn.open(settings)
     try:
@@ -269,8 +277,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     w.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: UNLEARND_DEVICE, auto); run one worker "
                                     "per GPU")
     w.set_defaults(func=worker)
-    sub.add_parser("consolidate", help="retrain exactly on the remaining samples now: every approximately "
-                                       "forgotten request becomes exact").set_defaults(func=consolidate_now)
+    cons = sub.add_parser("consolidate", help="retrain exactly on the remaining samples now: every approximately "
+                                              "forgotten request becomes exact")
+    cons.add_argument("--nproc", type=int, metavar="N",
+                      help="retrain in N processes (a torchrun job; default UNLEARND_EXACT_NPROC)")
+    cons.set_defaults(func=consolidate_now)
     d = sub.add_parser("db", help="ledger schema").add_subparsers(dest="db_command", required=True)
     d.add_parser("upgrade", help="migrate the ledger to the newest revision").set_defaults(func=db_upgrade)
     k = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)

@@ -25,7 +25,7 @@ import numpy as np
 def image_folder(root: Path) -> int:
     from PIL import Image
 
-    from app.ml.datasets import load_dataset
+    from app.ml.data.formats import load_dataset
 
     if (root / "samples.csv").is_file():
         return sum(1 for _ in (root / "samples.csv").open()) - 1

@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 
 from app.core.embedded_redis import EmbeddedRedis
-from app.ml.data import SplitConfig
-from app.ml.pipeline import train_to_dir
-from app.ml.train import TrainConfig
+from app.ml.data.dataset import SplitConfig
+from app.ml.training.fit import TrainConfig
+from app.ml.workflows.pipeline import train_to_dir
 from app.service.live import LiveService, free_port
 
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"

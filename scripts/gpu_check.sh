@@ -5,15 +5,16 @@
 #                                  dependencies the device image lacks; .git/info/exclude keeps it untracked
 #   scripts/gpu_check.sh run       on the GPU machine, through the device tool with carry [".gpucheck"]:
 #                                  run(command="bash scripts/gpu_check.sh run", carry=[".gpucheck"], timeout_s=590)
+#   GPU_CHECK_BUDGET=S (default 560): the seconds the whole run may take; Table II gets what is left
 #   GPU_CHECK_TINY=1 scripts/gpu_check.sh run    the same steps on digits, on whatever device is here (CPU too)
 #
 # Results go to $OUT (the device tool brings that folder back; default: bench-out/gpu-check): the log,
-# speed-resnet18-gpu/ and table2-resnet18-gpu/. Commit them under docs/results/*-gpu: each results.md
-# names its command, its git hash and the GPU.
+# speed-resnet18-gpu/, retrain-nN/ (its meta.json: the world it trained in) and table2-resnet18-gpu/.
+# Commit them under docs/results/*-gpu: each results.md names its command, its git hash and the GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PREP=.gpucheck
-WHEELS="pydantic pydantic-core pydantic-settings annotated-types typing-inspection python-dotenv redis"
+WHEELS="pydantic pydantic-core pydantic-settings annotated-types typing-inspection python-dotenv redis sqlalchemy alembic mako rq click croniter"
 
 prepare() {
     mkdir -p "$PREP/data/cifar10" "$PREP/whl"
@@ -31,7 +32,7 @@ run() {
     local out=${OUT:-bench-out/gpu-check} py=${PYTHON:-python3} start=$SECONDS
     mkdir -p "$out"
     exec > >(tee "$out/gpu_check.log") 2>&1
-    if ! $py -c "import pydantic_settings, redis" 2> /dev/null && compgen -G "$PREP/whl/*.whl" > /dev/null; then
+    if ! $py -c "import pydantic_settings, redis, sqlalchemy, alembic, rq" 2> /dev/null && compgen -G "$PREP/whl/*.whl" > /dev/null; then
         $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
             "$PREP"/whl/*.whl || exit 1
         export PYTHONPATH="/tmp/site:$PWD"
@@ -48,12 +49,20 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
     if [[ -n "${GPU_CHECK_TINY:-}" ]]; then device=auto speed=speed-quick table=quick; fi
 
     echo "== 1. GPU-marked tests"
-    timeout 120 $py -m pytest -q -p no:cacheprovider -m gpu tests/test_device.py
+    timeout 120 $py -m pytest -q -p no:cacheprovider -m gpu tests/ml/test_device.py
     echo "== 2. $speed (fast path, slow path, cache refresh, GR epoch vs plain, retrain to early stop)"
     timeout 300 $py -m app.cli bench --suite "$speed" --device "$device" --out "$out/speed-resnet18-gpu" \
         | tail -n 40
-    local left=$((560 - (SECONDS - start)))
-    echo "== 3. $table with the ${left} s left"
+    local gpus arch=resnet18 data=cifar10
+    gpus=$($py -c "import torch; print(max(torch.cuda.device_count(), 1))")
+    if [[ -n "${GPU_CHECK_TINY:-}" ]]; then arch=lenet5 data=digits; fi
+    echo "== 3. the exact retrain on torch.distributed at N = $gpus (every GPU here): $arch, 3 epochs"
+    local t0=$SECONDS
+    timeout 150 $py -m app.cli train --dataset "$data" --arch "$arch" --device "$device" --nproc "$gpus" \
+        --max-epochs 3 --verify-refs 0 --no-calibrate --no-cache --quiet --out "$out/retrain-n$gpus" | tail -n 5
+    echo "retrain at N = $gpus: exit ${PIPESTATUS[0]}, $((SECONDS - t0)) s wall (torchrun's start included)"
+    local left=$((${GPU_CHECK_BUDGET:-560} - (SECONDS - start)))
+    echo "== 4. $table with the ${left} s left"
     if ((left > 60)); then
         timeout "$left" $py -m app.cli bench --suite "$table" --device "$device" --seeds 1 \
             --out "$out/table2-resnet18-gpu" | tail -n 40

@@ -23,13 +23,13 @@ from typing import Any
 import httpx
 
 from app.core.embedded_redis import EmbeddedRedis
-from app.ml.data import SplitConfig
-from app.ml.pipeline import train_to_dir
-from app.ml.train import TrainConfig
+from app.ml.data.dataset import SplitConfig
+from app.ml.training.fit import TrainConfig
 from app.ml.verify.base import VerifierConfig
+from app.ml.workflows.pipeline import train_to_dir
 from app.service.live import free_port
+from tests.service.test_hostile_corpus import CORPUS
 from tests.service_harness import PG_URL, Service, db_url_for
-from tests.test_hostile_corpus import CORPUS
 
 
 def corpus(svc: Service, rounds: int) -> Counter[str]:

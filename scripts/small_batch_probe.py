@@ -21,14 +21,14 @@ from app.core.config import Settings
 from app.ml.bench.context import memorise
 from app.ml.bench.report import fmt_pm
 from app.ml.bench.small_deletions import SmallConfig
-from app.ml.datasets import load_dataset
-from app.ml.gradcache import build_cache
-from app.ml.grads import weights_sha256
-from app.ml.metrics import accuracy
-from app.ml.record import PRIMARY_FPR
-from app.ml.train import fit
-from app.ml.unlearn import run_method
-from app.ml.unlearn.base import UnlearnTask
+from app.ml.common.hashing import weights_sha256
+from app.ml.data.formats import load_dataset
+from app.ml.forgetting.gradcache import build_cache
+from app.ml.forgetting.methods import run_method
+from app.ml.forgetting.methods.base import UnlearnTask
+from app.ml.training.fit import fit
+from app.ml.training.metrics import accuracy
+from app.ml.verify.verdicts import PRIMARY_FPR
 
 SETTINGS = (  # the calibrated choices of the suite's seeds, then the same methods pushed harder
     ("salun", {"lr": 0.039, "epochs": 1}),

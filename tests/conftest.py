@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from app.ml.data import Dataset, SplitConfig, Splits, make_splits
-from app.ml.datasets import load_dataset
-from app.ml.models import ModelConfig
-from app.ml.train import TrainConfig, TrainResult, fit
+from app.ml.data.dataset import Dataset, SplitConfig, Splits, make_splits
+from app.ml.data.formats import load_dataset
+from app.ml.models.factory import ModelConfig
+from app.ml.training.fit import TrainConfig, TrainResult, fit
 
 torch.set_num_threads(2)
 
@@ -51,8 +51,8 @@ def gr_model(digits: Dataset, digit_splits: Splits, lenet_cfg: ModelConfig) -> T
 def digits_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model directory made by the library's own train job (with its gradient cache, verifier and a
     calibration at the test services' budget, which every service start then reuses)."""
-    from app.ml.calibrate import CalibrationConfig
-    from app.ml.pipeline import train_to_dir
+    from app.ml.forgetting.calibrate import CalibrationConfig
+    from app.ml.workflows.pipeline import train_to_dir
     from tests.service_harness import TEST_MAX_ACCURACY_DROP
 
     out = tmp_path_factory.mktemp("model")
@@ -79,14 +79,16 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 # modules that run live services (API, worker, Redis, a ledger) or whole benchmark suites: `-m "not slow"`
 # leaves a quick loop of the ML core and the ledger; `make test` runs everything
-SLOW_MODULES = {"test_service_api", "test_service_faults", "test_service_flow", "test_supervision", "test_ui",
-                "test_hardening", "test_hardening_two", "test_hostile_corpus", "test_consolidation", "test_bench",
-                "test_paper_suites", "test_cli", "test_cli_errors", "test_device", "test_load_generator"}
+SLOW_MODULES = {"api.test_http_contract", "service.test_kills_and_races", "service.test_deletion_flow",
+                "service.test_supervision", "api.test_ui", "service.test_audit_and_erasure",
+                "service.test_hostile_defects", "service.test_hostile_corpus", "service.test_consolidation",
+                "ml.test_bench", "ml.test_paper_suites", "cli.test_train_unlearn", "cli.test_bad_input",
+                "ml.test_device", "service.test_load_generator"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+        if item.module is not None and item.module.__name__.removeprefix("tests.") in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return

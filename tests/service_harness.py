@@ -21,7 +21,7 @@ REDIS_URL = os.environ.get("UNLEARND_TEST_REDIS_URL")
 # a converged model overshoots it (held-out 0.95 → 0.25); one Adam step of 5e-4 keeps it at 0.96
 TEST_IAU = {"eta": 5e-4, "reduction": "mean", "step": "adam"}
 # the accuracy budget of the test services; conftest's model directory is calibrated with it, so a service
-# start reuses that calibration (tests/test_consolidation.py covers the publish that recalibrates)
+# start reuses that calibration (tests/service/test_consolidation.py covers the publish that recalibrates)
 TEST_MAX_ACCURACY_DROP = 0.25
 __all__ = ["PG_URL", "TEST_MAX_ACCURACY_DROP", "RedisForTests", "Service", "db_url_for", "free_port",
            "fresh_pg_database", "strict_json", "wait_until"]

@@ -31,3 +31,13 @@ def test_every_error_survives_pickling_with_its_fields() -> None:
         e = _example(cls)
         back = pickle.loads(pickle.dumps(e))
         assert type(back) is cls and str(back) == str(e) and vars(back) == vars(e), cls
+
+
+def test_the_module_docstring_draws_the_whole_tree_with_each_parent() -> None:
+    doc = errors.__doc__ or ""
+    drawn = doc[doc.index("UnlearndError\n"):]
+    for cls in _tree(errors.UnlearndError):
+        assert f"{cls.__name__} " in drawn or f"{cls.__name__}\n" in drawn, cls.__name__
+        parent = cls.__mro__[1]
+        if cls is not errors.UnlearndError and parent is not errors.UnlearndError:  # drawn below its parent
+            assert drawn.index(parent.__name__) < drawn.index(cls.__name__), cls.__name__

@@ -1,4 +1,4 @@
-"""One batch: claim pending requests → forget_version (app.ml.forgetting: the model's calibrated setting,
+"""One batch: claim pending requests → forget_version (app.ml.forgetting.job: the model's calibrated setting,
 validated, verified, escalated; the same job as `unlearnd unlearn`'s) → write the version → commit.
 
 The commit is one transaction: new version + head compare-and-set + audit entry + requests
@@ -13,6 +13,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -26,19 +27,20 @@ from app.db.audit import append_entry
 from app.db.models import DeletionRequest, ModelVersion
 from app.db.session import transaction, utcnow
 from app.errors import Conflict, ModelLoadError, public_reason
-from app.ml.checkpoint import ModelDir, inherited_meta
-from app.ml.device import describe, resolve
-from app.ml.forgetting import ForgettingRecord, PolicyOptions, forget_version
-from app.ml.gradcache import load_cache
-from app.ml.grads import ids_sha256
-from app.ml.policy import Budget, Setting
-from app.ml.unlearn.base import UnlearnTask
+from app.ml.common.device import describe, resolve
+from app.ml.common.hashing import ids_sha256
+from app.ml.forgetting.gradcache import load_cache
+from app.ml.forgetting.job import ForgettingRecord, forget_version
+from app.ml.forgetting.methods.base import UnlearnTask
+from app.ml.forgetting.policy import Budget, PolicyOptions, Setting
+from app.ml.models.checkpoint import ModelDir
 from app.ml.verify.store import load_verifier
 from app.service.faults import is_transient
 from app.service.ledger_conn import LedgerConn
 from app.service.store import erased_rows, store_on
 from app.service.versions import accuracy_budget, holdout_ids, ledger_path, load_version, version_dir, write_version
 from worker.derived import has_references, verifier_folder
+from worker.exact import exact_fit
 
 log = logging.getLogger("unlearnd.worker")
 
@@ -140,16 +142,18 @@ def process(settings: Settings, conn: LedgerConn, c: Claimed) -> Outcome:
         md, ds, forget_ids=np.asarray(c.forget), train_ids=c.train_ids, exclude=gone, chunk_size=settings.chunk_size,
         cache=load_cache(version_dir(settings.home, c.head), ds.device),
         verifier=load_verifier(folder) if settings.verify_refs and folder.is_dir() else None)
+    task.refit = partial(exact_fit, settings, md, ds)  # an exact retrain as a consolidation's: UNLEARND_EXACT_*
     options = PolicyOptions(backtracks=settings.backtracks, on_partial=settings.on_partial,
-                            retrain_if_invalid=settings.on_invalid == "retrain")
-    done = forget_version(task, md.meta, holdout_ids(md.splits, settings.holdout_size, gone),
+                            on_invalid=settings.on_invalid, exact_tries=settings.exact_tries)
+    done = forget_version(task, md.meta.calibration, holdout_ids(md.splits, settings.holdout_size, gone),
                           budget(settings, c.first), _override(settings), options=options,
                           holdout_acc_before=float(c.head.metrics.get("holdout_acc", float("nan"))))
     if done.model is None:
         return _fail(conn, c, public_reason(f"new weights failed validation: {done.record.problem}"))
     done.record.device, done.record.data_placement = describe(dev), ds.placement
     if done.record.consolidate_now:
-        log.warning("batch %s: verdict partial; an exact consolidation follows", c.batch_id)
+        log.warning("batch %s: verdict partial; an exact consolidation follows within %s "
+                    "(UNLEARND_PARTIAL_EXPOSURE)", c.batch_id, settings.partial_exposure)
     return _write_and_commit(settings, conn, c, md, done.model, done.record, t0)
 
 
@@ -159,8 +163,7 @@ def _write_and_commit(settings: Settings, conn: LedgerConn, c: Claimed, md: Mode
     payload = {"event": "unlearn", "request_ids": sorted(r.id for r in c.requests), **fields,
                "parent_model_sha256": c.head.sha256, "erased_by_split": _by_split(c.others),
                "derived_pending": _derived_pending(settings, c)}
-    meta = {**inherited_meta(md.meta), "unlearn": {**fields, "parent_weights_sha256": md.weights_sha256,
-                                                   "batch_id": c.batch_id}}
+    meta = md.meta.inherited(unlearn={**fields, "parent_weights_sha256": md.weights_sha256, "batch_id": c.batch_id})
     sha, path = write_version(settings.models_dir, model=model, model_cfg=md.model_cfg, meta=meta,
                               splits=md.splits.without_train(np.asarray(c.forget)))
     payload["model_sha256"] = sha

@@ -5,7 +5,8 @@ validated and swapped in like any version (head compare-and-set, one transaction
 and the covered requests' `exact_at`). It runs when
 
 - a completed request is still approximate and due within `consolidate_margin_days`,
-- a batch's verdict was `partial` and on_partial is `consolidate`,
+- a batch's verdict was `partial`, on_partial is `consolidate` and its exposure window ended
+  (`UNLEARND_PARTIAL_EXPOSURE`: the partial batches inside it share this one retrain),
 - `consolidate_after` approximate versions follow the last exact one,
 - or an operator asks (`unlearnd consolidate`).
 
@@ -20,31 +21,37 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from torch import nn
 
 from app.core.config import Settings
-from app.db import ledger
+from app.db import jobs, ledger
 from app.db.audit import append_entry
 from app.db.models import ModelVersion
 from app.db.session import as_utc, transaction, utcnow
-from app.errors import Conflict
-from app.ml.checkpoint import inherited_meta, train_config_from_meta
-from app.ml.device import describe, resolve
-from app.ml.grads import ids_sha256
-from app.ml.policy import validate
-from app.ml.pretrained import start_evidence
-from app.ml.train import TrainConfig, fit
+from app.errors import Conflict, ExactJobFailed
+from app.ml.common.device import describe, resolve
+from app.ml.common.hashing import ids_sha256
+from app.ml.data.dataset import Dataset
+from app.ml.forgetting.policy import validate
+from app.ml.models.checkpoint import ModelDir
+from app.ml.models.pretrained import start_evidence
+from app.ml.training.fit import TrainConfig
+from app.ml.training.recipe import train_config_from_meta
 from app.service.ledger_conn import LedgerConn
+from app.service.schedule import by_due_date, exact_by
 from app.service.store import erased_rows, store_on
 from app.service.versions import ledger_path, load_version, write_version
 from worker.batch import budget
+from worker.exact import exact_fit
 
 log = logging.getLogger("unlearnd.consolidate")
+BACKOFF_S = 600.0  # after a failure the worker waits this long: a failed retrain is minutes of CPU
 
 
 @dataclass
@@ -71,11 +78,13 @@ def due(settings: Settings, conn: LedgerConn, now: datetime) -> str | None:
         chain = chain_length(s)
     if not approx:
         return None
-    if settings.on_partial == "consolidate" and any(r.verdict == "partial" for r in approx):
-        return "a batch's verdict was partial"
-    first = approx[0]
-    by = as_utc(first.due_at) - timedelta(days=settings.consolidate_margin_days)  # type: ignore[operator]
-    if by <= now:
+    when = {r.id: exact_by(settings, due_at=as_utc(r.due_at), completed_at=as_utc(r.completed_at),  # type: ignore[arg-type]
+                           verdict=r.verdict) for r in approx}
+    first = min(approx, key=lambda r: when[r.id])
+    if when[first.id] <= now:
+        if when[first.id] < by_due_date(settings, as_utc(first.due_at)):  # type: ignore[arg-type]  # the window
+            return (f"request {first.id}'s batch was partial and its exposure window "
+                    f"(UNLEARND_PARTIAL_EXPOSURE, {settings.partial_exposure}) ended")
         return f"request {first.id} is due at {as_utc(first.due_at).isoformat()}"  # type: ignore[union-attr]
     if chain >= settings.consolidate_after:
         return f"{chain} approximate versions in a row"
@@ -97,42 +106,78 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
     dev = resolve(settings.device)
     ds = store_on(settings.store_dir, dev)
     md = load_version(head, device=dev, home=settings.home)
-    cfg = train_config_from_meta(md.meta) or TrainConfig()
+    recipe = train_config_from_meta(md.meta) or TrainConfig()
     erased = erased_rows(ds)
     if np.isin(active, erased).any():  # the ledger and the store disagree: the store's erasure wins
         log.error("%d samples the ledger calls active were erased from the store; they are left out",
                   int(np.isin(active, erased).sum()))
         active = np.setdiff1d(active, erased)
     kept = md.splits.without(np.union1d(forgotten, erased))  # a deleted validation sample must not steer training
-    model = fit(md.model_cfg, ds, active, kept.val, cfg, progress=False).model
-    model.eval()
-    start = start_evidence(md.model, model, md.model_cfg.init_sha256, md.model_cfg.freeze, "the consolidation")
-    train_s = time.perf_counter() - t0
     hold = kept.holdout(settings.holdout_size)
     floor = budget(settings, first).exact_floor
-    acc, problem = validate(model, ds, hold, floor, exact=True)
+    with transaction(conn.read) as s:  # a retry after a refused retrain starts from seeds not tried yet
+        offset = jobs.failures(s, name=jobs.CONSOLIDATE) * settings.exact_tries
+    try:
+        model, run, cfg, retrains = _retrain(settings, md, ds, active, kept.val, recipe, seed_offset=offset,
+                                             hold=hold, floor=floor)
+    except ExactJobFailed as e:
+        return _failed(conn, head, reason, str(e), time.perf_counter() - t0, describe(dev), covered)
+    problem = retrains[-1]["rejected"]
+    train_s = time.perf_counter() - t0
     if problem:
-        log.error("consolidation rejected, the served version stays: %s", problem)
-        now = utcnow()
-        with transaction(conn.write) as s:  # auditors see the attempt: the requests stay approximate meanwhile
-            append_entry(s, batch_id="consolidate", created_at=now.isoformat(),
-                         payload={"event": "consolidate_failed", "reason": reason, "why": problem,
-                                  "parent_model_sha256": head.sha256, "train_s": train_s,
-                                  "device": describe(dev),
-                                  "request_ids": sorted(covered)})
-        return Result("failed", info={"why": problem, "train_s": train_s})
+        seeds = ", ".join(str(r["seed"]) for r in retrains)
+        return _failed(conn, head, reason, f"{problem} (retrains from seeds {seeds})", train_s, describe(dev),
+                       covered)
+    start = start_evidence(md.model, model, md.model_cfg.init_sha256, md.model_cfg.freeze, "the consolidation")
     splits = dataclasses.replace(kept, train=active)
     record = {"reason": reason, "n_train": len(active), "train_ids_sha256": ids_sha256(active), "train_s": train_s,
-              "recipe": dataclasses.asdict(cfg), **start,
+              "recipe": dataclasses.asdict(cfg), "retrains": retrains, **start,
               "device": describe(dev), "data_placement": ds.placement,
-              "holdout_acc_before": float(head.metrics.get("holdout_acc", float("nan"))), "holdout_acc_after": acc,
+              "distributed": {k: v for k, v in run.items() if k not in ("feature_cache", "epochs")},
+              "epochs": run.get("epochs"),
+              "feature_cache": run["feature_cache"],
+              "holdout_acc_before": float(head.metrics.get("holdout_acc", float("nan"))),
+              "holdout_acc_after": retrains[-1]["holdout_acc"],
               "accuracy_floor": floor, "request_ids": covered, "replaces_chain_of": chain}
     sha, path = write_version(settings.models_dir, model=model, model_cfg=md.model_cfg,
-                              meta={**inherited_meta(md.meta), "consolidation": record,
-                                    "parent_weights_sha256": md.weights_sha256}, splits=splits)
+                              meta=md.meta.inherited(consolidation={**record,
+                                                                    "parent_weights_sha256": md.weights_sha256}),
+                              splits=splits)
     if settings.debug_commit_delay_s:
         time.sleep(settings.debug_commit_delay_s)
     return _commit(conn, head, sha, ledger_path(path), record)
+
+
+def _retrain(settings: Settings, md: ModelDir, ds: Dataset, active: np.ndarray, val: np.ndarray,
+             recipe: TrainConfig, *, seed_offset: int, hold: np.ndarray, floor: float,
+             ) -> tuple[nn.Module, dict[str, Any], TrainConfig, list[dict[str, Any]]]:
+    """The exact retrain, from the recipe's seed + SEED_OFFSET and then the next seeds while the floor refuses it
+    (UNLEARND_EXACT_TRIES): the last model, how it ran, its recipe, and every retrain's seed and verdict."""
+    retrains: list[dict[str, Any]] = []
+    for k in range(settings.exact_tries):
+        cfg = dataclasses.replace(recipe, seed=recipe.seed + seed_offset + k)
+        model, run = exact_fit(settings, md, ds, active, val, cfg)
+        model.eval()
+        acc, problem = validate(model, ds, hold, floor, exact=True)
+        retrains.append({"seed": cfg.seed, "holdout_acc": acc, "rejected": problem})
+        if not problem:
+            break
+    return model, run, cfg, retrains
+
+
+def _failed(conn: LedgerConn, head: ModelVersion, reason: str, why: str, train_s: float, device: str,
+            covered: list[str]) -> Result:
+    """The served version stays; auditors see the attempt, /readyz, /metrics and /ui see the failures in a row
+    (app/db/jobs.py), and the requests stay approximate meanwhile."""
+    log.error("consolidation failed, the served version stays: %s", why)
+    now = utcnow()
+    with transaction(conn.write) as s:
+        append_entry(s, batch_id="consolidate", created_at=now.isoformat(),
+                     payload={"event": "consolidate_failed", "reason": reason, "why": why,
+                              "parent_model_sha256": head.sha256, "train_s": train_s, "device": device,
+                              "request_ids": sorted(covered)})
+        jobs.failed(s, name=jobs.CONSOLIDATE, error=why, now=now, wait_s=BACKOFF_S)
+    return Result("failed", info={"why": why, "train_s": train_s})
 
 
 def _commit(conn: LedgerConn, head: ModelVersion, sha: str, path: str, record: dict[str, Any]) -> Result:
@@ -151,6 +196,7 @@ def _commit(conn: LedgerConn, head: ModelVersion, sha: str, path: str, record: d
                 raise Conflict("the head moved while the consolidation trained")
             append_entry(s, batch_id="consolidate", created_at=now.isoformat(), payload=payload)
             n_exact = ledger.mark_exact(s, request_ids=record["request_ids"], now=now)
+            jobs.succeeded(s, name=jobs.CONSOLIDATE)
             waiting = ledger.derived_waiting_among(s, request_ids=record["request_ids"])
     except (Conflict, IntegrityError) as e:  # IntegrityError: another version took the next seq first
         log.info("consolidation discarded (%s); it will be redone on the new head", e)

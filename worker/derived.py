@@ -29,17 +29,17 @@ from app.core.config import Settings
 from app.db import ledger
 from app.db.audit import append_entry
 from app.db.session import transaction, utcnow
-from app.ml.checkpoint import train_config_from_meta
-from app.ml.device import describe, resolve
-from app.ml.grads import ids_sha256
-from app.ml.train import TrainConfig
-from app.ml.verify import build_verifier
-from app.ml.verify.base import BuildInputs, Verifier
+from app.ml.common.device import describe, resolve
+from app.ml.common.hashing import ids_sha256
+from app.ml.training.fit import TrainConfig
+from app.ml.training.recipe import train_config_from_meta
+from app.ml.verify.base import Verifier
 from app.ml.verify.store import FOLDER as VERIFIER_FOLDER
 from app.ml.verify.store import load_verifier, save_statistics, save_verifier
 from app.service.ledger_conn import LedgerConn
 from app.service.store import erased_rows, store_on
 from app.service.versions import load_version
+from worker.exact import exact_references
 
 log = logging.getLogger("unlearnd.worker")
 
@@ -133,9 +133,9 @@ def _retrain(settings: Settings, conn: LedgerConn, gone: np.ndarray) -> Verifier
     md, ds = load_version(head, device=dev, home=settings.home), store_on(settings.store_dir, dev)
     splits = md.splits.without(np.union1d(forgotten, erased_rows(ds)))  # erased rows are never training data
     recipe = train_config_from_meta(md.meta) or TrainConfig()
-    epochs = int(md.meta.get("best_epoch") or md.meta.get("epochs") or 20)
+    epochs = md.meta.retrain_epochs
     old = load_verifier(verifier_folder(settings))
-    new = build_verifier(old.name, BuildInputs(md.model, ds, splits, md.model_cfg, recipe, epochs), old.config)
+    new = exact_references(settings, md, ds, splits, recipe, epochs, old.name, old.config)
     new.power = new.measure_power(md.model, ds)
     new.member_ids = np.union1d(new.member_ids, old.member_ids)  # ids forgotten earlier stay askable
     new.info = {**new.info, "shadow_excluded": gone.tolist()}

@@ -12,7 +12,6 @@ Also: re-queue batches whose worker died (lease expired), and re-send lost notif
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -26,9 +25,11 @@ from app.core.config import Settings
 from app.db import ledger, workers
 from app.db.models import ModelVersion
 from app.db.session import transaction, truncate_wal, utcnow
-from app.ml.device import resolve
-from app.ml.gradcache import build_cache, cache_matches, load_cache, save_cache
-from app.ml.imagefolder import drop_from_mapping
+from app.ml.common.device import resolve
+from app.ml.data.imagefolder import drop_from_mapping
+from app.ml.forgetting.gradcache import build_cache, cache_matches, load_cache, save_cache
+from app.ml.models.checkpoint import META_FILE
+from app.ml.models.meta import ModelMeta
 from app.service.ledger_conn import LedgerConn
 from app.service.queue import notify
 from app.service.store import erase_source, open_store, purge, sample_keys, source_folder, store_on
@@ -46,7 +47,7 @@ def purge_forgotten(settings: Settings, conn: LedgerConn) -> None:
     if head is None or not gone:
         return
     purge(open_store(settings.store_dir, writable=True), gone)
-    erased = erase_source(settings.store_dir, json.loads((version_dir(settings.home, head) / "meta.json").read_text()),
+    erased = erase_source(settings.store_dir, ModelMeta.read(version_dir(settings.home, head) / META_FILE),
                           gone)
     if erased:
         log.info("erased %d forgotten samples in the source data too", erased)

@@ -71,7 +71,6 @@ def _lower_priority(priority: str) -> None:
             os.nice(19)
 
 
-CONSOLIDATE_BACKOFF_S = 600.0  # a failed retrain is minutes of CPU: not again at the next sweep
 JOBS_PER_TURN = 10
 
 
@@ -98,20 +97,21 @@ def maybe_rebuild(settings: Settings, conn: LedgerConn) -> None:
         jobs.succeeded(s, name=jobs.REBUILD)
 
 
-def maybe_consolidate(settings: Settings, conn: LedgerConn, redis: Redis, *, not_before: float = 0.0) -> float:
-    """Between bursts, not inside an RQ job: a retrain may outlast the job timeout. Returns when the next
-    attempt may run (later after a failure)."""
-    if time.monotonic() < not_before:
-        return not_before
-    reason = due(settings, conn, utcnow())
+def maybe_consolidate(settings: Settings, conn: LedgerConn, redis: Redis) -> None:
+    """Between bursts, not inside an RQ job: a retrain may outlast the job timeout. After a failure the ledger
+    holds the next try (worker/consolidate.py: BACKOFF_S), so `unlearnd consolidate` and /readyz see it too."""
+    now = utcnow()
+    with transaction(conn.read) as s:
+        if not jobs.may_run(s, name=jobs.CONSOLIDATE, now=now):
+            return
+    reason = due(settings, conn, now)
     if reason is None:
-        return 0.0
+        return
     result = consolidate(settings, conn, reason=reason)
     if result.state == "completed" and result.version_id:
         announce(settings, redis, version_id=result.version_id)
         purge_forgotten(settings, conn)
         refresh_cache(settings, conn)
-    return time.monotonic() + CONSOLIDATE_BACKOFF_S if result.state == "failed" else 0.0
 
 
 class Heartbeat(threading.Thread):
@@ -178,13 +178,13 @@ def _serve_queue(settings: Settings, conn: LedgerConn, stop: _Stop) -> int:
     purge_forgotten(settings, conn)  # heal a crash between a commit and its clean-up
     refresh_cache(settings, conn)
     log.info("worker listening on queue %r", settings.queue_name)
-    next_sweep = next_consolidation = 0.0
+    next_sweep = 0.0
     while not stop.requested:
         try:
             if time.monotonic() >= next_sweep:
                 sweep(settings, conn, redis)
                 maybe_rebuild(settings, conn)
-                next_consolidation = maybe_consolidate(settings, conn, redis, not_before=next_consolidation)
+                maybe_consolidate(settings, conn, redis)
                 next_sweep = time.monotonic() + settings.sweep_interval_s
             w = SimpleWorker([queue(settings, redis)], connection=redis, serializer=JSONSerializer)
             try:  # blocks on the queue; returns when idle for a sweep interval

@@ -16,7 +16,7 @@ from app.core.config import Settings
 from app.db.keys import Principal, authenticate
 from app.db.session import transaction
 from app.errors import Forbidden, Unauthorized
-from app.ml.data import Dataset
+from app.ml.data.dataset import Dataset
 from app.service.ledger_conn import LedgerConn
 from app.service.ledger_pool import LedgerPool
 

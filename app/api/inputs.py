@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 
 from app.errors import InvalidRequest, UnsupportedMediaType
-from app.ml.data import Dataset
+from app.ml.data.dataset import Dataset
 
 IMAGE_TYPES = ("image/png", "image/jpeg")
 

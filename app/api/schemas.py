@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from app.ml.record import Verdict
+from app.ml.verify.verdicts import Verdict
 
 RequestState = Literal["pending", "processing", "completed", "rejected", "failed"]
 INT64_MAX = 2**63 - 1  # the ledger's integer columns (SQLite and PostgreSQL BIGINT)
@@ -89,6 +89,10 @@ class RequestStatus(BaseModel):
     audit_entry: int | None
     reason: str | None
     attempts: int
+    exact_scheduled_at: datetime | None = Field(default=None, description="while the served model may still hold "
+                                                "the samples: when the exact retrain that removes them is due at "
+                                                "the latest (the due date less the margin, or sooner for a partial "
+                                                "batch: UNLEARND_PARTIAL_EXPOSURE)")
     forgetting: Forgetting | None = Field(default=None, description="how the batch that served it forgot")
 
 

@@ -20,7 +20,7 @@ from app.core.priority import lower_this_thread
 from app.db import ledger
 from app.db.session import transaction
 from app.errors import UnlearndError
-from app.ml.data import Dataset
+from app.ml.data.dataset import Dataset
 from app.service.ledger_conn import LedgerConn
 from app.service.queue import channel, connect
 from app.service.versions import load_version

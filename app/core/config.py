@@ -5,14 +5,15 @@
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.ml.device import DEVICE_SPEC
-from app.ml.provenance import PROJECT_ROOT
+from app.shared import DEVICE_SPEC, PROJECT_ROOT, OnInvalid, OnPartial
 
 
 def _default_data_dir() -> Path | None:
@@ -117,10 +118,10 @@ class Settings(BaseSettings):
                                           "CIFAR-10 samples moves ~0.9 points by chance")
     backtracks: int = Field(default=2, ge=0, description="a setting that fails validation is retried with half "
                                                          "its step, up to this many times, before the next one")
-    on_invalid: Literal["fail", "retrain"] = Field(default="retrain",
+    on_invalid: OnInvalid = Field(default="retrain",
                                                    description="when no fast setting passes validation: retrain "
                                                                "on D_r (exact), or fail the batch")
-    on_partial: Literal["consolidate", "retrain", "accept"] = Field(
+    on_partial: OnPartial = Field(
         default="consolidate", description="when the verifier still detects the batch after the update: serve it "
                                            "and consolidate exactly at once, retrain now, or record only")
     consolidate_margin_days: float = Field(default=7.0, ge=0,
@@ -128,12 +129,43 @@ class Settings(BaseSettings):
                                                        "approximately-forgotten request is due")
     consolidate_after: int = Field(default=20, ge=1,
                                    description="consolidate after this many approximate versions in a row")
+    partial_exposure: timedelta = Field(default=timedelta(hours=6),
+                                        description="the longest a batch the verifier still detects (partial) stays "
+                                                    "approximate before its exact retrain: every partial batch "
+                                                    "inside the window shares one consolidation; seconds or an "
+                                                    "ISO 8601 duration (PT6H); 0: at once; due dates still win")
+    exact_tries: int = Field(default=3, ge=1,
+                             description="an exact retrain the accuracy floor refuses is trained again from its "
+                                         "recipe's next seed (seed + 1, + 2, ...), up to this many retrains in "
+                                         "all, in a batch and in a consolidation: a retrain never saw the deleted "
+                                         "data whatever its seed, and a short or noisy recipe lands below the floor "
+                                         "by chance; the seed kept is in the record")
+    exact_nproc: int = Field(default=1, ge=1,
+                             description="processes of a consolidation's exact retrain: above 1 it runs as a "
+                                         "torchrun job on this host (torch.distributed: gloo on the CPU, nccl on "
+                                         "CUDA); 1: in the worker, as always")
+    feature_cache: bool = Field(default=True,
+                                description="a consolidation's retrain of a model with frozen prefixes trains over "
+                                            "its frozen features, computed once (app/ml/training/feature_cache.py); "
+                                            "false: the whole model runs every epoch")
+    exact_launch: str | None = Field(default=None, min_length=1,
+                                     description="a command template that starts the exact retrain elsewhere (a "
+                                                 "torchrun on other hosts, a cluster job): {python}, {nproc} and "
+                                                 "{job} (the job's folder under the shared home, which the retrain "
+                                                 "reads its spec from and writes model.safetensors to) are filled "
+                                                 "in; it must run `-m worker.exact {job}` under torchrun")
+    exact_timeout_s: float = Field(default=6 * 3600.0, gt=0,
+                                   description="an exact retrain job still running after this long is killed and "
+                                               "fails as a whole: the served version stays, the requests stay "
+                                               "approximate, and it is redone after a backoff")
     rebuild_max_failures: int = Field(default=3, ge=1,
-                                      description="a background rebuild (the verifier's reference models) that fails "
-                                                  "this many times in a row is shown as stuck: /readyz, /metrics, "
-                                                  "/ui and the waiting requests' derived_error; it is still retried, "
-                                                  "with backoff (60 s doubling to 1 h), and at once by `unlearnd "
-                                                  "requests retry --rebuild`")
+                                      description="a background job that fails this many times in a row is shown "
+                                                  "as stuck in /readyz, /metrics and /ui: the rebuild of the "
+                                                  "verifier's reference models (also in the waiting requests' "
+                                                  "derived_error; retried with backoff, 60 s doubling to 1 h, and at "
+                                                  "once by `unlearnd requests retry --rebuild`) and the exact "
+                                                  "consolidation (retried after 10 min, or now by `unlearnd "
+                                                  "consolidate`)")
     subjects_file: Path | None = Field(default=None, description="JSON {sample_id: subject_id} for the samples")
     verifier: str = Field(default="lira", description="membership verifier that judges each batch (lira, loss)")
     verify_refs: int = Field(default=4, ge=0,
@@ -161,6 +193,21 @@ class Settings(BaseSettings):
     def _device(cls, v: str) -> str:
         if not DEVICE_SPEC.fullmatch(v):
             raise ValueError(f"must be auto, cpu, cuda or cuda:N (N a GPU index), got {v!r}")
+        return v
+
+    @field_validator("partial_exposure", mode="before")
+    @classmethod
+    def _seconds(cls, v: object) -> object:
+        """Plain seconds ("21600") as well as ISO 8601 ("PT6H")."""
+        if isinstance(v, str) and re.fullmatch(r"-?\d+(\.\d+)?", v.strip()):
+            return float(v)
+        return v
+
+    @field_validator("partial_exposure")
+    @classmethod
+    def _not_negative(cls, v: timedelta) -> timedelta:
+        if v < timedelta(0):
+            raise ValueError(f"must be a duration ≥ 0 (seconds, or ISO 8601 such as PT6H), got {v.total_seconds():g} s")
         return v
 
     @property

@@ -1,1 +1,1 @@
-"""The SQL ledger: the source of truth of the deletion service (DESIGN §3)."""
+"""The SQL ledger: the source of truth of the deletion service (docs/method.md, "The service's parts")."""

@@ -1,6 +1,6 @@
 """Keyword-only ledger functions for background jobs that fail outside any request (the derived models'
-rebuild): failures in a row, the last error, and when the next try may run, so that every process (the API's
-/readyz, /metrics and /ui; the CLI's retry) sees what the worker's log says."""
+rebuild, the exact consolidation): failures in a row, the last error, and when the next try may run, so that
+every process (the API's /readyz, /metrics and /ui; the CLI's retry) sees what the worker's log says."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ from app.db.models import DeletionRequest, JobHealth
 from app.db.session import as_utc
 
 REBUILD = "rebuild_derived"
+CONSOLIDATE = "consolidate"
+JOBS = (REBUILD, CONSOLIDATE)
+RETRY_NOW = {REBUILD: "unlearnd requests retry --rebuild", CONSOLIDATE: "unlearnd consolidate"}  # what /ui offers
 BACKOFF_BASE_S = 60.0
 BACKOFF_MAX_S = 3600.0
 
@@ -30,14 +33,15 @@ def _row(session: Session, name: str) -> JobHealth:
     return row
 
 
-def failed(session: Session, *, name: str, error: str, now: datetime) -> JobHealth:
+def failed(session: Session, *, name: str, error: str, now: datetime, wait_s: float | None = None) -> JobHealth:
+    """One more failure in a row; the next try after WAIT_S (None: backoff_s of the failures so far)."""
     row = _row(session, name)
     if not row.failures:
         row.first_failed_at = now
     row.failures = (row.failures or 0) + 1
     row.total_failures = (row.total_failures or 0) + 1
     row.last_error = error[:2000]
-    row.next_try_at = now + timedelta(seconds=backoff_s(row.failures))
+    row.next_try_at = now + timedelta(seconds=backoff_s(row.failures) if wait_s is None else wait_s)
     session.flush()
     return row
 
@@ -48,9 +52,21 @@ def succeeded(session: Session, *, name: str) -> None:
         row.failures, row.first_failed_at, row.last_error, row.next_try_at = 0, None, None, None
 
 
+def failures(session: Session, *, name: str) -> int:
+    """Failures in a row so far (0: none, or the last run succeeded)."""
+    row = session.get(JobHealth, name)
+    return int(row.failures or 0) if row is not None else 0
+
+
 def may_run(session: Session, *, name: str, now: datetime) -> bool:
     row = session.get(JobHealth, name)
     return row is None or row.next_try_at is None or _utc(row.next_try_at) <= now
+
+
+def next_try(session: Session, *, name: str) -> datetime | None:
+    """When the job may run again after its failures (None: now)."""
+    row = session.get(JobHealth, name)
+    return None if row is None or row.next_try_at is None else _utc(row.next_try_at)
 
 
 def retry_now(session: Session, *, name: str) -> bool:

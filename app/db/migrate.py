@@ -7,7 +7,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 
 from app.db.session import make_engine
-from app.ml.provenance import PROJECT_ROOT
+from app.shared import PROJECT_ROOT
 
 MIGRATIONS = PROJECT_ROOT / "migrations"
 

@@ -41,7 +41,7 @@ class Head(Base):
 class Sample(Base):
     __tablename__ = "samples"
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)  # the store's row
-    key: Mapped[str | None] = mapped_column(String(200), unique=True)  # the data's own id (app/ml/ids.py)
+    key: Mapped[str | None] = mapped_column(String(200), unique=True)  # the data's own id (app/ml/data/ids.py)
     subject_id: Mapped[str | None] = mapped_column(String(128), index=True)
     state: Mapped[str] = mapped_column(String(16), default="active", index=True)  # active | forgotten
     # train | val | test | shadow: every split holds personal data; only train samples are in the served model

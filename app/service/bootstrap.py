@@ -22,19 +22,21 @@ from app.db import ledger
 from app.db.audit import append_entry
 from app.db.session import transaction, utcnow
 from app.errors import StateError
-from app.ml.calibrate import CalibrationConfig
-from app.ml.checkpoint import ModelDir, dataset_for, load_model_dir, train_config_from_meta
-from app.ml.data import Dataset, SplitConfig, Splits
-from app.ml.device import resolve
-from app.ml.gradcache import build_cache, cache_matches, load_cache, save_cache
-from app.ml.ids import keys_of
-from app.ml.metrics import accuracy
-from app.ml.pipeline import attach_verifier, calibrate_model, train_to_dir
-from app.ml.train import TrainConfig
+from app.ml.common.device import resolve
+from app.ml.data.dataset import Dataset, SplitConfig, Splits
+from app.ml.data.ids import keys_of
+from app.ml.forgetting.calibrate import CalibrationConfig
+from app.ml.forgetting.gradcache import build_cache, cache_matches, load_cache, save_cache
+from app.ml.models.checkpoint import META_FILE, ModelDir, dataset_for, load_model_dir
+from app.ml.models.meta import ModelMeta
+from app.ml.training.fit import TrainConfig
+from app.ml.training.metrics import accuracy
+from app.ml.training.recipe import train_config_from_meta
 from app.ml.verify.base import BuildInputs, VerifierConfig
 from app.ml.verify.report import power_summary
 from app.ml.verify.store import FOLDER as VERIFIER_FOLDER
 from app.ml.verify.store import load_verifier, save_verifier
+from app.ml.workflows.pipeline import attach_verifier, calibrate_model, train_to_dir
 from app.service.ledger_conn import LedgerConn
 from app.service.store import FORGOTTEN_LABEL, create_store, remember_source_folder
 from app.service.versions import holdout_ids, ledger_path, version_dir, write_version
@@ -97,10 +99,10 @@ def publish_initial(settings: Settings, conn: LedgerConn, *, model_dir: Path | N
     if not cache_matches(cache, weights=md.weights_sha256, ids=train_ids):
         cache = build_cache(md.model, ds, train_ids, chunk_size=settings.chunk_size)
     train_cfg = train_config_from_meta(md.meta) or TrainConfig()
-    epochs = int(md.meta.get("best_epoch") or md.meta.get("epochs") or 20)
+    epochs = md.meta.retrain_epochs
     verifier = _publish_verifier(settings, md, ds, train_cfg, epochs)
     calibration = _publish_calibration(settings, md, ds, cache, progress=progress)
-    meta = {**md.meta, "published_from": str(model_dir), "calibration": calibration}
+    meta = md.meta.with_(published_from=str(model_dir), calibration=calibration)
     sha, path = write_version(settings.models_dir, model=md.model, model_cfg=md.model_cfg, meta=meta,
                               splits=md.splits)
     save_cache(cache, path)
@@ -119,7 +121,7 @@ def publish_initial(settings: Settings, conn: LedgerConn, *, model_dir: Path | N
         v = ledger.add_version(s, sha256=sha, parent_id=None, path=ledger_path(path), now=now, metrics=metrics)
         ledger.set_head(s, version_id=v.id, expected=None, now=now)
         append_entry(s, batch_id="publish", created_at=now.isoformat(),
-                     payload={"event": "publish", "model_sha256": sha, "dataset": md.meta.get("dataset"),
+                     payload={"event": "publish", "model_sha256": sha, "dataset": md.meta.dataset,
                               "arch": md.model_cfg.arch, "n_train": len(train_ids), **metrics})
         log.info("published version %s (%d training samples)", v.id, len(train_ids))
         return v.id
@@ -128,13 +130,11 @@ def publish_initial(settings: Settings, conn: LedgerConn, *, model_dir: Path | N
 OTHER_SPLITS = ("val", "test", "shadow")
 
 
-def served_meta(settings: Settings, conn: LedgerConn) -> dict[str, Any]:
-    """meta.json of the version the ledger serves."""
+def served_meta(settings: Settings, conn: LedgerConn) -> ModelMeta | None:
+    """meta.json of the version the ledger serves (None: none yet)."""
     with transaction(conn.read) as s:
         head = ledger.head(s)
-    if head is None:
-        return {}
-    return json.loads((version_dir(settings.home, head) / "meta.json").read_text())  # type: ignore[no-any-return]
+    return None if head is None else ModelMeta.read(version_dir(settings.home, head) / META_FILE)
 
 
 def refuse_used_home(settings: Settings) -> None:
@@ -188,14 +188,14 @@ def _publish_verifier(settings: Settings, md: ModelDir, ds: Any, train_cfg: Trai
     inputs = BuildInputs(model=md.model, ds=ds, splits=md.splits, model_cfg=md.model_cfg, train_cfg=train_cfg,
                          epochs=epochs)
     return attach_verifier(settings.home, inputs, settings.verifier,
-                           VerifierConfig(n_refs=settings.verify_refs, seed=int(md.meta.get("seed", 0))))
+                           VerifierConfig(n_refs=settings.verify_refs, seed=md.meta.seed))
 
 
 def _publish_calibration(settings: Settings, md: ModelDir, ds: Any, cache: Any, *,
                          progress: bool) -> dict[str, Any]:
     """The model's own calibration when it was made with this service's budgets, else a new one."""
-    own = md.meta.get("calibration")
-    want = calibration_config(settings, int(md.meta.get("seed", 0)))
+    own = md.meta.calibration
+    want = calibration_config(settings, md.meta.seed)
     # every knob counts (budgets, sizes, chain, seed): a changed time budget must recalibrate too
     if isinstance(own, dict) and own.get("config") == json.loads(json.dumps(asdict(want))) \
             and own.get("holdout_size") == settings.holdout_size and "candidates" in own:

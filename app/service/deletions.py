@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from redis import Redis
@@ -17,14 +18,15 @@ from sqlalchemy.exc import IntegrityError
 from app.core.config import Settings
 from app.core.secrets import subject_key
 from app.db import ledger
-from app.db.models import AuditEntry, ModelVersion
+from app.db.models import AuditEntry, DeletionRequest, ModelVersion
 from app.db.session import as_utc, transaction, utcnow
 from app.db.views import entry_dict
 from app.errors import public_reason
 from app.ids import PublicId
-from app.ml.record import ForgettingRecord
+from app.ml.forgetting.record import ForgettingRecord
 from app.service.ledger_conn import LedgerConn
 from app.service.queue import notify
+from app.service.schedule import exact_by
 
 
 @dataclass
@@ -85,7 +87,15 @@ def request_status(ctx: LedgerContext, *, request_id: str) -> dict[str, Any]:
             "completed_at": as_utc(req.completed_at), "sample_ids": ids, "subject_id": req.subject_id,
             "already_forgotten": list(req.already_forgotten or []), "model_version": req.model_version_id,
             "audit_entry": req.audit_seq, "reason": public_reason(req.reason) if req.reason else None,
-            "attempts": req.attempts}
+            "attempts": req.attempts, "exact_scheduled_at": _scheduled(ctx, req)}
+
+
+def _scheduled(ctx: LedgerContext, req: DeletionRequest) -> datetime | None:
+    """When the exact retrain of a completed request the served model may still hold is due (else None)."""
+    if req.state != "completed" or req.model_exact_at is not None:
+        return None
+    return exact_by(ctx.settings, due_at=as_utc(req.due_at), completed_at=as_utc(req.completed_at),  # type: ignore[arg-type]
+                    verdict=req.verdict)
 
 
 def audit_page(ctx: LedgerContext, *, offset: int, limit: int) -> dict[str, Any]:

@@ -10,15 +10,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from app.errors import DataError
-from app.ml.data import Dataset
-from app.ml.fsutil import atomic_replace, atomic_write_text
-from app.ml.ids import keys_of
+from app.ml.common.fsutil import atomic_replace, atomic_write_text
+from app.ml.data.dataset import Dataset
+from app.ml.data.ids import keys_of
+from app.ml.models.meta import ModelMeta
 
 KEYS = "keys.npy"
 COPY_ROWS = 4096  # rows copied at a time: a dataset larger than memory (image files, a table) never is in it
@@ -34,7 +34,7 @@ def create_store(folder: Path, ds: Dataset) -> None:
         del x
     with atomic_replace(folder / "y.npy") as tmp, tmp.open("wb") as f:  # a path would get ".npy" appended
         np.save(f, ds.y)
-    if ds.keys is not None:  # the data's own ids (app/ml/ids.py): fixed-width text, no pickle
+    if ds.keys is not None:  # the data's own ids (app/ml/data/ids.py): fixed-width text, no pickle
         with atomic_replace(folder / KEYS) as tmp, tmp.open("wb") as f:
             np.save(f, np.asarray(ds.keys, dtype=str))
     meta = {"name": ds.name, "num_classes": ds.num_classes, "n_pool": ds.n_pool, "class_names": list(ds.names),
@@ -126,12 +126,12 @@ def raw_to_features(ds: Dataset, rows: np.ndarray) -> torch.Tensor:
 SOURCE_ERASED = "source_erased.npy"
 
 
-def erase_source(folder: Path, meta: dict[str, Any], ids: Sequence[int]) -> int:
+def erase_source(folder: Path, meta: ModelMeta, ids: Sequence[int]) -> int:
     """Erase IDS in the data the model was made from too, when its format can (image files, table rows); each id
     once (FOLDER/source_erased.npy remembers which). Returns the samples erased now."""
-    from app.ml.datasets import DATASETS
+    from app.ml.data.formats import DATASETS
 
-    name, path = meta.get("dataset"), meta.get("data_path")
+    name, path = meta.dataset, meta.data_path
     if name not in DATASETS or DATASETS.get(name).erase is None or not path:
         return 0
     done_file = folder / SOURCE_ERASED
@@ -142,7 +142,7 @@ def erase_source(folder: Path, meta: dict[str, Any], ids: Sequence[int]) -> int:
     erase = DATASETS.get(name).erase
     assert erase is not None
     spec = DATASETS.get(name)
-    opts = {k: v for k, v in (meta.get("data_options") or {}).items() if k in spec.options and v is not None}
+    opts = {k: v for k, v in meta.data_options.items() if k in spec.options and v is not None}
     n = erase(Path(path), sample_keys(folder, todo), **opts)
     with atomic_replace(done_file) as tmp, tmp.open("wb") as f:
         np.save(f, np.union1d(done, todo))
@@ -150,7 +150,7 @@ def erase_source(folder: Path, meta: dict[str, Any], ids: Sequence[int]) -> int:
 
 
 def sample_keys(folder: Path, rows: Sequence[int] | np.ndarray) -> list[str]:
-    """The data's own ids of these store rows (app/ml/ids.py)."""
+    """The data's own ids of these store rows (app/ml/data/ids.py)."""
     return keys_of(_keys(folder), np.asarray(rows, dtype=np.int64))
 
 

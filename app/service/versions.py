@@ -11,7 +11,6 @@ import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -20,14 +19,15 @@ from torch import nn
 from app.core.config import Settings
 from app.db.models import ModelVersion
 from app.errors import ModelLoadError
-from app.ml.checkpoint import ModelDir, check_finite, load_model_dir, no_pause, save_model_dir
-from app.ml.data import Dataset, Splits
-from app.ml.metrics import predict_logits
-from app.ml.models import ModelConfig
-from app.ml.policy import Budget
+from app.ml.data.dataset import Dataset, Splits
+from app.ml.forgetting.policy import Budget
+from app.ml.models.checkpoint import ModelDir, check_finite, load_model_dir, no_pause, save_model_dir
+from app.ml.models.factory import ModelConfig
+from app.ml.models.meta import ModelMeta
+from app.ml.training.metrics import predict_logits
 
 
-def write_version(models_dir: Path, *, model: nn.Module, model_cfg: ModelConfig, meta: dict[str, Any],
+def write_version(models_dir: Path, *, model: nn.Module, model_cfg: ModelConfig, meta: ModelMeta,
                   splits: Splits) -> tuple[str, Path]:
     """Write into a temp folder, then rename it: a reader never sees a half-written version."""
     models_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from app.ml.bench import SUITES, Suite, bind
+from app.ml.bench.suites import SUITES, Suite, bind
 from app.service_bench.suite import ServiceBenchConfig, run_service_bench
 
 _DIGITS = ServiceBenchConfig(name="service-digits", dataset="digits", n_deletes=20, train_epochs=100)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.ml.checkpoint import load_model_dir
+from app.ml.models.checkpoint import load_model_dir
 from app.service.store import open_store, raw_to_features
 
 torch.set_num_threads(1)

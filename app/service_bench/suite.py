@@ -27,11 +27,11 @@ import numpy as np
 from app.core.config import Settings
 from app.core.embedded_redis import EmbeddedRedis
 from app.ml.bench.report import write_results
-from app.ml.calibrate import CalibrationConfig
-from app.ml.data import SplitConfig
-from app.ml.device import resolve
-from app.ml.pipeline import train_to_dir
-from app.ml.train import TrainConfig
+from app.ml.common.device import resolve
+from app.ml.data.dataset import SplitConfig
+from app.ml.forgetting.calibrate import CalibrationConfig
+from app.ml.training.fit import TrainConfig
+from app.ml.workflows.pipeline import train_to_dir
 from app.service.live import LiveService, free_port
 from app.service.store import open_store
 from app.service_bench.load import LoadResult, run_load

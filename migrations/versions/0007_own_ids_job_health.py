@@ -4,7 +4,7 @@ Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-03 17:00:00
 
-- samples.key: the sample's id as the data names it (integers or strings, app/ml/ids.py); rows published
+- samples.key: the sample's id as the data names it (integers or strings, app/ml/data/ids.py); rows published
   before this keep their row number as the key.
 - deletion_requests.derived_error: why the rebuild of the models derived from the shadow split keeps failing.
 - job_health: a background job's failures in a row, its last error and when it is retried.

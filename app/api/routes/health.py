@@ -77,7 +77,7 @@ def _jobs(state: State) -> tuple[datetime, int, list[JobHealth]]:
 def _background(state: State) -> dict[str, str]:
     """Each background job in words: ok, failing (retried), or stuck (failed N times in a row)."""
     now, n, rows = _jobs(state)
-    out = {jobs.REBUILD: "ok"}
+    out = dict.fromkeys(jobs.JOBS, "ok")
     for r in rows:
         if not r.failures:
             out[r.name] = "ok"
@@ -93,7 +93,7 @@ def _background(state: State) -> dict[str, str]:
 
 def job_readings(state: State) -> dict[str, JobReading]:
     now, n, rows = _jobs(state)
-    out = {jobs.REBUILD: JobReading(0, 0, 0.0)}
+    out = {name: JobReading(0, 0, 0.0) for name in jobs.JOBS}
     for r in rows:
         since = as_utc(r.first_failed_at)
         age = (now - since).total_seconds() if since is not None and r.failures >= n else 0.0

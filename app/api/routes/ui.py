@@ -26,6 +26,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from app.api import svg
 from app.api.deps import AppState, authorize
+from app.core.config import Settings
 from app.core.secrets import subject_key
 from app.db import jobs, ui_sessions, views
 from app.db.audit import ChainReport, parse_head, verify_chain
@@ -34,8 +35,9 @@ from app.db.keys import Principal
 from app.db.ledger import subject_digest
 from app.db.session import transaction, utcnow
 from app.errors import Forbidden, Unauthorized
-from app.ml.policy import Budget
-from app.ml.record import ForgettingRecord
+from app.ml.forgetting.policy import Budget
+from app.ml.forgetting.record import ForgettingRecord
+from app.service.schedule import exact_by
 from app.service.versions import accuracy_budget
 
 router = APIRouter(include_in_schema=False)
@@ -149,7 +151,7 @@ def request_page(request: Request, request_id: str) -> Response:
     if row is None:
         return _render("request.html", 404, key_id=who.key_id, row=None, request_id=request_id[:64])
     how = ForgettingRecord.from_payload(entry["payload"]).summary() if entry else None
-    return _render("request.html", key_id=who.key_id, row=_due(row, utcnow()), entry=entry, how=how,
+    return _render("request.html", key_id=who.key_id, row=_due(row, utcnow(), app.settings), entry=entry, how=how,
                    payload=json.dumps(entry["payload"], indent=2, sort_keys=True) if entry else None)
 
 
@@ -191,13 +193,15 @@ def _export_rows(app: AppState, what: str, fmt: str) -> Iterator[str]:
 
 
 # the audit CSV's own columns, so a spreadsheet can filter on them; `payload` keeps the whole hashed entry
-AUDIT_COLUMNS = ("event", "request_ids", "method", "exact", "verdict", "n_forget", "test_acc_before",
-                 "test_acc_after", "unlearn_time_s", "parent_model_sha256", "model_sha256", "init_sha256", "freeze",
+AUDIT_COLUMNS = ("event", "request_ids", "method", "exact", "verdict", "n_forget", "holdout_acc_before",
+                 "holdout_acc_after", "unlearn_time_s", "parent_model_sha256", "model_sha256", "init_sha256", "freeze",
                  "frozen_check", "reason")
 
 
 def _flat(entry: dict[str, Any]) -> dict[str, Any]:
     p = entry["payload"]
+    p = {**{f"holdout_{k}": v for k, v in ((k, p.get(f"test_{k}")) for k in ("acc_before", "acc_after"))
+            if v is not None}, **p}  # entries from before the held-out accuracies had their own name
     cols = {c: " ".join(map(str, p[c])) if isinstance(p.get(c), list) else p.get(c) for c in AUDIT_COLUMNS}
     cols["event"] = p.get("event", "unlearn" if "method" in p else None)
     return {**entry, **cols}
@@ -213,7 +217,7 @@ def _csv_line(values: Sequence[object]) -> str:
     return buf.getvalue()
 
 
-def _due(row: views.RequestRow, now: datetime) -> dict[str, Any]:
+def _due(row: views.RequestRow, now: datetime, settings: Settings) -> dict[str, Any]:
     """The row, with whether it is (or was) late and by how much, for the page. A deletion is met when it is
     exact (no model the service keeps holds the samples), not when its fast update completed."""
     if row.state == "completed" and row.exact_at is not None:
@@ -221,9 +225,12 @@ def _due(row: views.RequestRow, now: datetime) -> dict[str, Any]:
         text = f"exact {_span(-left)} late" if left < 0 else f"exact with {_span(left)} to spare"
     elif row.state == "completed":
         left = (row.due_at - now).total_seconds()
-        wait = "the derived models' rebuild" if row.derived_pending else "an exact retrain"
-        text = (f"approximate: overdue by {_span(-left)}" if left < 0
-                else f"approximate: {wait} due in {_span(left)}")
+        if row.derived_pending:
+            wait = f"the derived models' rebuild due in {_span(left)}"
+        else:  # the retrain is scheduled by the worker's rule: sooner than the due date for a partial batch
+            by = exact_by(settings, due_at=row.due_at, completed_at=row.completed_at, verdict=row.verdict)
+            wait = f"an exact retrain scheduled within {_span(max((by - now).total_seconds(), 0.0))}"
+        text = f"approximate: overdue by {_span(-left)}" if left < 0 else f"approximate: {wait}"
         if row.derived_error:
             text += f"; the rebuild keeps failing ({row.derived_error})"
     elif row.state in ("failed", "rejected"):
@@ -281,9 +288,10 @@ def _page(s: Any, app: AppState, *, state: str | None, offset: int, batch: int |
         "head": head, "versions": versions[-20:], "floor": floor, "state": state, "q": q,
         "exact_floor": budget.exact_floor if budget else None,
         "stuck": [j for j in jobs.health(s) if j.failures >= app.settings.rebuild_max_failures],
+        "retry_now": jobs.RETRY_NOW,
         "counts": counts, "roffset": roffset,
         "rtotal": counts.get(state, 0) if state else sum(counts.values()),
-        "requests": [_due(r, now) for r in views.requests(s, state=state, limit=PAGE, offset=roffset,
+        "requests": [_due(r, now, app.settings) for r in views.requests(s, state=state, limit=PAGE, offset=roffset,
                                                           subjects=subjects)],
         "entries": entries, "total": views.audit_total(s), "offset": offset, "limit": PAGE,
         "audit_head": f"{last[0]}:{last[1]}" if last else "empty",

@@ -6,25 +6,20 @@ one membership attack; IAU with its defaults for every (α, ρ) cell. Heatmaps o
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from app.ml.bench import SUITES, Suite, bind
-from app.ml.bench.context import choose_forget
+from app.ml.bench.context import choose_forget, load_split, task_for
+from app.ml.bench.mia.shadow import MIAConfig, fit_attack
 from app.ml.bench.report import write_results
-from app.ml.data import SplitConfig, make_splits
-from app.ml.datasets import load_dataset
-from app.ml.gradcache import build_cache
-from app.ml.grads import weights_sha256
-from app.ml.metrics import accuracy
-from app.ml.mia.shadow import MIAConfig, fit_attack
-from app.ml.models import ModelConfig
-from app.ml.train import TrainConfig, fit
-from app.ml.unlearn import run_method
-from app.ml.unlearn.base import UnlearnTask
+from app.ml.bench.suites import SUITES, Suite, bind
+from app.ml.forgetting.gradcache import build_cache
+from app.ml.forgetting.methods import run_method
+from app.ml.training.fit import TrainConfig, fit
+from app.ml.training.metrics import accuracy
 
 
 @dataclass(frozen=True)
@@ -42,9 +37,8 @@ class AlphaRhoConfig:
 def run_alpha_rho(cfg: AlphaRhoConfig, *, out: Path, data_dir: Path | None, data_path: Path | None,
                   device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    ds = load_dataset(cfg.dataset, path=data_path, data_dir=data_dir, device=device)
-    splits = make_splits(ds, SplitConfig(seed=cfg.seed))
-    model_cfg = ModelConfig(cfg.arch, ds.in_shape, ds.num_classes)
+    ds, splits, sized = load_split(cfg.dataset, seed=cfg.seed, data_path=data_path, data_dir=data_dir, device=device)
+    model_cfg = replace(sized, arch=cfg.arch)
 
     def recipe(alpha: float) -> TrainConfig:
         return TrainConfig(alpha=alpha, max_epochs=cfg.max_epochs, patience=cfg.patience, seed=cfg.seed)
@@ -60,9 +54,7 @@ def run_alpha_rho(cfg: AlphaRhoConfig, *, out: Path, data_dir: Path | None, data
         gold = fit(model_cfg, ds, retain, splits.val, recipe(0.0), progress=progress).model
         gold_acc, gold_mia = accuracy(gold, ds, splits.test), attack.member_rate(gold, ds, forget)
         for alpha, trained in models.items():
-            task = UnlearnTask(model=trained.model, ds=ds, train_ids=splits.train, forget_ids=forget,
-                               weights_sha256=weights_sha256(trained.model.state_dict()), cache=caches[alpha],
-                               seed=cfg.seed)
+            task = task_for(trained.model, ds, splits.train, forget, cache=caches[alpha], seed=cfg.seed)
             res = run_method("iau", task, {})
             acc, mia = accuracy(res.model, ds, splits.test), attack.member_rate(res.model, ds, forget)
             rows.append({"alpha": alpha, "rho": rho, "MU": 100 * abs(acc - gold_acc), "UE": 100 * abs(mia - gold_mia),

@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import nn
 
-from app.ml.data import Dataset, SplitConfig, Splits, make_splits
-from app.ml.gradcache import build_cache
-from app.ml.grads import weights_sha256
-from app.ml.metrics import accuracy
-from app.ml.mia.shadow import MembershipAttack, MIAConfig, fit_attack
-from app.ml.models import ModelConfig
-from app.ml.train import TrainConfig, TrainResult, fit
-from app.ml.unlearn.base import UnlearnTask
-from app.ml.verify import DEFAULT, build_verifier
+from app.ml.bench.mia.shadow import MembershipAttack, MIAConfig, fit_attack
+from app.ml.common.hashing import weights_sha256
+from app.ml.data.dataset import Dataset, SplitConfig, Splits, make_splits
+from app.ml.data.formats import load_dataset
+from app.ml.forgetting.gradcache import GradCache, build_cache
+from app.ml.forgetting.methods.base import UnlearnTask
+from app.ml.models.factory import ModelConfig
+from app.ml.training.fit import TrainConfig, TrainResult, fit
+from app.ml.training.metrics import accuracy
 from app.ml.verify.base import BuildInputs, Verifier, VerifierConfig, power_from_scores
+from app.ml.verify.build import DEFAULT, build_verifier
 from app.ml.verify.report import flagged
 
 
@@ -73,11 +75,25 @@ class SeedContext:
         """The unlearning task on the α model; its gradient cache is ready, as a service would keep it."""
         trained = self.models[alpha]
         model = trained.model
-        return UnlearnTask(model=model, ds=self.ds, train_ids=self.splits.train, forget_ids=self.forget,
-                           weights_sha256=weights_sha256(model.state_dict()),
-                           cache=build_cache(model, self.ds, self.splits.train) if with_cache else None,
-                           seed=self.seed, model_cfg=self.model_cfg, train_cfg=self.cfg.train_cfg(self.seed, alpha),
-                           val_ids=self.splits.val, epochs_trained=trained.epochs_run)
+        return task_for(model, self.ds, self.splits.train, self.forget, cache=with_cache, seed=self.seed,
+                        model_cfg=self.model_cfg, train_cfg=self.cfg.train_cfg(self.seed, alpha),
+                        val_ids=self.splits.val, epochs_trained=trained.epochs_run)
+
+
+def load_split(dataset: str, *, seed: int, data_path: Path | None, data_dir: Path | None,
+               device: str = "cpu") -> tuple[Dataset, Splits, ModelConfig]:
+    """A suite's data, its seeded splits, and the model config sized for it (ARCH is filled in by the caller)."""
+    ds = load_dataset(dataset, path=data_path, data_dir=data_dir, device=device)
+    return ds, make_splits(ds, SplitConfig(seed=seed)), ModelConfig("", ds.in_shape, ds.num_classes)
+
+
+def task_for(model: nn.Module, ds: Dataset, train_ids: np.ndarray, forget_ids: np.ndarray, *,
+             cache: GradCache | bool | None = None, **extra: Any) -> UnlearnTask:
+    """The unlearning task on MODEL as the service would hold it: its weights hashed, and its gradient cache
+    (CACHE=True: built here over TRAIN_IDS; a GradCache: that one; None: none). EXTRA: UnlearnTask's other fields."""
+    built = build_cache(model, ds, train_ids) if cache is True else (cache or None)
+    return UnlearnTask(model=model, ds=ds, train_ids=train_ids, forget_ids=forget_ids,
+                       weights_sha256=weights_sha256(model.state_dict()), cache=built, **extra)
 
 
 def choose_forget(ds: Dataset, train: np.ndarray, *, frac: float, how: str, seed: int) -> np.ndarray:

@@ -6,13 +6,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from app.ml.bench import SUITES, Suite, bind
 from app.ml.bench.report import fmt_pm, write_results
-from app.ml.data import SplitConfig, make_splits
-from app.ml.datasets import load_dataset
-from app.ml.metrics import accuracy
-from app.ml.models import ModelConfig
-from app.ml.train import TrainConfig, fit
+from app.ml.bench.suites import SUITES, Suite, bind
+from app.ml.data.dataset import SplitConfig, make_splits
+from app.ml.data.formats import load_dataset
+from app.ml.models.factory import ModelConfig
+from app.ml.training.fit import TrainConfig, fit
+from app.ml.training.metrics import accuracy
 
 
 @dataclass(frozen=True)

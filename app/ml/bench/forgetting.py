@@ -1,7 +1,7 @@
 """Suite `forgetting` (issue 13): does each fast method forget like retrain, at what accuracy and speed?
 
 Per seed, on one θ* (the experiment's recipe): a random D_f, the gold-standard retrain on D_r, the
-membership verifier, the calibration the service would run at publication (app.ml.calibrate), then
+membership verifier, the calibration the service would run at publication (app.ml.forgetting.calibrate), then
 every fast method and the calibrated choice through the forgetting policy, all on the same D_f.
 Columns: test / forget accuracy and MU against retrain; Shokri UE; the verifier's flagged rate,
 UE_lira, set AUC and KS; the share of the membership gap closed, (AUC θ* − AUC method) / (AUC θ* −
@@ -20,17 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.ml.bench import SUITES, Suite, bind
 from app.ml.bench.context import ExperimentConfig, SeedContext, evaluate_model, prepare
+from app.ml.bench.mia.svc_efficacy import mia_efficacy
 from app.ml.bench.report import fmt_pm, summary_rows, write_results
-from app.ml.calibrate import CANDIDATES, CalibrationConfig, calibrate
-from app.ml.datasets import load_dataset
-from app.ml.forgetting import PolicyOptions, forget_version
-from app.ml.grads import weights_sha256
-from app.ml.metrics import accuracy
-from app.ml.mia.svc_efficacy import mia_efficacy
-from app.ml.policy import Budget, with_model
-from app.ml.unlearn import run_method
+from app.ml.bench.suites import SUITES, Suite, bind
+from app.ml.common.hashing import weights_sha256
+from app.ml.data.formats import load_dataset
+from app.ml.forgetting.calibrate import CANDIDATES, CalibrationConfig, calibrate
+from app.ml.forgetting.job import forget_version
+from app.ml.forgetting.methods import run_method
+from app.ml.forgetting.policy import Budget, PolicyOptions, with_model
+from app.ml.training.metrics import accuracy
 
 FAST = (("iau (paper: one step)", "iau", {}), ("out_match (ceiling)", "out_match", {}),
         ("out_match (shift)", "out_match", {"target": "shift"}), ("finetune", "finetune", {}),
@@ -87,13 +87,12 @@ def run_seed(cfg: ForgettingConfig, ctx: SeedContext) -> dict[str, Any]:
     acc0 = accuracy(task.model, ctx.ds, hold)
     # as the service runs it: a fast result within the budget, an exact retrain only guarded against a broken run
     budget = Budget.below(acc0, max_drop=cfg.max_accuracy_drop, exact_max_drop=cfg.exact_max_accuracy_drop)
-    meta = {"calibration": cal}
-    done = forget_version(task, meta, hold, budget, options=ACCEPT, holdout_acc_before=acc0)
+    done = forget_version(task, cal, hold, budget, options=ACCEPT, holdout_acc_before=acc0)
     if done.model is None:
         raise RuntimeError(f"the policy kept no model for the 5% deletion: {done.record.problem}")
     rows.append(_row(CALIBRATED, _evaluate(ctx, done.model), start, gold, ctx, done.record.time_s,
                      {**done.record.to_payload(), "verification": None}))
-    chains = [_chain(cfg, ctx, task, hold, meta, budget, size) for size in cfg.chain_sizes]
+    chains = [_chain(cfg, ctx, task, hold, cal, budget, size) for size in cfg.chain_sizes]
     return {"seed": ctx.seed, "rows": rows, "calibration": {k: v for k, v in cal.items() if k != "trials"},
             "chains": chains, "retrain_seconds": ctx.retrain_seconds}
 
@@ -124,7 +123,7 @@ def best_setting(cal: dict[str, Any], method: str) -> tuple[dict[str, Any], bool
     return best["setting"], bool(ok)
 
 
-def _chain(cfg: ForgettingConfig, ctx: SeedContext, task: Any, hold: np.ndarray, meta: dict[str, Any],
+def _chain(cfg: ForgettingConfig, ctx: SeedContext, task: Any, hold: np.ndarray, cal: dict[str, Any],
            budget: Budget, size: float) -> dict[str, Any]:
     rng = np.random.default_rng(1000 + ctx.seed)
     n = int(size) if size >= 1 else max(1, round(size * len(task.train_ids)))
@@ -134,7 +133,7 @@ def _chain(cfg: ForgettingConfig, ctx: SeedContext, task: Any, hold: np.ndarray,
         ids = np.sort(rng.choice(train, n, replace=False))
         step = with_model(task, model, train_ids=train, forget_ids=ids,
                           weights_sha256=weights_sha256(model.state_dict()))
-        done = forget_version(step, meta, hold, budget, options=ACCEPT, holdout_acc_before=float("nan"))
+        done = forget_version(step, cal, hold, budget, options=ACCEPT, holdout_acc_before=float("nan"))
         r = done.record
         steps.append({"k": k + 1, "holdout_acc": r.holdout_acc_after, "method": r.method, "exact": r.exact,
                       "verdict": str(r.verdict), "gap_closed": r.verification.get("gap_closed"), "time_s": r.time_s,

@@ -13,13 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from app.ml.bench import SUITES, Suite, bind
+from app.ml.bench.context import load_split
 from app.ml.bench.report import write_results
-from app.ml.data import SplitConfig, make_splits
-from app.ml.datasets import load_dataset
-from app.ml.metrics import accuracy, per_sample_grad_norms
-from app.ml.models import ModelConfig
-from app.ml.train import TrainConfig, fit
+from app.ml.bench.suites import SUITES, Suite, bind
+from app.ml.training.fit import TrainConfig, fit
+from app.ml.training.metrics import accuracy, per_sample_grad_norms
 
 
 @dataclass(frozen=True)
@@ -44,9 +42,8 @@ class GradNormsConfig:
 def run_grad_norms(cfg: GradNormsConfig, *, out: Path, data_dir: Path | None, data_path: Path | None,
                    device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    ds = load_dataset(cfg.dataset, path=data_path, data_dir=data_dir, device=device)
-    splits = make_splits(ds, SplitConfig(seed=cfg.seed))
-    model_cfg = ModelConfig(cfg.arch, ds.in_shape, ds.num_classes)
+    ds, splits, sized = load_split(cfg.dataset, seed=cfg.seed, data_path=data_path, data_dir=data_dir, device=device)
+    model_cfg = replace(sized, arch=cfg.arch)
     norms, rows = {}, []
     for name, tcfg in cfg.variants().items():
         res = fit(model_cfg, ds, splits.train, splits.val, tcfg, progress=progress)

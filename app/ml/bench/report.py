@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.ml.fsutil import atomic_write_text
-from app.ml.provenance import provenance
+from app.ml.common.fsutil import atomic_write_text
+from app.ml.common.provenance import provenance
 
 if TYPE_CHECKING:
     import torch
@@ -33,7 +33,7 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int,
                 device: torch.device | None = None) -> dict[str, list[float]]:
     """Seconds of each fn, run round-robin so that machine noise hits all of them alike; on a GPU each
     time includes the kernels the fn queued."""
-    from app.ml.device import synchronize
+    from app.ml.common.device import synchronize
 
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):

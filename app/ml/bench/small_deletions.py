@@ -16,21 +16,19 @@ from typing import Any
 
 import numpy as np
 
-from app.ml.bench import SUITES, Suite, bind
-from app.ml.bench.context import memorise
+from app.ml.bench.context import memorise, task_for
 from app.ml.bench.report import fmt_pm, write_results
-from app.ml.calibrate import CalibrationConfig, calibrate
-from app.ml.data import Dataset
-from app.ml.datasets import load_dataset
-from app.ml.device import resolve
-from app.ml.forgetting import PolicyOptions, forget_version
-from app.ml.gradcache import build_cache
-from app.ml.grads import weights_sha256
-from app.ml.metrics import accuracy
-from app.ml.policy import Budget, with_model
-from app.ml.record import PRIMARY_FPR
-from app.ml.train import fit
-from app.ml.unlearn.base import UnlearnTask
+from app.ml.bench.suites import SUITES, Suite, bind
+from app.ml.common.device import resolve
+from app.ml.common.hashing import weights_sha256
+from app.ml.data.dataset import Dataset
+from app.ml.data.formats import load_dataset
+from app.ml.forgetting.calibrate import CalibrationConfig, calibrate
+from app.ml.forgetting.job import forget_version
+from app.ml.forgetting.policy import Budget, PolicyOptions, with_model
+from app.ml.training.fit import fit
+from app.ml.training.metrics import accuracy
+from app.ml.verify.verdicts import PRIMARY_FPR
 
 
 @dataclass(frozen=True)
@@ -51,10 +49,8 @@ def run_seed(cfg: SmallConfig, ds: Dataset, seed: int) -> dict[str, Any]:
     m = memorise(ds, seed, arch=cfg.arch, n_train=cfg.n_train, epochs=cfg.epochs)
     trained, splits, members, mcfg, tcfg = m.trained, m.splits, m.splits.train, m.model_cfg, m.train_cfg
     verifier = m.verifier(ds, "lira", refs=cfg.refs, seed=seed)
-    base = UnlearnTask(model=trained.model, ds=ds, train_ids=members, forget_ids=np.empty(0, np.int64),
-                       weights_sha256=weights_sha256(trained.model.state_dict()),
-                       cache=build_cache(trained.model, ds, members), seed=seed, model_cfg=mcfg, train_cfg=tcfg,
-                       val_ids=None, epochs_trained=cfg.epochs, verifier=verifier)
+    base = task_for(trained.model, ds, members, np.empty(0, np.int64), cache=True, seed=seed, model_cfg=mcfg,
+                    train_cfg=tcfg, val_ids=None, epochs_trained=cfg.epochs, verifier=verifier)
     hold = splits.holdout(10000)
     cal = calibrate(base, hold, trained.seconds, CalibrationConfig(max_accuracy_drop=cfg.max_accuracy_drop, seed=seed))
     acc0 = accuracy(trained.model, ds, hold)
@@ -65,7 +61,7 @@ def run_seed(cfg: SmallConfig, ds: Dataset, seed: int) -> dict[str, Any]:
         ids = np.sort(rng.choice(train, cfg.batch, replace=False))
         task = with_model(base, model, train_ids=train, forget_ids=ids,
                           weights_sha256=weights_sha256(model.state_dict()))
-        done = forget_version(task, {"calibration": cal}, hold, budget, options=PolicyOptions(on_partial="accept"),
+        done = forget_version(task, cal, hold, budget, options=PolicyOptions(on_partial="accept"),
                               holdout_acc_before=float("nan"))
         if done.model is not None:
             model, train = done.model, np.setdiff1d(train, ids)

@@ -8,7 +8,6 @@ one forward+backward over D_f and over D, IAU's fast and slow paths, and the pea
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
@@ -23,19 +22,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.ml.bench import SUITES, Suite, bind
+from app.ml.bench.context import load_split, task_for
 from app.ml.bench.report import interleaved, write_results
-from app.ml.checkpoint import save_model_dir
-from app.ml.data import Dataset, SplitConfig, Splits, make_splits
-from app.ml.datasets import load_dataset
-from app.ml.device import synchronize
-from app.ml.gradcache import build_cache, save_cache
-from app.ml.grads import grad_sum, weights_sha256
-from app.ml.metrics import accuracy
-from app.ml.models import ModelConfig
-from app.ml.train import TrainConfig, fit, make_optimizer, seeded_model, train_epoch
-from app.ml.unlearn import run_method
-from app.ml.unlearn.base import UnlearnTask
+from app.ml.bench.suites import SUITES, Suite, bind
+from app.ml.common.device import synchronize
+from app.ml.data.dataset import Dataset, Splits
+from app.ml.forgetting.gradcache import build_cache, save_cache
+from app.ml.forgetting.methods import run_method
+from app.ml.models.checkpoint import META_FILE, save_model_dir
+from app.ml.models.factory import ModelConfig
+from app.ml.models.meta import ModelMeta
+from app.ml.training.fit import TrainConfig, fit, make_optimizer, seeded_model, train_epoch
+from app.ml.training.grads import grad_sum
+from app.ml.training.metrics import accuracy
 
 
 @dataclass(frozen=True)
@@ -79,8 +78,8 @@ def _peak_rss(model_dir: Path, forget_file: Path, out: Path, *, slow: bool, chun
                                            "UNLEARND_DEVICE": str(device)})
     if code != 0:
         raise RuntimeError(f"unlearn child failed: {err[-2000:]}")
-    meta = json.loads((out / "meta.json").read_text())
-    return {"peak_rss_mib": peak_mib, "path": meta["unlearn"]["attempts"][0]["path"]}
+    unlearn = ModelMeta.read(out / META_FILE).unlearn or {}
+    return {"peak_rss_mib": peak_mib, "path": unlearn["attempts"][0]["path"]}
 
 
 def peak_rss_of(cmd: list[str], *, env: dict[str, str], timeout_s: float = 1800) -> tuple[int, float, str]:
@@ -104,9 +103,8 @@ def run_speed(cfg: SpeedConfig, *, out: Path, data_dir: Path | None, data_path: 
               device: str = "cpu") -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    ds = load_dataset(cfg.dataset, path=data_path, data_dir=data_dir, device=device)
-    splits = make_splits(ds, SplitConfig(seed=cfg.seed))
-    model_cfg = ModelConfig(arch=cfg.arch, in_shape=ds.in_shape, num_classes=ds.num_classes)
+    ds, splits, sized = load_split(cfg.dataset, seed=cfg.seed, data_path=data_path, data_dir=data_dir, device=device)
+    model_cfg = replace(sized, arch=cfg.arch)
     rng = np.random.default_rng(cfg.seed)
     forget = np.sort(rng.choice(splits.train, size=int(cfg.forget_frac * len(splits.train)), replace=False))
     retain = np.setdiff1d(splits.train, forget)
@@ -131,9 +129,7 @@ def run_speed(cfg: SpeedConfig, *, out: Path, data_dir: Path | None, data_path: 
     cache_seconds = time.perf_counter() - t_cache
     save_cache(cache, model_dir)
 
-    sha = weights_sha256(model.state_dict())
-    fast_task = UnlearnTask(model=model, ds=ds, train_ids=splits.train, forget_ids=forget, weights_sha256=sha,
-                            cache=cache, chunk_size=cfg.chunk_size)
+    fast_task = task_for(model, ds, splits.train, forget, cache=cache, chunk_size=cfg.chunk_size)
     slow_task = replace(fast_task, cache=None)
     results: dict[str, Any] = {}
 

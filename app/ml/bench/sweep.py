@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from app.ml.bench import SUITES, Suite, bind
 from app.ml.bench.context import ExperimentConfig, evaluate_model, prepare
 from app.ml.bench.report import write_results
-from app.ml.datasets import load_dataset
-from app.ml.unlearn import run_method
+from app.ml.bench.suites import SUITES, Suite, bind
+from app.ml.data.formats import load_dataset
+from app.ml.forgetting.methods import run_method
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from app.ml.bench import SUITES, Suite, bind
 from app.ml.bench.context import ExperimentConfig, SeedContext, evaluate_model, prepare
 from app.ml.bench.report import fmt_pm, mean_std, write_results
-from app.ml.datasets import load_dataset
-from app.ml.unlearn import run_method
+from app.ml.bench.suites import SUITES, Suite, bind
+from app.ml.data.formats import load_dataset
+from app.ml.forgetting.methods import run_method
 
 METHOD_ORDER = ("retrain", "iau", "fisher", "amnesiac", "bad_teaching", "unrolling", "finetune", "gradient_ascent")
 

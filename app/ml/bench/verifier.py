@@ -16,20 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from app.ml.bench import SUITES, Suite, bind
-from app.ml.bench.context import memorise
+from app.ml.bench.context import memorise, task_for
 from app.ml.bench.report import fmt_pm, mean_std, write_results
-from app.ml.data import Dataset, SplitConfig, make_splits
-from app.ml.datasets import load_dataset
-from app.ml.gradcache import build_cache
-from app.ml.grads import weights_sha256
-from app.ml.metrics import accuracy
-from app.ml.models import ModelConfig
-from app.ml.train import TrainConfig, fit
-from app.ml.unlearn import run_method
-from app.ml.unlearn.base import UnlearnTask
-from app.ml.verify import build_verifier
+from app.ml.bench.suites import SUITES, Suite, bind
+from app.ml.data.dataset import Dataset, SplitConfig, make_splits
+from app.ml.data.formats import load_dataset
+from app.ml.forgetting.gradcache import build_cache
+from app.ml.forgetting.methods import run_method
+from app.ml.models.factory import ModelConfig
+from app.ml.training.fit import TrainConfig, fit
+from app.ml.training.metrics import accuracy
 from app.ml.verify.base import BuildInputs, VerifierConfig
+from app.ml.verify.build import build_verifier
 from app.ml.verify.report import verify_forgetting
 
 
@@ -77,8 +75,7 @@ def _cost(cfg: VerifierSuiteConfig, ds: Dataset, seed: int) -> dict[str, Any]:
     batches = []
     for n in cfg.cost_batches:
         forget = np.sort(rng.choice(splits.train, n, replace=False))
-        task = UnlearnTask(model=trained.model, ds=ds, train_ids=splits.train, forget_ids=forget,
-                           weights_sha256=weights_sha256(trained.model.state_dict()), cache=cache, seed=seed)
+        task = task_for(trained.model, ds, splits.train, forget, cache=cache, seed=seed)
         unlearn_s, verify_s = [], []
         for _ in range(cfg.cost_repeats):  # interleaved: the host's noise hits both alike
             res = run_method("iau", task, {})

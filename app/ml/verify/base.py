@@ -26,11 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from app.errors import ForgetSetError, VerifierError
-from app.ml.data import Dataset, Splits
-from app.ml.models import ModelConfig
-from app.ml.record import FPRS, Verdict
-from app.ml.train import TrainConfig
+from app.ml.data.dataset import Dataset, Splits
+from app.ml.models.factory import ModelConfig
+from app.ml.training.distributed import SINGLE, World
+from app.ml.training.fit import TrainConfig
 from app.ml.verify import stats
+from app.ml.verify.verdicts import FPRS, Verdict
 
 SET_ALPHA = 0.01  # the set-level test's significance, and the minimum detectable batch's
 DETECT_POWER = 0.8
@@ -59,6 +60,7 @@ class BuildInputs:
     model_cfg: ModelConfig
     train_cfg: TrainConfig
     epochs: int  # the target's training length; references train this long
+    world: World = SINGLE  # a torchrun job's ranks: the references are shared out, one model per rank
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from app.errors import DataError
-from app.ml.checkpoint import load_model_dir
+from app.ml.models.checkpoint import load_model_dir
 from app.ml.verify.base import FPRS, verdict
 from app.ml.verify.report import power_summary, ue_lira
 from app.ml.verify.store import FOLDER, load_verifier
@@ -64,9 +64,9 @@ def calibration_line(cal: dict[str, Any]) -> str:
 def verify_command(*, model: Path, ids_file: Path, against: Path | None, data: Path | None,
                    data_dir: Path | None, as_json: bool, device: str = "cpu") -> dict[str, Any]:
     from app.errors import ForgetSetError
-    from app.ml.checkpoint import dataset_for
-    from app.ml.device import describe, resolve
-    from app.ml.ids import read_ids, rows_of
+    from app.ml.common.device import describe, resolve
+    from app.ml.data.ids import read_ids, rows_of
+    from app.ml.models.checkpoint import dataset_for
 
     dev = resolve(device)
     md = load_model_dir(model, device=dev)
@@ -84,7 +84,7 @@ def verify_command(*, model: Path, ids_file: Path, against: Path | None, data: P
     pvals = {"model": p_model}
     if against is not None:
         other = load_model_dir(against, device=dev)
-        if other.meta.get("dataset") != md.meta.get("dataset") or not np.array_equal(other.splits.test,
+        if other.meta.dataset != md.meta.dataset or not np.array_equal(other.splits.test,
                                                                                      md.splits.test):
             raise DataError(f"{against} was not trained on {model}'s dataset and splits")
         other_assessed, pvals["against"] = v.assess_with_pvalues(other.model, ds, ids)

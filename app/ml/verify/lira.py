@@ -14,10 +14,13 @@ import time
 from dataclasses import replace
 
 import numpy as np
+import torch
 
-from app.ml.train import fit
-from app.ml.verify import VERIFIERS, Design
+from app.ml.models.factory import create_model
+from app.ml.training.distributed import owner, share
+from app.ml.training.fit import fit
 from app.ml.verify.base import BuildInputs, Verifier, VerifierConfig, split_nonmembers, true_class_logit
+from app.ml.verify.designs import VERIFIERS, Design
 
 
 def build(inputs: BuildInputs, cfg: VerifierConfig) -> Verifier:
@@ -26,15 +29,23 @@ def build(inputs: BuildInputs, cfg: VerifierConfig) -> Verifier:
     scored = np.union1d(splits.train, splits.test)
     rng = np.random.default_rng(cfg.seed)
     n_in = max(1, round(cfg.ref_frac * len(splits.shadow)))
+    world = inputs.world
     phis, states, seconds = [], [], []
     for k in range(cfg.n_refs):
-        inside = np.sort(rng.choice(splits.shadow, n_in, replace=False))
+        inside = np.sort(rng.choice(splits.shadow, n_in, replace=False))  # drawn on every rank: the same draws
         # no early stopping: validation ids would be a second use of data, and the target's length is the recipe
         recipe = replace(inputs.train_cfg, seed=cfg.seed * 1000 + 7919 + k, max_epochs=inputs.epochs)
+        mine = owner(k, world) == world.rank
         t0 = time.perf_counter()
-        ref = fit(inputs.model_cfg, ds, inside, None, recipe, progress=False).model
-        seconds.append(time.perf_counter() - t0)
-        phis.append(true_class_logit(ref, ds, scored, flip=cfg.flip))
+        # another rank's reference: its weights, scores and seconds arrive from that rank
+        ref = fit(inputs.model_cfg, ds, inside, None, recipe, progress=False).model if mine else \
+            create_model(inputs.model_cfg, ds.device)
+        took = torch.tensor([time.perf_counter() - t0], dtype=torch.float64, device=ds.device)
+        phi_k = torch.from_numpy(true_class_logit(ref, ds, scored, flip=cfg.flip)).to(ds.device) if mine else \
+            torch.zeros(len(scored), dtype=torch.float64, device=ds.device)
+        share([*ref.state_dict().values(), phi_k, took], owner(k, world), world)
+        seconds.append(float(took.item()))
+        phis.append(phi_k.cpu().numpy())
         states.append({k2: v.detach().cpu().clone().contiguous() for k2, v in ref.state_dict().items()})
     phi = np.stack(phis)  # (K, n_scored)
     spread = float(np.sqrt(phi.var(axis=0, ddof=1).mean()))
@@ -42,7 +53,8 @@ def build(inputs: BuildInputs, cfg: VerifierConfig) -> Verifier:
                     eval_ids=evaluation, ref_ids=scored, out_mean=phi.mean(axis=0), out_std=max(spread, 1e-6),
                     flip=cfg.flip, ref_states=states,
                     info={"K": cfg.n_refs, "ref_train_samples": n_in, "ref_epochs": inputs.epochs,
-                          "ref_train_seconds": float(np.sum(seconds)), "variance": "global"})
+                          "ref_train_seconds": float(np.sum(seconds)), "variance": "global",
+                          "ranks": world.size})
 
 
 VERIFIERS.register("lira")(Design(build=build, min_refs=2))  # a spread needs two references

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.ml.verify import VERIFIERS, Design
 from app.ml.verify.base import BuildInputs, Verifier, VerifierConfig, split_nonmembers
+from app.ml.verify.designs import VERIFIERS, Design
 
 
 def build(inputs: BuildInputs, cfg: VerifierConfig) -> Verifier:

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from app.ml.data import Dataset
-from app.ml.record import PRIMARY_FPR
+from app.ml.data.dataset import Dataset
 from app.ml.verify.base import FPRS, Verifier, verdict
+from app.ml.verify.verdicts import PRIMARY_FPR
 
 
 def power_summary(v: Verifier) -> dict[str, Any]:

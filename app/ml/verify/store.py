@@ -13,9 +13,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from app.errors import VerifierError
-from app.ml.fsutil import atomic_replace, atomic_write_text
-from app.ml.verify import VERIFIERS
+from app.ml.common.fsutil import atomic_replace, atomic_write_text
 from app.ml.verify.base import Verifier, VerifierConfig
+from app.ml.verify.build import VERIFIERS
 
 FOLDER = "verifier"
 ARRAYS = ("member_ids", "calib_ids", "eval_ids", "ref_ids", "out_mean")

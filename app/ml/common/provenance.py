@@ -1,0 +1,47 @@
+"""Where a result came from: package version, git commit, machine, time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import subprocess
+from importlib import metadata
+from typing import TYPE_CHECKING
+
+from app.shared import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    import torch
+
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("unlearnd")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def git_hash() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def provenance(device: torch.device | None = None, placement: str | None = None) -> dict[str, object]:
+    """DEVICE: what the work ran on (None: the CPU); PLACEMENT: where its data lived (Dataset.placement)."""
+    import torch  # here, not above: a ledger-only process that records provenance needs no torch
+
+    from app.ml.common.device import describe
+
+    return {
+        "version": package_version(),
+        "git_hash": git_hash(),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "device": describe(device or torch.device("cpu")), "data_placement": placement or "cpu"},
+    }

@@ -1,0 +1,251 @@
+"""One forgetting policy for the CLI, the bench and the worker: update → validate → verify → escalate.
+
+- **update**: the model's calibrated setting (meta.json's `calibration`), or one the caller names;
+- **validate**: finite weights and held-out accuracy at or above a floor; a setting that breaks it is
+  retried smaller (its step halved) a bounded number of times, then the next calibrated setting;
+- **verify**: D_f under the membership verifier → `forgotten`, `partial` (with the share of the
+  membership signal removed) or `not measurable`;
+- **escalate**: nothing valid, or a `partial` verdict under on_partial=retrain, runs the exact path
+  (retrain on D_r with the model's own recipe). on_partial=consolidate leaves the update in place and
+  says so (`consolidate_now`): the service then queues an exact consolidation with priority.
+
+A model below the floor is never returned: the outcome then carries `problem` and no model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from app.errors import ConfigError, ModelLoadError
+from app.ml.data.dataset import Dataset
+from app.ml.forgetting.methods import METHODS, run_method
+from app.ml.forgetting.methods.base import UnlearnTask
+from app.ml.models.checkpoint import check_finite
+from app.ml.training.metrics import accuracy
+from app.ml.verify.report import verify_forgetting
+from app.ml.verify.verdicts import Verdict
+from app.shared import ON_INVALID, ON_PARTIAL, OnInvalid, OnPartial
+
+EXACT = "retrain"
+# the parameter each method's step size lives in: halved when a result breaks the accuracy floor
+STEP_PARAM = {"iau": "eta", "out_match": "lr", "finetune": "lr", "gradient_ascent": "lr"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "params": dict(self.params)}
+
+    def smaller(self) -> Setting | None:
+        """Half the step; None for a method without one. Called on the parameters a method reported using,
+        so its defaults are filled in."""
+        key = STEP_PARAM.get(self.method)
+        if key is None or key not in self.params:
+            return None
+        return Setting(self.method, {**self.params, key: float(self.params[key]) / 2})
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The held-out accuracy a new version must keep: computed here once, for the CLI, the bench, the worker,
+    consolidation and the operator page."""
+
+    floor: float  # a fast update's result
+    exact_floor: float  # an exact retrain's: it is the model without the data, the floor only guards a broken run
+
+    @classmethod
+    def below(cls, reference: float, *, max_drop: float, exact_max_drop: float = 0.0,
+              absolute: float | None = None) -> Budget:
+        """MAX_DROP under REFERENCE (the first version's held-out accuracy, or the model's own), the exact path
+        max(MAX_DROP, EXACT_MAX_DROP) under it; an operator's ABSOLUTE floor binds both."""
+        if absolute is not None:
+            return cls(absolute, absolute)
+        return cls(reference - max_drop, reference - max(max_drop, exact_max_drop))
+
+    @classmethod
+    def at(cls, floor: float) -> Budget:
+        """One FLOOR for both paths."""
+        return cls(floor, floor)
+
+
+@dataclass(frozen=True)
+class PolicyOptions:
+    """What the policy does past the floors: the one set of options, read by Settings (`UNLEARND_BACKTRACKS`,
+    `UNLEARND_ON_PARTIAL`, `UNLEARND_ON_INVALID`) for the worker, and given by the CLI and the bench."""
+
+    backtracks: int = 2  # halvings of one setting's step before the next setting is tried
+    on_partial: OnPartial = "consolidate"
+    on_invalid: OnInvalid = "retrain"  # "fail": no valid fast result → no model (the caller fails the batch)
+    exact_tries: int = 3  # retrains from the recipe's next seeds while one is below its floor
+
+    @property
+    def exact_seeds(self) -> range:
+        return range(max(self.exact_tries, 1))
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("on_partial", ON_PARTIAL), ("on_invalid", ON_INVALID)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {list(allowed)}, not {getattr(self, name)!r}")
+
+
+@dataclass
+class Outcome:
+    model: nn.Module | None
+    setting: Setting | None  # the setting whose result was kept
+    holdout_acc: float
+    attempts: list[dict[str, Any]]  # every try: setting, seconds, held-out accuracy, why rejected
+    verification: dict[str, Any]
+    time_s: float  # every try's update, validation and verification
+    consolidate_now: bool = False
+    problem: str | None = None
+
+    @property
+    def exact(self) -> bool:
+        return self.setting is not None and self.setting.method == EXACT
+
+    @property
+    def verdict(self) -> Verdict:
+        return Verdict.parse(self.verification.get("verdict", Verdict.UNVERIFIED))
+
+    @property
+    def update_seconds(self) -> float:
+        """The updates' own seconds, every try included (no validation or verification)."""
+        return float(sum(a["time_s"] for a in self.attempts))
+
+
+def calibrated_settings(cal: dict[str, Any] | None, n_forget: int) -> list[Setting]:
+    """The settings calibration (CAL: meta.json's record) chose for a batch of N_FORGET, best first; [] when it
+    chose the exact path for batches of that size; IAU's registered defaults for a model never calibrated (or
+    without verifier)."""
+    if not isinstance(cal, dict) or "candidates" not in cal:
+        return [Setting("iau")]
+    need = cal.get("min_detectable_batch")
+    large = bool(cal.get("large_sizes")) and need is not None and n_forget >= need
+    chosen = cal.get("ranked" if large else "ranked_small") or []
+    return [Setting(r["method"], dict(r.get("params") or {})) for r in chosen]
+
+
+def check_setting(s: Setting) -> Setting:
+    METHODS.get(s.method)  # unknown names fail with the valid ones
+    return s
+
+
+EXACT_CONFIDENCE_Z = 1.645  # one-sided 95%: an exact retrain is refused only when it is surely below its floor
+
+
+def noise_margin(floor: float, n: int) -> float:
+    """How far below FLOOR an exact retrain's held-out accuracy may fall by chance alone: the one-sided 95%
+    bound of the difference of two accuracies near FLOOR, each measured on the same N held-out samples (the
+    floor is itself θ*'s point estimate on them). 34 samples at 0.92: 0.11; 10,000 samples: 0.006."""
+    p = min(max(floor, 0.0), 1.0)
+    return EXACT_CONFIDENCE_Z * math.sqrt(2 * max(p * (1 - p), 0.25 / max(n, 1)) / max(n, 1))
+
+
+def validate(model: nn.Module, ds: Dataset, hold: np.ndarray, floor: float, *,
+             exact: bool = False) -> tuple[float, str | None]:
+    """Held-out accuracy and why it is refused (None: kept). EXACT: the model is a retrain without the data,
+    so the floor only guards against a broken run, and the validation set's noise is allowed for."""
+    try:
+        check_finite(model)
+    except ModelLoadError as e:
+        return float("nan"), str(e)
+    acc = accuracy(model, ds, hold)
+    if not exact:
+        return acc, None if acc >= floor else f"held-out accuracy {acc:.4f} is below the floor {floor:.4f}"
+    margin = noise_margin(floor, len(hold))
+    if acc >= floor - margin:
+        return acc, None
+    return acc, (f"held-out accuracy {acc:.4f} is below the floor {floor:.4f} by more than the validation noise "
+                 f"allows (95% margin {margin:.4f} on {len(hold)} held-out samples)")
+
+
+RECORDED_INFO = ("path", "epochs", "feature_cache", "distributed")  # a method's info an audit needs: how it ran
+
+
+def _try(task: UnlearnTask, s: Setting, hold: np.ndarray, floor: float,
+         attempts: list[dict[str, Any]]) -> tuple[nn.Module | None, Setting, float]:
+    res = run_method(s.method, task, s.params)
+    acc, problem = validate(res.model, task.ds, hold, floor, exact=s.method == EXACT)
+    kept = Setting(s.method, res.params if s.method != EXACT else dict(s.params))
+    attempts.append({**kept.to_dict(), "time_s": res.time_s, "holdout_acc": acc, "rejected": problem,
+                     **{k: res.info[k] for k in RECORDED_INFO if k in res.info}})
+    return (None if problem else res.model), kept, acc
+
+
+def forget(task: UnlearnTask, settings: list[Setting], hold: np.ndarray, budget: Budget,
+           options: PolicyOptions = PolicyOptions()) -> Outcome:
+    """Forget task.forget_ids from task.model within BUDGET under OPTIONS, trying SETTINGS in order ([]: exact
+    at once)."""
+    t0 = time.perf_counter()
+    attempts: list[dict[str, Any]] = []
+    model, kept, acc = None, None, float("nan")
+    fast = [s for s in settings if s.method != EXACT]  # the exact path, when asked for, runs once, below
+    for s in fast:
+        cur: Setting | None = check_setting(s)
+        for _ in range(options.backtracks + 1):
+            if cur is None:
+                break
+            model, kept, acc = _try(task, cur, hold, budget.floor, attempts)
+            if model is not None:
+                break
+            cur = kept.smaller()
+        if model is not None:
+            break
+    verification = _verify(task, model)
+    if model is not None:
+        attempts[-1]["verdict"] = verification["verdict"]
+    exact_why = None
+    if model is None and (options.on_invalid == "retrain" or len(fast) < len(settings) or not settings):
+        exact_why = ("no fast setting kept the accuracy floor" if fast else
+                     "the exact path was asked for" if settings else "calibration chose the exact path")
+    elif model is not None and verification.get("verdict") == Verdict.PARTIAL and options.on_partial == "retrain":
+        exact_why = "the fast update left D_f partially member-like (on_partial=retrain)"
+    if exact_why:
+        exact_model, exact_kept, exact_acc = _exact(task, hold, budget.exact_floor, attempts, exact_why, options)
+        if exact_model is not None or model is None:  # a retrain below the floor never replaces a valid update
+            model, kept, acc = exact_model, exact_kept, exact_acc
+            verification = _verify(task, model)
+            attempts[-1]["verdict"] = verification["verdict"]
+    out = Outcome(model=model, setting=kept if model is not None else None, holdout_acc=acc, attempts=attempts,
+                  verification=verification, time_s=time.perf_counter() - t0)
+    if model is None:
+        out.problem = attempts[-1]["rejected"] if attempts else "no setting to try"
+    out.consolidate_now = (model is not None and not out.exact and out.verdict == Verdict.PARTIAL
+                           and options.on_partial == "consolidate")
+    return out
+
+
+def _exact(task: UnlearnTask, hold: np.ndarray, floor: float, attempts: list[dict[str, Any]], why: str,
+           options: PolicyOptions) -> tuple[nn.Module | None, Setting, float]:
+    """The retrain on D_r, from the recipe's seed and then its next ones while the floor refuses it."""
+    for k in options.exact_seeds:
+        model, kept, acc = _try(task, Setting(EXACT, {"seed_offset": k} if k else {}), hold, floor, attempts)
+        attempts[-1]["why"] = why if k == 0 else "the retrain before was below its floor: the recipe's next seed"
+        if model is not None:
+            break
+    return model, kept, acc
+
+
+def _verify(task: UnlearnTask, model: nn.Module | None) -> dict[str, Any]:
+    if model is None:
+        return {"verdict": Verdict.UNVERIFIED, "why": "no model passed validation"}
+    if task.verifier is None:
+        return {"verdict": Verdict.UNVERIFIED, "why": "the model has no membership verifier"}
+    return verify_forgetting(task.verifier, task.ds, task.forget_ids, before=task.model, after=model)
+
+
+def with_model(task: UnlearnTask, model: nn.Module, *, train_ids: np.ndarray, forget_ids: np.ndarray,
+               weights_sha256: str) -> UnlearnTask:
+    """The same task on another model (a chain's next step): no gradient cache matches it."""
+    return dataclasses.replace(task, model=model, train_ids=train_ids, forget_ids=forget_ids,
+                               weights_sha256=weights_sha256, cache=None)

@@ -1,0 +1,1 @@
+"""The HTTP layer: its contract, inputs, key cache and the operator page."""

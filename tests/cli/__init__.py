@@ -1,0 +1,1 @@
+"""The `unlearnd` commands as a user runs them, and their bad-input contract."""
