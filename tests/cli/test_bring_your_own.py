@@ -247,9 +247,14 @@ def test_import_serve_delete_a_subject_and_consolidate(tmp_path: Path, redis_url
             # a stored sample and its own PNG get the same answer
             keep = int(train[0]) if int(train[0]) not in victims else int(train[1])
             rel = next(r for r, s in mapping.items() if s == keep)
-            by_id = c.get("/predict", params={"sample_id": keep}).json()["predictions"][0]
+            # the API loads a published version on its next poll: both answers from the deletion's version
+            assert wait_until(lambda: c.get("/models/current").json()["serving"] == done["model_version"],
+                              timeout=30)
+            answer = c.get("/predict", params={"sample_id": keep}).json()
             png = (tmp_path / "imgs" / rel).read_bytes()
-            by_png = c.post("/predict", content=png, headers={"content-type": "image/png"}).json()["predictions"][0]
+            png_answer = c.post("/predict", content=png, headers={"content-type": "image/png"}).json()
+            assert answer["model_version"] == png_answer["model_version"] == done["model_version"]
+            by_id, by_png = answer["predictions"][0], png_answer["predictions"][0]
             assert by_png["label"] == by_id["label"] and by_png["class_name"] == by_id["class_name"] in CLASSES
             assert np.allclose(by_png["probabilities"], by_id["probabilities"], atol=1e-5)
             svc.stop_workers()
