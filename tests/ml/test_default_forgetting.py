@@ -39,6 +39,8 @@ def test_the_setting_is_calibrated_with_its_evidence(default_model: ModelDir) ->
     if cal["choice_small"] is not None:  # what a 10-id deletion runs: it held over 20 chained ones
         assert cal["chains"][-1]["stable"] and len(cal["chains"][-1]["steps"]) == 20
         assert cal["chains"][-1]["setting"] == cal["choice_small"] == cal["ranked_small"][0]
+        chosen = cal["chosen"]["small"]  # the choice's time beside its score and that score's noise
+        assert chosen["setting"] == cal["choice_small"] and chosen["time_s"] > 0 and chosen["noise"] > 0
     else:
         assert "exact path" in cal["why"]
 

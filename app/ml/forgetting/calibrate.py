@@ -33,6 +33,7 @@ from app.ml.common.hashing import weights_sha256
 from app.ml.forgetting.methods import run_method
 from app.ml.forgetting.methods.base import UnlearnTask
 from app.ml.forgetting.policy import Setting, validate, with_model
+from app.ml.forgetting.ranking import gap_se, ordered, score_noise
 from app.ml.training.metrics import accuracy
 from app.ml.verify.report import gap_closed
 
@@ -124,8 +125,9 @@ def calibrate(base: UnlearnTask, hold: np.ndarray, train_seconds: float, cfg: Ca
               f"{budget['max_time_s']:.1f} s each); θ* assessed in {time.perf_counter() - t0:.1f} s", flush=True)
     trials, summary = _weigh(base, candidates, sets, before, hold, acc0, budget, large, small, need,
                              t0 if progress else None)
-    ranked = [x["setting"] for x in _ordered(summary, "large", "large")]
-    small_order = _ordered(summary, "small", "large" if large else "small")
+    large_order = ordered(summary, "large", "large")
+    ranked = [x["setting"] for x in large_order]
+    small_order = ordered(summary, "small", "large" if large else "small")
     chains, choice_small = [], None
     for x in small_order:
         c0 = time.perf_counter()
@@ -138,8 +140,11 @@ def calibrate(base: UnlearnTask, hold: np.ndarray, train_seconds: float, cfg: Ca
             choice_small = x["setting"]
             break
     ranked_small = [choice_small] if choice_small else []  # the fallbacks past it were not chained
+    chosen = {"large": _evidence(large_order[0], "large") if large_order else None,
+              "small": _evidence(next(x for x in small_order if x["setting"] == choice_small), "small")
+              if choice_small else None}
     return {"choice": ranked[0] if ranked else None, "ranked": ranked, "choice_small": choice_small,
-            "ranked_small": ranked_small, "why": _why(bool(large), ranked, choice_small),
+            "ranked_small": ranked_small, "chosen": chosen, "why": _why(bool(large), ranked, choice_small),
             "measurable": bool(large), "min_detectable_batch": need, "budget": budget, "sizes": sizes,
             "small_sizes": [sizes[i] for i in small], "large_sizes": [sizes[i] for i in large],
             "candidates": summary, "trials": trials, "chains": chains, "verifier": base.verifier.name,
@@ -194,14 +199,10 @@ def _skipped(like: Setting, seconds: float, large: list[int], small: list[int]) 
     return {"large": slow if large else None, "small": slow if small else None, "skipped_like": like.to_dict()}
 
 
-def _ordered(summary: list[dict[str, Any]], regime: str, rank_by: str) -> list[dict[str, Any]]:
-    """Qualifiers in REGIME (and in RANK_BY), best first by their score in RANK_BY. Small batches cannot be
-    measured: they are ranked by how well a setting forgets where it can be, and must then hold along the
-    chain; with no measurable size at all, by the smallest accuracy cost."""
-    ok = [x for x in summary if x[regime] and x[regime]["qualifies"] and x[rank_by] and x[rank_by]["qualifies"]]
-    # equal scores: the faster by a tenth of a second or more, else the grid's order (sorted is stable), so that
-    # timing noise between 0.001 s and 0.004 s does not pick a different method on each run
-    return sorted(ok, key=lambda x: (-x[rank_by]["score"], round(x[rank_by]["time_s"], 1)))
+def _evidence(x: dict[str, Any], regime: str) -> dict[str, Any]:
+    """What the choice in REGIME was chosen on: its score, that score's noise and its time."""
+    v = x[regime]
+    return {"setting": x["setting"], "score": v["score"], "noise": v.get("noise"), "time_s": v["time_s"]}
 
 
 def _why(measurable: bool, ranked: list[dict[str, Any]], choice_small: dict[str, Any] | None) -> str | None:
@@ -229,30 +230,39 @@ def _trial(base: UnlearnTask, s: Setting, forget: np.ndarray, before: dict[str, 
     except OverTimeBudget:
         return {**s.to_dict(), "n": len(forget), "time_s": time.perf_counter() - t0, "holdout_acc": None,
                 "acc_drop": 0.0, "finite": True, "stopped": f"at {OVERRUN:g}× the time budget", "auc_before": None,
-                "auc_after": None, "gap_closed": None, "p_member": None, "over_forgotten": False}
+                "auc_after": None, "gap_closed": None, "gap_se": None, "p_member": None,
+                "over_forgotten": False}
     acc, problem = validate(res.model, base.ds, hold, -1.0)
     assert base.verifier is not None
     after = base.verifier.assess(res.model, base.ds, forget)
     return {**s.to_dict(), "n": len(forget), "time_s": res.time_s, "holdout_acc": acc, "acc_drop": acc0 - acc,
             "finite": problem is None, "auc_before": before["set"]["auc"], "auc_after": after["set"]["auc"],
-            "gap_closed": gap_closed(before, after), "p_member": after["set"]["p_member"],
+            "gap_closed": gap_closed(before, after), "gap_se": gap_se(before, after),
+            "p_member": after["set"]["p_member"],
             "over_forgotten": bool(after["set"]["p_below"] < 0.01)}
 
 
 def _judge(rows: list[dict[str, Any]], budget: dict[str, Any], need: int | None) -> dict[str, Any]:
     """Score: closeness to non-member level, 1 − |1 − gap closed| (overshooting is over-forgetting), over the
-    sizes the verifier can measure; where it can measure none, the smallest accuracy cost."""
+    sizes the verifier can measure; where it can measure none, the smallest accuracy cost. NOISE: the score's
+    standard error."""
     worst = max(r["acc_drop"] for r in rows)
-    gaps = [r["gap_closed"] for r in rows if need is not None and r["n"] >= need and r["gap_closed"] is not None]
-    score = float(np.mean([1 - abs(1 - g) for g in gaps])) if gaps else -worst
+    measured = [r for r in rows if need is not None and r["n"] >= need and r["gap_closed"] is not None]
+    gaps = [r["gap_closed"] for r in measured]
+    if gaps:
+        score = float(np.mean([1 - abs(1 - g) for g in gaps]))
+        noise = score_noise([r["gap_se"] for r in measured if r["gap_se"] is not None], 0.0, 1)
+    else:
+        score = -worst
+        noise = score_noise([], budget["holdout_acc"], budget["n_holdout"])
     slowest = max(r["time_s"] for r in rows)
     why = ("non-finite weights" if not all(r["finite"] for r in rows)
            else f"accuracy drop {100 * worst:.2f} points" if worst > budget["max_accuracy_drop"]
            else "over-forgets: D_f below non-member level" if any(r["over_forgotten"] for r in rows)
            else f"{slowest:.2f} s, over the time budget" if slowest > budget["max_time_s"]
            else "removes no membership signal" if gaps and score <= 0 else None)
-    return {"qualifies": why is None, "why": why, "score": round(score, 4), "max_acc_drop": worst,
-            "time_s": slowest}
+    return {"qualifies": why is None, "why": why, "score": round(score, 4), "noise": round(noise, 4),
+            "max_acc_drop": worst, "time_s": slowest}
 
 
 def _chain(base: UnlearnTask, setting: dict[str, Any], hold: np.ndarray, acc0: float, cfg: CalibrationConfig,

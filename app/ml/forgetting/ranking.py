@@ -1,0 +1,42 @@
+"""Which qualifying setting calibration prefers, and how far its score can be trusted.
+
+A score is a measurement on a few simulated deletions: the share of the membership gap closed (the verifier's
+rank test gives its DeLong standard error) or, where membership cannot be measured, the held-out accuracy cost
+(a binomial standard error over the held-out rows). The noise is recorded beside the choice's score and time
+(meta.json's calibration `chosen`); it does not yet decide the order (docs/forgetting.md, "Time and noise in
+calibration's choice": two rules tried on the default digits model, neither forgot more).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+Z95 = 1.959964  # the verifier's rank-test intervals are 95% DeLong intervals
+
+
+def gap_se(before: dict[str, Any], after: dict[str, Any]) -> float | None:
+    """The standard error of one trial's gap closed: the after-AUC's DeLong error over θ*'s excess AUC."""
+    excess = before["set"]["auc"] - 0.5
+    if excess <= 0:
+        return None
+    return float((after["set"]["ci_high"] - after["set"]["ci_low"]) / (2 * Z95) / excess)
+
+
+def score_noise(gap_ses: list[float], holdout_acc: float, n_holdout: int) -> float:
+    """The standard error of a candidate's score: the mean of its trials' gaps closed, or (no measurable size)
+    its held-out accuracy cost."""
+    if gap_ses:
+        return float(math.sqrt(sum(s * s for s in gap_ses)) / len(gap_ses))
+    p = min(max(holdout_acc, 0.0), 1.0)
+    return float(math.sqrt(p * (1 - p) / max(n_holdout, 1)))
+
+
+def ordered(summary: list[dict[str, Any]], regime: str, rank_by: str) -> list[dict[str, Any]]:
+    """Qualifiers in REGIME (and in RANK_BY), best first by their score in RANK_BY. Small batches cannot be
+    measured: they are ranked by how well a setting forgets where it can be, and must then hold along the
+    chain; with no measurable size at all, by the smallest accuracy cost."""
+    ok = [x for x in summary if x[regime] and x[regime]["qualifies"] and x[rank_by] and x[rank_by]["qualifies"]]
+    # equal scores: the faster by a tenth of a second or more, else the grid's order (sorted is stable), so that
+    # timing noise between 0.001 s and 0.004 s does not pick a different method on each run
+    return sorted(ok, key=lambda x: (-x[rank_by]["score"], round(x[rank_by]["time_s"], 1)))

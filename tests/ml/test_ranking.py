@@ -1,0 +1,38 @@
+"""Calibration's order and the noise recorded beside the choice's score."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.ml.forgetting.ranking import gap_se, ordered, score_noise
+
+
+def _cand(name: str, score: float, time_s: float, qualifies: bool = True) -> dict[str, Any]:
+    v = {"qualifies": qualifies, "score": score, "time_s": time_s, "noise": 0.02}
+    return {"setting": {"method": name, "params": {}}, "large": v, "small": v}
+
+
+def _names(xs: list[dict[str, Any]]) -> list[str]:
+    return [x["setting"]["method"] for x in xs]
+
+
+def test_the_best_score_leads_and_equal_scores_go_to_the_faster_by_a_tenth_of_a_second() -> None:
+    summary = [_cand("slow_tie", 0.88, 4.0), _cand("best", 0.90, 4.0), _cand("fast_tie", 0.88, 0.2),
+               _cand("noise_tie", 0.88, 4.04)]
+    assert _names(ordered(summary, "large", "large")) == ["best", "fast_tie", "slow_tie", "noise_tie"]
+
+
+def test_non_qualifiers_never_rank() -> None:
+    summary = [_cand("best", 0.9, 4.0), _cand("fast_but_out", 0.95, 0.1, qualifies=False)]
+    assert _names(ordered(summary, "large", "large")) == ["best"]
+
+
+def test_the_noise_of_a_score_comes_from_the_verifiers_interval_or_the_held_out_rows() -> None:
+    before = {"set": {"auc": 0.70}}
+    after = {"set": {"auc": 0.60, "ci_low": 0.60 - 1.959964 * 0.03, "ci_high": 0.60 + 1.959964 * 0.03}}
+    assert gap_se(before, after) == pytest.approx(0.03 / 0.20)
+    assert gap_se({"set": {"auc": 0.5}}, after) is None  # no gap to close: no gap-closed score either
+    assert score_noise([0.1, 0.1], 0.9, 300) == pytest.approx(0.1 / 2**0.5)
+    assert score_noise([], 0.9, 400) == pytest.approx((0.9 * 0.1 / 400) ** 0.5)
