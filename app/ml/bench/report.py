@@ -58,7 +58,8 @@ def write_results(out: Path, *, suite: str, command: str, config: dict[str, Any]
     atomic_write_text(out / "results.json", json.dumps(doc, indent=2, default=float))
     header = f"# {suite}\n\nCommand: `{command}`\n\n"
     p = doc["provenance"]
-    footer = (f"\n\n_unlearnd {p['version']} ({p['git_hash'] or 'no git'}), {p['created_at']}, "
+    commit = (p["git_hash"] or "no git") + (" + uncommitted changes" if p.get("git_dirty") else "")
+    footer = (f"\n\n_unlearnd {p['version']} ({commit}), {p['created_at']}, "
               f"{p['machine']['platform']}, torch {p['machine']['torch']}, {p['machine']['threads']} threads, "
               f"device {p['machine']['device']}._\n")
     atomic_write_text(out / "results.md", header + markdown + footer)

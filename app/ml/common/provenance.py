@@ -6,6 +6,7 @@ import datetime as dt
 import platform
 import subprocess
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.shared import PROJECT_ROOT
@@ -31,6 +32,16 @@ def git_hash() -> str | None:
     return out.stdout.strip() or None
 
 
+def git_dirty(root: Path = PROJECT_ROOT) -> bool | None:
+    """Whether tracked files differ from HEAD: a result from such a tree is not its commit's. None outside git."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                             capture_output=True, text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip())
+
+
 def provenance(device: torch.device | None = None, placement: str | None = None) -> dict[str, object]:
     """DEVICE: what the work ran on (None: the CPU); PLACEMENT: where its data lived (Dataset.placement)."""
     import torch  # here, not above: a ledger-only process that records provenance needs no torch
@@ -40,6 +51,7 @@ def provenance(device: torch.device | None = None, placement: str | None = None)
     return {
         "version": package_version(),
         "git_hash": git_hash(),
+        "git_dirty": git_dirty(),
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -65,6 +65,7 @@ class ModelMeta:
     # provenance
     created_at: str | None = None
     git_hash: str | None = None
+    git_dirty: bool | None = None  # tracked files differed from git_hash's commit when these weights were made
     machine: dict[str, Any] | None = None
     version: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
