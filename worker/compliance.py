@@ -30,7 +30,7 @@ import numpy as np
 
 from app.core.config import Settings
 from app.ml.bench.finetune import FinetuneConfig, halves, pretrain
-from app.ml.bench.report import fmt_pm, write_results
+from app.ml.bench.report import bench_command, fmt_pm, write_results
 from app.ml.bench.suites import SUITES, Suite, bind
 from app.ml.data.dataset import Dataset, SplitConfig, Splits
 from app.ml.data.formats import load_dataset
@@ -262,7 +262,7 @@ def run(cfg: ComplianceConfig, *, out: Path, seeds: int | None, data_dir: Path |
     per_seed = [run_seed(cfg, ds, s, device) for s in range(n)]
     wall = time.perf_counter() - t0
     plot(out / "compliance.png", cfg, per_seed)
-    command = f"unlearnd bench --suite {cfg.name} --out {out}" + (f" --seeds {seeds}" if seeds else "")
+    command = bench_command(cfg.name, out, seeds)
     return write_results(out, suite=cfg.name, command=command, config={**asdict(cfg), "seeds": list(range(n)),
                                                                           "strategies": [*STRATEGIES, NO_CACHE]},
                          results={"wall_s": wall, "per_seed": per_seed,

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from app.core.config import Settings
-from app.ml.bench.report import fmt_pm, write_results
+from app.ml.bench.report import bench_command, fmt_pm, write_results
 from app.ml.bench.suites import SUITES, Suite, bind
 from app.ml.common.device import resolve
 from app.ml.data.dataset import Dataset, SplitConfig
@@ -120,7 +120,7 @@ def run(cfg: ScalingConfig, *, out: Path, seeds: int | None, data_dir: Path | No
     rows = [r for s in range(n) for r in run_seed(cfg, ds, s, device)]
     wall = time.perf_counter() - t0
     plot(out / "scaling.png", cfg, rows)
-    command = f"unlearnd bench --suite {cfg.name} --out {out}" + (f" --seeds {seeds}" if seeds else "")
+    command = bench_command(cfg.name, out, seeds)
     return write_results(out, suite=cfg.name, command=command, config={**asdict(cfg), "seeds": list(range(n))},
                          results={"wall_s": wall, "rows": rows}, markdown=_markdown(cfg, rows, wall))
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from app.core.config import Settings
 from app.core.embedded_redis import EmbeddedRedis
-from app.ml.bench.report import write_results
+from app.ml.bench.report import bench_command, write_results
 from app.ml.common.device import resolve
 from app.ml.data.dataset import SplitConfig
 from app.ml.forgetting.calibrate import CalibrationConfig
@@ -297,7 +297,7 @@ def run_service_bench(cfg: ServiceBenchConfig, *, out: Path, data_dir: Path | No
                "delete_to_serving_p95_s": float(np.percentile(secs, 95)),
                "fast_path_share": float(np.mean([d["path"] == "fast" for d in deletes])), **load}
     _plot(out / "service.png", secs, load, cfg)
-    return write_results(out, suite=cfg.name, command=f"unlearnd bench --suite {cfg.name} --out {out}",
+    return write_results(out, suite=cfg.name, command=bench_command(cfg.name, out),
                          config=asdict(cfg), results={"summary": summary, "deletes": deletes},
                          markdown=_markdown(summary, cfg), device=resolve(device))
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from app.ml.bench.context import ExperimentConfig, SeedContext, evaluate_model, prepare
-from app.ml.bench.report import fmt_pm, write_results
+from app.ml.bench.report import bench_command, fmt_pm, write_results
 from app.ml.bench.suites import SUITES, Suite, bind
 from app.ml.data.formats import load_dataset
 from app.ml.forgetting.methods import run_method
@@ -66,7 +66,7 @@ def run_ablation(cfg: AblationConfig, *, out: Path, data_dir: Path | None, data_
               + " %; the paper's Fig. 2 claim is that MU and UE fall as GC, then GR, are added."]
     _plot(out / "ablation.png", rows)
     return write_results(out, device=ds.device, placement=ds.placement,
-                         suite=cfg.name, command=f"unlearnd bench --suite {cfg.name} --out {out}",
+                         suite=cfg.name, command=bench_command(cfg.name, out),
                          config={**asdict(cfg), "seeds": list(range(n))},
                          results={"rows": rows, "attack": attack}, markdown="\n".join(lines))
 

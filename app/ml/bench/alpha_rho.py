@@ -14,7 +14,7 @@ import numpy as np
 
 from app.ml.bench.context import choose_forget, load_split, task_for
 from app.ml.bench.mia.shadow import MIAConfig, fit_attack
-from app.ml.bench.report import write_results
+from app.ml.bench.report import bench_command, write_results
 from app.ml.bench.suites import SUITES, Suite, bind
 from app.ml.forgetting.gradcache import build_cache
 from app.ml.forgetting.methods import run_method
@@ -61,7 +61,7 @@ def run_alpha_rho(cfg: AlphaRhoConfig, *, out: Path, data_dir: Path | None, data
                          "test_acc": 100 * acc, "time_s": res.time_s})
     _plot(out / "alpha_rho.png", rows, cfg)
     return write_results(out, device=ds.device, placement=ds.placement,
-                         suite=cfg.name, command=f"unlearnd bench --suite {cfg.name} --out {out}",
+                         suite=cfg.name, command=bench_command(cfg.name, out),
                          config=asdict(cfg), results={"rows": rows}, markdown=_markdown(rows, cfg))
 
 

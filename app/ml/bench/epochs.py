@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from app.ml.bench.report import fmt_pm, write_results
+from app.ml.bench.report import bench_command, fmt_pm, write_results
 from app.ml.bench.suites import SUITES, Suite, bind
 from app.ml.data.dataset import SplitConfig, make_splits
 from app.ml.data.formats import load_dataset
@@ -52,7 +52,7 @@ def run_epochs_suite(cfg: EpochsConfig, *, out: Path, data_dir: Path | None, dat
     lines += ["", "The paper's Table VI claim: GR training reaches its early stop in fewer epochs."]
     _plot(out / "epochs.png", rows, names)
     return write_results(out, device=ds.device, placement=ds.placement,
-                         suite=cfg.name, command=f"unlearnd bench --suite {cfg.name} --out {out}",
+                         suite=cfg.name, command=bench_command(cfg.name, out),
                          config={**asdict(cfg), "seeds": list(range(n))}, results={"rows": rows},
                          markdown="\n".join(lines))
 

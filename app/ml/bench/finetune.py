@@ -25,7 +25,7 @@ import numpy as np
 from safetensors.torch import save_file
 
 from app.ml.bench.context import choose_forget, task_for
-from app.ml.bench.report import fmt_pm, summary_rows, write_results
+from app.ml.bench.report import bench_command, fmt_pm, summary_rows, write_results
 from app.ml.bench.suites import SUITES, Suite, bind
 from app.ml.common.device import resolve
 from app.ml.common.hashing import weights_sha256
@@ -219,7 +219,7 @@ def run(cfg: FinetuneConfig, *, out: Path, seeds: int | None, data_dir: Path | N
     init, sha, pre_s = pretrain(public, cfg, out)
     per_seed = [run_seed(cfg, private, init, sha, s) for s in range(n)]
     plot(out / "finetune.png", per_seed, f"{cfg.name}: {n} seeds")
-    command = f"unlearnd bench --suite {cfg.name} --out {out}" + (f" --seeds {seeds}" if seeds else "")
+    command = bench_command(cfg.name, out, seeds)
     return write_results(out, suite=cfg.name, command=command, config={**asdict(cfg), "seeds": list(range(n))},
                          results={"pretrain_seconds": pre_s, "wall_s": time.perf_counter() - t0,
                                   "per_seed": per_seed, "rows": [r for s in per_seed for r in s["rows"]]},

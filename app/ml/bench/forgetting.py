@@ -22,7 +22,7 @@ import torch
 
 from app.ml.bench.context import ExperimentConfig, SeedContext, evaluate_model, prepare
 from app.ml.bench.mia.svc_efficacy import mia_efficacy
-from app.ml.bench.report import fmt_pm, summary_rows, write_results
+from app.ml.bench.report import bench_command, fmt_pm, summary_rows, write_results
 from app.ml.bench.suites import SUITES, Suite, bind
 from app.ml.common.hashing import weights_sha256
 from app.ml.data.formats import load_dataset
@@ -297,7 +297,7 @@ def run(cfg: ForgettingConfig, *, out: Path, seeds: int | None, data_dir: Path |
     ds = load_dataset(cfg.experiment.dataset, path=data_path, data_dir=data_dir, device=device)
     per_seed = [run_seed(cfg, prepare(cfg.experiment, ds, s, progress=False)) for s in range(n)]
     plot(out / "frontier.png", per_seed, _title(cfg, n))
-    command = f"unlearnd bench --suite {cfg.name} --out {out}" + (f" --seeds {seeds}" if seeds else "")
+    command = bench_command(cfg.name, out, seeds)
     return write_results(out, device=ds.device, placement=ds.placement,
                          suite=cfg.name, command=command, config={**asdict(cfg), "seeds": list(range(n))},
                          results=_results(per_seed),

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from app.ml.bench.context import load_split
-from app.ml.bench.report import write_results
+from app.ml.bench.report import bench_command, write_results
 from app.ml.bench.suites import SUITES, Suite, bind
 from app.ml.training.fit import TrainConfig, fit
 from app.ml.training.metrics import accuracy, per_sample_grad_norms
@@ -59,7 +59,7 @@ def run_grad_norms(cfg: GradNormsConfig, *, out: Path, data_dir: Path | None, da
     lines += ["", f"GR has the lowest mean per-sample gradient norm: **{gr_lowest}** (the paper's Fig. 3 claim)."]
     _plot(out / "grad_norms.png", norms)
     return write_results(out, device=ds.device, placement=ds.placement,
-                         suite=cfg.name, command=f"unlearnd bench --suite {cfg.name} --out {out}",
+                         suite=cfg.name, command=bench_command(cfg.name, out),
                          config=asdict(cfg), results={"rows": rows, "gr_lowest": gr_lowest},
                          markdown="\n".join(lines))
 

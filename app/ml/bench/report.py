@@ -48,6 +48,11 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int,
     return times
 
 
+def bench_command(suite: str, out: Path, seeds: int | None = None) -> str:
+    """The command line that writes a suite's results to OUT, as results.md and results.json quote it."""
+    return f"unlearnd bench --suite {suite} --out {out}" + (f" --seeds {seeds}" if seeds else "")
+
+
 def write_results(out: Path, *, suite: str, command: str, config: dict[str, Any], results: dict[str, Any],
                   markdown: str, device: torch.device | None = None, placement: str | None = None,
                   prov: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from app.ml.bench.context import memorise, task_for
-from app.ml.bench.report import fmt_pm, write_results
+from app.ml.bench.report import bench_command, fmt_pm, write_results
 from app.ml.bench.suites import SUITES, Suite, bind
 from app.ml.common.device import resolve
 from app.ml.common.hashing import weights_sha256
@@ -124,7 +124,7 @@ def run(cfg: SmallConfig, *, out: Path, seeds: int | None, data_dir: Path | None
     n = seeds or cfg.seeds
     ds = load_dataset(cfg.dataset, path=data_path, data_dir=data_dir, device=resolve(device))
     per_seed = [run_seed(cfg, ds, s) for s in range(n)]
-    command = f"unlearnd bench --suite {cfg.name} --out {out}" + (f" --seeds {seeds}" if seeds else "")
+    command = bench_command(cfg.name, out, seeds)
     return write_results(out, suite=cfg.name, command=command, config={**asdict(cfg), "seeds": list(range(n))},
                          results={"per_seed": per_seed, "rows": [dict(st, seed=s["seed"]) for s in per_seed
                                                                  for st in s["steps"]]},

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from app.ml.bench.context import load_split, task_for
-from app.ml.bench.report import interleaved, write_results
+from app.ml.bench.report import bench_command, interleaved, write_results
 from app.ml.bench.suites import SUITES, Suite, bind
 from app.ml.common.device import synchronize
 from app.ml.data.dataset import Dataset, Splits
@@ -201,7 +201,7 @@ def run_speed(cfg: SpeedConfig, *, out: Path, data_dir: Path | None, data_path: 
 
 def _command(cfg: SpeedConfig, out: Path) -> str:
     suite = {"lenet5": "speed", "resnet18": "speed-resnet18"}[cfg.arch] if cfg.dataset == "cifar10" else "speed-quick"
-    return f"unlearnd bench --suite {suite} --out {out}"
+    return bench_command(suite, out)
 
 
 def _markdown(s: dict[str, Any]) -> str:

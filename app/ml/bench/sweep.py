@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from app.ml.bench.context import ExperimentConfig, evaluate_model, prepare
-from app.ml.bench.report import write_results
+from app.ml.bench.report import bench_command, write_results
 from app.ml.bench.suites import SUITES, Suite, bind
 from app.ml.data.formats import load_dataset
 from app.ml.forgetting.methods import run_method
@@ -68,7 +68,7 @@ def run_sweep(cfg: SweepConfig, *, out: Path, data_dir: Path | None, data_path: 
             families[key] = r
     _plot(out / "sweep.png", rows, cfg.alphas)
     return write_results(out, device=ds.device, placement=ds.placement,
-                         suite=cfg.name, command=f"unlearnd bench --suite {cfg.name} --out {out}",
+                         suite=cfg.name, command=bench_command(cfg.name, out),
                          config=asdict(cfg), results={"rows": rows, "best": best, "best_unconstrained": best_score,
                                                        "best_per_form": families, "retrain_val": gold,
                                                        "attack": ctx.attack_eval},

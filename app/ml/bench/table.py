@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from app.ml.bench.context import ExperimentConfig, SeedContext, evaluate_model, prepare
-from app.ml.bench.report import fmt_pm, mean_std, write_results
+from app.ml.bench.report import bench_command, fmt_pm, mean_std, write_results
 from app.ml.bench.suites import SUITES, Suite, bind
 from app.ml.data.formats import load_dataset
 from app.ml.forgetting.methods import run_method
@@ -176,7 +176,7 @@ def run_table(cfg: TableConfig, *, out: Path, data_dir: Path | None, data_path: 
         rows += run_seed(cfg, ctx)
     summary = summarise(rows)
     _plot(out / "mu_ue.png", summary)
-    command = f"unlearnd bench --suite {cfg.name} --out {out}" + (f" --seeds {seeds}" if seeds else "")
+    command = bench_command(cfg.name, out, seeds)
     return write_results(out, device=ds.device, placement=ds.placement,
                          suite=cfg.name, command=command,
                          config={**asdict(cfg), "seeds": list(range(n_seeds))},

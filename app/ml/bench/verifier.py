@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from app.ml.bench.context import memorise, task_for
-from app.ml.bench.report import fmt_pm, mean_std, write_results
+from app.ml.bench.report import bench_command, fmt_pm, mean_std, write_results
 from app.ml.bench.suites import SUITES, Suite, bind
 from app.ml.data.dataset import Dataset, SplitConfig, make_splits
 from app.ml.data.formats import load_dataset
@@ -152,7 +152,7 @@ def run(cfg: VerifierSuiteConfig, *, out: Path, seeds: int | None, data_dir: Pat
     summary = {"lira_tpr@0.01": mean_std([m["lira"]["tpr@0.01"]["rate"] for m in mem]),
                "loss_tpr@0.01": mean_std([m["loss"]["tpr@0.01"]["rate"] for m in mem])}
     plot_power(out / "verifier.png", mem, cfg.refs)
-    command = f"unlearnd bench --suite {cfg.name} --out {out}" + (f" --seeds {seeds}" if seeds else "")
+    command = bench_command(cfg.name, out, seeds)
     return write_results(out, device=mem_ds.device, placement=mem_ds.placement,
                          suite=cfg.name, command=command, config={**asdict(cfg), "seeds": list(range(n))},
                          results={"memorise": mem, "cost": cost, "summary": summary},
