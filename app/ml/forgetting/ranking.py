@@ -4,7 +4,7 @@ A score is a measurement on a few simulated deletions: the share of the membersh
 rank test gives its DeLong standard error) or, where membership cannot be measured, the held-out accuracy cost
 (a binomial standard error over the held-out rows). The noise is recorded beside the choice's score and time
 (meta.json's calibration `chosen`); it does not yet decide the order (docs/forgetting.md, "Time and noise in
-calibration's choice": two rules tried on the default digits model, neither forgot more).
+calibration's choice": two rules tried on the default digits model, neither moved the forget set further).
 """
 
 from __future__ import annotations
