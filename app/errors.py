@@ -16,12 +16,14 @@ message (no traceback) and the HTTP layer maps each class once to a problem+json
     │   └── ExactJobFailed    an exact retrain's torchrun job wrote no weights (a rank died, timeout, launcher)
     ├── VerifierError         no (or too few) reference models, a split too small to calibrate
     ├── StateError            the service's home and ledger disagree, or the ledger is unreadable
-    └── ServiceError          the deletion service (status + slug → problem+json)
-        ├── InvalidRequest 422  ├── NotFound 404   ├── Gone 410 (forgotten sample)
-        ├── Conflict 409        ├── Unauthorized 401 ├── Forbidden 403
-        │   └── AlreadyForgotten 409 (a subject an earlier request forgot)
-        ├── MalformedRequest 400 ├── UnsupportedMediaType 415
-        └── Unavailable 503     (no model loaded yet, ledger unreachable)
+    ├── ServiceError          the deletion service (status + slug → problem+json)
+    │   ├── InvalidRequest 422  ├── NotFound 404   ├── Gone 410 (forgotten sample)
+    │   │                                          │   └── RetiredVersion 410 (a named version that saw one)
+    │   ├── Conflict 409        ├── Unauthorized 401 ├── Forbidden 403
+    │   │   └── AlreadyForgotten 409 (a subject an earlier request forgot)
+    │   ├── MalformedRequest 400 ├── UnsupportedMediaType 415 ├── PayloadTooLarge 413
+    │   └── Unavailable 503     (no model loaded yet, ledger unreachable; app.client: unreachable after retries)
+    └── WaitTimedOut          app.client: a request did not reach the awaited state in time (also a TimeoutError)
 """
 
 from __future__ import annotations
@@ -138,6 +140,13 @@ class Gone(ServiceError):
     status, slug, title = 410, "gone", "The sample was forgotten"
 
 
+class RetiredVersion(Gone):
+    """A model version named by a client was trained on samples a completed deletion forgot (`retired_by` names
+    the request), or its weights were purged."""
+
+    status, slug, title = 410, "version-retired", "The model version no longer answers"
+
+
 class Conflict(ServiceError):
     status, slug, title = 409, "conflict", "Conflict"
 
@@ -158,6 +167,18 @@ class Forbidden(ServiceError):
 
 class Unavailable(ServiceError):
     status, slug, title = 503, "unavailable", "Not ready"
+
+
+class PayloadTooLarge(ServiceError):
+    status, slug, title = 413, "payload-too-large", "The body is too large"
+
+
+class WaitTimedOut(UnlearndError, TimeoutError):
+    """app.client: a deletion request did not reach the awaited state in time (`request` holds its last status)."""
+
+    def __init__(self, message: str, request: dict[str, object] | None = None) -> None:
+        self.request = request or {}
+        super().__init__(message)
 
 
 _PATH = re.compile(r"(?<![\w.])/(?:[\w.@%+=:,-]+/)*[\w.@%+=:,-]+")

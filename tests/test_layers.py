@@ -34,7 +34,7 @@ print(len(names), sorted(m for m in sys.modules if m.startswith(("app.api", "app
 
 
 # issue 32: the ML core's folders, each importing only those before it
-LAYERS = ("common", "data", "models", "training", "verify", "forgetting", ("workflows", "bench"))
+LAYERS = ("common", "data", "models", "training", "verify", "forgetting", "sharding", ("workflows", "bench"))
 
 
 def _imports() -> dict[str, set[str]]:

@@ -127,7 +127,8 @@ def process(settings: Settings, conn: LedgerConn, c: Claimed) -> Outcome:
                                   version_id=c.head.id, forget_ids=c.erased, audit_seq=entry.seq, now=now,
                                   already=c.already, method="erase" if c.others else None, exact=True,
                                   derived_pending=pending, subject_key=subject_key(settings))
-        return Outcome(c.batch_id, "completed", c.head.id, len(c.others))
+        return Outcome(c.batch_id, "completed", c.head.id, len(c.others),
+                       {"method": "erase" if c.others else None, "exact": True, "derived_pending": pending})
     t0 = time.perf_counter()
     dev = resolve(settings.device)
     ds = store_on(settings.store_dir, dev)
@@ -196,7 +197,8 @@ def _write_and_commit(settings: Settings, conn: LedgerConn, c: Claimed, md: Mode
         return _release(conn, c, "the head moved while this batch ran")
     total_s = time.perf_counter() - t0
     log.info("batch %s: forgot %d samples → version %s in %.2f s", c.batch_id, len(c.forget), sha[:16], total_s)
-    return Outcome(c.batch_id, "completed", sha[:16], len(c.forget), {**fields, "total_s": total_s})
+    return Outcome(c.batch_id, "completed", sha[:16], len(c.forget),
+                   {**fields, "total_s": total_s, "derived_pending": payload["derived_pending"]})
 
 
 def _release(conn: LedgerConn, c: Claimed, why: str) -> Outcome:

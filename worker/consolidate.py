@@ -47,6 +47,7 @@ from app.service.ledger_conn import LedgerConn
 from app.service.schedule import by_due_date, exact_by
 from app.service.store import erased_rows, store_on
 from app.service.versions import ledger_path, load_version, write_version
+from worker import metrics
 from worker.batch import budget
 from worker.exact import exact_fit
 
@@ -71,6 +72,17 @@ def chain_length(session: Any) -> int:
     return n
 
 
+PARTIAL_WORDS, DUE_WORDS, CHAIN_WORDS = "exposure window", " is due at ", "approximate versions in a row"
+
+
+def reason_kind(reason: str) -> str:
+    """A consolidation's reason (due()'s words, or the caller's) as a metrics label."""
+    for words, kind in ((PARTIAL_WORDS, "partial_exposure"), (DUE_WORDS, "due_date"), (CHAIN_WORDS, "chain")):
+        if words in reason:
+            return kind
+    return "on_demand"
+
+
 def due(settings: Settings, conn: LedgerConn, now: datetime) -> str | None:
     """Why a consolidation should run now, or None."""
     with transaction(conn.read) as s:
@@ -83,11 +95,11 @@ def due(settings: Settings, conn: LedgerConn, now: datetime) -> str | None:
     first = min(approx, key=lambda r: when[r.id])
     if when[first.id] <= now:
         if when[first.id] < by_due_date(settings, as_utc(first.due_at)):  # type: ignore[arg-type]  # the window
-            return (f"request {first.id}'s batch was partial and its exposure window "
+            return (f"request {first.id}'s batch was partial and its {PARTIAL_WORDS} "
                     f"(UNLEARND_PARTIAL_EXPOSURE, {settings.partial_exposure}) ended")
-        return f"request {first.id} is due at {as_utc(first.due_at).isoformat()}"  # type: ignore[union-attr]
+        return f"request {first.id}{DUE_WORDS}{as_utc(first.due_at).isoformat()}"  # type: ignore[union-attr]
     if chain >= settings.consolidate_after:
-        return f"{chain} approximate versions in a row"
+        return f"{chain} {CHAIN_WORDS}"
     return None
 
 
@@ -185,17 +197,18 @@ def _commit(conn: LedgerConn, head: ModelVersion, sha: str, path: str, record: d
     payload = {"event": "consolidate", "parent_model_sha256": head.sha256, "model_sha256": sha, "exact": True,
                "method": "retrain", **{k: v for k, v in record.items() if k != "request_ids"},
                "request_ids": sorted(record["request_ids"])}
-    metrics = {"holdout_acc": record["holdout_acc_after"], "n_train": record["n_train"], "exact": True,
-               "method": "consolidate"}
+    version_metrics = {"holdout_acc": record["holdout_acc_after"], "n_train": record["n_train"], "exact": True,
+                       "method": "consolidate"}
     try:
         with transaction(conn.write) as s:
             if ledger.head(s) is None or ledger.head(s).id != head.id:  # type: ignore[union-attr]
                 raise Conflict("the head moved while the consolidation trained")
-            v = ledger.add_version(s, sha256=sha, parent_id=head.id, path=path, now=now, metrics=metrics)
+            v = ledger.add_version(s, sha256=sha, parent_id=head.id, path=path, now=now, metrics=version_metrics)
             if not ledger.set_head(s, version_id=v.id, expected=head.id, now=now):
                 raise Conflict("the head moved while the consolidation trained")
             append_entry(s, batch_id="consolidate", created_at=now.isoformat(), payload=payload)
             n_exact = ledger.mark_exact(s, request_ids=record["request_ids"], now=now)
+            exact_received = ledger.exact_received(s, request_ids=record["request_ids"])
             jobs.succeeded(s, name=jobs.CONSOLIDATE)
             waiting = ledger.derived_waiting_among(s, request_ids=record["request_ids"])
     except (Conflict, IntegrityError) as e:  # IntegrityError: another version took the next seq first
@@ -203,6 +216,7 @@ def _commit(conn: LedgerConn, head: ModelVersion, sha: str, path: str, record: d
         return Result("released", info={"why": str(e)})
     log.info("consolidated: version %s retrained on %d samples; %s", v.id, record["n_train"],
              exact_words(n_exact, waiting))
+    metrics.ages(exact_received, now, at="exact")
     return Result("completed", v.id, {**record, "n_exact": n_exact, "n_waiting_derived": waiting})
 
 

@@ -39,6 +39,7 @@ from app.ml.verify.store import load_verifier, save_statistics, save_verifier
 from app.service.ledger_conn import LedgerConn
 from app.service.store import erased_rows, store_on
 from app.service.versions import load_version
+from worker import metrics
 from worker.exact import exact_references
 
 log = logging.getLogger("unlearnd.worker")
@@ -156,6 +157,7 @@ def _settle(conn: LedgerConn, gone: np.ndarray, entry: dict[str, Any] | None) ->
     now = utcnow()
     with transaction(conn.write) as s:
         settled = ledger.settle_derived(s, excluded=gone.tolist(), now=now)
+        metrics.ages(ledger.exact_received(s, request_ids=settled), now, at="exact")
         if entry is not None or settled:
             payload = {**(entry or {"event": "rebuild_derived", "verifier": "already rebuilt"}),
                        "settled_request_ids": sorted(settled)}

@@ -7,9 +7,11 @@ import time
 from typing import Any
 
 from app.core.config import Settings
+from app.db.session import utcnow
 from app.service.ledger_conn import LedgerConn
 from app.service.queue import announce, connect, job_started
-from worker.batch import abandon, claim, process
+from worker import metrics
+from worker.batch import Claimed, Outcome, abandon, claim, process
 from worker.housekeeping import purge_forgotten, refresh_cache, release_expired
 from worker.window import wait_for_window
 
@@ -34,6 +36,19 @@ def _after(outcome_info: dict[str, Any]) -> bool:
     return False
 
 
+def _observe(c: Claimed, o: Outcome, seconds: float) -> None:
+    info = o.info
+    exact = bool(info.get("exact"))
+    metrics.batch_ended(outcome=o.state, method=info.get("method"), seconds=seconds, verdict=info.get("verdict"),
+                        exact=exact, verify_s=(info.get("verification") or {}).get("seconds"),
+                        n_requests=len(c.requests))
+    if o.state == "completed":
+        now = utcnow()
+        metrics.ages((r.received_at for r in c.requests), now, at="completed")
+        if exact and not info.get("derived_pending"):
+            metrics.ages((r.received_at for r in c.requests), now, at="exact")
+
+
 def process_pending(reason: str) -> dict[str, Any]:
     _wait_out_backoff()
     settings = Settings()
@@ -47,10 +62,12 @@ def process_pending(reason: str) -> dict[str, Any]:
             c = claim(settings, conn)
             if c is None:
                 break
+            t0 = time.perf_counter()
             try:
                 o = process(settings, conn, c)
             except Exception as e:  # any failure must hand the batch back, never strand it in processing
                 o = abandon(settings, conn, c, e)
+            _observe(c, o, time.perf_counter() - t0)
             outcomes.append({"batch_id": o.batch_id, "state": o.state, "version": o.version_id,
                              "n_forget": o.n_forget})
             if _after(o.info):

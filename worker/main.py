@@ -26,7 +26,8 @@ from app.db import jobs, ledger, workers
 from app.db.session import transaction, utcnow
 from app.service.ledger_conn import LedgerConn
 from app.service.queue import announce, connect, queue
-from worker.consolidate import consolidate, due
+from worker import metrics
+from worker.consolidate import consolidate, due, reason_kind
 from worker.derived import rebuild_derived
 from worker.housekeeping import purge_forgotten, refresh_cache, sweep
 from worker.jobs import process_pending  # noqa: F401  imported now, not inside the first deletion's latency
@@ -108,6 +109,9 @@ def maybe_consolidate(settings: Settings, conn: LedgerConn, redis: Redis) -> Non
     if reason is None:
         return
     result = consolidate(settings, conn, reason=reason)
+    if result.state in ("completed", "failed"):
+        metrics.retrain_ended(reason=reason_kind(reason), outcome=result.state,
+                              seconds=(result.info or {}).get("train_s"))
     if result.state == "completed" and result.version_id:
         announce(settings, redis, version_id=result.version_id)
         purge_forgotten(settings, conn)
@@ -159,6 +163,7 @@ def run_worker(settings: Settings) -> int:
     with transaction(conn.write) as s:
         workers.register(s, worker_id=settings.worker_id or "", host=socket.gethostname(), pid=os.getpid(),
                          device=settings.device, now=utcnow())
+    metrics.serve(settings.worker_metrics_port)
     heartbeat = Heartbeat(settings, conn)
     heartbeat.start()
     try:

@@ -30,6 +30,7 @@ class AppState:
     redis: Redis | None
     metrics: Metrics
     ledger_pool: LedgerPool
+    model_name: str = "unlearnd"  # in the OIP v2 routes
     keys: KeyCache = field(init=False)
 
     def __post_init__(self) -> None:

@@ -69,7 +69,8 @@ class PredictFastLane:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/predict" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["path"] != "/predict" or scope["method"] != "POST" \
+                or scope.get("query_string"):  # a named version (?version=) is the route's to resolve
             await self.app(scope, receive, send)
             return
         body = await _read_body(receive)

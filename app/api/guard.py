@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import AppState, api_key
-from app.api.problems import problem
+from app.api.problems import is_oip, problem
 
 WITH_BODY = {"POST", "PUT", "PATCH"}
 OPEN_PATHS = {"/ui/login", "/ui/logout"}  # the login form carries its key in the body; logout needs none
@@ -81,7 +81,8 @@ class Guard:
             await _too_large(path, limit)(scope, receive, send_secured)
 
     async def _refuse(self, state: AppState, scope: Scope, path: str) -> Response | None:
-        if path in OPEN_PATHS or (path == "/predict" and state.settings.predict_open):
+        if path in OPEN_PATHS or (state.settings.predict_open and (path == "/predict" or
+                                                                  (is_oip(path) and path.endswith("/infer")))):
             return None
         key = api_key(_header(scope, b"authorization"), _header(scope, b"x-api-key"))
         if key is None:

@@ -17,12 +17,13 @@ from fastapi import FastAPI
 from sqlalchemy.exc import IntegrityError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import __version__
 from app.api import problems
 from app.api.deps import AppState
 from app.api.fastlane import PredictFastLane
 from app.api.guard import Guard
 from app.api.metrics import Metrics
-from app.api.routes import audit, deletes, health, models, predict, ui
+from app.api.routes import audit, deletes, health, models, oip, predict, ui
 from app.api.serving import ModelHolder
 from app.core.config import Settings
 from app.db.keys import ensure_bootstrap_key
@@ -31,7 +32,7 @@ from app.service.deletions import LedgerContext
 from app.service.ledger_conn import LedgerConn
 from app.service.ledger_pool import LedgerPool
 from app.service.queue import connect
-from app.service.store import open_store
+from app.service.store import open_store, source_folder
 from app.service.supervisor import SERVE_PID_ENV, die_with_parent
 
 log = logging.getLogger("unlearnd.api")
@@ -95,8 +96,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redis = connect(settings.redis_url) if settings.redis_url else None
         pool = LedgerPool(settings, inline=LedgerContext(settings, conn, redis), processes=settings.ledger_processes)
         pool.start()
+        source = source_folder(settings.store_dir)
         app.state.unlearnd = AppState(settings=settings, conn=conn, store=store, holder=holder, redis=redis,
-                                      metrics=metrics, ledger_pool=pool)
+                                      metrics=metrics, ledger_pool=pool,
+                                      model_name=settings.model_name or (source.name if source else "unlearnd"))
         # ~260k long-lived objects (torch, SQLAlchemy, the app) make a full collection a ~100 ms pause,
         # and the objects a version swap leaves behind trigger one. Frozen, they are never scanned again.
         gc.collect()
@@ -109,11 +112,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             holder.stop()
             conn.close()
 
-    app = FastAPI(title="unlearnd", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="unlearnd", version=__version__, lifespan=lifespan,
                   description="Predictions from a classifier, and GDPR-style deletion of its training samples "
                               "by IAU machine unlearning. Errors are RFC 9457 problem+json.")
     problems.install(app)
-    for r in (predict.router, deletes.router, audit.router, models.router, health.router, ui.router):
+    for r in (predict.router, deletes.router, audit.router, models.router, health.router, oip.router, ui.router):
         app.include_router(r)
     app.add_middleware(PredictFastLane)  # type: ignore[arg-type]
     app.add_middleware(Guard)  # type: ignore[arg-type]  # before any body is read: the key, the size limit

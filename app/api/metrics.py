@@ -41,6 +41,21 @@ class BackgroundJobs(Collector):
         yield from (total, row, stuck)
 
 
+class HolderCounts(Collector):
+    """This process's version swaps and refused loads: counts that only grow, read from the holder at scrape."""
+
+    def __init__(self) -> None:
+        self.swaps = 0
+        self.failed_loads = 0
+
+    def collect(self) -> Iterator[Metric]:
+        swaps = CounterMetricFamily("unlearnd_model_swaps", "versions swapped in by this process")
+        swaps.add_metric([], self.swaps)
+        failed = CounterMetricFamily("unlearnd_model_failed_loads", "versions this process refused to load")
+        failed.add_metric([], self.failed_loads)
+        yield from (swaps, failed)
+
+
 @dataclass
 class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
@@ -56,9 +71,8 @@ class Metrics:
         self.enqueue_failures = Counter("unlearnd_enqueue_failures_total",
                                         "deletion requests accepted while Redis was unreachable", registry=r)
         self.model_seq = Gauge("unlearnd_model_version_seq", "sequence number of the served version", registry=r)
-        self.swaps = Gauge("unlearnd_model_swaps", "versions swapped in by this process", registry=r)
-        self.failed_loads = Gauge("unlearnd_model_failed_loads", "versions this process refused to load",
-                                  registry=r)
+        self.holder = HolderCounts()
+        r.register(self.holder)
         # read from the ledger at each scrape: every API process reports the same service-wide numbers
         self.pending = Gauge("unlearnd_pending_requests", "deletion requests waiting for a worker", registry=r)
         self.oldest_pending = Gauge("unlearnd_oldest_pending_age_seconds", "age of the oldest pending request",
@@ -67,6 +81,11 @@ class Metrics:
                                                                 "request (negative: overdue; NaN: none open)",
                             registry=r)
         self.failed_batches = Gauge("unlearnd_failed_batches", "batches whose requests failed", registry=r)
+        self.approximate = Gauge("unlearnd_approximate_requests", "completed requests the served model may still "
+                                 "hold (not exact yet), by the batch's verdict", ["verdict"], registry=r)
+        self.to_exact_due = Gauge("unlearnd_seconds_to_nearest_approximate_due", "seconds until the nearest due_at "
+                                  "of a completed request that is not exact yet (negative: overdue; NaN: none)",
+                                  registry=r)
         self.live_workers = Gauge("unlearnd_live_workers", "workers with a recent heartbeat", registry=r)
         self.heartbeat_age = Gauge("unlearnd_worker_heartbeat_age_seconds",
                                    "age of the freshest worker heartbeat (NaN: no worker ever started)", registry=r)

@@ -19,10 +19,16 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 TYPE_BASE = "https://unlearnd.dev/problems/"
 
 
+def is_oip(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
 def problem(status: int, slug: str, title: str, detail: str, instance: str, **extra: Any) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if is_oip(instance):  # the Open Inference Protocol's own error shape; a bad request is its 400
+        return JSONResponse({"error": detail}, status_code=400 if status == 422 else status, headers=headers)
     body = {"type": TYPE_BASE + slug, "title": title, "status": status, "detail": detail, "instance": instance,
             **extra}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
 
 
@@ -90,7 +96,7 @@ PROBLEM = {"content": {"application/problem+json": {"schema": {"$ref": "#/compon
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` for the problem codes an endpoint can answer."""
     words = {400: "Malformed JSON", 401: "Missing or unknown API key", 403: "The key lacks the scope",
-             404: "Not found", 409: "Conflict", 410: "The sample was forgotten",
+             404: "Not found", 409: "Conflict", 410: "The sample was forgotten, or the named version retired",
              413: "The body is larger than UNLEARND_MAX_BODY_BYTES (1 MiB by default)", 415: "The body is not JSON",
              422: "Invalid request", 503: "Not ready"}
     return {c: {"description": words.get(c, "Error"), "model": Problem, **PROBLEM} for c in codes}

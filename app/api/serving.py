@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -18,6 +19,7 @@ from torch import nn
 from app.core.config import Settings
 from app.core.priority import lower_this_thread
 from app.db import ledger
+from app.db.models import ModelVersion
 from app.db.session import transaction
 from app.errors import UnlearndError
 from app.ml.data.dataset import Dataset
@@ -30,6 +32,7 @@ log = logging.getLogger("unlearnd.serving")
 # the loop, losing up to a switch interval at each of its syscalls, fell behind: 8-27 ms stalls at each
 # swap in an open-loop trace. In steps with a sleep between, the loop drains its queue between steps.
 RELOAD_PAUSE_S = 0.002
+NAMED_KEPT = 2
 
 
 def _yield_to_requests() -> None:
@@ -52,6 +55,8 @@ class ModelHolder:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._named: OrderedDict[str, Served] = OrderedDict()  # older versions asked for by name
+        self._named_lock = threading.Lock()
 
     def refresh(self) -> bool:
         """Load the ledger's head if it is not the one served; True on a swap."""
@@ -72,6 +77,27 @@ class ModelHolder:
         log.info("serving version %s (seq %d); loaded in %.1f ms (%.1f ms CPU)", head.id, head.seq,
                  1e3 * (time.perf_counter() - t0), 1e3 * (time.thread_time() - c0))
         return True
+
+    def named(self, version: ModelVersion) -> Served:
+        """VERSION's model: the served one, or an older one loaded on demand (the caller checked that it may
+        answer: app/service/named_versions.py). A few stay loaded; a failed load raises ModelLoadError."""
+        cur = self.current
+        if cur is not None and cur.version_id == version.id:
+            return cur
+        with self._named_lock:
+            if version.id in self._named:
+                self._named.move_to_end(version.id)
+                return self._named[version.id]
+            md = load_version(version, home=self.settings.home, probe=self.store)
+            out = self._named[version.id] = Served(version.id, version.seq, md.model)
+            while len(self._named) > NAMED_KEPT:
+                self._named.popitem(last=False)
+            return out
+
+    def drop(self, version_id: str) -> None:
+        """Unload a named version (it was retired: its weights hold forgotten samples)."""
+        with self._named_lock:
+            self._named.pop(version_id, None)
 
     def _poll_loop(self) -> None:
         lower_this_thread()  # a load must not preempt the event loop

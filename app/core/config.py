@@ -45,7 +45,10 @@ class Settings(BaseSettings):
     # --- service: API
     bootstrap_admin_key: str | None = Field(default=None, min_length=32,
                                             description="an admin API key inserted (hashed) at start")
-    predict_open: bool = Field(default=False, description="allow /predict without a key")
+    predict_open: bool = Field(default=False, description="allow /predict (and OIP v2 inference) without a key")
+    model_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+                                   description="the model's name in the OIP v2 routes (/v2/models/<name>); None: "
+                                               "the name of the model folder the service was published from")
     public_url: str | None = Field(default=None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
                                    description="the API's address as clients see it (https://unlearnd.example): "
                                                "status URLs are built on it; None: relative URLs (the Host "
@@ -82,6 +85,9 @@ class Settings(BaseSettings):
     worker_id: str | None = Field(default=None, max_length=64,
                                   description="this worker's id in the ledger (set by `serve` for its own; else "
                                               "host:pid:random)")
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535,
+                                            description="the worker serves its Prometheus metrics on this port "
+                                                        "(/metrics, all interfaces); None: not served")
     worker_heartbeat_s: float = Field(default=2.0, gt=0, description="how often a worker records that it is alive")
     worker_timeout_s: float = Field(default=15.0, gt=0,
                                     description="a worker silent this long is dead: its claims go back to pending")

@@ -113,6 +113,39 @@ def versions(session: Session) -> list[ModelVersion]:
     return list(session.scalars(select(ModelVersion).order_by(ModelVersion.seq.desc())))
 
 
+@dataclass(frozen=True)
+class Retirement:
+    """Why a version no longer answers: samples it was trained on were forgotten in version `in_version`,
+    by `request_id` (None only if that request's row is gone)."""
+
+    in_version: str
+    request_id: str | None
+    completed_at: datetime | None
+
+
+def retirement(session: Session, *, version: ModelVersion) -> Retirement | None:
+    """The first deletion after VERSION that forgot samples it was trained on, or None: a version answers by
+    name only while it holds no forgotten sample."""
+    later = select(ModelVersion.id).where(ModelVersion.seq > version.seq)
+    vid = session.scalar(select(Sample.forgotten_in).join(ModelVersion, ModelVersion.id == Sample.forgotten_in)
+                         .where(Sample.forgotten_in.in_(later)).order_by(ModelVersion.seq).limit(1))
+    if vid is None:
+        return None
+    req = session.scalars(select(DeletionRequest).where(DeletionRequest.model_version_id == vid,
+                                                        DeletionRequest.state == "completed")
+                          .order_by(DeletionRequest.completed_at, DeletionRequest.id).limit(1)).first()
+    return Retirement(vid, req.id if req else None, req.completed_at if req else None)
+
+
+def answerable_versions(session: Session) -> list[str]:
+    """Versions that may answer by name, newest first: none older than the last one that forgot samples (see
+    retirement), and with their weights on disk."""
+    last = session.scalar(select(func.max(ModelVersion.seq)).join(Sample, Sample.forgotten_in == ModelVersion.id))
+    return list(session.scalars(select(ModelVersion.id).where(ModelVersion.seq >= (last or 0),
+                                                              ModelVersion.weights_present.is_(True))
+                                .order_by(ModelVersion.seq.desc())))
+
+
 # --- deletion requests ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -243,11 +276,25 @@ def backlog(session: Session, *, now: datetime) -> dict[str, float]:
                          .where(DeletionRequest.state.in_(("pending", "processing"))))
     failed = session.scalar(select(func.count(func.distinct(DeletionRequest.batch_id)))
                             .where(DeletionRequest.state == "failed")) or 0
+    exact_due = session.scalar(select(func.min(DeletionRequest.due_at))
+                               .where(DeletionRequest.state == "completed", DeletionRequest.exact_at.is_(None)))
     nan = float("nan")
     return {"pending": float(n),
+            "seconds_to_nearest_approximate_due": (as_utc(exact_due) - now).total_seconds() if exact_due else nan,  # type: ignore[operator]
             "oldest_pending_age_s": (now - oldest).total_seconds() if oldest else 0.0,
             "seconds_to_nearest_due": (as_utc(due) - now).total_seconds() if due else nan,  # type: ignore[operator]
             "failed_batches": float(failed)}
+
+
+def approximate_by_verdict(session: Session) -> dict[str, int]:
+    """Completed requests that are not exact yet, by their batch's verdict (no verdict: "unverified")."""
+    rows = session.execute(select(DeletionRequest.verdict, func.count())
+                           .where(DeletionRequest.state == "completed", DeletionRequest.exact_at.is_(None))
+                           .group_by(DeletionRequest.verdict))
+    out: dict[str, int] = {}
+    for verdict, n in rows:
+        out[verdict or "unverified"] = out.get(verdict or "unverified", 0) + int(n)
+    return out
 
 
 def claim_batch(session: Session, *, batch_id: str, max_samples: int, now: datetime,
@@ -382,6 +429,12 @@ def settle_derived(session: Session, *, excluded: Sequence[int], now: datetime) 
                                DeletionRequest.exact_at.is_(None))
                         .values(exact_at=now))
     return done
+
+
+def exact_received(session: Session, *, request_ids: Sequence[str]) -> list[datetime]:
+    """When the exact ones among REQUEST_IDS were received (their age at exactness, for the worker's metrics)."""
+    return list(session.scalars(select(DeletionRequest.received_at).where(
+        DeletionRequest.id.in_(list(request_ids)), DeletionRequest.exact_at.is_not(None))))
 
 
 def fail_batch(session: Session, *, batch_id: str, reason: str, now: datetime) -> int:

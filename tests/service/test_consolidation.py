@@ -13,7 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from app.service.live import free_port
 from tests.service.test_kills_and_races import _ledger
 from tests.service_harness import PG_URL, Service, db_url_for
 
@@ -146,10 +148,18 @@ def test_killed_consolidation_keeps_the_served_version_and_is_redone(tmp_path: P
             assert c.get("/models/current").json()["serving"] == v2  # written, never committed: never served
             assert not c.get(f"/requests/{first}").json()["forgetting"]["exact"]
             assert c.get(f"/requests/{second}").json()["state"] == "pending"
-            svc.start_worker()
+            port = free_port()
+            svc.start_worker(UNLEARND_WORKER_METRICS_PORT=port)
             for rid in (first, second):
                 body = _wait_exact(c, rid)
                 assert datetime.fromisoformat(body["forgetting"]["exact_at"]) < datetime.fromisoformat(body["due_at"])
+        # issue 35: the worker that consolidated counts the retrain, its seconds and the requests' age at exactness
+        scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert 'unlearnd_worker_exact_retrains_total{outcome="completed",reason="due_date"}' in scraped, scraped
+        assert 'unlearnd_worker_retrain_seconds_count{reason="due_date"}' in scraped
+        ages = [s.value for f in text_string_to_metric_families(scraped) for s in f.samples
+                if s.name == "unlearnd_worker_request_age_seconds_count" and s.labels == {"at": "exact"}]
+        assert ages and ages[0] >= 1, scraped
         entries = _consolidations(svc)
         assert {r for e in entries for r in e["request_ids"]} == {first, second}
         assert entries[-1]["n_train"] == len(ids) - 6

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.ml.models.checkpoint import load_model_dir
+from app.service.live import free_port
 from app.service.store import open_store, raw_to_features
 from tests.service_harness import PG_URL, Service, db_url_for
 
@@ -21,7 +24,8 @@ def live(request: pytest.FixtureRequest, tmp_path: Path, digits_model_dir: Path,
     svc = Service(tmp_path, digits_model_dir, db_url=db_url_for(request.param, tmp_path / "home"),
                   redis_url=redis_url)
     svc.start_api()
-    svc.start_worker()
+    svc.metrics_port = free_port()  # type: ignore[attr-defined]
+    svc.start_worker(UNLEARND_WORKER_METRICS_PORT=svc.metrics_port)  # type: ignore[attr-defined]
     yield svc
     svc.stop()
 
@@ -44,6 +48,7 @@ def test_delete_flow_end_to_end(live: Service) -> None:
         live.wait_serving(v2)
         p = c.post("/predict", json={"instances": [x]})
         assert p.status_code == 200 and p.json()["model_version"] == v2
+        _retired_version_answers_410(c, live, v1, v2, acc["id"], x)
         gone = c.get("/predict", params={"sample_id": ids[0]})
         assert gone.status_code == 410 and gone.headers["content-type"] == "application/problem+json"
         again = c.post("/delete", json={"sample_ids": [ids[0]]})
@@ -62,6 +67,7 @@ def test_delete_flow_end_to_end(live: Service) -> None:
         assert publish["event"] == "publish" and publish["verifier"]["K"] == 4
         assert 0 <= publish["verifier"]["power"]["tpr@0.05"]["rate"] <= 1
         versions = {m["id"]: m for m in c.get("/models").json()}
+    _worker_metrics_moved(live, method=done["forgetting"]["method"])
     verify = live.cli("audit", "verify")
     assert verify.returncode == 0 and "OK" in verify.stdout
     # the forgotten features are purged from the store, and v1's weights (which contain them) deleted
@@ -72,6 +78,40 @@ def test_delete_flow_end_to_end(live: Service) -> None:
     md = load_model_dir(live.settings.models_dir / v2)
     want = torch.softmax(md.model(raw_to_features(store, np.asarray([x]))), 1)[0]
     assert np.allclose(p.json()["predictions"][0]["probabilities"], want.detach().numpy(), atol=1e-5)
+
+
+def _retired_version_answers_410(c: httpx.Client, live: Service, v1: str, v2: str, request_id: str,
+                                 x: list[float]) -> None:
+    """Issue 35: a version trained before a completed deletion never answers again, by any route."""
+    for r in (c.get("/predict", params={"x": ",".join(map(str, x)), "version": v1}),
+              c.post("/predict", params={"version": v1}, json={"instances": [x]})):
+        assert r.status_code == 410 and r.json()["retired_by"] == request_id and r.json()["retired_in"] == v2, r.text
+    assert c.post("/predict", params={"version": v2}, json={"instances": [x]}).json()["model_version"] == v2
+    name = live.model_dir.name  # the model folder's name, as no UNLEARND_MODEL_NAME is set
+    row = {"name": "input", "shape": [1, 8, 8, 1], "datatype": "FP32", "data": x}
+    gone = c.post(f"/v2/models/{name}/versions/{v1}/infer", json={"inputs": [row]})
+    assert gone.status_code == 410 and request_id in gone.json()["error"], gone.text
+    assert c.get(f"/v2/models/{name}/versions/{v1}").status_code == 410
+    ok = c.post(f"/v2/models/{name}/versions/{v2}/infer", json={"inputs": [row]})
+    assert ok.status_code == 200 and ok.json()["model_version"] == v2
+    assert c.get(f"/v2/models/{name}").json()["versions"] == [v2]
+
+
+def _worker_metrics_moved(live: Service, *, method: str) -> None:
+    text = httpx.get(f"http://127.0.0.1:{live.metrics_port}/metrics", timeout=10).text  # type: ignore[attr-defined]
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    assert value("unlearnd_worker_batches_total", outcome="completed", method=method) >= 1, text
+    assert value("unlearnd_worker_verdicts_total", verdict="not measurable") >= 1
+    assert value("unlearnd_worker_requests_total", state="completed") >= 2  # the deletion and the repeat
+    assert value("unlearnd_worker_batch_seconds_count", method=method) >= 1
+    assert 0 < value("unlearnd_worker_batch_seconds_sum", method=method) < 60
+    assert value("unlearnd_worker_request_age_seconds_count", at="completed") >= 2
+    assert value("unlearnd_worker_verify_seconds_count") >= 1
 
 
 def test_subject_delete_and_idempotency(live: Service) -> None:

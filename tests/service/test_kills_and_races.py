@@ -66,7 +66,7 @@ def test_worker_killed_mid_batch_loses_nothing(tmp_path: Path, digits_model_dir:
             done = svc.wait_request(rid)
             assert done["state"] == "completed" and done["attempts"] == 2
             svc.wait_serving(done["model_version"])
-            assert "unlearnd_model_failed_loads 0.0" in c.get("/metrics").text
+            assert "unlearnd_model_failed_loads_total 0.0" in c.get("/metrics").text
         _assert_forgotten_once(svc, ids)
     finally:
         svc.stop()

@@ -85,6 +85,36 @@ def test_a_batch_released_for_a_lost_race_does_not_count_an_attempt(factory) -> 
     assert claim_and_release(count_attempt=True) == 2
 
 
+def _version(s, sha: str, parent: str | None):  # type: ignore[no-untyped-def]
+    v = ledger.add_version(s, sha256=sha * 64, parent_id=parent, path=f"models/{sha}", now=utcnow(), metrics={})
+    assert ledger.set_head(s, version_id=v.id, expected=parent, now=utcnow())
+    return v.id
+
+
+def test_a_version_retires_once_a_later_one_forgets_samples_it_saw(factory) -> None:  # type: ignore[no-untyped-def]
+    """Issue 35: an older version answers by name only while it holds no forgotten sample."""
+    with transaction(factory) as s:
+        v1 = ledger.head(s).id
+        v2 = _version(s, "b", v1)  # e.g. a consolidation: it forgot nothing
+    rid = _request(factory, [3, 4])
+    with transaction(factory) as s:
+        assert ledger.answerable_versions(s) == [v2, v1]
+        ledger.claim_batch(s, batch_id="A", max_samples=10, now=utcnow())
+        v3 = _version(s, "c", v2)
+        ledger.complete_batch(s, batch_id="A", request_ids=[rid], version_id=v3, forget_ids=[3, 4], audit_seq=None,
+                              now=utcnow(), already={}, subject_key=b"k" * 32)
+    with transaction(factory) as s:
+        versions = {v.id: v for v in ledger.versions(s)}
+        for old in (v1, v2):
+            assert ledger.retirement(s, version=versions[old]) == ledger.Retirement(
+                v3, rid, ledger.get_request(s, request_id=rid).completed_at)
+        assert ledger.retirement(s, version=versions[v3]) is None
+        v4 = _version(s, "d", v3)
+    with transaction(factory) as s:
+        assert ledger.answerable_versions(s) == [v4, v3]
+        assert ledger.retirement(s, version=s.get(ledger.ModelVersion, v3)) is None
+
+
 def test_head_compare_and_set_serialises_commits(factory) -> None:  # type: ignore[no-untyped-def]
     with transaction(factory) as s:
         head = ledger.head(s)

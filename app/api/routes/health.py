@@ -18,9 +18,11 @@ from app.db import jobs, ledger, workers
 from app.db.models import JobHealth
 from app.db.session import as_utc, transaction, utcnow
 from app.errors import public_reason
+from app.ml.verify.verdicts import Verdict
 from app.service import deletions
 
 router = APIRouter(route_class=BackgroundRoute, tags=["health"])
+VERDICTS = tuple(v.value for v in Verdict)  # always exported, 0 when none
 
 
 @router.get("/healthz", summary="Liveness: the process answers (checks no dependency)")
@@ -138,6 +140,7 @@ def metrics(state: State) -> Response:
         m.model_seq.set(served.seq)
     with transaction(state.conn.read) as s:
         backlog = ledger.backlog(s, now=utcnow())
+        approximate = ledger.approximate_by_verdict(s)
     m.pending.set(backlog["pending"])
     m.oldest_pending.set(backlog["oldest_pending_age_s"])
     m.to_due.set(backlog["seconds_to_nearest_due"])
@@ -145,7 +148,9 @@ def metrics(state: State) -> Response:
     ws = _workers(state)
     m.live_workers.set(sum(w.alive(state.settings.worker_timeout_s) for w in ws))
     m.heartbeat_age.set(min((w.heartbeat_age_s for w in ws if not w.stopped), default=float("nan")))
-    m.swaps.set(state.holder.swaps)
-    m.failed_loads.set(state.holder.failed_loads)
+    m.holder.swaps, m.holder.failed_loads = state.holder.swaps, state.holder.failed_loads
+    m.to_exact_due.set(backlog["seconds_to_nearest_approximate_due"])
+    for verdict in (*VERDICTS, *approximate):
+        m.approximate.labels(verdict).set(approximate.get(verdict, 0))
     m.jobs.readings = job_readings(state)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -18,9 +18,10 @@ from app.api.problems import responses
 from app.api.schemas import INT64_MAX, PredictBody, PredictResponse
 from app.api.serving import Served
 from app.api.threads import BackgroundRoute
+from app.api.versions import model_for, served_model
 from app.db import ledger
 from app.db.session import transaction
-from app.errors import Gone, InvalidRequest, MalformedRequest, NotFound, Unavailable, UnsupportedMediaType
+from app.errors import Gone, InvalidRequest, MalformedRequest, NotFound, UnsupportedMediaType
 from app.ids import PublicId, public, text
 from app.service.store import raw_to_features
 
@@ -29,26 +30,26 @@ SAMPLE_ID = r"^[^\x00-\x1f\x7f]{1,200}$"  # the data's own id: digits, or any pr
 INTEGER_ID = re.compile(r"[0-9]{1,19}", re.ASCII)
 NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
 auth = Depends(require("predict", open_if_predict_open=True))
-
-
-def served_model(state: State) -> Served:
-    served = state.holder.current  # read once: the whole answer comes from this version
-    if served is None:
-        raise Unavailable("no model version is loaded yet")
-    return served
+VERSION = Query(pattern=r"^[0-9a-f]{16}$", description="answer from this model version (its id) instead of the "
+                "served one; a version trained before a completed deletion answers 410")
 
 
 def payload(served: Served, x: torch.Tensor, names: tuple[str, ...], sample_id: PublicId | None = None) -> bytes:
     """Inline on the event loop (a small model's forward is shorter than a thread hop), and
     serialised by hand: this is the hot path, and its shape is PredictResponse."""
-    with torch.inference_mode():
-        probs = F.softmax(served.model(x), dim=1).numpy()
-    if not np.isfinite(probs).all():  # json.dumps would write NaN: a 200 that is not JSON
-        raise InvalidRequest("the model's output is not finite for these inputs (values too large?)")
+    probs = probabilities(served, x)
     preds = [{"label": int(p.argmax()), "class_name": names[int(p.argmax())],
               "probabilities": np.round(p.astype(np.float64), 6).tolist()} for p in probs]
     body = {"model_version": served.version_id, "sample_id": sample_id, "predictions": preds}
     return json.dumps(body).encode()
+
+
+def probabilities(served: Served, x: torch.Tensor) -> np.ndarray:
+    with torch.inference_mode():
+        probs = F.softmax(served.model(x), dim=1).numpy()
+    if not np.isfinite(probs).all():  # json.dumps would write NaN: a 200 that is not JSON
+        raise InvalidRequest("the model's output is not finite for these inputs (values too large?)")
+    return probs
 
 
 def _answer(state: State, served: Served, x: torch.Tensor, sample_id: PublicId | None = None) -> Response:
@@ -76,10 +77,10 @@ async def predict_get(state: State,
                       sample_id: Annotated[str | None, Query(pattern=SAMPLE_ID, description="a training sample's id "
                                                              "as the data names it")] = None,
                       x: Annotated[str | None, Query(description="flattened input, comma-separated numbers")] = None,
-                      ) -> Response:
+                      version: Annotated[str | None, VERSION] = None) -> Response:
     if (sample_id is None) == (x is None):
         raise InvalidRequest("give exactly one of sample_id or x")
-    served = served_model(state)
+    served = await model_for(state, version)
     if sample_id is not None:
         key = sample_key(state, sample_id)
         found = await run_in_threadpool(_sample, state, key)
@@ -159,18 +160,19 @@ def is_json(content_type: str | None) -> bool:
 
 
 def answer_batch(state: AppState, *, authorization: str | None, x_api_key: str | None, body: bytes,
-                 content_type: str | None) -> bytes:
-    """POST /predict's whole work, shared by the fast lane and this route."""
+                 content_type: str | None, served: Served | None = None) -> bytes:
+    """POST /predict's whole work, shared by the fast lane and this route (SERVED: a version named by the
+    client, already resolved; else the served one)."""
     authorize(state, authorization=authorization, x_api_key=x_api_key, scopes=("predict",), open_if_predict_open=True)
     rows = instances(state, body, content_type)
-    served = served_model(state)
-    return payload(served, from_rows(state, rows), state.store.names)
+    return payload(served or served_model(state), from_rows(state, rows), state.store.names)
 
 
 # The happy path of this endpoint is answered by app.api.fastlane before routing; this route answers
 # the rest (every error, as problem+json) and documents the endpoint. It reads its body and key by hand
 # all the same, so that both take one code path.
-@router.post("/predict", response_model=PredictResponse, responses=responses(400, 401, 403, 413, 415, 422, 503),
+@router.post("/predict", response_model=PredictResponse,
+             responses=responses(400, 401, 403, 404, 410, 413, 415, 422, 503),
              summary="Predict a batch of inputs, or one image",
              description="JSON `{\"instances\": [[…], …]}` (feature rows or flattened images in the data's own "
                          "scale), `{\"instances\": [{\"height\": 1.8, …}, …]}` (a table's rows by column name, in "
@@ -183,8 +185,12 @@ def answer_batch(state: AppState, *, authorization: str | None, x_api_key: str |
                  "application/json": {"schema": PredictBody.model_json_schema()},
                  "image/png": {"schema": {"type": "string", "format": "binary"}},
                  "image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}})
-async def predict_post(request: Request) -> Response:
-    h = request.headers
-    out = answer_batch(request.app.state.unlearnd, authorization=h.get("authorization"), x_api_key=h.get("x-api-key"),
-                       body=await request.body(), content_type=h.get("content-type"))
+async def predict_post(request: Request, version: Annotated[str | None, VERSION] = None) -> Response:
+    h, state = request.headers, request.app.state.unlearnd
+    key = {"authorization": h.get("authorization"), "x_api_key": h.get("x-api-key")}
+    served = None
+    if version is not None:
+        authorize(state, **key, scopes=("predict",), open_if_predict_open=True)  # before a version is looked up
+        served = await model_for(state, version)
+    out = answer_batch(state, **key, body=await request.body(), content_type=h.get("content-type"), served=served)
     return Response(out, media_type="application/json")

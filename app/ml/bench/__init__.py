@@ -29,6 +29,7 @@ def _register_builtin() -> None:
         finetune,
         forgetting,
         grad_norms,
+        shards,
         small_deletions,
         speed,
         sweep,

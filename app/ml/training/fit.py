@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -201,6 +201,13 @@ def fit(model_cfg: ModelConfig, ds: Dataset, train_ids: np.ndarray, val_ids: np.
                    cfg, progress, world, t0)
         res.feature_cache = cached.record
         return res
+
+
+def fit_from(model: nn.Module, ds: Dataset, train_ids: np.ndarray, cfg: TrainConfig, *,
+             progress: bool = False) -> TrainResult:
+    """Go on training MODEL (its weights as they are) for exactly cfg.max_epochs on TRAIN_IDS, keeping the last
+    weights: a SISA slice, which resumes from the checkpoint of the slices before it. One process."""
+    return _fit(model, model, ds, train_ids, None, replace(cfg, keep="last"), progress, SINGLE, time.perf_counter())
 
 
 def _fit(model: nn.Module, trained: nn.Module, ds: Dataset, train_ids: np.ndarray, val_ids: np.ndarray | None,
