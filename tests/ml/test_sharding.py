@@ -13,6 +13,7 @@ from app.errors import ConfigError
 from app.ml.bench.shards import ModelSpec, ShardsConfig, run
 from app.ml.data.dataset import Dataset, Splits
 from app.ml.models.factory import ModelConfig
+from app.ml.sharding.aggregate import Aggregate
 from app.ml.sharding.plan import make_plan
 from app.ml.sharding.train import forget_sharded, train_sharded
 from app.ml.training.fit import TrainConfig
@@ -48,6 +49,9 @@ def test_deleting_a_subject_retrains_only_its_shard_from_the_slice_before(digits
     plan = make_plan(ids, k=4, r=2, seed=0, subjects=subjects)
     sh = train_sharded(lenet_cfg, digits, plan, TrainConfig(max_epochs=30, seed=0))
     acc = accuracy(sh.aggregate(), digits, digit_splits.test)
+    x = digits.features(digit_splits.test[:16])  # the K forwards in one vmapped call answer as K calls do
+    with torch.inference_mode():
+        assert torch.allclose(sh.aggregate()(x), Aggregate(sh.constituents, batched=False)(x), atol=1e-5)
     assert acc > 0.85, acc  # four models on a quarter of the data each, averaged
     gone = np.asarray([i for i in ids if subjects[int(i)] == "person-7"])
     shard = int(plan.where(gone)[0][0])

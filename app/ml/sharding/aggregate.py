@@ -1,26 +1,47 @@
 """The served model of a sharded ensemble: the constituents' mean softmax (or their vote), as log-probabilities,
-so that a softmax over the output gives the aggregate's probabilities and /predict's answer keeps its shape."""
+so that a softmax over the output gives the aggregate's probabilities and /predict's answer keeps its shape.
+
+The K forwards run as one batched call (torch.func: the constituents' weights stacked, the model vmapped over
+them) when the constituents share one architecture, which a sharded model's always do."""
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, stack_module_state
 
 AGGREGATIONS = ("mean", "vote")
 EPS = 1e-12  # a vote's zero share, kept finite in log space
 
 
 class Aggregate(nn.Module):
-    def __init__(self, constituents: list[nn.Module], how: str = "mean") -> None:
+    def __init__(self, constituents: list[nn.Module], how: str = "mean", *, batched: bool = True) -> None:
         super().__init__()
         if how not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}")
         self.constituents = nn.ModuleList(constituents)
         self.how = how
+        self.batched = batched and len(constituents) > 1
+        if self.batched:
+            params, buffers = stack_module_state(list(constituents))  # copies: the aggregate is rebuilt on change
+            self._stacked = (params, buffers)
+            self._base = [copy.deepcopy(constituents[0]).to("meta")]  # a list: not a submodule of the aggregate
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:  # (K, N, C)
+        if not self.batched:
+            return torch.stack([m(x) for m in self.constituents])
+        base = self._base[0]
+
+        def one(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]) -> torch.Tensor:
+            return functional_call(base, (params, buffers), (x,))
+
+        return torch.vmap(one)(*self._stacked)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: the constituents' input → (N, C) log-probabilities
-        logits = torch.stack([m(x) for m in self.constituents])  # (K, N, C)
+        logits = self._logits(x)
         if self.how == "vote":
             votes = F.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype).mean(0)
             return torch.log(votes + EPS)
