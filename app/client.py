@@ -87,6 +87,13 @@ class _Base:
     def _headers(self) -> dict[str, str]:
         return {"X-API-Key": self.api_key} if self.api_key else {}
 
+    def _after(self, attempt: int, response: httpx.Response | None) -> float | None:
+        """None: RESPONSE is the answer (a problem is raised); else the seconds to wait before the next try."""
+        if response is not None and response.status_code != RETRY_STATUS:
+            raise_for_problem(response)
+            return None
+        return self.retry.delay(attempt, response) if attempt + 1 < self.retry.tries else 0.0
+
     def _give_up(self, method: str, path: str, error: Exception | None, response: httpx.Response | None) -> None:
         if response is not None:
             raise_for_problem(response)
@@ -153,11 +160,10 @@ class Client(_Base):
                 response, error = self._http.request(method, path, headers=headers, **kw), None
             except httpx.TransportError as e:
                 response, error = None, e
-            if response is not None and response.status_code != RETRY_STATUS:
-                raise_for_problem(response)
-                return response
-            if attempt + 1 < self.retry.tries:
-                time.sleep(self.retry.delay(attempt, response))
+            wait = self._after(attempt, response)
+            if wait is None:
+                return response  # type: ignore[return-value]
+            time.sleep(wait)
         self._give_up(method, path, error, response)
         raise AssertionError("unreachable")
 
@@ -220,11 +226,10 @@ class AsyncClient(_Base):
                 response, error = await self._http.request(method, path, headers=headers, **kw), None
             except httpx.TransportError as e:
                 response, error = None, e
-            if response is not None and response.status_code != RETRY_STATUS:
-                raise_for_problem(response)
-                return response
-            if attempt + 1 < self.retry.tries:
-                await asyncio.sleep(self.retry.delay(attempt, response))
+            wait = self._after(attempt, response)
+            if wait is None:
+                return response  # type: ignore[return-value]
+            await asyncio.sleep(wait)
         self._give_up(method, path, error, response)
         raise AssertionError("unreachable")
 

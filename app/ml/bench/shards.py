@@ -168,8 +168,12 @@ def _plot(cfg: ShardsConfig, rows: list[dict[str, Any]], path: Path) -> None:
                 stats = [mean_std([scale * x[key] for x in c]) for c in cells]
                 ax.errorbar(cfg.ks, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3, marker="o",
                             label=f"{spec.name}, R={r}")
-    axes[0].set(xscale="log", xlabel="shards K", ylabel="full retrain / exact deletion", title="deletion speed-up")
-    axes[1].set(xscale="log", xlabel="shards K", ylabel="test accuracy %", title="the aggregate's accuracy")
+    axes[0].set(ylabel="full retrain / exact deletion", title="deletion speed-up")
+    axes[1].set(ylabel="test accuracy %", title="the aggregate's accuracy")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(cfg.ks, [str(k) for k in cfg.ks])
+        ax.set_xlabel("shards K")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
