@@ -44,7 +44,11 @@ request_age = Histogram("unlearnd_worker_request_age_seconds", "a request's age 
 def serve(port: int | None, addr: str = "0.0.0.0") -> None:
     if port is None:
         return
-    start_http_server(port, addr=addr, registry=REGISTRY)
+    try:
+        start_http_server(port, addr=addr, registry=REGISTRY)
+    except OSError as e:  # a port taken must not stop deletions from being processed
+        log.error("worker metrics NOT served: port %d: %s (UNLEARND_WORKER_METRICS_PORT)", port, e)
+        return
     log.info("worker metrics on http://%s:%d/metrics", addr, port)
 
 

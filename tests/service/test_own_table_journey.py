@@ -10,6 +10,7 @@ import csv
 import json
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,6 +21,8 @@ from app.core.config import Settings
 from app.db import jobs
 from app.db.session import transaction, utcnow
 from app.service.ledger_conn import LedgerConn
+from app.service.live import LiveService
+from app.service.store import open_store
 from tests.service_harness import PG_URL, db_url_for, wait_until
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(not PG_URL, reason="no test PostgreSQL"))]
@@ -44,7 +47,6 @@ def make_customers(path: Path) -> pd.DataFrame:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_table_journey_with_own_ids_ends_exact_consolidated_and_unlinked(tmp_path: Path, backend: str,
                                                                            redis_url: str) -> None:
-    from app.service.live import LiveService
     from worker.consolidate import consolidate
 
     table = tmp_path / "customers.csv"
@@ -75,6 +77,7 @@ def test_a_table_journey_with_own_ids_ends_exact_consolidated_and_unlinked(tmp_p
             keep = next(iter(sorted(train - set(victims))))
             got = c.get("/predict", params={"sample_id": keep}).json()
             assert got["sample_id"] == keep and got["predictions"][0]["class_name"] in ("benign", "malignant")
+            _oip_answers_a_table_row_as_predict_does(c, svc, frame, keep)
             rid = c.post("/delete", json={"subject_id": person}).json()["id"]
             done = svc.wait_request(rid)
             assert done["state"] == "completed" and sorted(done["sample_ids"]) == victims, done.get("reason")
@@ -124,3 +127,21 @@ def test_a_table_journey_with_own_ids_ends_exact_consolidated_and_unlinked(tmp_p
         assert person not in table.read_text()  # erased at the source too
     finally:
         svc.stop()
+
+
+def _oip_answers_a_table_row_as_predict_does(c: httpx.Client, svc: LiveService, frame: pd.DataFrame,
+                                              sample_id: str) -> None:
+    """Issue 35: a table's raw feature row through OIP v2 (FP32 [1, F], in the model's feature order) gets the
+    answer /predict gives for the same row named by column."""
+    names = list(open_store(svc.settings.store_dir).feature_names or ())
+    row = frame.loc[frame.sample_id == sample_id, names].iloc[0]
+    want = c.post("/predict", json={"instances": [{n: float(row[n]) for n in names}]}).json()
+    meta = c.get("/v2/models/customers").json()
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, len(names)]}]
+    got = c.post("/v2/models/customers/infer", json={"inputs": [
+        {"name": "input", "shape": [1, len(names)], "datatype": "FP32", "data": [float(row[n]) for n in names]}]})
+    assert got.status_code == 200, got.text
+    out = {o["name"]: o["data"] for o in got.json()["outputs"]}
+    assert out["label"] == [want["predictions"][0]["label"]] and got.json()["model_version"] == want["model_version"]
+    assert out["class_name"] == [want["predictions"][0]["class_name"]]
+    assert np.allclose(out["probabilities"], want["predictions"][0]["probabilities"], atol=1e-5)
