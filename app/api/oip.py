@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ from app.errors import InvalidRequest, MalformedRequest
 HEADER_LENGTH = "inference-header-content-length"
 OUTPUTS = ("probabilities", "label", "class_name")
 NUMERIC = {"FP32": "<f4", "FP64": "<f8"}  # what `input` takes: the model's scale is a float's
-PARAMETER_TYPES = (str, int, float, bool)
+UINT64_MAX = 2**64 - 1
 
 
 class OipError(BaseModel):
@@ -179,9 +180,9 @@ def _outputs(req: InferenceRequest) -> list[tuple[str, bool]]:
 
 
 def _count(shape: list[int]) -> int:
-    if any(d < 0 for d in shape):
-        raise InvalidRequest("shape dimensions must be non-negative")
-    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if any(d < 0 or d > UINT64_MAX for d in shape):
+        raise InvalidRequest("shape dimensions must be unsigned 64-bit integers")
+    return math.prod(shape)  # Python's integers: a product past 64 bits is refused below, not wrapped
 
 
 def _bytes_elements(raw: bytes) -> list[bytes]:
@@ -240,8 +241,9 @@ def decode(body: bytes, header_length: str | None, *, layout: tuple[int, ...], i
 def _numeric(inp: RequestInput, raw: bytes | None, n: int, layout: tuple[int, ...]) -> np.ndarray:
     if inp.datatype not in NUMERIC:
         raise InvalidRequest(f"input 'input' takes {' or '.join(NUMERIC)}, not {inp.datatype}")
-    if len(inp.shape) != 1 + len(layout) or tuple(inp.shape[1:]) != layout:
-        raise InvalidRequest(f"input 'input' has shape [N, {', '.join(map(str, layout))}], not {inp.shape}")
+    if len(inp.shape) != 1 + len(layout) or tuple(inp.shape[1:]) != layout or inp.shape[0] < 1:
+        raise InvalidRequest(f"input 'input' has shape [N, {', '.join(map(str, layout))}] with N ≥ 1, not "
+                             f"{inp.shape}")
     if raw is not None:
         if len(raw) != n * np.dtype(NUMERIC[inp.datatype]).itemsize:
             raise InvalidRequest(f"binary_data_size {len(raw)} does not match shape {inp.shape} of {inp.datatype}")

@@ -123,6 +123,8 @@ def test_bad_inference_requests_answer_the_protocols_error(svc: Service) -> None
     cases = [({"inputs": [row], "outputs": [{"name": "logits"}]}, "unknown output"),
              ({"inputs": [row], "outputs": [{"name": "label", "parameters": {"classification": 3}}]}, "classification"),
              ({"inputs": [{**row, "shape": [1, 64]}]}, "shape"),
+             ({"inputs": [{**row, "shape": [0, 8, 8, 1], "data": []}]}, "N ≥ 1"),
+             ({"inputs": [{**row, "shape": [2**70, 8, 8, 1]}]}, "unsigned 64-bit"),
              ({"inputs": [{**row, "datatype": "INT8"}]}, "FP32"),
              ({"inputs": [{**row, "data": [0.0] * 63}]}, "63 values"),
              ({"inputs": [{**row, "name": "pixels"}]}, "exactly one input"),

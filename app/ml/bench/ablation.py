@@ -66,7 +66,7 @@ def run_ablation(cfg: AblationConfig, *, out: Path, data_dir: Path | None, data_
               + " %; the paper's Fig. 2 claim is that MU and UE fall as GC, then GR, are added."]
     _plot(out / "ablation.png", rows)
     return write_results(out, device=ds.device, placement=ds.placement,
-                         suite=cfg.name, command=bench_command(cfg.name, out),
+                         suite=cfg.name, command=bench_command(cfg.name, out, seeds),
                          config={**asdict(cfg), "seeds": list(range(n))},
                          results={"rows": rows, "attack": attack}, markdown="\n".join(lines))
 

@@ -52,7 +52,7 @@ def run_epochs_suite(cfg: EpochsConfig, *, out: Path, data_dir: Path | None, dat
     lines += ["", "The paper's Table VI claim: GR training reaches its early stop in fewer epochs."]
     _plot(out / "epochs.png", rows, names)
     return write_results(out, device=ds.device, placement=ds.placement,
-                         suite=cfg.name, command=bench_command(cfg.name, out),
+                         suite=cfg.name, command=bench_command(cfg.name, out, seeds),
                          config={**asdict(cfg), "seeds": list(range(n))}, results={"rows": rows},
                          markdown="\n".join(lines))
 
