@@ -22,18 +22,21 @@ from typing import Any
 
 import httpx
 
-from app import errors
 from app.errors import ConfigError, ServiceError, Unavailable, WaitTimedOut
 
 RETRY_STATUS = 503
 UNTIL = ("completed", "exact")
-_BY_SLUG: dict[str, type[ServiceError]] = {}
+
+
+def _tree(cls: type[ServiceError]) -> list[type[ServiceError]]:
+    """CLS's subclasses, parents before their children."""
+    return [c for sub in cls.__subclasses__() for c in (sub, *_tree(sub))]
+
+
+_BY_SLUG = {c.slug: c for c in _tree(ServiceError)}  # every error the service can answer, as app.errors has it
 _BY_STATUS: dict[int, type[ServiceError]] = {}
-for _cls in (errors.InvalidRequest, errors.MalformedRequest, errors.UnsupportedMediaType, errors.NotFound,
-             errors.Gone, errors.RetiredVersion, errors.Conflict, errors.AlreadyForgotten, errors.Unauthorized,
-             errors.Forbidden, errors.Unavailable, errors.PayloadTooLarge):
-    _BY_SLUG[_cls.slug] = _cls
-    _BY_STATUS.setdefault(_cls.status, _cls)
+for _cls in _tree(ServiceError):
+    _BY_STATUS.setdefault(_cls.status, _cls)  # a status alone: the parent (Gone, not RetiredVersion)
 
 
 def raise_for_problem(response: httpx.Response) -> None:
@@ -68,13 +71,21 @@ class Retry:
         return min(self.backoff_s * 2 ** attempt, self.max_backoff_s)
 
 
-def _body(data: bytes | Sequence[Sequence[float]] | Any) -> dict[str, Any]:
+def _predict_args(data: bytes | Sequence[Sequence[float]] | Any, version: str | None) -> dict[str, Any]:
     """predict()'s input as request arguments: an encoded image, or feature rows (lists or an array)."""
+    params = {"params": {"version": version}} if version else {}
     if isinstance(data, bytes | bytearray):
         kind = "image/png" if bytes(data[:8]) == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
-        return {"content": bytes(data), "headers": {"content-type": kind}}
+        return {"content": bytes(data), "headers": {"content-type": kind}, **params}
     rows = data.tolist() if hasattr(data, "tolist") else [list(r) for r in data]
-    return {"json": {"instances": rows}}
+    return {"json": {"instances": rows}, **params}
+
+
+def _delete_args(sample_ids: Sequence[int | str] | None, subject_id: str | None,
+                 idempotency_key: str | None) -> dict[str, Any]:
+    """delete()'s request arguments; an Idempotency-Key is made when none is given, so a retry never duplicates."""
+    body = {"sample_ids": list(sample_ids)} if sample_ids is not None else {"subject_id": subject_id}
+    return {"json": body, "headers": {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}}
 
 
 @dataclass
@@ -169,17 +180,14 @@ class Client(_Base):
 
     def delete(self, *, sample_ids: Sequence[int | str] | None = None, subject_id: str | None = None,
                idempotency_key: str | None = None) -> Deletion:
-        body = {"sample_ids": list(sample_ids)} if sample_ids is not None else {"subject_id": subject_id}
-        key = idempotency_key or str(uuid.uuid4())
-        r = self.call("POST", "/delete", json=body, headers={"Idempotency-Key": key})
+        r = self.call("POST", "/delete", **_delete_args(sample_ids, subject_id, idempotency_key))
         return Deletion(self, r.json())
 
     def request(self, request_id: str) -> dict[str, Any]:
         return self.call("GET", f"/requests/{request_id}").json()  # type: ignore[no-any-return]
 
     def predict(self, data: bytes | Sequence[Sequence[float]] | Any, *, version: str | None = None) -> dict[str, Any]:
-        params = {"version": version} if version else None
-        return self.call("POST", "/predict", params=params, **_body(data)).json()  # type: ignore[no-any-return]
+        return self.call("POST", "/predict", **_predict_args(data, version)).json()  # type: ignore[no-any-return]
 
 
 class AsyncDeletion:
@@ -235,9 +243,7 @@ class AsyncClient(_Base):
 
     async def delete(self, *, sample_ids: Sequence[int | str] | None = None, subject_id: str | None = None,
                      idempotency_key: str | None = None) -> AsyncDeletion:
-        body = {"sample_ids": list(sample_ids)} if sample_ids is not None else {"subject_id": subject_id}
-        r = await self.call("POST", "/delete", json=body, headers={"Idempotency-Key": idempotency_key or
-                                                                   str(uuid.uuid4())})
+        r = await self.call("POST", "/delete", **_delete_args(sample_ids, subject_id, idempotency_key))
         return AsyncDeletion(self, r.json())
 
     async def request(self, request_id: str) -> dict[str, Any]:
@@ -245,5 +251,4 @@ class AsyncClient(_Base):
 
     async def predict(self, data: bytes | Sequence[Sequence[float]] | Any, *,
                       version: str | None = None) -> dict[str, Any]:
-        params = {"version": version} if version else None
-        return (await self.call("POST", "/predict", params=params, **_body(data))).json()  # type: ignore[no-any-return]
+        return (await self.call("POST", "/predict", **_predict_args(data, version))).json()  # type: ignore[no-any-return]

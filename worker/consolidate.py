@@ -72,18 +72,19 @@ def chain_length(session: Any) -> int:
     return n
 
 
-PARTIAL_WORDS, DUE_WORDS, CHAIN_WORDS = "exposure window", " is due at ", "approximate versions in a row"
+class Reason(str):
+    """Why a consolidation runs: due()'s words, with their kind (partial_exposure | due_date | chain) for the
+    worker's metrics."""
+
+    kind: str
+
+    def __new__(cls, words: str, kind: str) -> Reason:
+        out = super().__new__(cls, words)
+        out.kind = kind
+        return out
 
 
-def reason_kind(reason: str) -> str:
-    """A consolidation's reason (due()'s words, or the caller's) as a metrics label."""
-    for words, kind in ((PARTIAL_WORDS, "partial_exposure"), (DUE_WORDS, "due_date"), (CHAIN_WORDS, "chain")):
-        if words in reason:
-            return kind
-    return "on_demand"
-
-
-def due(settings: Settings, conn: LedgerConn, now: datetime) -> str | None:
+def due(settings: Settings, conn: LedgerConn, now: datetime) -> Reason | None:
     """Why a consolidation should run now, or None."""
     with transaction(conn.read) as s:
         approx = ledger.approximate_requests(s)
@@ -95,11 +96,12 @@ def due(settings: Settings, conn: LedgerConn, now: datetime) -> str | None:
     first = min(approx, key=lambda r: when[r.id])
     if when[first.id] <= now:
         if when[first.id] < by_due_date(settings, as_utc(first.due_at)):  # type: ignore[arg-type]  # the window
-            return (f"request {first.id}'s batch was partial and its {PARTIAL_WORDS} "
-                    f"(UNLEARND_PARTIAL_EXPOSURE, {settings.partial_exposure}) ended")
-        return f"request {first.id}{DUE_WORDS}{as_utc(first.due_at).isoformat()}"  # type: ignore[union-attr]
+            return Reason(f"request {first.id}'s batch was partial and its exposure window "
+                          f"(UNLEARND_PARTIAL_EXPOSURE, {settings.partial_exposure}) ended", "partial_exposure")
+        return Reason(f"request {first.id} is due at {as_utc(first.due_at).isoformat()}",  # type: ignore[union-attr]
+                      "due_date")
     if chain >= settings.consolidate_after:
-        return f"{chain} {CHAIN_WORDS}"
+        return Reason(f"{chain} approximate versions in a row", "chain")
     return None
 
 

@@ -27,7 +27,7 @@ from app.db.session import transaction, utcnow
 from app.service.ledger_conn import LedgerConn
 from app.service.queue import announce, connect, queue
 from worker import metrics
-from worker.consolidate import consolidate, due, reason_kind
+from worker.consolidate import consolidate, due
 from worker.derived import rebuild_derived
 from worker.housekeeping import purge_forgotten, refresh_cache, sweep
 from worker.jobs import process_pending  # noqa: F401  imported now, not inside the first deletion's latency
@@ -110,7 +110,7 @@ def maybe_consolidate(settings: Settings, conn: LedgerConn, redis: Redis) -> Non
         return
     result = consolidate(settings, conn, reason=reason)
     if result.state in ("completed", "failed"):
-        metrics.retrain_ended(reason=reason_kind(reason), outcome=result.state,
+        metrics.retrain_ended(reason=reason.kind, outcome=result.state,
                               seconds=(result.info or {}).get("train_s"))
     if result.state == "completed" and result.version_id:
         announce(settings, redis, version_id=result.version_id)

@@ -27,7 +27,7 @@ batches = Counter("unlearnd_worker_batches", "deletion batches a worker ended, b
 verdicts = Counter("unlearnd_worker_verdicts", "the membership verifier's verdicts on completed batches",
                    ["verdict"], registry=REGISTRY)
 exact_retrains = Counter("unlearnd_worker_exact_retrains", "exact retrains from scratch, by reason (partial_exposure "
-                         "| due_date | chain | on_demand | batch) and outcome (completed | failed)",
+                         "| due_date | chain | batch) and outcome (completed | failed)",
                          ["reason", "outcome"], registry=REGISTRY)
 requests = Counter("unlearnd_worker_requests", "deletion requests a worker ended, by state (completed | failed)",
                    ["state"], registry=REGISTRY)

@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from sqlalchemy import text
 
-from app.api.deps import State
+from app.api.deps import AppState, State
 from app.api.metrics import JobReading
 from app.api.problems import problem, responses
 from app.api.threads import BackgroundRoute
@@ -35,13 +35,7 @@ def healthz() -> dict[str, str]:
                     "workers' state is reported beside them (`worker`) and does not make an API unready: it still "
                     "predicts and accepts deletions, which wait in the ledger; /healthz/worker alerts on it")
 def readyz(state: State, request: Request) -> Response:
-    checks: dict[str, str] = {}
-    try:
-        with state.conn.read_engine.connect() as c:
-            c.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception as e:
-        checks["database"] = f"error: {type(e).__name__}"
+    checks: dict[str, str] = {"database": database_check(state)}
     try:
         checks["redis"] = "ok" if state.redis is not None and state.redis.ping() else "not configured"
     except RedisError as e:
@@ -68,6 +62,16 @@ def readyz(state: State, request: Request) -> Response:
         return JSONResponse({"status": "ready", "checks": checks, "worker": worker, "background": background})
     return problem(503, "not-ready", "Not ready", "a dependency is not ready", request.url.path, checks=checks,
                    worker=worker, background=background)
+
+
+def database_check(state: AppState) -> str:
+    """"ok" when the ledger answers a query, else "error: <exception class>"."""
+    try:
+        with state.conn.read_engine.connect() as c:
+            c.execute(text("SELECT 1"))
+        return "ok"
+    except Exception as e:
+        return f"error: {type(e).__name__}"
 
 
 def _jobs(state: State) -> tuple[datetime, int, list[JobHealth]]:

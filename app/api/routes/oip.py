@@ -13,13 +13,13 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from app import __version__
 from app.api import oip
 from app.api.deps import AppState, State, authorize, require
 from app.api.inputs import image_rows
 from app.api.oip import error_responses
+from app.api.routes.health import database_check
 from app.api.routes.predict import from_rows, probabilities
 from app.api.threads import BackgroundRoute
 from app.api.versions import model_for
@@ -49,17 +49,8 @@ async def live() -> oip.ServerLive:
             responses={503: {"description": "Not ready", "model": oip.ServerReady}},
             summary="OIP v2: the model is loaded and the ledger is reachable")
 def ready(state: State) -> Response:
-    ok = state.holder.current is not None and _ledger_reachable(state)
+    ok = state.holder.current is not None and database_check(state) == "ok"
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
-
-
-def _ledger_reachable(state: AppState) -> bool:
-    try:
-        with state.conn.read_engine.connect() as c:
-            c.execute(text("SELECT 1"))
-        return True
-    except Exception:
-        return False
 
 
 def _check_name(state: AppState, name: str) -> None:
