@@ -99,9 +99,14 @@ def _report(meta: ModelMeta) -> None:
 
 def _train(ns: argparse.Namespace, settings: Settings) -> int:
     dataset, path = _data(ns)  # before torch: a bad path or arch fails at once
+    if ns.nproc > 1 and (ns.shards > 1 or ns.slices > 1):
+        from app.errors import ConfigError
+
+        raise ConfigError("--shards/--slices train in one process: drop --nproc")
     if ns.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _torchrun(ns.nproc, ns.argv)
     from app.ml.data.dataset import SplitConfig
+    from app.ml.sharding.plan import ShardSpec
     from app.ml.training.distributed import join
     from app.ml.workflows.pipeline import train_to_dir
 
@@ -109,6 +114,7 @@ def _train(ns: argparse.Namespace, settings: Settings) -> int:
     meta = train_to_dir(dataset=dataset, arch=ns.arch, out=ns.out, train_cfg=cfg,  # type: ignore[arg-type]
                         split_cfg=SplitConfig(seed=ns.seed), data_path=path, with_cache=not ns.no_cache,
                         start=start, world=join(ns.device or settings.device),
+                        shards=ShardSpec(ns.shards, ns.slices, ns.aggregate),
                         **_extras(ns, settings))  # type: ignore[arg-type]
     if meta is None:  # another rank than 0: rank 0 reports and writes
         return 0
@@ -357,6 +363,14 @@ def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     t.add_argument("--gr-grad", choices=("exact", "fd"),
                    help="penalty gradient: exact double backprop, or a finite-difference HVP")
     t.add_argument("--no-cache", action="store_true", help="skip writing the fast path's gradient cache")
+    t.add_argument("--shards", type=positive(int), default=1, metavar="K",
+                   help="SISA: K constituent models on disjoint shards (by subject where the data names them); a "
+                        "deletion retrains only the shards that held its samples, and is exact at once (default 1)")
+    t.add_argument("--slices", type=positive(int), default=1, metavar="R",
+                   help="each shard trains in R slices with a checkpoint after each; a retrain resumes from the "
+                        "last one before the deleted samples' slice (default 1)")
+    t.add_argument("--aggregate", choices=("mean", "vote"), default="mean",
+                   help="how the constituents answer together: their mean softmax, or a majority vote")
     _nproc_flag(t, "train")
     t.set_defaults(func=_train)
 

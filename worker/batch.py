@@ -29,11 +29,15 @@ from app.db.session import transaction, utcnow
 from app.errors import Conflict, ModelLoadError, public_reason
 from app.ml.common.device import describe, resolve
 from app.ml.common.hashing import ids_sha256
+from app.ml.data.dataset import Dataset
 from app.ml.forgetting.gradcache import load_cache
 from app.ml.forgetting.job import ForgettingRecord, forget_version
 from app.ml.forgetting.methods.base import UnlearnTask
 from app.ml.forgetting.policy import Budget, PolicyOptions, Setting
 from app.ml.models.checkpoint import ModelDir
+from app.ml.sharding.job import forget_shards
+from app.ml.sharding.store import load_shards
+from app.ml.sharding.train import Sharded
 from app.ml.verify.store import load_verifier
 from app.service.faults import is_transient
 from app.service.ledger_conn import LedgerConn
@@ -139,6 +143,8 @@ def process(settings: Settings, conn: LedgerConn, c: Claimed) -> Outcome:
     # row's label is -1, and the verifier's files may not have dropped it yet
     gone = np.union1d(np.union1d(c.forgotten, np.asarray(list(c.others), dtype=np.int64)), erased_rows(ds))
     folder = verifier_folder(settings)
+    if md.meta.shards:
+        return _process_sharded(settings, conn, c, md, ds, gone, t0)
     task = UnlearnTask.from_model_dir(
         md, ds, forget_ids=np.asarray(c.forget), train_ids=c.train_ids, exclude=gone, chunk_size=settings.chunk_size,
         cache=load_cache(version_dir(settings.home, c.head), ds.device),
@@ -158,15 +164,33 @@ def process(settings: Settings, conn: LedgerConn, c: Claimed) -> Outcome:
     return _write_and_commit(settings, conn, c, md, done.model, done.record, t0)
 
 
+def _process_sharded(settings: Settings, conn: LedgerConn, c: Claimed, md: ModelDir, ds: Dataset,
+                     gone: np.ndarray, t0: float) -> Outcome:
+    """A sharded model forgets exactly at once: the shards that held the batch's samples retrain from their
+    last checkpoint before them (app/ml/sharding/job.py); the other constituents are kept bit for bit."""
+    sh = load_shards(md)
+    if not np.array_equal(sh.plan.ids, c.train_ids):
+        raise ModelLoadError(f"version {c.head.id}'s shard plan does not hold the ledger's active samples")
+    folder = verifier_folder(settings)
+    done = forget_shards(sh, md.model, ds, np.asarray(c.forget), holdout_ids(md.splits, settings.holdout_size, gone),
+                         budget(settings, c.first), load_verifier(folder) if settings.verify_refs and
+                         folder.is_dir() else None,
+                         holdout_acc_before=float(c.head.metrics.get("holdout_acc", float("nan"))))
+    if done.sharded is None or done.model is None:
+        return _fail(conn, c, public_reason(f"the shard retrain failed validation: {done.record.problem}"))
+    done.record.device, done.record.data_placement = describe(resolve(settings.device)), ds.placement
+    return _write_and_commit(settings, conn, c, md, done.model, done.record, t0, sharded=done.sharded)
+
+
 def _write_and_commit(settings: Settings, conn: LedgerConn, c: Claimed, md: ModelDir, model: nn.Module,
-                      record: ForgettingRecord, t0: float) -> Outcome:
+                      record: ForgettingRecord, t0: float, *, sharded: Sharded | None = None) -> Outcome:
     fields = record.to_payload()
     payload = {"event": "unlearn", "request_ids": sorted(r.id for r in c.requests), **fields,
                "parent_model_sha256": c.head.sha256, "erased_by_split": _by_split(c.others),
                "derived_pending": _derived_pending(settings, c)}
     meta = md.meta.inherited(unlearn={**fields, "parent_weights_sha256": md.weights_sha256, "batch_id": c.batch_id})
     sha, path = write_version(settings.models_dir, model=model, model_cfg=md.model_cfg, meta=meta,
-                              splits=md.splits.without_train(np.asarray(c.forget)))
+                              splits=md.splits.without_train(np.asarray(c.forget)), sharded=sharded)
     payload["model_sha256"] = sha
     if settings.debug_commit_delay_s:
         time.sleep(settings.debug_commit_delay_s)

@@ -39,14 +39,15 @@ from app.ml.common.device import describe, resolve
 from app.ml.common.hashing import ids_sha256
 from app.ml.data.dataset import Dataset
 from app.ml.forgetting.policy import validate
-from app.ml.models.checkpoint import ModelDir
+from app.ml.models.checkpoint import META_FILE, ModelDir
+from app.ml.models.meta import ModelMeta
 from app.ml.models.pretrained import start_evidence
 from app.ml.training.fit import TrainConfig
 from app.ml.training.recipe import train_config_from_meta
 from app.service.ledger_conn import LedgerConn
 from app.service.schedule import by_due_date, exact_by
 from app.service.store import erased_rows, store_on
-from app.service.versions import ledger_path, load_version, write_version
+from app.service.versions import ledger_path, load_version, version_dir, write_version
 from worker import metrics
 from worker.batch import budget
 from worker.exact import exact_fit
@@ -114,6 +115,8 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
         chain = chain_length(s)
     if head is None or first is None or (not covered and chain == 0):
         return Result("nothing", info={"why": "every completed request is already exact"})
+    if ModelMeta.read(version_dir(settings.home, head) / META_FILE).shards:
+        return Result("nothing", info={"why": "a sharded model: every deletion retrained its shards exactly"})
     log.info("consolidating (%s): retraining on %d samples, %d requests to make exact", reason, len(active),
              len(covered))
     t0 = time.perf_counter()

@@ -38,6 +38,7 @@ from app.ml.data.dataset import Dataset, Splits
 from app.ml.models.checkpoint import ModelDir, load_model_dir
 from app.ml.models.factory import create_model
 from app.ml.models.pretrained import load_strict
+from app.ml.sharding.references import sharded_references
 from app.ml.training.distributed import SINGLE, join, leave
 from app.ml.training.fit import TrainConfig, fit
 from app.ml.training.recipe import train_config_from_meta
@@ -71,8 +72,9 @@ def exact_references(settings: Settings, md: ModelDir, ds: Dataset, splits: Spli
                      epochs: int, name: str, config: VerifierConfig) -> Verifier:
     """The verifier NAME's reference models for MD's model on SPLITS, retrained (the derived models' rebuild):
     in this process, or shared out one model per rank in a job like the retrain's (UNLEARND_EXACT_*)."""
-    if settings.exact_nproc <= 1 and not settings.exact_launch:
-        return build_verifier(name, BuildInputs(md.model, ds, splits, md.model_cfg, recipe, epochs), config)
+    if (settings.exact_nproc <= 1 and not settings.exact_launch) or md.meta.shards:  # a sharded one: here
+        return build_verifier(name, BuildInputs(md.model, ds, splits, md.model_cfg, recipe, epochs,
+                                                fit_ref=sharded_references(md.model_cfg, md.meta.shards)), config)
     spec = {"version_dir": str(md.path), "recipe": dataclasses.asdict(recipe), "epochs": epochs, "verifier": name,
             "verifier_config": dataclasses.asdict(config), "splits": splits.to_json()}
     with _job(settings, "references", spec, {}) as job:

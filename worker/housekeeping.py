@@ -104,7 +104,10 @@ def refresh_cache(settings: Settings, conn: LedgerConn) -> bool:
         active = np.asarray(ledger.active_ids(s), dtype=np.int64)
     if head is None:
         return False
-    if cache_matches(load_cache(version_dir(settings.home, head)), weights=head.sha256, ids=active):
+    folder = version_dir(settings.home, head)
+    if ModelMeta.read(folder / META_FILE).shards:  # no fast update ever runs on a sharded model
+        return False
+    if cache_matches(load_cache(folder), weights=head.sha256, ids=active):
         return False
     dev = resolve(settings.device)
     md = load_version(head, device=dev, home=settings.home)

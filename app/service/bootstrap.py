@@ -29,6 +29,8 @@ from app.ml.forgetting.calibrate import CalibrationConfig
 from app.ml.forgetting.gradcache import build_cache, cache_matches, load_cache, save_cache
 from app.ml.models.checkpoint import META_FILE, ModelDir, dataset_for, load_model_dir
 from app.ml.models.meta import ModelMeta
+from app.ml.sharding.references import sharded_references
+from app.ml.sharding.store import load_shards
 from app.ml.training.fit import TrainConfig
 from app.ml.training.metrics import accuracy
 from app.ml.training.recipe import train_config_from_meta
@@ -95,20 +97,24 @@ def publish_initial(settings: Settings, conn: LedgerConn, *, model_dir: Path | N
     remember_source_folder(settings.store_dir, model_dir)
     train_ids = np.sort(md.splits.train)
     hold = holdout_ids(md.splits, settings.holdout_size)
-    cache = load_cache(model_dir, ds.device)
-    if not cache_matches(cache, weights=md.weights_sha256, ids=train_ids):
+    sharded = load_shards(md) if md.meta.shards else None  # exact on delete: no fast update, nothing to calibrate
+    cache = load_cache(model_dir, ds.device) if sharded is None else None
+    if sharded is None and not cache_matches(cache, weights=md.weights_sha256, ids=train_ids):
         cache = build_cache(md.model, ds, train_ids, chunk_size=settings.chunk_size)
     train_cfg = train_config_from_meta(md.meta) or TrainConfig()
     epochs = md.meta.retrain_epochs
     verifier = _publish_verifier(settings, md, ds, train_cfg, epochs)
-    calibration = _publish_calibration(settings, md, ds, cache, progress=progress)
+    calibration = None if sharded else _publish_calibration(settings, md, ds, cache, progress=progress)
     meta = md.meta.with_(published_from=str(model_dir), calibration=calibration)
     sha, path = write_version(settings.models_dir, model=md.model, model_cfg=md.model_cfg, meta=meta,
-                              splits=md.splits)
-    save_cache(cache, path)
+                              splits=md.splits, sharded=sharded)
+    if cache is not None:
+        save_cache(cache, path)
     metrics: dict[str, Any] = {"holdout_acc": accuracy(md.model, ds, hold), "n_train": len(train_ids),
                                "verifier": verifier, "exact": True,
-                               "calibration": calibration_summary(calibration)}
+                               "calibration": calibration_summary(calibration) if calibration else None}
+    if sharded is not None:
+        metrics["shards"] = {k: md.meta.shards[k] for k in ("k", "r", "how")}  # type: ignore[index]
     now = utcnow()
     with transaction(conn.write) as s:
         if ledger.head(s) is not None:  # another process published first
@@ -186,7 +192,7 @@ def _publish_verifier(settings: Settings, md: ModelDir, ds: Any, train_cfg: Trai
             save_verifier(v, target)
             return {**power_summary(v), "power": v.power, "reused": "the model directory's own verifier"}
     inputs = BuildInputs(model=md.model, ds=ds, splits=md.splits, model_cfg=md.model_cfg, train_cfg=train_cfg,
-                         epochs=epochs)
+                         epochs=epochs, fit_ref=sharded_references(md.model_cfg, md.meta.shards))
     return attach_verifier(settings.home, inputs, settings.verifier,
                            VerifierConfig(n_refs=settings.verify_refs, seed=md.meta.seed))
 

@@ -24,15 +24,20 @@ from app.ml.forgetting.policy import Budget
 from app.ml.models.checkpoint import ModelDir, check_finite, load_model_dir, no_pause, save_model_dir
 from app.ml.models.factory import ModelConfig
 from app.ml.models.meta import ModelMeta
+from app.ml.sharding.store import save_shards
+from app.ml.sharding.train import Sharded
 from app.ml.training.metrics import predict_logits
 
 
 def write_version(models_dir: Path, *, model: nn.Module, model_cfg: ModelConfig, meta: ModelMeta,
-                  splits: Splits) -> tuple[str, Path]:
-    """Write into a temp folder, then rename it: a reader never sees a half-written version."""
+                  splits: Splits, sharded: Sharded | None = None) -> tuple[str, Path]:
+    """Write into a temp folder, then rename it: a reader never sees a half-written version. SHARDED: a sharded
+    model's plan and slice checkpoints go in with its weights."""
     models_dir.mkdir(parents=True, exist_ok=True)
     tmp = models_dir / f".tmp-{uuid.uuid4().hex}"
     sha = save_model_dir(tmp, model=model, model_cfg=model_cfg, meta=meta, splits=splits)
+    if sharded is not None:
+        save_shards(tmp, sharded)
     final = models_dir / sha[:16]
     if final.exists():  # the same weights, written by an attempt that died before its commit
         shutil.rmtree(tmp)

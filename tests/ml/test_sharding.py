@@ -8,13 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
-from app.errors import ConfigError
+from app.errors import ConfigError, ModelLoadError
 from app.ml.bench.shards import ModelSpec, ShardsConfig, run
 from app.ml.data.dataset import Dataset, Splits
+from app.ml.models.aggregate import Aggregate
+from app.ml.models.checkpoint import load_model_dir, save_model_dir
 from app.ml.models.factory import ModelConfig
-from app.ml.sharding.aggregate import Aggregate
 from app.ml.sharding.plan import make_plan
+from app.ml.sharding.store import SHARDS, load_shards, save_shards, shards_record, slice_file
 from app.ml.sharding.train import forget_sharded, train_sharded
 from app.ml.training.fit import TrainConfig
 from app.ml.training.metrics import accuracy
@@ -84,3 +87,30 @@ def test_the_shards_suite_reports_every_cell_side_by_side(tmp_path: Path) -> Non
         assert 0.5 < r["test_acc"] <= 1 and 0.4 < r["mia_auc"] < 1 and r["delete_s"] > 0 and r["rows_per_s_64"] > 0
         assert r["speedup"] == pytest.approx(r["retrain_s"] / r["delete_s"])
     assert (tmp_path / "shards.png").stat().st_size > 1000 and "| 2 | 2 |" in (tmp_path / "results.md").read_text()
+
+
+def test_a_sharded_directory_loads_as_its_aggregate_and_refuses_changed_slices(digits: Dataset, digit_splits: Splits,
+                                                                               tmp_path: Path) -> None:
+    cfg = ModelConfig(arch="tests.models_for_tests:small_cnn_bn", in_shape=digits.in_shape,
+                      num_classes=digits.num_classes)
+    plan = make_plan(digit_splits.train, k=3, r=2, seed=0)
+    sh = train_sharded(cfg, digits, plan, TrainConfig(max_epochs=2, seed=0))
+    folder = tmp_path / "m"
+    save_model_dir(folder, model=sh.aggregate(), model_cfg=cfg, meta={"shards": shards_record(sh)},
+                   splits=digit_splits)
+    save_shards(folder, sh)
+    md = load_model_dir(folder)
+    x = digits.features(digit_splits.test[:32])
+    with torch.inference_mode():  # batch norm in eval mode: the batched forward follows the aggregate's mode
+        want = torch.log(torch.stack([m.eval()(x).softmax(-1) for m in sh.constituents]).mean(0))
+        assert torch.allclose(md.model(x), want, atol=1e-5)
+        assert torch.allclose(Aggregate(list(md.model.constituents)).eval()(x), want, atol=1e-5)
+    back = load_shards(md)
+    assert np.array_equal(back.plan.shard, plan.shard) and len(back.checkpoints[2]) == 2
+    assert all(torch.equal(back.checkpoints[1][1][n], t) for n, t in sh.checkpoints[1][1].items())
+    slices = folder / SHARDS / slice_file(1)
+    state = load_file(str(slices))
+    state[next(iter(state))] += 1
+    save_file(state, str(slices))
+    with pytest.raises(ModelLoadError, match="slices-1"):
+        load_shards(md)

@@ -24,6 +24,7 @@ from app.ml.common.fsutil import atomic_replace, atomic_write_text
 from app.ml.common.hashing import weights_sha256
 from app.ml.data.dataset import Dataset, Splits
 from app.ml.data.formats import load_dataset
+from app.ml.models.aggregate import aggregate_from_state
 from app.ml.models.factory import ModelConfig, create_model, model_device
 from app.ml.models.meta import ModelMeta
 from app.ml.models.pretrained import carry_init
@@ -95,14 +96,18 @@ def load_model_dir(path: Path, *, device: torch.device | str | None = None,
     meta = ModelMeta.read(path / META_FILE)
     cfg = model_config_from_meta(meta, path)
     pause()
-    model = create_model(cfg, device)
+    model = create_model(cfg, device) if not meta.shards else None
     pause()
     try:
         state = load_file(str(path / MODEL_FILE), device=str(device or "cpu"))
     except (SafetensorError, OSError) as e:
         raise ModelLoadError(f"{path / MODEL_FILE} is not a readable safetensors file ({e})") from e
     try:
-        model.load_state_dict(state, strict=True)
+        if model is None:  # a sharded model's weights are its constituents'; it answers as their aggregate
+            model = aggregate_from_state(lambda: create_model(cfg, device), state, meta.n_shards,
+                                         str(meta.shards.get("how", "mean")))  # type: ignore[union-attr]
+        else:
+            model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ModelLoadError(f"{path / MODEL_FILE} does not fit arch {cfg.arch!r} {cfg.in_shape}: {e}") from e
     pause()

@@ -31,6 +31,8 @@ class ModelMeta:
     feature_names: tuple[str, ...] | None = None
     init: dict[str, Any] | None = None  # {file, sha256, source, weights_sha256}: the copy kept beside the weights
     freeze: tuple[str, ...] = ()
+    # a SISA model (app/ml/sharding): {k, r, how, seed, slices_sha256}; the weights are its K constituents'
+    shards: dict[str, Any] | None = None
     # the data
     dataset: str | None = None
     data_path: str | None = None
@@ -74,6 +76,10 @@ class ModelMeta:
     def training_seconds(self) -> float:
         """What retraining this model costs, as its own training run measured it."""
         return float(self.seconds_per_epoch or 0.0) * int(self.epochs or 0)
+
+    @property
+    def n_shards(self) -> int:
+        return int((self.shards or {}).get("k", 1))
 
     @property
     def retrain_epochs(self) -> int:

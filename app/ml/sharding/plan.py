@@ -12,6 +12,19 @@ from app.errors import ConfigError
 
 
 @dataclass(frozen=True)
+class ShardSpec:
+    """`--shards K --slices R --aggregate HOW`: 1 and 1 is today's single model."""
+
+    k: int = 1
+    r: int = 1
+    how: str = "mean"
+
+    @property
+    def sharded(self) -> bool:
+        return self.k > 1 or self.r > 1
+
+
+@dataclass(frozen=True)
 class ShardPlan:
     k: int  # shards
     r: int  # slices per shard

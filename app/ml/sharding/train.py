@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from app.ml.data.dataset import Dataset
+from app.ml.models.aggregate import Aggregate
 from app.ml.models.factory import ModelConfig
-from app.ml.sharding.aggregate import Aggregate
 from app.ml.sharding.plan import ShardPlan
 from app.ml.training.fit import TrainConfig, fit_from, seeded_model
 

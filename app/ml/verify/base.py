@@ -17,6 +17,7 @@ for nothing else (no model trains or stops early on them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -61,6 +62,9 @@ class BuildInputs:
     train_cfg: TrainConfig
     epochs: int  # the target's training length; references train this long
     world: World = SINGLE  # a torchrun job's ranks: the references are shared out, one model per rank
+    # how one reference trains on its ids, when not as one model of model_cfg: a sharded model's are sharded
+    # too (app/ml/sharding/references.py), so that a reference answers as the target does
+    fit_ref: Callable[[Dataset, np.ndarray, TrainConfig], nn.Module] | None = None
 
 
 @dataclass

@@ -15,10 +15,11 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+from torch import nn
 
 from app.ml.models.factory import create_model
 from app.ml.training.distributed import owner, share
-from app.ml.training.fit import fit
+from app.ml.training.fit import TrainConfig, fit
 from app.ml.verify.base import BuildInputs, Verifier, VerifierConfig, split_nonmembers, true_class_logit
 from app.ml.verify.designs import VERIFIERS, Design
 
@@ -38,8 +39,7 @@ def build(inputs: BuildInputs, cfg: VerifierConfig) -> Verifier:
         mine = owner(k, world) == world.rank
         t0 = time.perf_counter()
         # another rank's reference: its weights, scores and seconds arrive from that rank
-        ref = fit(inputs.model_cfg, ds, inside, None, recipe, progress=False).model if mine else \
-            create_model(inputs.model_cfg, ds.device)
+        ref = _fit_ref(inputs, inside, recipe) if mine else create_model(inputs.model_cfg, ds.device)
         took = torch.tensor([time.perf_counter() - t0], dtype=torch.float64, device=ds.device)
         phi_k = torch.from_numpy(true_class_logit(ref, ds, scored, flip=cfg.flip)).to(ds.device) if mine else \
             torch.zeros(len(scored), dtype=torch.float64, device=ds.device)
@@ -55,6 +55,12 @@ def build(inputs: BuildInputs, cfg: VerifierConfig) -> Verifier:
                     info={"K": cfg.n_refs, "ref_train_samples": n_in, "ref_epochs": inputs.epochs,
                           "ref_train_seconds": float(np.sum(seconds)), "variance": "global",
                           "ranks": world.size})
+
+
+def _fit_ref(inputs: BuildInputs, inside: np.ndarray, recipe: TrainConfig) -> nn.Module:
+    if inputs.fit_ref is not None:
+        return inputs.fit_ref(inputs.ds, inside, recipe)
+    return fit(inputs.model_cfg, inputs.ds, inside, None, recipe, progress=False).model
 
 
 VERIFIERS.register("lira")(Design(build=build, min_refs=2))  # a spread needs two references

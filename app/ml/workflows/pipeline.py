@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from app.errors import ForgetSetError, UnlearnFailed
+from app.errors import ConfigError, ForgetSetError, UnlearnFailed
 from app.ml.common.device import resolve
 from app.ml.common.provenance import provenance
 from app.ml.data.dataset import Dataset, SplitConfig, Splits, describe_splits, make_splits
@@ -34,6 +34,10 @@ from app.ml.models.checkpoint import (
 from app.ml.models.factory import ModelConfig, create_model
 from app.ml.models.meta import ModelMeta
 from app.ml.models.pretrained import load_strict, read_weights, store_init
+from app.ml.sharding.plan import ShardSpec
+from app.ml.sharding.references import sharded_references
+from app.ml.sharding.store import save_shards
+from app.ml.sharding.train import Sharded
 from app.ml.training.distributed import SINGLE, World, leave
 from app.ml.training.fit import TrainConfig, fit
 from app.ml.training.metrics import accuracy
@@ -42,6 +46,7 @@ from app.ml.verify.build import DEFAULT, build_verifier, check_verifier
 from app.ml.verify.report import power_summary
 from app.ml.verify.store import FOLDER as VERIFIER_FOLDER
 from app.ml.verify.store import load_verifier, save_verifier
+from app.ml.workflows.sharded import train_sharded_fields, unlearn_sharded
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,7 @@ def train_to_dir(*, dataset: str, arch: str, out: Path, train_cfg: TrainConfig, 
                  verifier_cfg: VerifierConfig | None = None,
                  calibration: CalibrationConfig | None = None, device: str = "cpu",
                  start: Start | None = None, data_options: dict[str, Any] | None = None,
-                 world: World = SINGLE) -> ModelMeta | None:
+                 world: World = SINGLE, shards: ShardSpec | None = None) -> ModelMeta | None:
     """Train ARCH on DATASET with the GR loss and write a model directory to OUT (with its membership
     verifier under OUT/verifier unless VERIFIER is None, and the forgetting setting calibrated for it in
     meta.json unless CALIBRATION is None). DEVICE: auto | cpu | cuda | cuda:N. START: init, freeze, recipe.
@@ -94,6 +99,15 @@ def train_to_dir(*, dataset: str, arch: str, out: Path, train_cfg: TrainConfig, 
     dev = resolve(device)
     ds = load_dataset(dataset, path=data_path, data_dir=data_dir, device=dev, options=data_options)
     splits = make_splits(ds, split_cfg)
+    if shards is not None and shards.sharded:
+        model_cfg, start_fields = prepare_start(out, arch, ds, start or Start())
+        sh, fields = train_sharded_fields(model_cfg, ds, splits, train_cfg, split_cfg, shards, progress=progress)
+        meta = {**data_fields(ds, dataset, data_path, data_options or {}), **start_fields, **fields,
+                **provenance(dev, ds.placement)}
+        return finish_model_dir(out, model=sh.aggregate(), model_cfg=model_cfg, ds=ds, splits=splits, meta=meta,
+                                refs=RefRecipe(train_cfg, train_cfg.max_epochs), t0=t0, with_cache=False,
+                                chunk_size=chunk_size, verifier=verifier, verifier_cfg=vcfg, calibration=None,
+                                progress=progress, sharded=sh)
     with tempfile.TemporaryDirectory() as scratch:  # every rank reads the init; only rank 0's copy lands in OUT
         model_cfg, start_fields = prepare_start(out if world.leader else Path(scratch), arch, ds, start or Start())
         result = fit(model_cfg, ds, splits.train, splits.val, train_cfg, progress=progress, world=world)
@@ -136,18 +150,20 @@ class RefRecipe:
 def finish_model_dir(out: Path, *, model: nn.Module, model_cfg: ModelConfig, ds: Dataset, splits: Splits,
                      meta: dict[str, Any], refs: RefRecipe, t0: float, with_cache: bool, chunk_size: int,
                      verifier: str | None, verifier_cfg: VerifierConfig, calibration: CalibrationConfig | None,
-                     progress: bool, built: Verifier | None = None) -> ModelMeta:
+                     progress: bool, built: Verifier | None = None, sharded: Sharded | None = None) -> ModelMeta:
     """Write MODEL's directory: weights, META's fields, splits, the id mapping, the gradient cache, the membership
     verifier and the calibrated forgetting setting; its meta as written. Shared by `train` and `import`."""
     save_model_dir(out, model=model, model_cfg=model_cfg, meta={**meta, "wall_time_s": time.perf_counter() - t0},
                    splits=splits)
+    if sharded is not None:
+        save_shards(out, sharded)
     write_mapping(ds, out)
     cache = build_cache(model, ds, splits.train, chunk_size=chunk_size) if with_cache else None
     if cache is not None:
         save_cache(cache, out)
     if verifier is not None:
         inputs = BuildInputs(model=model, ds=ds, splits=splits, model_cfg=model_cfg, train_cfg=refs.train_cfg,
-                             epochs=refs.epochs)
+                             epochs=refs.epochs, fit_ref=sharded_references(model_cfg, meta.get("shards")))
         power = attach_verifier(out, inputs, verifier, verifier_cfg, progress=progress, built=built)
         cal = None
         if calibration is not None:
@@ -204,11 +220,20 @@ def unlearn_to_dir(*, model_dir: Path, forget_ids: np.ndarray | list[str], out: 
     forget_set = own_forget_ids(md.splits.train, ds, forget_ids)
     vdir = model_dir / VERIFIER_FOLDER
     verifier = load_verifier(vdir, with_refs=True) if vdir.is_dir() else None
-    task = UnlearnTask.from_model_dir(md, ds, forget_ids=forget_set, verifier=verifier, chunk_size=chunk_size,
-                                      cache=load_cache(model_dir, dev) if use_cache else None)
     hold = md.splits.holdout(int((md.meta.calibration or {}).get("holdout_size", len(md.splits.test))))
     acc0 = accuracy(md.model, ds, hold)
     drop = max_accuracy_drop if max_accuracy_drop is not None else default_accuracy_drop(md.meta)
+    if md.meta.shards:
+        if method and method != "retrain":
+            raise ConfigError(f"a sharded model forgets by retraining the shards that held the samples; --method "
+                              f"{method} does not apply")
+        meta = unlearn_sharded(md, ds, forget_set, out, hold=hold, verifier=verifier, device=dev,
+                               budget=Budget.below(acc0, max_drop=drop, exact_max_drop=exact_max_accuracy_drop))
+        if verifier is not None:
+            save_verifier(verifier, out / VERIFIER_FOLDER)
+        return meta
+    task = UnlearnTask.from_model_dir(md, ds, forget_ids=forget_set, verifier=verifier, chunk_size=chunk_size,
+                                      cache=load_cache(model_dir, dev) if use_cache else None)
     done = forget_version(task, md.meta.calibration, hold,
                           Budget.below(acc0, max_drop=drop, exact_max_drop=exact_max_accuracy_drop),
                           Setting(method, dict(params or {})) if method else None,

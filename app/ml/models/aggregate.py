@@ -7,6 +7,7 @@ them) when the constituents share one architecture, which a sharded model's alwa
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,7 @@ class Aggregate(nn.Module):
     def _logits(self, x: torch.Tensor) -> torch.Tensor:  # (K, N, C)
         if not self.batched:
             return torch.stack([m(x) for m in self.constituents])
-        base = self._base[0]
+        base = self._base[0].train(self.training)  # a list item: .eval() on the aggregate does not reach it
 
         def one(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]) -> torch.Tensor:
             return functional_call(base, (params, buffers), (x,))
@@ -46,3 +47,23 @@ class Aggregate(nn.Module):
             votes = F.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype).mean(0)
             return torch.log(votes + EPS)
         return torch.log(F.softmax(logits, dim=-1).mean(0) + EPS)
+
+
+CONSTITUENTS = "constituents."
+
+
+def aggregate_from_state(make: Callable[[], nn.Module], state: dict[str, torch.Tensor], k: int,
+                         how: str = "mean") -> Aggregate:
+    """The aggregate of K constituents (each MAKE()) loaded strictly from an aggregate's state_dict: built after
+    the load, since the batched forward stacks copies of the constituents' weights."""
+    stray = [n for n in state if not n.startswith(CONSTITUENTS) or not n.split(".")[1].isdigit()
+             or int(n.split(".")[1]) >= k]
+    if stray:
+        raise RuntimeError(f"keys outside the {k} constituents: {stray[:5]}")
+    constituents = []
+    for i in range(k):
+        prefix = f"{CONSTITUENTS}{i}."
+        m = make()
+        m.load_state_dict({n[len(prefix):]: t for n, t in state.items() if n.startswith(prefix)}, strict=True)
+        constituents.append(m)
+    return Aggregate(constituents, how)
