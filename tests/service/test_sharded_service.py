@@ -107,6 +107,10 @@ def test_a_sharded_model_serves_its_aggregate_and_deletes_a_subject_exactly(
                 assert c.get("/predict", params={"sample_id": sids[v]}).status_code == 410
             head = c.get("/predict", params={"sample_id": sids[keep]}).json()["model_version"]
             assert head != first["model_version"]
+            assert c.get("/readyz").status_code == 200
+            page = c.get("/ui").text
+            assert "shard_retrain" in page and "Traceback" not in page
+            assert 'unlearnd_approximate_requests{verdict="partial"} 0.0' in c.get("/metrics").text
         new = _constituents(home / "models" / head)
         old = _constituents(model)
         for k in range(K):
