@@ -10,7 +10,9 @@ strategy, each in a fresh home:
 - (c) today's policy, a `partial` batch consolidated at once (`UNLEARND_PARTIAL_EXPOSURE=0`);
 - (d) the policy with the shared-retrain window (the default 6 h);
 - (e) (d) with each retrain on two processes (`UNLEARND_EXACT_NPROC=2`);
-- (f) on the fine-tuned model, (d) against (d) with `UNLEARND_FEATURE_CACHE=false`.
+- (f) on the fine-tuned model, (d) against (d) with `UNLEARND_FEATURE_CACHE=false`;
+- (g) on the two models trained from scratch, the same data trained as a sharded model (SISA, K shards, issue 36)
+  whose rows name their subjects (the stream's), so a request is one shard's exact retrain at once.
 
 Data are subsampled so that 3 seeds × 3 models × 6 strategies fit in under an hour on a 2-core machine (the
 sizes are in the config and the results). Compute is each worker event's wall time; a request is honoured when
@@ -34,6 +36,7 @@ from app.ml.bench.report import bench_command, fmt_pm, write_results
 from app.ml.bench.suites import SUITES, Suite, bind
 from app.ml.data.dataset import Dataset, SplitConfig, Splits
 from app.ml.data.formats import load_dataset
+from app.ml.sharding.plan import ShardSpec
 from app.ml.training.fit import TrainConfig
 from app.ml.verify.base import VerifierConfig
 from app.ml.workflows.pipeline import Start, train_to_dir
@@ -59,6 +62,8 @@ class ComplianceConfig:
     verify_refs: int = 2
     seeds: int = 3
     dataset: str = "cifar10"
+    shards: int = 4  # (g)'s K
+    strategies: tuple[str, ...] | None = None  # the strategies' letters to run (None: all)
 
 
 STRATEGIES: dict[str, dict[str, Any]] = {
@@ -69,6 +74,7 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "e: d on 2 processes": {"exact_nproc": 2},
 }
 NO_CACHE = "f: d without the feature cache"
+SHARDED = "g: sharded, exact on delete"
 
 
 def _settings(home: Path, cfg: ComplianceConfig, overrides: dict[str, Any], device: str) -> Settings:
@@ -80,9 +86,13 @@ def _settings(home: Path, cfg: ComplianceConfig, overrides: dict[str, Any], devi
     return base.model_copy(update=overrides)
 
 
-def npz(path: Path, ds: Dataset, train: np.ndarray, test: np.ndarray) -> Path:
+def npz(path: Path, ds: Dataset, train: np.ndarray, test: np.ndarray,
+        subjects: dict[int, str] | None = None) -> Path:
+    """The subsample as an npz; SUBJECTS: row (of the npz) → the person it is about."""
+    named = {"subjects_train": np.asarray([(subjects or {}).get(i, "") for i in range(len(train))])} \
+        if subjects else {}
     np.savez(path, x_train=np.asarray(ds.x[train]), y_train=ds.y[train], x_test=np.asarray(ds.x[test]),
-             y_test=ds.y[test], class_names=np.asarray(ds.names))
+             y_test=ds.y[test], class_names=np.asarray(ds.names), **named)
     return path
 
 
@@ -93,13 +103,17 @@ def subsample(ds: Dataset, n_train: int, n_test: int, rng: np.random.Generator) 
     return train, test
 
 
-def _train(name: str, cfg: ComplianceConfig, ds: Dataset, seed: int, work: Path, device: str) -> Path:
-    """The model directory the service publishes: trained, verifier built, setting calibrated."""
+def _train(name: str, cfg: ComplianceConfig, ds: Dataset, seed: int, work: Path, device: str,
+           subjects: dict[int, str] | None = None) -> Path:
+    """The model directory the service publishes: trained, verifier built, setting calibrated. SUBJECTS given: the
+    same data, its rows naming these subjects, trained as a sharded model ((g): no calibration, nothing to tune)."""
     rng = np.random.default_rng(seed)
-    out = work / name
+    out = work / (f"{name}-sharded" if subjects else name)
     cal = calibration_config(_settings(work / "calibration", cfg, {}, device), seed)
     common = {"out": out, "split_cfg": SplitConfig(seed=seed), "progress": False, "device": device,
               "verifier_cfg": VerifierConfig(n_refs=cfg.verify_refs, seed=seed), "calibration": cal}
+    if subjects:
+        common = {**common, "calibration": None, "shards": ShardSpec(cfg.shards)}
     if name == "finetune-cifar10":
         public, private = halves(ds, FinetuneConfig(name, limit=None))
         pub_train, _ = subsample(public, cfg.n_train, cfg.n_test, rng)
@@ -113,7 +127,7 @@ def _train(name: str, cfg: ComplianceConfig, ds: Dataset, seed: int, work: Path,
                      train_cfg=TrainConfig(alpha=cfg.alpha, max_epochs=cfg.epochs, patience=3, seed=seed), **common)
         return out
     train, test = subsample(ds, cfg.n_train, cfg.n_test, rng)
-    data = npz(work / f"{name}.npz", ds, train, test)
+    data = npz(work / f"{out.name}.npz", ds, train, test, subjects)
     if name == "mlp-memorising":
         recipe = TrainConfig(max_epochs=cfg.mlp_epochs, keep="last", seed=seed)
         train_to_dir(dataset="npz", data_path=data, arch="mlp", train_cfg=recipe, **common)
@@ -123,9 +137,15 @@ def _train(name: str, cfg: ComplianceConfig, ds: Dataset, seed: int, work: Path,
     return out
 
 
-def _strategies(model: str) -> dict[str, dict[str, Any]]:
-    extra = {NO_CACHE: {"feature_cache": False}} if model == "finetune-cifar10" else {}
-    return {**STRATEGIES, **extra}
+def _strategies(cfg: ComplianceConfig, model: str) -> dict[str, dict[str, Any]]:
+    extra = {NO_CACHE: {"feature_cache": False}} if model == "finetune-cifar10" else {SHARDED: {}}
+    every = {**STRATEGIES, **extra}
+    return {k: v for k, v in every.items() if cfg.strategies is None or k[0] in cfg.strategies}
+
+
+def stream_subjects(stream: list[tuple[float, list[int]]]) -> dict[int, str]:
+    """Each request's samples as one person's: the rows (g)'s data names, so that a request is one subject."""
+    return {i: f"requester-{n:04d}" for n, (_, ids) in enumerate(stream) for i in ids}
 
 
 def summarise(r: Replay) -> dict[str, Any]:
@@ -164,11 +184,17 @@ def run_seed(cfg: ComplianceConfig, ds: Dataset, seed: int, device: str) -> dict
             train_ids = Splits.load(model_dir / "splits.json").train
             stream = poisson_stream(np.random.default_rng(1000 + seed), train_ids, days=cfg.days,
                                     per_day=cfg.per_day, per_subject=cfg.per_subject)
-            for name, overrides in _strategies(model).items():
+            for name, overrides in _strategies(cfg, model).items():
                 home = work / f"home-{model}-{name[0]}"
                 settings = _settings(home, cfg, overrides, device)
-                r = replay(settings, model_dir, stream, start=START, until_s=cfg.days * 86400)
-                rows.append({"seed": seed, "model": model, "strategy": name, "train_s": train_s,
+                served, took = model_dir, train_s
+                if name == SHARDED:
+                    t1 = time.perf_counter()
+                    served = _train(model, cfg, ds, seed, work, device, subjects=stream_subjects(stream))
+                    took = time.perf_counter() - t1
+                    assert np.array_equal(Splits.load(served / "splits.json").train, train_ids)  # the same data
+                r = replay(settings, served, stream, start=START, until_s=cfg.days * 86400)
+                rows.append({"seed": seed, "model": model, "strategy": name, "train_s": took,
                              **summarise(r)})
                 curves[f"{model}|{name}"] = _curve(r)
     return {"seed": seed, "rows": rows, "curves": curves}
@@ -217,7 +243,15 @@ def _markdown(cfg: ComplianceConfig, per_seed: list[dict[str, Any]], wall_s: flo
                          f"{', '.join(f'{k} {v}' for k, v in sorted(verdicts.items())) or '—'} |")
         c = _ratio(mine, "d: policy + 6 h shared window", "c: policy, partial → retrain at once")
         e = _ratio(mine, "e: d on 2 processes", "c: policy, partial → retrain at once")
-        lines += ["", f"Per request, (d) / (c) = {c}, (e) / (c) = {e} (each a ratio within one seed's run)."]
+        if c != "—":
+            lines += ["", f"Per request, (d) / (c) = {c}, (e) / (c) = {e} (each a ratio within one seed's run)."]
+        else:
+            lines.append("")
+        if any(r["strategy"] == SHARDED for r in mine):
+            g_a = _ratio(mine, SHARDED, "a: retrain per batch")
+            g_d = _ratio(mine, SHARDED, "d: policy + 6 h shared window")
+            lines.append(f"(g) sharded (K = {cfg.shards}): per request, (g) / (a) = {g_a}, (g) / (d) = {g_d}; its "
+                         "held-out accuracy is the aggregate's.")
         if model == "finetune-cifar10":
             f = _ratio(mine, "d: policy + 6 h shared window", NO_CACHE)
             lines.append(f"(f) the feature cache: (d) / (d without it) = {f}.")
@@ -263,8 +297,9 @@ def run(cfg: ComplianceConfig, *, out: Path, seeds: int | None, data_dir: Path |
     wall = time.perf_counter() - t0
     plot(out / "compliance.png", cfg, per_seed)
     command = bench_command(cfg.name, out, seeds)
+    names = [k for k in (*STRATEGIES, NO_CACHE, SHARDED) if cfg.strategies is None or k[0] in cfg.strategies]
     return write_results(out, suite=cfg.name, command=command, config={**asdict(cfg), "seeds": list(range(n)),
-                                                                          "strategies": [*STRATEGIES, NO_CACHE]},
+                                                                          "strategies": names},
                          results={"wall_s": wall, "per_seed": per_seed,
                                   "rows": [r for s in per_seed for r in s["rows"]]},
                          markdown=_markdown(cfg, per_seed, wall))
@@ -273,6 +308,8 @@ def run(cfg: ComplianceConfig, *, out: Path, seeds: int | None, data_dir: Path |
 _FULL = ComplianceConfig("compliance")
 _QUICK = replace(_FULL, name="compliance-quick", dataset="digits", n_train=300, n_test=200, days=6, per_day=2,
                  epochs=3, mlp_epochs=5, seeds=1)
-for _c in (_FULL, _QUICK):
+_SHARDS = replace(_FULL, name="compliance-shards", models=("cifar10-lenet5", "mlp-memorising"),
+                  strategies=("a", "d", "g"))
+for _c in (_FULL, _QUICK, _SHARDS):
     SUITES.register(_c.name)(Suite(f"the cost of compliance: a month of requests replayed per strategy "
                                    f"({_c.dataset}, {_c.seeds} seeds)", bind(run, _c)))

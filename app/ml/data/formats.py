@@ -8,7 +8,8 @@
 | cifar100    | dir of the official python files `train` and `test` (fine labels)     |
 | svhn        | dir with train_32x32.mat and test_32x32.mat (labels 1..10, 10 = 0)    |
 | purchase100 | .npz with features/labels (or X/Y), labels 0..99 or one-hot          |
-| npz         | generic .npz with x_train, y_train, x_test, y_test (+ class_names)    |
+| npz         | generic .npz with x_train, y_train, x_test, y_test (+ class_names,    |
+|             | subjects_train/subjects_test: the person each row is about)           |
 | imagefolder | DIR/train/<class>/*.png|jpg (+ DIR/test/, DIR/samples.csv): imagefolder.py |
 | csv         | a table: label, features, sample_id, subject_id, split (tables.py)    |
 | parquet     | the same table as Parquet                                             |
@@ -276,6 +277,11 @@ def _generic_npz(path: Path | None) -> Dataset:
     ds = _join(p.stem, d["x_train"], d["y_train"], d["x_test"], d["y_test"], num_classes=k)
     if k is not None:  # the names travel with the data into the store and /predict's answers
         ds.class_names = tuple(str(n) for n in d["class_names"])
+    if "subjects_train" in d or "subjects_test" in d:
+        parts = [d.get(f"subjects_{s}", np.full(len(d[f"y_{s}"]), "")).astype(str) for s in ("train", "test")]
+        if [len(p) for p in parts] != [len(d["y_train"]), len(d["y_test"])]:
+            raise DataError(f"{p}: subjects_train/subjects_test must have one entry per row of y_train/y_test")
+        ds.subjects = np.concatenate(parts)
     return ds
 
 
