@@ -196,6 +196,10 @@ def _cache(ns: argparse.Namespace, settings: Settings) -> int:
     from app.ml.models.checkpoint import dataset_for, load_model_dir
 
     md = load_model_dir(ns.model, device=resolve(ns.device or settings.device))
+    if md.meta.shards:
+        from app.errors import ConfigError
+
+        raise ConfigError(f"{ns.model} is a sharded model: it forgets by retraining shards, no gradient cache is used")
     ds = dataset_for(md, data_path=ns.data, data_dir=settings.data_dir)
     path = save_cache(build_cache(md.model, ds, md.splits.train, chunk_size=settings.chunk_size), ns.model)
     print(f"gradient cache over {len(md.splits.train)} samples → {path}")

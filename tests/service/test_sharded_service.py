@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -26,7 +27,7 @@ K, R = 4, 2
 
 
 @pytest.fixture(scope="module")
-def sharded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+def sharded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
     root = tmp_path_factory.mktemp("sharded")
     table = root / "customers.csv"
     frame = make_customers(table)
@@ -36,7 +37,21 @@ def sharded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     return model, frame
 
 
-def _own_copy(model: Path, frame: object, tmp_path: Path) -> tuple[Path, object]:
+def test_a_sharded_model_forgets_only_by_retraining_its_shards(sharded: tuple[Path, pd.DataFrame], tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    model, frame = sharded
+    ids = tmp_path / "ids.txt"
+    ids.write_text(frame.sample_id[json.loads((model / "splits.json").read_text())["train"][0]] + "\n")
+    try:
+        code = main(["unlearn", "--model", str(model), "--forget-ids", str(ids), "--method", "iau", "--out",
+                     str(tmp_path / "out")])
+    except SystemExit as e:
+        code = int(e.code or 0)
+    assert code == 2
+    assert "retraining the shards" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def _own_copy(model: Path, frame: pd.DataFrame, tmp_path: Path) -> tuple[Path, pd.DataFrame]:
     """The trained folder and its table, copied: a service erases a deleted subject at the source too."""
     table = tmp_path / "customers.csv"
     shutil.copy(Path(json.loads((model / "meta.json").read_text())["data_path"]), table)
@@ -63,7 +78,7 @@ def _plans(home: Path) -> dict[Path, set[int]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_sharded_model_serves_its_aggregate_and_deletes_a_subject_exactly(
-        sharded: tuple[Path, object], tmp_path: Path, backend: str, redis_url: str) -> None:
+        sharded: tuple[Path, pd.DataFrame], tmp_path: Path, backend: str, redis_url: str) -> None:
     model, frame = _own_copy(*sharded, tmp_path)
     plan = json.loads((model / "shards" / "plan.json").read_text())
     shard_of = dict(zip(plan["ids"], plan["shard"], strict=True))
@@ -97,8 +112,10 @@ def test_a_sharded_model_serves_its_aggregate_and_deletes_a_subject_exactly(
             assert done["state"] == "completed" and sorted(done["sample_ids"]) == sorted(sids[i] for i in victims)
             assert done["attempts"] >= 1 and done["forgetting"]["exact"], done  # exact at completion
             assert done["forgetting"]["method"] == "shard_retrain"
-            entry = next(e["payload"] for e in c.get("/audit", params={"limit": 50}).json()["items"]
-                         if e["payload"].get("event") == "unlearn")
+            entries = [e["payload"] for e in c.get("/audit", params={"limit": 50}).json()["items"]
+                       if e["payload"].get("event") == "unlearn"]
+            assert len(entries) == 1, entries  # the killed worker's batch was redone, not committed twice
+            entry = entries[0]
             retrained = entry["params"]["shards_retrained"]
             assert [r["shard"] for r in retrained] == [hit] and retrained[0]["seconds"] > 0, entry
             assert entry["exact"] and entry["verification"]["verdict"], entry

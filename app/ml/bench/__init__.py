@@ -30,6 +30,7 @@ def _register_builtin() -> None:
         forgetting,
         grad_norms,
         shards,
+        shards_lira,
         small_deletions,
         speed,
         sweep,
