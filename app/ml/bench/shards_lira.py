@@ -64,7 +64,18 @@ def run_model(cfg: LiraConfig, ds: Dataset, spec: ModelSpec, seed: int) -> list[
 
 
 def _value(x: Any) -> float:
+    """A power figure: a number, a rate record ({rate, ci_low, …}), or None (nothing detectable)."""
+    if isinstance(x, dict):
+        x = x.get("rate")
     return float("nan") if x is None else float(x)
+
+
+def _cell(values: list[float], digits: int) -> str:
+    """Mean ± std of the seeds where the figure exists (a batch size: where membership is detectable at all)."""
+    kept = [v for v in values if not np.isnan(v)]
+    if not kept:
+        return "—"
+    return fmt_pm(kept, digits) + (f" ({len(kept)} of {len(values)} seeds)" if len(kept) < len(values) else "")
 
 
 def _markdown(cfg: LiraConfig, rows: list[dict[str, Any]]) -> str:
@@ -74,13 +85,13 @@ def _markdown(cfg: LiraConfig, rows: list[dict[str, Any]]) -> str:
     for spec in cfg.models:
         mine = [r for r in rows if r["model"] == spec.name]
         lines += [f"### {spec.name} ({spec.n_train} training samples, {spec.epochs} epochs)", "",
-                  "| K | test acc % | " + " | ".join(t for _, t, _ in KEYS) + " | measurable |",
+                  "| K | test acc % | " + " | ".join(t for _, t, _ in KEYS) + " | measurable (per seed) |",
                   "|---|---|" + "---|" * (len(KEYS) + 1)]
         for k in cfg.ks:
             cell = [r for r in mine if r["k"] == k]
             lines.append(f"| {k} | {fmt_pm([100 * r['test_acc'] for r in cell])} | "
-                         + " | ".join(fmt_pm([_value(r[key]) for r in cell], d) for key, _, d in KEYS)
-                         + f" | {sum(bool(r['measurable']) for r in cell)}/{len(cell)} |")
+                         + " | ".join(_cell([_value(r[key]) for r in cell], d) for key, _, d in KEYS)
+                         + f" | {'; '.join(str(r['measurable']) for r in cell)} |")
         lines.append("")
     return "\n".join(lines)
 
