@@ -142,9 +142,9 @@ def process(settings: Settings, conn: LedgerConn, c: Claimed) -> Outcome:
     # every deleted sample, and every row the store erased, stays out of validation and verification: a purged
     # row's label is -1, and the verifier's files may not have dropped it yet
     gone = np.union1d(np.union1d(c.forgotten, np.asarray(list(c.others), dtype=np.int64)), erased_rows(ds))
-    folder = verifier_folder(settings)
     if md.meta.shards:
         return _process_sharded(settings, conn, c, md, ds, gone, t0)
+    folder = verifier_folder(settings)
     task = UnlearnTask.from_model_dir(
         md, ds, forget_ids=np.asarray(c.forget), train_ids=c.train_ids, exclude=gone, chunk_size=settings.chunk_size,
         cache=load_cache(version_dir(settings.home, c.head), ds.device),
