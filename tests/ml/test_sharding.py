@@ -54,7 +54,7 @@ def test_deleting_a_subject_retrains_only_its_shard_from_the_slice_before(digits
     acc = accuracy(sh.aggregate(), digits, digit_splits.test)
     x = digits.features(digit_splits.test[:16])  # the K forwards in one vmapped call answer as K calls do
     with torch.inference_mode():
-        assert torch.allclose(sh.aggregate()(x), Aggregate(sh.constituents, batched=False)(x), atol=1e-5)
+        assert torch.allclose(Aggregate(sh.constituents, batched=True)(x), sh.aggregate()(x), atol=1e-5)
     assert acc > 0.85, acc  # four models on a quarter of the data each, averaged
     gone = np.asarray([i for i in ids if subjects[int(i)] == "person-7"])
     shard = int(plan.where(gone)[0][0])
@@ -104,7 +104,7 @@ def test_a_sharded_directory_loads_as_its_aggregate_and_refuses_changed_slices(d
     with torch.inference_mode():  # batch norm in eval mode: the batched forward follows the aggregate's mode
         want = torch.log(torch.stack([m.eval()(x).softmax(-1) for m in sh.constituents]).mean(0))
         assert torch.allclose(md.model(x), want, atol=1e-5)
-        assert torch.allclose(Aggregate(list(md.model.constituents)).eval()(x), want, atol=1e-5)
+        assert torch.allclose(Aggregate(list(md.model.constituents), batched=True).eval()(x), want, atol=1e-5)
     back = load_shards(md)
     assert np.array_equal(back.plan.shard, plan.shard) and len(back.checkpoints[2]) == 2
     assert all(torch.equal(back.checkpoints[1][1][n], t) for n, t in sh.checkpoints[1][1].items())

@@ -2,7 +2,9 @@
 so that a softmax over the output gives the aggregate's probabilities and /predict's answer keeps its shape.
 
 The K forwards run as one batched call (torch.func: the constituents' weights stacked, the model vmapped over
-them) when the constituents share one architecture, which a sharded model's always do."""
+them) on CUDA, where kernel launches dominate a small model's forward; on the CPU they run one after the other,
+which measured as fast or faster (digits LeNet5, K = 4, one thread: 443 against 448 µs at one row, 1.5 against
+2.0 ms at 64; scripts/shard_predict_probe.py and docs/forgetting.md). The batched call on CUDA is not measured yet."""
 
 from __future__ import annotations
 
@@ -19,12 +21,15 @@ EPS = 1e-12  # a vote's zero share, kept finite in log space
 
 
 class Aggregate(nn.Module):
-    def __init__(self, constituents: list[nn.Module], how: str = "mean", *, batched: bool = True) -> None:
+    def __init__(self, constituents: list[nn.Module], how: str = "mean", *, batched: bool | None = None) -> None:
+        """BATCHED None: on CUDA only (see above)."""
         super().__init__()
         if how not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}")
         self.constituents = nn.ModuleList(constituents)
         self.how = how
+        if batched is None:
+            batched = any(p.is_cuda for p in constituents[0].parameters())
         self.batched = batched and len(constituents) > 1
         if self.batched:
             params, buffers = stack_module_state(list(constituents))  # copies: the aggregate is rebuilt on change
