@@ -217,12 +217,19 @@ COLUMNS = (("compute_s", "compute (s)", 1), ("per_request_s", "per request (s)",
            ("min_holdout_acc", "lowest held-out acc", 3), ("final_holdout_acc", "final held-out acc", 3))
 
 
+def _but_sharded(rows: list[dict[str, Any]], cfg: ComplianceConfig) -> str:
+    if not any(r["strategy"] == SHARDED for r in rows):
+        return ""
+    return f" (but (g): the same data and recipe trained as {cfg.shards} shards, its rows naming the stream's subjects)"
+
+
 def _markdown(cfg: ComplianceConfig, per_seed: list[dict[str, Any]], wall_s: float) -> str:
     rows = [r for s in per_seed for r in s["rows"]]
     lines = [f"{cfg.days:g} simulated days of deletion requests (Poisson, {cfg.per_day:g} a day, each a subject's "
              f"{cfg.per_subject} training samples; batch window {cfg.window_s / 3600:g} h; due in 30 days) replayed "
              "through the ledger, the worker and consolidation on a simulated clock, once per strategy, on the same "
-             f"stream and the same published model. CIFAR-10 subsampled to {cfg.n_train} training and "
+             f"stream and the same published model{_but_sharded(rows, cfg)}. CIFAR-10 subsampled to "
+             f"{cfg.n_train} training and "
              f"{cfg.n_test} test images per model and seed (LeNet5 GR α={cfg.alpha}, {cfg.epochs} epochs at most; "
              f"the memorising MLP {cfg.mlp_epochs} epochs, no early stopping; the fine-tuned LeNet5 from a backbone "
              "pretrained on classes 0–4, `features.` frozen). Compute: the worker's wall seconds over the run "
