@@ -12,6 +12,7 @@ throughput at one row and at 64 rows, what /predict pays per request.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -180,16 +181,27 @@ def _plot(cfg: ShardsConfig, rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def run(cfg: ShardsConfig, *, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
-        device: str = "cpu") -> dict[str, Any]:
+def run_rows(cfg: Any, one: Callable[[Any, Dataset, ModelSpec, int], list[dict[str, Any]]],
+             plot: Callable[[Any, list[dict[str, Any]], Path], None],
+             markdown: Callable[[Any, list[dict[str, Any]]], str], *, out: Path, seeds: int | None,
+             data_dir: Path | None, data_path: Path | None, device: str) -> dict[str, Any]:
+    """A per-model, per-seed suite (CFG: name, dataset, models, seeds): ONE's rows for every seed and model, plotted
+    to OUT/<name>.png and written with their markdown."""
     n = seeds or cfg.seeds
     ds = load_dataset(cfg.dataset, path=data_path, data_dir=data_dir, device=resolve(device))
-    rows = [row for seed in range(n) for spec in cfg.models for row in run_model(cfg, ds, spec, seed)]
-    _plot(cfg, rows, out / "shards.png")
+    rows = [row for seed in range(n) for spec in cfg.models for row in one(cfg, ds, spec, seed)]
+    png = f"{cfg.name.removesuffix('-quick')}.png"
+    plot(cfg, rows, out / png)
     return write_results(out, suite=cfg.name, command=bench_command(cfg.name, out, seeds),
                          config={**asdict(cfg), "seeds": list(range(n))}, results={"rows": rows},
-                         markdown=_markdown(cfg, rows) + "\n![shards](shards.png)", device=ds.device,
+                         markdown=markdown(cfg, rows) + f"\n![{png[:-4]}]({png})", device=ds.device,
                          placement=ds.placement)
+
+
+def run(cfg: ShardsConfig, *, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
+        device: str = "cpu") -> dict[str, Any]:
+    return run_rows(cfg, run_model, _plot, _markdown, out=out, seeds=seeds, data_dir=data_dir, data_path=data_path,
+                    device=device)
 
 
 for _c in (ShardsConfig("shards"),

@@ -6,18 +6,16 @@ The `shards` suite's loss attack needs no references; this is the attack the ser
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from app.ml.bench.report import bench_command, fmt_pm, write_results
-from app.ml.bench.shards import ModelSpec
+from app.ml.bench.report import fmt_pm
+from app.ml.bench.shards import ModelSpec, run_rows
 from app.ml.bench.suites import SUITES, Suite, bind
-from app.ml.common.device import resolve
 from app.ml.data.dataset import Dataset, SplitConfig, make_splits
-from app.ml.data.formats import load_dataset
 from app.ml.models.factory import ModelConfig
 from app.ml.sharding.plan import make_plan
 from app.ml.sharding.references import sharded_references
@@ -119,14 +117,8 @@ def _plot(cfg: LiraConfig, rows: list[dict[str, Any]], path: Path) -> None:
 
 def run(cfg: LiraConfig, *, out: Path, seeds: int | None, data_dir: Path | None, data_path: Path | None,
         device: str = "cpu") -> dict[str, Any]:
-    n = seeds or cfg.seeds
-    ds = load_dataset(cfg.dataset, path=data_path, data_dir=data_dir, device=resolve(device))
-    rows = [row for seed in range(n) for spec in cfg.models for row in run_model(cfg, ds, spec, seed)]
-    _plot(cfg, rows, out / "shards-lira.png")
-    return write_results(out, suite=cfg.name, command=bench_command(cfg.name, out, seeds),
-                         config={**asdict(cfg), "seeds": list(range(n))}, results={"rows": rows},
-                         markdown=_markdown(cfg, rows) + "\n![shards-lira](shards-lira.png)", device=ds.device,
-                         placement=ds.placement)
+    return run_rows(cfg, run_model, _plot, _markdown, out=out, seeds=seeds, data_dir=data_dir, data_path=data_path,
+                    device=device)
 
 
 for _c in (LiraConfig("shards-lira"),
