@@ -101,7 +101,8 @@ def _by_split(others: dict[int, str]) -> dict[str, int]:
 
 
 def budget(settings: Settings, first: ModelVersion) -> Budget:
-    return accuracy_budget(settings, float(first.metrics.get("holdout_acc", 0.0)))
+    verifier = first.metrics.get("verifier") or {}
+    return accuracy_budget(settings, float(first.metrics.get("holdout_acc", 0.0)), verifier.get("recipe_spread"))
 
 
 def _override(settings: Settings) -> Setting | None:

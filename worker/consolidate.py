@@ -131,12 +131,13 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
         active = np.setdiff1d(active, erased)
     kept = md.splits.without(np.union1d(forgotten, erased))  # a deleted validation sample must not steer training
     hold = kept.holdout(settings.holdout_size)
-    floor = budget(settings, first).exact_floor
+    floors = budget(settings, first)
+    floor = floors.exact_floor
     with transaction(conn.read) as s:  # a retry after a refused retrain starts from seeds not tried yet
         offset = jobs.failures(s, name=jobs.CONSOLIDATE) * settings.exact_tries
     try:
         model, run, cfg, retrains = _retrain(settings, md, ds, active, kept.val, recipe, seed_offset=offset,
-                                             hold=hold, floor=floor)
+                                             hold=hold, floor=floor, spread=floors.exact_spread)
     except ExactJobFailed as e:
         return _failed(conn, head, reason, str(e), time.perf_counter() - t0, describe(dev), covered)
     problem = retrains[-1]["rejected"]
@@ -155,7 +156,8 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
               "feature_cache": run["feature_cache"],
               "holdout_acc_before": float(head.metrics.get("holdout_acc", float("nan"))),
               "holdout_acc_after": retrains[-1]["holdout_acc"],
-              "accuracy_floor": floor, "request_ids": covered, "replaces_chain_of": chain}
+              "accuracy_floor": floor, "recipe_spread": floors.exact_spread, "request_ids": covered,
+              "replaces_chain_of": chain}
     sha, path = write_version(settings.models_dir, model=model, model_cfg=md.model_cfg,
                               meta=md.meta.inherited(consolidation={**record,
                                                                     "parent_weights_sha256": md.weights_sha256}),
@@ -166,7 +168,7 @@ def consolidate(settings: Settings, conn: LedgerConn, *, reason: str) -> Result:
 
 
 def _retrain(settings: Settings, md: ModelDir, ds: Dataset, active: np.ndarray, val: np.ndarray,
-             recipe: TrainConfig, *, seed_offset: int, hold: np.ndarray, floor: float,
+             recipe: TrainConfig, *, seed_offset: int, hold: np.ndarray, floor: float, spread: float,
              ) -> tuple[nn.Module, dict[str, Any], TrainConfig, list[dict[str, Any]]]:
     """The exact retrain, from the recipe's seed + SEED_OFFSET and then the next seeds while the floor refuses it
     (UNLEARND_EXACT_TRIES): the last model, how it ran, its recipe, and every retrain's seed and verdict."""
@@ -175,7 +177,7 @@ def _retrain(settings: Settings, md: ModelDir, ds: Dataset, active: np.ndarray, 
         cfg = dataclasses.replace(recipe, seed=recipe.seed + seed_offset + k)
         model, run = exact_fit(settings, md, ds, active, val, cfg)
         model.eval()
-        acc, problem = validate(model, ds, hold, floor, exact=True)
+        acc, problem = validate(model, ds, hold, floor, exact=True, spread=spread)
         retrains.append({"seed": cfg.seed, "holdout_acc": acc, "rejected": problem})
         if not problem:
             break

@@ -88,8 +88,9 @@ def holdout_ids(splits: Splits, size: int, forgotten: np.ndarray | None = None) 
     return (splits if forgotten is None else splits.without(forgotten)).holdout(size)
 
 
-def accuracy_budget(settings: Settings, reference: float) -> Budget:
+def accuracy_budget(settings: Settings, reference: float, spread: float | None = None) -> Budget:
     """The floors every version of the service is held to: the first version's held-out accuracy (REFERENCE)
-    less the allowed drops, or the operator's absolute floor. The worker, consolidation and /ui use this one."""
+    less the allowed drops, or the operator's absolute floor; an exact retrain's allows for the recipe's
+    seed-to-seed SPREAD. The worker, consolidation and /ui use this one."""
     return Budget.below(reference, max_drop=settings.max_accuracy_drop, exact_max_drop=settings.exact_max_accuracy_drop,
-                        absolute=settings.accuracy_floor)
+                        absolute=settings.accuracy_floor, spread=spread)

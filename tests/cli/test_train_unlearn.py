@@ -46,6 +46,9 @@ def test_train_writes_the_documented_layout(trained: Path) -> None:
     meta = json.loads((trained / "meta.json").read_text())
     power = meta["verifier"]["power"]
     assert meta["verifier"]["K"] == 4 and meta["verifier"]["ref_train_seconds"] > 0
+    ref_acc = json.loads((trained / "verifier" / "verifier.json").read_text())["info"]["ref_acc"]
+    assert len(ref_acc) == 4 and all(0.2 < a <= 1 for a in ref_acc)  # each reference, on non-members
+    assert meta["verifier"]["recipe_spread"] == pytest.approx(float(np.std(ref_acc, ddof=1)))
     for key in ("auc", "tpr@0.01", "tpr@0.05", "min_detectable_batch", "measurable"):
         assert key in power, key
     for key in ("arch", "dataset", "alpha", "gr_norm", "seed", "epochs", "train_acc", "val_acc", "test_acc",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -92,6 +93,25 @@ def test_a_refused_retrain_is_trained_again_from_the_next_seed(mem: Memorised, d
     one = forget(task_at(i), [Setting("retrain")], hold, Budget.at(_floor_between(accs[i], accs[i + 1], len(hold))),
                  PolicyOptions(exact_tries=1))
     assert one.model is None and len(one.attempts) == 1
+
+
+def test_the_exact_floor_allows_for_the_recipes_seed_spread(mem: Memorised, digit_splits: Splits) -> None:
+    """A retrain is one run of the recipe and the reference accuracy another: a retrain refused on the held-out
+    noise alone is kept once the recipe's measured spread covers the gap, and refused again when it does not."""
+    hold = digit_splits.test
+    task = dataclasses.replace(_task(mem, _d_f(mem), digit_splits), train_cfg=TrainConfig(max_epochs=3, seed=0))
+    floor = 1.0  # above any retrain: the gap to it is what the spread must cover
+    refused = forget(task, [Setting("retrain")], hold, Budget(floor, floor), PolicyOptions(exact_tries=1))
+    acc = refused.attempts[0]["holdout_acc"]
+    assert refused.model is None and "seed-to-seed" not in (refused.problem or "")
+    sampling = noise_margin(floor, len(hold)) / 1.645
+    covers = math.sqrt(((floor - acc) / 1.645) ** 2 - sampling ** 2) / math.sqrt(2)  # margin == floor − acc
+    kept = forget(task, [Setting("retrain")], hold, Budget(floor, floor, 1.05 * covers), PolicyOptions(exact_tries=1))
+    assert kept.exact and kept.model is not None and kept.holdout_acc == acc  # the same seed: the same retrain
+    short = forget(task, [Setting("retrain")], hold, Budget(floor, floor, 0.95 * covers), PolicyOptions(exact_tries=1))
+    assert short.model is None and "seed-to-seed spread" in (short.problem or "")
+    assert Budget.below(0.9, max_drop=0.01, exact_max_drop=0.05, spread=0.03).exact_spread == 0.03
+    assert Budget.below(0.9, max_drop=0.01, absolute=0.8, spread=0.03).exact_spread == 0.0  # an operator's floor
 
 
 def test_partial_verdict_follows_on_partial(mem: Memorised, digit_splits: Splits) -> None:

@@ -57,21 +57,25 @@ def test_a_two_process_retrain_consolidates_and_a_dead_rank_changes_nothing(back
             svc.wait_request(rid)
             svc.stop_workers()
             v2 = c.get("/models/current").json()["id"]
-            dying = f"{{python}} -m torch.distributed.run --standalone --nproc-per-node={{nproc}} {DYING_RANK} {{job}}"
-            failed = svc.cli("consolidate", UNLEARND_EXACT_NPROC="2", UNLEARND_EXACT_LAUNCH=dying)
-            assert failed.returncode == 1 and "failed" in failed.stdout, failed.stdout + failed.stderr
-            assert c.get("/models/current").json()["id"] == v2 and not _is_exact(c, rid)  # nothing changed
-            assert not list((svc.home / "jobs").iterdir())  # the dead job's folder is gone too
-            ready = c.get("/readyz").json()["background"]  # seen outside the log: /readyz and /metrics
-            assert ready["consolidate"].startswith("failing: failed 1 time(s)") and "exit" in ready["consolidate"]
-            assert 'unlearnd_background_job_failures_in_a_row{job="consolidate"} 1.0' in c.get("/metrics").text
+            if backend == "sqlite":  # a rank's death is the job's, not the ledger's: one backend shows it
+                dying = (f"{{python}} -m torch.distributed.run --standalone --nproc-per-node={{nproc}} "
+                         f"{DYING_RANK} {{job}}")
+                failed = svc.cli("consolidate", UNLEARND_EXACT_NPROC="2", UNLEARND_EXACT_LAUNCH=dying)
+                assert failed.returncode == 1 and "failed" in failed.stdout, failed.stdout + failed.stderr
+                assert c.get("/models/current").json()["id"] == v2 and not _is_exact(c, rid)  # nothing changed
+                assert not list((svc.home / "jobs").iterdir())  # the dead job's folder is gone too
+                ready = c.get("/readyz").json()["background"]  # seen outside the log: /readyz and /metrics
+                assert ready["consolidate"].startswith("failing: failed 1 time(s)") and "exit" in ready["consolidate"]
+                assert 'unlearnd_background_job_failures_in_a_row{job="consolidate"} 1.0' in c.get("/metrics").text
             assert svc.cli("consolidate", "--nproc", "0").returncode == 2  # one line, nothing done
             proc = svc.cli("consolidate", "--nproc", "2")
             assert proc.returncode == 0 and "1 request(s) are now exact" in proc.stdout, proc.stdout + proc.stderr
             _wait_exact(c, rid)
             assert c.get("/readyz").json()["background"]["consolidate"] == "ok"  # a success clears it
-        failed_entry, entry = _consolidations(svc, events=("consolidate_failed", "consolidate"))
-        assert "exact retrain job failed" in failed_entry["why"] and failed_entry["request_ids"] == [rid]
+        *failed_entries, entry = _consolidations(svc, events=("consolidate_failed", "consolidate"))
+        for failed_entry in failed_entries:
+            assert "exact retrain job failed" in failed_entry["why"] and failed_entry["request_ids"] == [rid]
+        assert len(failed_entries) == (backend == "sqlite")
         assert entry["distributed"] == {"world_size": 2, "backend": "gloo"} and entry["request_ids"] == [rid]
         assert svc.cli("audit", "verify").returncode == 0
     finally:
@@ -118,6 +122,7 @@ def test_on_demand_consolidation_makes_requests_exact(backend: str, tmp_path: Pa
         assert kept["rejected"] is None and entry["holdout_acc_after"] == kept["holdout_acc"]
         assert entry["request_ids"] == [rid] and entry["exact"] and entry["reason"].startswith("on demand")
         assert entry["n_train"] == len(svc.train_ids()) - 3 and entry["replaces_chain_of"] == 1
+        assert 0 < entry["recipe_spread"] < 0.2  # measured at publication from the verifier's references
         assert svc.cli("audit", "verify").returncode == 0
     finally:
         svc.stop()

@@ -254,7 +254,8 @@ def _budget(app: AppState, versions: list[Any]) -> Budget | None:
     first = versions[0].metrics.get("holdout_acc") if versions and versions[0].seq == 1 else None
     if app.settings.accuracy_floor is None and not isinstance(first, int | float):
         return None
-    return accuracy_budget(app.settings, float(first or 0.0))
+    spread = (versions[0].metrics.get("verifier") or {}).get("recipe_spread") if versions else None
+    return accuracy_budget(app.settings, float(first or 0.0), spread)
 
 
 def _samples_text(p: dict[str, Any]) -> str:

@@ -62,15 +62,20 @@ class Budget:
 
     floor: float  # a fast update's result
     exact_floor: float  # an exact retrain's: it is the model without the data, the floor only guards a broken run
+    # the recipe's seed-to-seed spread of held-out accuracy (the verifier's references; 0: not measured): the
+    # reference accuracy is one run of the recipe, and a retrain is another, so the exact floor allows for it
+    exact_spread: float = 0.0
 
     @classmethod
     def below(cls, reference: float, *, max_drop: float, exact_max_drop: float = 0.0,
-              absolute: float | None = None) -> Budget:
+              absolute: float | None = None, spread: float | None = None) -> Budget:
         """MAX_DROP under REFERENCE (the first version's held-out accuracy, or the model's own), the exact path
-        max(MAX_DROP, EXACT_MAX_DROP) under it; an operator's ABSOLUTE floor binds both."""
+        max(MAX_DROP, EXACT_MAX_DROP) under it; an operator's ABSOLUTE floor binds both. SPREAD: the recipe's
+        seed-to-seed spread (app/ml/verify/report.py: recipe_spread), allowed for on the exact path when the floor
+        is relative to REFERENCE, itself one run of the recipe (an absolute floor is not)."""
         if absolute is not None:
             return cls(absolute, absolute)
-        return cls(reference - max_drop, reference - max(max_drop, exact_max_drop))
+        return cls(reference - max_drop, reference - max(max_drop, exact_max_drop), spread or 0.0)
 
     @classmethod
     def at(cls, floor: float) -> Budget:
@@ -143,16 +148,18 @@ def check_setting(s: Setting) -> Setting:
 EXACT_CONFIDENCE_Z = 1.645  # one-sided 95%: an exact retrain is refused only when it is surely below its floor
 
 
-def noise_margin(floor: float, n: int) -> float:
+def noise_margin(floor: float, n: int, spread: float = 0.0) -> float:
     """How far below FLOOR an exact retrain's held-out accuracy may fall by chance alone: the one-sided 95%
     bound of the difference of two accuracies near FLOOR, each measured on the same N held-out samples (the
-    floor is itself θ*'s point estimate on them). 34 samples at 0.92: 0.11; 10,000 samples: 0.006."""
+    floor is itself θ*'s point estimate on them), and each one run of a recipe whose runs spread by SPREAD
+    (a standard deviation). 34 samples at 0.92: 0.11; 10,000 samples: 0.006; spread 0.03 on 500: 0.08."""
     p = min(max(floor, 0.0), 1.0)
-    return EXACT_CONFIDENCE_Z * math.sqrt(2 * max(p * (1 - p), 0.25 / max(n, 1)) / max(n, 1))
+    sampling = 2 * max(p * (1 - p), 0.25 / max(n, 1)) / max(n, 1)
+    return EXACT_CONFIDENCE_Z * math.sqrt(sampling + 2 * spread ** 2)
 
 
 def validate(model: nn.Module, ds: Dataset, hold: np.ndarray, floor: float, *,
-             exact: bool = False) -> tuple[float, str | None]:
+             exact: bool = False, spread: float = 0.0) -> tuple[float, str | None]:
     """Held-out accuracy and why it is refused (None: kept). EXACT: the model is a retrain without the data,
     so the floor only guards against a broken run, and the validation set's noise is allowed for."""
     try:
@@ -162,20 +169,21 @@ def validate(model: nn.Module, ds: Dataset, hold: np.ndarray, floor: float, *,
     acc = accuracy(model, ds, hold)
     if not exact:
         return acc, None if acc >= floor else f"held-out accuracy {acc:.4f} is below the floor {floor:.4f}"
-    margin = noise_margin(floor, len(hold))
+    margin = noise_margin(floor, len(hold), spread)
     if acc >= floor - margin:
         return acc, None
-    return acc, (f"held-out accuracy {acc:.4f} is below the floor {floor:.4f} by more than the validation noise "
-                 f"allows (95% margin {margin:.4f} on {len(hold)} held-out samples)")
+    seeds = f" and the recipe's seed-to-seed spread {spread:.4f}" if spread else ""
+    return acc, (f"held-out accuracy {acc:.4f} is below the floor {floor:.4f} by more than the validation noise"
+                 f"{seeds} allows (95% margin {margin:.4f} on {len(hold)} held-out samples)")
 
 
 RECORDED_INFO = ("path", "epochs", "feature_cache", "distributed")  # a method's info an audit needs: how it ran
 
 
 def _try(task: UnlearnTask, s: Setting, hold: np.ndarray, floor: float,
-         attempts: list[dict[str, Any]]) -> tuple[nn.Module | None, Setting, float]:
+         attempts: list[dict[str, Any]], spread: float = 0.0) -> tuple[nn.Module | None, Setting, float]:
     res = run_method(s.method, task, s.params)
-    acc, problem = validate(res.model, task.ds, hold, floor, exact=s.method == EXACT)
+    acc, problem = validate(res.model, task.ds, hold, floor, exact=s.method == EXACT, spread=spread)
     kept = Setting(s.method, res.params if s.method != EXACT else dict(s.params))
     attempts.append({**kept.to_dict(), "time_s": res.time_s, "holdout_acc": acc, "rejected": problem,
                      **{k: res.info[k] for k in RECORDED_INFO if k in res.info}})
@@ -211,7 +219,7 @@ def forget(task: UnlearnTask, settings: list[Setting], hold: np.ndarray, budget:
     elif model is not None and verification.get("verdict") == Verdict.PARTIAL and options.on_partial == "retrain":
         exact_why = "the fast update left D_f partially member-like (on_partial=retrain)"
     if exact_why:
-        exact_model, exact_kept, exact_acc = _exact(task, hold, budget.exact_floor, attempts, exact_why, options)
+        exact_model, exact_kept, exact_acc = _exact(task, hold, budget, attempts, exact_why, options)
         if exact_model is not None or model is None:  # a retrain below the floor never replaces a valid update
             model, kept, acc = exact_model, exact_kept, exact_acc
             verification = _verify(task, model)
@@ -225,11 +233,12 @@ def forget(task: UnlearnTask, settings: list[Setting], hold: np.ndarray, budget:
     return out
 
 
-def _exact(task: UnlearnTask, hold: np.ndarray, floor: float, attempts: list[dict[str, Any]], why: str,
+def _exact(task: UnlearnTask, hold: np.ndarray, budget: Budget, attempts: list[dict[str, Any]], why: str,
            options: PolicyOptions) -> tuple[nn.Module | None, Setting, float]:
     """The retrain on D_r, from the recipe's seed and then its next ones while the floor refuses it."""
     for k in options.exact_seeds:
-        model, kept, acc = _try(task, Setting(EXACT, {"seed_offset": k} if k else {}), hold, floor, attempts)
+        model, kept, acc = _try(task, Setting(EXACT, {"seed_offset": k} if k else {}), hold, budget.exact_floor,
+                                attempts, budget.exact_spread)
         attempts[-1]["why"] = why if k == 0 else "the retrain before was below its floor: the recipe's next seed"
         if model is not None:
             break

@@ -35,7 +35,7 @@ def forget_shards(sh: Sharded, before: nn.Module, ds: Dataset, forget_ids: np.nd
     forget_ids = np.unique(np.asarray(forget_ids, dtype=np.int64))
     new, info = forget_sharded(sh, ds, forget_ids)
     model = new.aggregate()
-    acc, problem = validate(model, ds, hold, budget.exact_floor, exact=True)
+    acc, problem = validate(model, ds, hold, budget.exact_floor, exact=True, spread=budget.exact_spread)
     attempt = {"method": METHOD, "params": {}, "time_s": info["seconds"], "holdout_acc": acc, "rejected": problem,
                "shards_retrained": info["shards_retrained"]}
     if problem:

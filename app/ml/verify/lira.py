@@ -20,6 +20,7 @@ from torch import nn
 from app.ml.models.factory import create_model
 from app.ml.training.distributed import owner, share
 from app.ml.training.fit import TrainConfig, fit
+from app.ml.training.metrics import accuracy
 from app.ml.verify.base import BuildInputs, Verifier, VerifierConfig, split_nonmembers, true_class_logit
 from app.ml.verify.designs import VERIFIERS, Design
 
@@ -31,7 +32,7 @@ def build(inputs: BuildInputs, cfg: VerifierConfig) -> Verifier:
     rng = np.random.default_rng(cfg.seed)
     n_in = max(1, round(cfg.ref_frac * len(splits.shadow)))
     world = inputs.world
-    phis, states, seconds = [], [], []
+    phis, states, seconds, accs = [], [], [], []
     for k in range(cfg.n_refs):
         inside = np.sort(rng.choice(splits.shadow, n_in, replace=False))  # drawn on every rank: the same draws
         # no early stopping: validation ids would be a second use of data, and the target's length is the recipe
@@ -45,6 +46,7 @@ def build(inputs: BuildInputs, cfg: VerifierConfig) -> Verifier:
             torch.zeros(len(scored), dtype=torch.float64, device=ds.device)
         share([*ref.state_dict().values(), phi_k, took], owner(k, world), world)
         seconds.append(float(took.item()))
+        accs.append(accuracy(ref, ds, calib))  # every rank holds every reference by now: the same number
         phis.append(phi_k.cpu().numpy())
         states.append({k2: v.detach().cpu().clone().contiguous() for k2, v in ref.state_dict().items()})
     phi = np.stack(phis)  # (K, n_scored)
@@ -54,6 +56,8 @@ def build(inputs: BuildInputs, cfg: VerifierConfig) -> Verifier:
                     flip=cfg.flip, ref_states=states,
                     info={"K": cfg.n_refs, "ref_train_samples": n_in, "ref_epochs": inputs.epochs,
                           "ref_train_seconds": float(np.sum(seconds)), "variance": "global",
+                          # the recipe's seed-to-seed spread, which an exact retrain's floor allows for
+                          "ref_acc": accs,
                           "ranks": world.size})
 
 

@@ -19,7 +19,14 @@ def power_summary(v: Verifier) -> dict[str, Any]:
     keep = ("auc", "auc_ci", "min_detectable_batch", "measurable", "n_members", "n_calibration")
     return {"verifier": v.name, "K": v.info.get("K"), "ref_train_seconds": v.info.get("ref_train_seconds"),
             **{k: p.get(k) for k in keep},
-            **{f"tpr@{q:g}": p.get(f"tpr@{q:g}") for q in FPRS}}
+            **{f"tpr@{q:g}": p.get(f"tpr@{q:g}") for q in FPRS}, "recipe_spread": recipe_spread(v.info)}
+
+
+def recipe_spread(info: dict[str, Any]) -> float | None:
+    """The standard deviation of the reference models' held-out accuracy: how far two runs of the model's recipe
+    (other seeds, other data) land apart. None for a verifier built before it was measured."""
+    accs = [float(a) for a in info.get("ref_acc") or []]
+    return float(np.std(accs, ddof=1)) if len(accs) >= 2 else None
 
 
 def verify_forgetting(v: Verifier, ds: Dataset, forget: np.ndarray, *, before: nn.Module | None,

@@ -43,7 +43,7 @@ from app.ml.training.fit import TrainConfig, fit
 from app.ml.training.metrics import accuracy
 from app.ml.verify.base import BuildInputs, Verifier, VerifierConfig
 from app.ml.verify.build import DEFAULT, build_verifier, check_verifier
-from app.ml.verify.report import power_summary
+from app.ml.verify.report import power_summary, recipe_spread
 from app.ml.verify.store import FOLDER as VERIFIER_FOLDER
 from app.ml.verify.store import load_verifier, save_verifier
 from app.ml.workflows.sharded import train_sharded_fields, unlearn_sharded
@@ -223,19 +223,19 @@ def unlearn_to_dir(*, model_dir: Path, forget_ids: np.ndarray | list[str], out: 
     hold = md.splits.holdout(int((md.meta.calibration or {}).get("holdout_size", len(md.splits.test))))
     acc0 = accuracy(md.model, ds, hold)
     drop = max_accuracy_drop if max_accuracy_drop is not None else default_accuracy_drop(md.meta)
+    budget = Budget.below(acc0, max_drop=drop, exact_max_drop=exact_max_accuracy_drop,
+                          spread=recipe_spread(verifier.info) if verifier is not None else None)
     if md.meta.shards:
         if method and method != "retrain":
             raise ConfigError(f"a sharded model forgets by retraining the shards that held the samples; --method "
                               f"{method} does not apply")
-        meta = unlearn_sharded(md, ds, forget_set, out, hold=hold, verifier=verifier, device=dev,
-                               budget=Budget.below(acc0, max_drop=drop, exact_max_drop=exact_max_accuracy_drop))
+        meta = unlearn_sharded(md, ds, forget_set, out, hold=hold, verifier=verifier, device=dev, budget=budget)
         if verifier is not None:
             save_verifier(verifier, out / VERIFIER_FOLDER)
         return meta
     task = UnlearnTask.from_model_dir(md, ds, forget_ids=forget_set, verifier=verifier, chunk_size=chunk_size,
                                       cache=load_cache(model_dir, dev) if use_cache else None)
-    done = forget_version(task, md.meta.calibration, hold,
-                          Budget.below(acc0, max_drop=drop, exact_max_drop=exact_max_accuracy_drop),
+    done = forget_version(task, md.meta.calibration, hold, budget,
                           Setting(method, dict(params or {})) if method else None,
                           options=PolicyOptions(on_partial=on_partial), holdout_acc_before=acc0)
     if done.model is None:
