@@ -101,8 +101,7 @@ def _by_split(others: dict[int, str]) -> dict[str, int]:
 
 
 def budget(settings: Settings, first: ModelVersion) -> Budget:
-    verifier = first.metrics.get("verifier") or {}
-    return accuracy_budget(settings, float(first.metrics.get("holdout_acc", 0.0)), verifier.get("recipe_spread"))
+    return accuracy_budget(settings, first.metrics)
 
 
 def _override(settings: Settings) -> Setting | None:

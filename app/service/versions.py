@@ -11,6 +11,7 @@ import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,9 +89,12 @@ def holdout_ids(splits: Splits, size: int, forgotten: np.ndarray | None = None) 
     return (splits if forgotten is None else splits.without(forgotten)).holdout(size)
 
 
-def accuracy_budget(settings: Settings, reference: float, spread: float | None = None) -> Budget:
-    """The floors every version of the service is held to: the first version's held-out accuracy (REFERENCE)
-    less the allowed drops, or the operator's absolute floor; an exact retrain's allows for the recipe's
-    seed-to-seed SPREAD. The worker, consolidation and /ui use this one."""
-    return Budget.below(reference, max_drop=settings.max_accuracy_drop, exact_max_drop=settings.exact_max_accuracy_drop,
-                        absolute=settings.accuracy_floor, spread=spread)
+def accuracy_budget(settings: Settings, first: dict[str, Any] | None) -> Budget:
+    """The floors every version of the service is held to: the first version's held-out accuracy (in FIRST, its
+    metrics) less the allowed drops, or the operator's absolute floor (FIRST may then be None); an exact
+    retrain's allows for the recipe's seed-to-seed spread its verifier measured. The worker, consolidation and
+    /ui use this one."""
+    metrics = first or {}
+    return Budget.below(float(metrics.get("holdout_acc") or 0.0), max_drop=settings.max_accuracy_drop,
+                        exact_max_drop=settings.exact_max_accuracy_drop, absolute=settings.accuracy_floor,
+                        spread=(metrics.get("verifier") or {}).get("recipe_spread"))

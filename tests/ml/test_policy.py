@@ -13,6 +13,7 @@ from app.ml.common.hashing import weights_sha256
 from app.ml.data.dataset import Dataset, Splits
 from app.ml.forgetting.calibrate import CalibrationConfig, calibrate
 from app.ml.forgetting.methods.base import UnlearnTask
+from app.ml.forgetting.policy import EXACT_CONFIDENCE_Z as Z
 from app.ml.forgetting.policy import Budget, PolicyOptions, Setting, calibrated_settings, forget, noise_margin
 from app.ml.models.factory import ModelConfig
 from app.ml.training.fit import TrainConfig
@@ -104,8 +105,8 @@ def test_the_exact_floor_allows_for_the_recipes_seed_spread(mem: Memorised, digi
     refused = forget(task, [Setting("retrain")], hold, Budget(floor, floor), PolicyOptions(exact_tries=1))
     acc = refused.attempts[0]["holdout_acc"]
     assert refused.model is None and "seed-to-seed" not in (refused.problem or "")
-    sampling = noise_margin(floor, len(hold)) / 1.645
-    covers = math.sqrt(((floor - acc) / 1.645) ** 2 - sampling ** 2) / math.sqrt(2)  # margin == floor − acc
+    sampling = noise_margin(floor, len(hold)) / Z
+    covers = math.sqrt(((floor - acc) / Z) ** 2 - sampling**2) / math.sqrt(2)  # margin == floor − acc
     kept = forget(task, [Setting("retrain")], hold, Budget(floor, floor, 1.05 * covers), PolicyOptions(exact_tries=1))
     assert kept.exact and kept.model is not None and kept.holdout_acc == acc  # the same seed: the same retrain
     short = forget(task, [Setting("retrain")], hold, Budget(floor, floor, 0.95 * covers), PolicyOptions(exact_tries=1))

@@ -254,8 +254,7 @@ def _budget(app: AppState, versions: list[Any]) -> Budget | None:
     first = versions[0].metrics.get("holdout_acc") if versions and versions[0].seq == 1 else None
     if app.settings.accuracy_floor is None and not isinstance(first, int | float):
         return None
-    spread = (versions[0].metrics.get("verifier") or {}).get("recipe_spread") if versions else None
-    return accuracy_budget(app.settings, float(first or 0.0), spread)
+    return accuracy_budget(app.settings, versions[0].metrics if first is not None else None)
 
 
 def _samples_text(p: dict[str, Any]) -> str:
