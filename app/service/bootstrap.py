@@ -213,5 +213,5 @@ def _publish_calibration(settings: Settings, md: ModelDir, ds: Any, cache: Any, 
 
 def calibration_summary(cal: dict[str, Any]) -> dict[str, Any]:
     """What the publish entry says of the calibration: the choice, why, and the budgets."""
-    keep = ("choice", "choice_small", "why", "measurable", "min_detectable_batch", "budget", "seconds")
+    keep = ("choice", "choice_small", "escalation", "why", "measurable", "min_detectable_batch", "budget", "seconds")
     return {k: cal.get(k) for k in keep}

@@ -14,9 +14,18 @@ from app.ml.data.dataset import Dataset, Splits
 from app.ml.forgetting.calibrate import CalibrationConfig, calibrate
 from app.ml.forgetting.methods.base import UnlearnTask
 from app.ml.forgetting.policy import EXACT_CONFIDENCE_Z as Z
-from app.ml.forgetting.policy import Budget, PolicyOptions, Setting, calibrated_settings, forget, noise_margin
+from app.ml.forgetting.policy import (
+    Budget,
+    PolicyOptions,
+    Setting,
+    calibrated_escalation,
+    calibrated_settings,
+    forget,
+    noise_margin,
+)
+from app.ml.forgetting.unseen import fit_on, predictions, references
 from app.ml.models.factory import ModelConfig
-from app.ml.training.fit import TrainConfig
+from app.ml.training.fit import TrainConfig, fit
 from app.ml.training.metrics import accuracy
 from tests.ml.test_verify import EPOCHS, _setting
 from tests.ml.test_verify import Setting as Memorised
@@ -150,6 +159,13 @@ def test_calibration_picks_a_forgetting_setting_within_budget(mem: Memorised, di
     assert [c["stable"] for c in cal["chains"]] == [False, True], cal["chains"]
     assert cal["choice_small"] == gentle and cal["ranked_small"] == [gentle] and len(cal["trials"]) == 8
     assert calibrated_settings(cal, 150) == [cands[2], cands[3]] and calibrated_settings(cal, 10) == [cands[3]]
+    # the choice's forget-set accuracy and loss beside a never-saw model's, pooled over the judged sizes: it moved
+    # both toward it, and the record says how far
+    f = cal["chosen"]["large"]["forget"]
+    assert f["acc"]["before"] > f["acc"]["after"] > f["acc"]["unseen"] and 0 < f["acc_closed"] < 1, f
+    assert f["loss"]["before"] < f["loss"]["after"] < f["loss"]["unseen"] and 0 < f["loss_closed"] < 1, f
+    # θ* flags D_f per sample within that rate's own noise here: no per-sample part, so no stronger step to name
+    assert cal["chosen"]["large"]["flagged_closed"] is None and calibrated_escalation(cal) is None
     # an impossible budget: no fast setting, the exact path for every size, and the record says why
     strict = calibrate(base, digit_splits.test, 60.0, dataclasses.replace(cfg, max_accuracy_drop=-1.0), cands[:1])
     assert strict["choice"] is None and strict["choice_small"] is None and "exact path" in strict["why"]
@@ -182,3 +198,39 @@ def _loss_verifier(model: object, ds: Dataset, splits: Splits) -> object:
     v = build_verifier("loss", inputs, VerifierConfig(n_refs=0))
     v.power = v.measure_power(model, ds)  # type: ignore[arg-type]
     return v
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_the_never_saw_prediction_tracks_a_retrain(mem: Memorised, digit_splits: Splits, seed: int) -> None:
+    """Calibration scores forget-set accuracy and loss against what the verifier's references predict a model
+    that never saw D_f gives: that prediction must land near a real retrain's, much nearer than θ*'s."""
+    forget_ids = np.sort(np.random.default_rng(seed).choice(mem.members, 150, replace=False))
+    refs = references(mem.verifier, mem.target)  # type: ignore[arg-type]
+    assert len(refs) == 3
+    pred = predictions(mem.target, refs, mem.ds, [forget_ids], digit_splits.test)[0]  # type: ignore[arg-type]
+    retrain = fit(ModelConfig("mlp", mem.ds.in_shape, 10), mem.ds, np.setdiff1d(mem.members, forget_ids), None,
+                  TrainConfig(max_epochs=EPOCHS, seed=0), progress=False).model
+    real = fit_on(retrain, mem.ds, forget_ids)
+    for key in ("acc", "loss"):
+        off, gap = abs(getattr(pred["unseen"], key) - getattr(real, key)), abs(getattr(pred["before"], key) -
+                                                                               getattr(real, key))
+        assert off < 0.5 * gap, (key, pred, real)
+
+
+def test_a_partial_batch_gets_one_stronger_step_on_its_flagged_samples(mem: Memorised, digit_splits: Splits) -> None:
+    task, hold = _task(mem, _d_f(mem), digit_splits), digit_splits.test
+    tiny = [Setting("iau", {"eta": 1e-6})]  # moves nothing: D_f stays detectable
+    v = mem.verifier
+    flagged = task.forget_ids[v.pvalues(mem.target, mem.ds, task.forget_ids) <= 0.05]  # type: ignore[attr-defined]
+    assert 0 < len(flagged) < len(task.forget_ids)
+    out = forget(task, tiny, hold, Budget.at(0.0), PolicyOptions(on_partial="consolidate"),
+                 escalation=Setting("iau", {"eta": 0.0025}))
+    first, second = out.attempts
+    assert first["verdict"] == "partial" and not first.get("escalation")
+    assert second["escalation"] and second["verdict_before"] == "partial" and second["n_flagged"] == len(flagged)
+    assert second["verdict"] == out.verdict == "forgotten" and not out.consolidate_now  # measured: gap 0.19 closed
+    assert out.setting == Setting("iau", second["params"])  # the stronger step's model is kept
+    still = int(np.sum(v.pvalues(out.model, mem.ds, flagged) <= 0.05))  # type: ignore[attr-defined]
+    assert still < len(flagged) / 2, (still, len(flagged))  # measured: 13 flagged → 5
+    alone = forget(task, tiny, hold, Budget.at(0.0), PolicyOptions(on_partial="consolidate"))
+    assert len(alone.attempts) == 1 and alone.consolidate_now  # no escalation named: it waits for the retrain

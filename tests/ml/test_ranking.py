@@ -19,9 +19,19 @@ def _names(xs: list[dict[str, Any]]) -> list[str]:
 
 
 def test_the_best_score_leads_and_equal_scores_go_to_the_faster_by_a_tenth_of_a_second() -> None:
-    summary = [_cand("slow_tie", 0.88, 4.0), _cand("best", 0.90, 4.0), _cand("fast_tie", 0.88, 0.2),
+    summary = [_cand("slow_tie", 0.88, 4.0), _cand("best", 0.90, 4.0), _cand("fast_tie", 0.88, 1.5),
                _cand("noise_tie", 0.88, 4.04)]
     assert _names(ordered(summary, "large", "large")) == ["best", "fast_tie", "slow_tie", "noise_tie"]
+
+
+def test_a_setting_three_times_slower_must_win_beyond_the_scores_noise() -> None:
+    # noise 0.02 each: a difference within 1.96 · √2 · 0.02 ≈ 0.055 is noise
+    within = [_cand("slow_best", 0.90, 4.0), _cand("fast", 0.86, 1.3), _cand("fastest", 0.84, 0.4)]
+    assert _names(ordered(within, "large", "large")) == ["fastest", "fast", "slow_best"]  # each a tie, 3× faster
+    beyond = [_cand("slow_best", 0.95, 4.0), _cand("fast", 0.86, 1.3)]
+    assert _names(ordered(beyond, "large", "large")) == ["slow_best", "fast"]
+    not_3x = [_cand("slow_best", 0.90, 4.0), _cand("fast", 0.88, 1.5)]  # 2.7× faster: the score decides
+    assert _names(ordered(not_3x, "large", "large")) == ["slow_best", "fast"]
 
 
 def test_non_qualifiers_never_rank() -> None:

@@ -70,13 +70,14 @@ def run_seed(cfg: SmallConfig, ds: Dataset, seed: int) -> dict[str, Any]:
         retrain_s = time.perf_counter() - t0
         steps.append({"k": k + 1, "ids": ids.tolist(), "method": done.record.method, "exact": done.record.exact,
                       "verdict": str(done.record.verdict), "failed": done.record.problem, "time_s": done.record.time_s,
+                      "escalated": any(a.get("escalation") for a in done.record.attempts),
                       "retrain_s": retrain_s, "policy": _judge(verifier, model, ds, ids, hold),
                       "retrain": _judge(verifier, gold, ds, ids, hold), "before": _judge(verifier, task.model, ds, ids,
                                                                                           hold)})
     return {"seed": seed, "train_acc": accuracy(trained.model, ds, members), "holdout_acc": acc0,
             "power": {k: verifier.power.get(k) for k in ("auc", "tpr@0.01", "min_detectable_batch")},
-            "calibration": {k: cal.get(k) for k in ("choice", "choice_small", "why", "min_detectable_batch",
-                                                    "large_sizes", "small_sizes", "seconds")},
+            "calibration": {k: cal.get(k) for k in ("choice", "choice_small", "escalation", "why",
+                                                    "min_detectable_batch", "large_sizes", "small_sizes", "seconds")},
             "steps": steps}
 
 
@@ -95,7 +96,8 @@ def _markdown(cfg: SmallConfig, per_seed: list[dict[str, Any]]) -> str:
              f"ids through the policy; beside each, a retrain without every id deleted so far. Flagged: share of "
              f"the batch with p ≤ {PRIMARY_FPR:g}; seeds {[s['seed'] for s in per_seed]}.", "",
              "Calibration: " + "; ".join(f"seed {s['seed']}: large → {s['calibration']['choice']}, small → "
-                                         f"{s['calibration']['choice_small']} ({s['calibration']['why'] or 'ok'})"
+                                         f"{s['calibration']['choice_small']}, escalation → "
+                                         f"{s['calibration'].get('escalation')} ({s['calibration']['why'] or 'ok'})"
                                          for s in per_seed), "",
              "| step | method (seed 0) | flagged before | flagged, policy | flagged, retrain | |Δ| policy − retrain "
              "| held-out, policy | held-out, retrain | median p, policy | median p, retrain |",
@@ -113,9 +115,11 @@ def _markdown(cfg: SmallConfig, per_seed: list[dict[str, Any]]) -> str:
             f"{fmt_pm([float(np.median(x['retrain']['p_values'])) for x in st], 3)} |")
     mean_gap = [np.mean([abs(x["policy"]["flagged"] - x["retrain"]["flagged"]) for x in s["steps"]]) for s in per_seed]
     drops = [100 * (s["holdout_acc"] - min(x["policy"]["holdout_acc"] for x in s["steps"])) for s in per_seed]
+    escalated = sum(bool(x.get("escalated")) for s in per_seed for x in s["steps"])
     lines += ["", f"Over all steps: mean |flagged policy − flagged retrain| {fmt_pm(mean_gap, 1)} points; worst "
               f"held-out drop of the policy's chain {fmt_pm(drops, 2)} points "
-              f"(budget {100 * cfg.max_accuracy_drop:g})."]
+              f"(budget {100 * cfg.max_accuracy_drop:g}); {escalated} of {sum(len(s['steps']) for s in per_seed)} "
+              "steps escalated once (a partial verdict)."]
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from app.ml.common.hashing import ids_sha256
 from app.ml.forgetting.methods.base import UnlearnTask
-from app.ml.forgetting.policy import Budget, PolicyOptions, Setting, calibrated_settings, forget
+from app.ml.forgetting.policy import Budget, PolicyOptions, Setting, calibrated_escalation, calibrated_settings, forget
 from app.ml.forgetting.record import ForgettingRecord
 from app.ml.models.pretrained import start_evidence
 from app.ml.training.metrics import accuracy
@@ -39,7 +39,8 @@ def forget_version(task: UnlearnTask, calibration: dict[str, Any] | None, hold: 
     t0 = time.perf_counter()
     settings = [override] if override is not None else calibrated_settings(calibration, len(task.forget_ids))
     before = accuracy(task.model, task.ds, hold) if holdout_acc_before is None else holdout_acc_before
-    out = forget(task, settings, hold, budget, options or PolicyOptions())
+    escalation = calibrated_escalation(calibration) if override is None else None  # a named setting runs alone
+    out = forget(task, settings, hold, budget, options or PolicyOptions(), escalation)
     s = out.setting
     start: dict[str, Any] = {}
     if out.model is not None and task.model_cfg is not None:

@@ -5,6 +5,9 @@
   retried smaller (its step halved) a bounded number of times, then the next calibrated setting;
 - **verify**: D_f under the membership verifier → `forgotten`, `partial` (with the share of the
   membership signal removed) or `not measurable`;
+- **one stronger step**: a `partial` verdict runs calibration's escalation setting once, from the update, on the
+  samples still flagged at the verifier's FPR, validated and re-verified on the whole batch (both attempts and
+  both verdicts stay in the record);
 - **escalate**: nothing valid, or a `partial` verdict under on_partial=retrain, runs the exact path
   (retrain on D_r with the model's own recipe). on_partial=consolidate leaves the update in place and
   says so (`consolidate_now`): the service then queues an exact consolidation with priority.
@@ -24,13 +27,14 @@ import numpy as np
 from torch import nn
 
 from app.errors import ConfigError, ModelLoadError
+from app.ml.common.hashing import weights_sha256
 from app.ml.data.dataset import Dataset
 from app.ml.forgetting.methods import METHODS, run_method
 from app.ml.forgetting.methods.base import UnlearnTask
 from app.ml.models.checkpoint import check_finite
 from app.ml.training.metrics import accuracy
 from app.ml.verify.report import verify_forgetting
-from app.ml.verify.verdicts import Verdict
+from app.ml.verify.verdicts import PRIMARY_FPR, Verdict
 from app.shared import ON_INVALID, ON_PARTIAL, OnInvalid, OnPartial
 
 EXACT = "retrain"
@@ -140,6 +144,12 @@ def calibrated_settings(cal: dict[str, Any] | None, n_forget: int) -> list[Setti
     return [Setting(r["method"], dict(r.get("params") or {})) for r in chosen]
 
 
+def calibrated_escalation(cal: dict[str, Any] | None) -> Setting | None:
+    """The stronger step calibration named for a `partial` batch (meta.json's calibration `escalation`)."""
+    e = cal.get("escalation") if isinstance(cal, dict) else None
+    return Setting(e["method"], dict(e.get("params") or {})) if isinstance(e, dict) else None
+
+
 def check_setting(s: Setting) -> Setting:
     METHODS.get(s.method)  # unknown names fail with the valid ones
     return s
@@ -191,9 +201,9 @@ def _try(task: UnlearnTask, s: Setting, hold: np.ndarray, floor: float,
 
 
 def forget(task: UnlearnTask, settings: list[Setting], hold: np.ndarray, budget: Budget,
-           options: PolicyOptions = PolicyOptions()) -> Outcome:
+           options: PolicyOptions = PolicyOptions(), escalation: Setting | None = None) -> Outcome:
     """Forget task.forget_ids from task.model within BUDGET under OPTIONS, trying SETTINGS in order ([]: exact
-    at once)."""
+    at once); a `partial` result gets the ESCALATION setting once on its still-flagged samples."""
     t0 = time.perf_counter()
     attempts: list[dict[str, Any]] = []
     model, kept, acc = None, None, float("nan")
@@ -212,6 +222,10 @@ def forget(task: UnlearnTask, settings: list[Setting], hold: np.ndarray, budget:
     verification = _verify(task, model)
     if model is not None:
         attempts[-1]["verdict"] = verification["verdict"]
+    if model is not None and escalation is not None and verification.get("verdict") == Verdict.PARTIAL:
+        stronger, s2, acc2, v2 = _escalate(task, model, check_setting(escalation), hold, budget, attempts)
+        if stronger is not None:
+            model, kept, acc, verification = stronger, s2, acc2, v2
     exact_why = None
     if model is None and (options.on_invalid == "retrain" or len(fast) < len(settings) or not settings):
         exact_why = ("no fast setting kept the accuracy floor" if fast else
@@ -243,6 +257,28 @@ def _exact(task: UnlearnTask, hold: np.ndarray, budget: Budget, attempts: list[d
         if model is not None:
             break
     return model, kept, acc
+
+
+def _escalate(task: UnlearnTask, model: nn.Module, s: Setting, hold: np.ndarray, budget: Budget,
+              attempts: list[dict[str, Any]]) -> tuple[nn.Module | None, Setting, float, dict[str, Any]]:
+    """S from MODEL (the update the verifier called partial) on the batch's samples it still flags at the primary
+    FPR (all of them when the set test detects what no single sample shows), the rest of the batch left out of
+    D_r; the whole batch is then verified again against θ*. None when the step breaks the floor."""
+    assert task.verifier is not None  # a partial verdict came from it
+    p = task.verifier.pvalues(model, task.ds, task.forget_ids)
+    still = np.asarray(task.forget_ids)[p <= PRIMARY_FPR]
+    still = still if len(still) else np.asarray(task.forget_ids)
+    others = np.setdiff1d(task.forget_ids, still)
+    step = with_model(task, model, train_ids=np.setdiff1d(task.train_ids, others), forget_ids=still,
+                      weights_sha256=weights_sha256(model.state_dict()))
+    first = attempts[-1]["verdict"]
+    stronger, kept, acc = _try(step, s, hold, budget.floor, attempts)
+    attempts[-1].update({"escalation": True, "n_flagged": len(still), "verdict_before": first})
+    if stronger is None:
+        return None, kept, acc, {}
+    verification = _verify(task, stronger)
+    attempts[-1]["verdict"] = verification["verdict"]
+    return stronger, kept, acc, verification
 
 
 def _verify(task: UnlearnTask, model: nn.Module | None) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 A score is a measurement on a few simulated deletions: the share of the membership gap closed (the verifier's
 rank test gives its DeLong standard error) or, where membership cannot be measured, the held-out accuracy cost
 (a binomial standard error over the held-out rows). The noise is recorded beside the choice's score and time
-(meta.json's calibration `chosen`); it does not yet decide the order (docs/forgetting.md, "Time and noise in
-calibration's choice": two rules tried on the default digits model, neither moved the forget set further).
+(meta.json's calibration `chosen`), and it decides when time counts: a setting SLOWER times slower than another
+qualifier must beat it by more than their scores' 95% noise, else the faster one leads (docs/forgetting.md,
+"Time and noise in calibration's choice").
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 from typing import Any
 
 Z95 = 1.959964  # the verifier's rank-test intervals are 95% DeLong intervals
+SLOWER = 3.0  # this many times slower, a setting must win beyond noise
 
 
 def gap_se(before: dict[str, Any], after: dict[str, Any]) -> float | None:
@@ -39,4 +41,24 @@ def ordered(summary: list[dict[str, Any]], regime: str, rank_by: str) -> list[di
     ok = [x for x in summary if x[regime] and x[regime]["qualifies"] and x[rank_by] and x[rank_by]["qualifies"]]
     # equal scores: the faster by a tenth of a second or more, else the grid's order (sorted is stable), so that
     # timing noise between 0.001 s and 0.004 s does not pick a different method on each run
-    return sorted(ok, key=lambda x: (-x[rank_by]["score"], round(x[rank_by]["time_s"], 1)))
+    rest = sorted(ok, key=lambda x: (-x[rank_by]["score"], round(x[rank_by]["time_s"], 1)))
+    out = []
+    while rest:
+        head = _faster_tie(rest, rank_by)
+        out.append(head)
+        rest = [x for x in rest if x is not head]
+    return out
+
+
+def _faster_tie(by_score: list[dict[str, Any]], rank_by: str) -> dict[str, Any]:
+    """The best-scoring of BY_SCORE, unless a setting SLOWER times faster is within the two scores' noise of it:
+    then the best of those (and so on, while a still faster one ties)."""
+    head = by_score[0]
+    while True:
+        h = head[rank_by]
+        ties = [x for x in by_score if x[rank_by]["time_s"] * SLOWER <= h["time_s"]
+                and h["score"] - x[rank_by]["score"] <= Z95 * math.hypot(h.get("noise") or 0.0,
+                                                                          x[rank_by].get("noise") or 0.0)]
+        if not ties:
+            return head
+        head = ties[0]  # by_score is best first

@@ -57,8 +57,10 @@ def calibration_line(cal: dict[str, Any]) -> str:
     need = cal.get("min_detectable_batch")
     large = f"batches of {need}+ ids: {one(cal['choice'], 'large')}; " if cal.get("large_sizes") else ""
     why = f"; {cal['why']}" if cal.get("why") else ""
+    esc = cal.get("escalation")
+    then = f"; a partial batch's flagged samples get {esc['method']} {esc['params']} once" if esc else ""
     return (f"forgetting setting: {large}smaller batches: {one(cal['choice_small'], 'small')}, stable over "
-            f"{cal['config']['chain']} chained deletions; calibrated in {cal['seconds']:.0f} s{why}")
+            f"{cal['config']['chain']} chained deletions{then}; calibrated in {cal['seconds']:.0f} s{why}")
 
 
 def verify_command(*, model: Path, ids_file: Path, against: Path | None, data: Path | None,

@@ -15,6 +15,7 @@ def run_method(name: str, task: UnlearnTask, params: dict[str, Any] | None = Non
 def _register_builtin() -> None:
     from app.ml.forgetting.methods import (  # noqa: F401  (each registers itself)
         amnesiac,
+        amun,
         bad_teaching,
         finetune,
         fisher,
