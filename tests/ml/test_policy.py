@@ -234,3 +234,23 @@ def test_a_partial_batch_gets_one_stronger_step_on_its_flagged_samples(mem: Memo
     assert still < len(flagged) / 2, (still, len(flagged))  # measured: 13 flagged → 5
     alone = forget(task, tiny, hold, Budget.at(0.0), PolicyOptions(on_partial="consolidate"))
     assert len(alone.attempts) == 1 and alone.consolidate_now  # no escalation named: it waits for the retrain
+
+
+def test_a_small_batch_gets_the_per_sample_step_on_its_most_member_like_samples(mem: Memorised,
+                                                                                 digit_splits: Splits) -> None:
+    """RUM's split: below the set test's reach a batch is never `partial`, yet the samples θ* flags stay flagged;
+    they (and only they) get the per-sample step, and a batch without them gets nothing."""
+    v, hold = mem.verifier, digit_splits.test
+    p = v.pvalues(mem.target, mem.ds, mem.members)  # type: ignore[attr-defined]
+    hot, cold = mem.members[p <= 0.05], mem.members[p > 0.5]
+    batch = np.sort(np.concatenate([hot[:3], cold[:17]]))
+    tiny = [Setting("iau", {"eta": 1e-6})]
+    stronger = Setting("iau", {"eta": 0.0025})
+    out = forget(_task(mem, batch, digit_splits), tiny, hold, Budget.at(0.0), escalation=stronger)
+    first, second = out.attempts
+    assert first["verdict"] == "not measurable" and second["memorised"] and not second.get("escalation")
+    assert second["n_flagged"] == 3 and second["verdict_before"] == "not measurable"
+    still = int(np.sum(v.pvalues(out.model, mem.ds, hot[:3]) <= 0.05))  # type: ignore[attr-defined]
+    assert still < 3 and out.setting == Setting("iau", second["params"])
+    quiet = forget(_task(mem, np.sort(cold[:20]), digit_splits), tiny, hold, Budget.at(0.0), escalation=stronger)
+    assert len(quiet.attempts) == 1  # nothing θ* flagged: the set-level step alone

@@ -147,6 +147,7 @@ def _chain(cfg: ForgettingConfig, ctx: SeedContext, task: Any, hold: np.ndarray,
         steps.append({"k": k + 1, "holdout_acc": r.holdout_acc_after, "method": r.method, "exact": r.exact,
                       "verdict": str(r.verdict), "gap_closed": r.verification.get("gap_closed"), "time_s": r.time_s,
                       "escalated": any(a.get("escalation") for a in r.attempts),
+                      "memorised": any(a.get("memorised") for a in r.attempts),
                       "tries": len(r.attempts), "failed": r.problem})
         if done.model is None:  # the service fails such a batch and keeps serving the previous version
             steps[-1]["holdout_acc"] = accuracy(model, ctx.ds, hold)
@@ -228,8 +229,8 @@ def _chain_table(cfg: ForgettingConfig, per_seed: list[dict[str, Any]]) -> list[
               "failed, where the service keeps the previous version; no consolidation in between, unlike the "
               "service):",
               "", "| size | worst drop (points) | final drop (points) | verdicts | forgotten without a retrain "
-              "| escalated steps | exact steps | failed steps |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| escalated steps | memorised steps | exact steps | failed steps |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for i in range(len(cfg.chain_sizes)):
         ch = [s["chains"][i] for s in per_seed]
         finals = [100 * (c["holdout_acc_start"] - c["steps"][-1]["holdout_acc"]) for c in ch]
@@ -242,9 +243,11 @@ def _chain_table(cfg: ForgettingConfig, per_seed: list[dict[str, Any]]) -> list[
         failed = sum(bool(st["failed"]) for st in steps)
         fast_forgotten = sum(st["verdict"] == "forgotten" and not st["exact"] for st in steps)
         escalated = sum(bool(st.get("escalated")) for st in steps)
+        memorised = sum(bool(st.get("memorised")) for st in steps)
         said = ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items()))
         lines.append(f"| {ch[0]['size']} ids | {fmt_pm([100 * c['max_drop'] for c in ch])} | {fmt_pm(finals)} | "
-                     f"{said} | {fast_forgotten} / {len(steps)} | {escalated} | {exact} / {len(steps)} | {failed} |")
+                     f"{said} | {fast_forgotten} / {len(steps)} | {escalated} | {memorised} | {exact} / {len(steps)} | "
+                     f"{failed} |")
     return lines
 
 

@@ -71,6 +71,7 @@ def run_seed(cfg: SmallConfig, ds: Dataset, seed: int) -> dict[str, Any]:
         steps.append({"k": k + 1, "ids": ids.tolist(), "method": done.record.method, "exact": done.record.exact,
                       "verdict": str(done.record.verdict), "failed": done.record.problem, "time_s": done.record.time_s,
                       "escalated": any(a.get("escalation") for a in done.record.attempts),
+                      "memorised": any(a.get("memorised") for a in done.record.attempts),
                       "retrain_s": retrain_s, "policy": _judge(verifier, model, ds, ids, hold),
                       "retrain": _judge(verifier, gold, ds, ids, hold), "before": _judge(verifier, task.model, ds, ids,
                                                                                           hold)})
@@ -116,10 +117,12 @@ def _markdown(cfg: SmallConfig, per_seed: list[dict[str, Any]]) -> str:
     mean_gap = [np.mean([abs(x["policy"]["flagged"] - x["retrain"]["flagged"]) for x in s["steps"]]) for s in per_seed]
     drops = [100 * (s["holdout_acc"] - min(x["policy"]["holdout_acc"] for x in s["steps"])) for s in per_seed]
     escalated = sum(bool(x.get("escalated")) for s in per_seed for x in s["steps"])
+    memorised = sum(bool(x.get("memorised")) for s in per_seed for x in s["steps"])
     lines += ["", f"Over all steps: mean |flagged policy − flagged retrain| {fmt_pm(mean_gap, 1)} points; worst "
               f"held-out drop of the policy's chain {fmt_pm(drops, 2)} points "
               f"(budget {100 * cfg.max_accuracy_drop:g}); {escalated} of {sum(len(s['steps']) for s in per_seed)} "
-              "steps escalated once (a partial verdict)."]
+              f"steps escalated once (a partial verdict); {memorised} gave their most member-like samples (flagged "
+              "under θ*, still flagged after the set-level step) the per-sample step."]
     return "\n".join(lines)
 
 

@@ -24,7 +24,8 @@ Two regimes, split at the verifier's minimum detectable batch:
 
 A regime with no winner takes the exact path (retrain per batch), and the record says why. Calibration also
 names an *escalation*: the qualifier for judged batches that removes the most per-sample signal, run once on
-the samples a `partial` batch still has flagged before that batch waits for an exact retrain.
+the samples a `partial` batch still has flagged before that batch waits for an exact retrain, and on the most
+member-like samples (flagged under θ*) that a batch judged otherwise still has flagged (app/ml/forgetting/policy.py).
 
 The candidates are generic settings of registered methods, not per-dataset numbers; what depends on the
 model is the measurement, stored in meta.json with its evidence.
@@ -43,7 +44,7 @@ from app.errors import OverTimeBudget
 from app.ml.common.hashing import weights_sha256
 from app.ml.forgetting.methods import run_method
 from app.ml.forgetting.methods.base import UnlearnTask
-from app.ml.forgetting.policy import Setting, validate, with_model
+from app.ml.forgetting.policy import OVER_FORGOTTEN_P, Setting, validate, with_model
 from app.ml.forgetting.ranking import Z95, gap_se, ordered, score_noise
 from app.ml.forgetting.unseen import Fit, closeness, fit_on, gaps_closed, predictions, references
 from app.ml.training.metrics import accuracy
@@ -276,7 +277,7 @@ def _trial(base: UnlearnTask, s: Setting, forget: np.ndarray, before: dict[str, 
             "finite": problem is None, "auc_before": before["set"]["auc"], "auc_after": after["set"]["auc"],
             "gap_closed": gap_closed(before, after), "gap_se": gap_se(before, after),
             "p_member": after["set"]["p_member"],
-            "over_forgotten": bool(after["set"]["p_below"] < 0.01),
+            "over_forgotten": bool(after["set"]["p_below"] < OVER_FORGOTTEN_P),
             "flagged_before": flagged(before), "flagged_after": flagged(after), "forget": _forget_fit(res.model, base,
                                                                                                     forget, before)}
 

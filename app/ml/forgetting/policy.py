@@ -5,9 +5,12 @@
   retried smaller (its step halved) a bounded number of times, then the next calibrated setting;
 - **verify**: D_f under the membership verifier → `forgotten`, `partial` (with the share of the
   membership signal removed) or `not measurable`;
-- **one stronger step**: a `partial` verdict runs calibration's escalation setting once, from the update, on the
-  samples still flagged at the verifier's FPR, validated and re-verified on the whole batch (both attempts and
-  both verdicts stay in the record);
+- **one per-sample step**: calibration's escalation setting runs once, from the update, on the samples that need
+  it, validated and re-verified on the whole batch (both attempts and both verdicts stay in the record):
+  a `partial` batch's samples still flagged at the verifier's FPR (*escalation*); in a batch judged otherwise,
+  the most member-like samples (flagged under θ*, RUM's split on the verifier's own scores) when more of them
+  stay flagged than a never-saw model would flag by chance (*memorised*). A step that pushes the batch below
+  non-member level is refused, as calibration refuses an over-forgetting setting;
 - **escalate**: nothing valid, or a `partial` verdict under on_partial=retrain, runs the exact path
   (retrain on D_r with the model's own recipe). on_partial=consolidate leaves the update in place and
   says so (`consolidate_now`): the service then queues an exact consolidation with priority.
@@ -38,6 +41,7 @@ from app.ml.verify.verdicts import PRIMARY_FPR, Verdict
 from app.shared import ON_INVALID, ON_PARTIAL, OnInvalid, OnPartial
 
 EXACT = "retrain"
+OVER_FORGOTTEN_P = 0.01  # the set test's one-sided p that D_f scores *below* non-members: calibration's rule too
 # the parameter each method's step size lives in: halved when a result breaks the accuracy floor
 STEP_PARAM = {"iau": "eta", "out_match": "lr", "finetune": "lr", "gradient_ascent": "lr"}
 
@@ -203,7 +207,7 @@ def _try(task: UnlearnTask, s: Setting, hold: np.ndarray, floor: float,
 def forget(task: UnlearnTask, settings: list[Setting], hold: np.ndarray, budget: Budget,
            options: PolicyOptions = PolicyOptions(), escalation: Setting | None = None) -> Outcome:
     """Forget task.forget_ids from task.model within BUDGET under OPTIONS, trying SETTINGS in order ([]: exact
-    at once); a `partial` result gets the ESCALATION setting once on its still-flagged samples."""
+    at once); the ESCALATION setting then runs once on the samples that need it (_targets)."""
     t0 = time.perf_counter()
     attempts: list[dict[str, Any]] = []
     model, kept, acc = None, None, float("nan")
@@ -222,8 +226,8 @@ def forget(task: UnlearnTask, settings: list[Setting], hold: np.ndarray, budget:
     verification = _verify(task, model)
     if model is not None:
         attempts[-1]["verdict"] = verification["verdict"]
-    if model is not None and escalation is not None and verification.get("verdict") == Verdict.PARTIAL:
-        stronger, s2, acc2, v2 = _escalate(task, model, check_setting(escalation), hold, budget, attempts)
+    if model is not None and escalation is not None:
+        stronger, s2, acc2, v2 = _per_sample_step(task, model, check_setting(escalation), hold, budget, attempts)
         if stronger is not None:
             model, kept, acc, verification = stronger, s2, acc2, v2
     exact_why = None
@@ -259,25 +263,51 @@ def _exact(task: UnlearnTask, hold: np.ndarray, budget: Budget, attempts: list[d
     return model, kept, acc
 
 
-def _escalate(task: UnlearnTask, model: nn.Module, s: Setting, hold: np.ndarray, budget: Budget,
-              attempts: list[dict[str, Any]]) -> tuple[nn.Module | None, Setting, float, dict[str, Any]]:
-    """S from MODEL (the update the verifier called partial) on the batch's samples it still flags at the primary
-    FPR (all of them when the set test detects what no single sample shows), the rest of the batch left out of
-    D_r; the whole batch is then verified again against θ*. None when the step breaks the floor."""
-    assert task.verifier is not None  # a partial verdict came from it
-    p = task.verifier.pvalues(model, task.ds, task.forget_ids)
-    still = np.asarray(task.forget_ids)[p <= PRIMARY_FPR]
-    still = still if len(still) else np.asarray(task.forget_ids)
+def _targets(task: UnlearnTask, model: nn.Module, verdict: object) -> tuple[np.ndarray, str] | None:
+    """Which of the batch's samples get the per-sample step, and why; None: none need it.
+
+    - a `partial` batch: the samples MODEL still flags at the primary FPR (all of them when the set test detects
+      what no single sample shows): the escalation;
+    - otherwise RUM's split on the verifier's own scores: the samples θ* flagged (the most member-like) that the
+      set-level step left flagged, when there are more of them than a model that never saw the batch would flag
+      by chance (the FPR's share): a set verdict averages these few away.
+    """
+    assert task.verifier is not None  # a verdict came from it
+    ids = np.asarray(task.forget_ids)
+    after = task.verifier.pvalues(model, task.ds, ids) <= PRIMARY_FPR
+    if verdict == Verdict.PARTIAL:
+        return (ids[after] if after.any() else ids), "escalation"
+    memorised = after & (task.verifier.pvalues(task.model, task.ds, ids) <= PRIMARY_FPR)
+    if memorised.sum() > PRIMARY_FPR * len(ids):
+        return ids[memorised], "memorised"
+    return None
+
+
+def _per_sample_step(task: UnlearnTask, model: nn.Module, s: Setting, hold: np.ndarray, budget: Budget,
+                     attempts: list[dict[str, Any]]) -> tuple[nn.Module | None, Setting, float, dict[str, Any]]:
+    """S from MODEL (the set-level update) on the samples _targets names, the rest of the batch left out of D_r;
+    the whole batch is then verified again against θ*. None when nothing needs it, when the step breaks the floor,
+    or when it pushes the batch below non-member level (over-forgetting is a signal too)."""
+    if task.verifier is None:
+        return None, s, float("nan"), {}
+    first = attempts[-1]["verdict"]
+    chosen = _targets(task, model, Verdict.parse(first))
+    if chosen is None:
+        return None, s, float("nan"), {}
+    still, why = chosen
     others = np.setdiff1d(task.forget_ids, still)
     step = with_model(task, model, train_ids=np.setdiff1d(task.train_ids, others), forget_ids=still,
                       weights_sha256=weights_sha256(model.state_dict()))
-    first = attempts[-1]["verdict"]
     stronger, kept, acc = _try(step, s, hold, budget.floor, attempts)
-    attempts[-1].update({"escalation": True, "n_flagged": len(still), "verdict_before": first})
+    attempts[-1].update({why: True, "n_flagged": len(still), "verdict_before": first})
     if stronger is None:
         return None, kept, acc, {}
     verification = _verify(task, stronger)
     attempts[-1]["verdict"] = verification["verdict"]
+    if verification["after"]["set"]["p_below"] < OVER_FORGOTTEN_P:
+        attempts[-1]["rejected"] = (f"the batch's scores fell below non-member level (p = "
+                                    f"{verification['after']['set']['p_below']:.3g}): over-forgotten")
+        return None, kept, acc, {}
     return stronger, kept, acc, verification
 
 
