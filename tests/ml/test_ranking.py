@@ -46,3 +46,29 @@ def test_the_noise_of_a_score_comes_from_the_verifiers_interval_or_the_held_out_
     assert gap_se({"set": {"auc": 0.5}}, after) is None  # no gap to close: no gap-closed score either
     assert score_noise([0.1, 0.1], 0.9, 300) == pytest.approx(0.1 / 2**0.5)
     assert score_noise([], 0.9, 400) == pytest.approx((0.9 * 0.1 / 400) ** 0.5)
+
+
+def test_the_per_sample_step_holds_the_budget_where_it_runs_on_the_smallest_judged_set() -> None:
+    """The escalation runs on a batch's few flagged samples: a setting that breaks the budget only on 250 ids may
+    be it; one that breaks it on 10 ids, or closes no more per-sample gap than the choice, may not."""
+    from app.ml.forgetting.calibrate import _escalation
+
+    def cand(name: str, closed: float, qualifies: bool) -> dict[str, Any]:
+        return {"setting": {"method": name, "params": {}},
+                "large": {"qualifies": qualifies, "score": closed, "time_s": 0.1, "noise": 0.0,
+                          "flagged_closed": closed, "forget": None}}
+
+    def trial(name: str, n: int, drop: float) -> dict[str, Any]:
+        return {"method": name, "params": {}, "n": n, "acc_drop": drop, "holdout_acc": 0.9, "finite": True,
+                "over_forgotten": False, "time_s": 0.1}
+
+    summary = [cand("choice", 0.3, True), cand("ceiling", 0.9, False), cand("reckless", 1.0, False),
+               cand("mild", 0.5, True)]
+    trials = [trial("choice", 10, 0.0), trial("choice", 250, 0.005), trial("ceiling", 10, 0.004),
+              trial("ceiling", 250, 0.015), trial("reckless", 10, 0.02), trial("mild", 10, 0.0)]
+    budget = {"max_accuracy_drop": 0.01, "max_time_s": 1.0}
+    order = [summary[0], summary[3]]  # the qualifiers at every size, best first
+    picked = _escalation(summary, order, trials, budget, 10)
+    assert picked is not None and picked["setting"]["method"] == "ceiling" and picked["held_at"] == 10
+    weak = [cand("choice", 0.9, True), summary[3]]
+    assert _escalation(weak + summary[1:3], weak, trials, budget, 10) is None  # nothing closes more than the choice

@@ -23,7 +23,8 @@ Two regimes, split at the verifier's minimum detectable batch:
   once and fatal twenty times.
 
 A regime with no winner takes the exact path (retrain per batch), and the record says why. Calibration also
-names an *escalation*: the qualifier for judged batches that removes the most per-sample signal, run once on
+names an *escalation*: the setting that removes the most per-sample signal within the budget on the smallest
+judged set (it runs on a few samples, not on a whole batch), run once on
 the samples a `partial` batch still has flagged before that batch waits for an exact retrain, and on the most
 member-like samples (flagged under θ*) that a batch judged otherwise still has flagged (app/ml/forgetting/policy.py).
 
@@ -161,7 +162,7 @@ def calibrate(base: UnlearnTask, hold: np.ndarray, train_seconds: float, cfg: Ca
             choice_small = x["setting"]
             break
     ranked_small = [choice_small] if choice_small else []  # the fallbacks past it were not chained
-    escalation = _escalation(large_order)
+    escalation = _escalation(summary, large_order, trials, budget, min((sizes[i] for i in large), default=None))
     chosen = {"large": _evidence(large_order[0], "large") if large_order else None,
               "small": _evidence(next(x for x in small_order if x["setting"] == choice_small), "small")
               if choice_small else None}
@@ -230,17 +231,28 @@ def _evidence(x: dict[str, Any], regime: str) -> dict[str, Any]:
             "flagged_closed": v.get("flagged_closed"), "forget": v.get("forget")}
 
 
-def _escalation(large_order: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The qualifier for judged batches that closes the most of the per-sample flagged gap, when that is more than
-    the choice closes: the one stronger step a `partial` batch gets before it waits for an exact retrain."""
-    if not large_order:
+def _escalation(summary: list[dict[str, Any]], large_order: list[dict[str, Any]], trials: list[dict[str, Any]],
+                budget: dict[str, Any], n: int | None) -> dict[str, Any] | None:
+    """The per-sample step: the setting that closes the most of the per-sample flagged gap over the judged sizes,
+    when that is more than the choice closes, among those that hold the budget on the smallest judged set (N ids):
+    it runs on a batch's few flagged samples, never on a 5% batch, and it is validated against the floor where it
+    runs. Requiring the budget at every size kept out the per-sample ceiling that brings a 10-id batch to a
+    retrain's flagged share and costs more only on 250 ids (docs/forgetting.md)."""
+    if not large_order or n is None:
         return None
     def strength(x: dict[str, Any]) -> float:
         return float(x["large"].get("flagged_closed") or 0.0)
-    best = max(large_order[1:], key=strength, default=None)
+    def holds(x: dict[str, Any]) -> bool:
+        rows = [t for t in trials if t["n"] == n and t["method"] == x["setting"]["method"]
+                and t["params"] == x["setting"]["params"]]
+        return bool(rows) and all(r["finite"] and r["holdout_acc"] is not None and not r["over_forgotten"]
+                                  and r["acc_drop"] <= budget["max_accuracy_drop"]
+                                  and r["time_s"] <= budget["max_time_s"] for r in rows)
+    pool = [x for x in summary if x is not large_order[0] and x["large"] is not None and holds(x)]
+    best = max(pool, key=strength, default=None)
     if best is None or strength(best) <= strength(large_order[0]):
         return None
-    return _evidence(best, "large")
+    return {**_evidence(best, "large"), "held_at": n}
 
 
 def _why(measurable: bool, ranked: list[dict[str, Any]], choice_small: dict[str, Any] | None) -> str | None:
