@@ -45,13 +45,18 @@ def truncate_wal(engine: Engine) -> bool:
     if engine.dialect.name != "sqlite":
         return True
     raw = engine.raw_connection()  # outside any transaction: the engine's BEGIN IMMEDIATE would block it
+    cur = raw.cursor()
+    (wait_ms,) = cur.execute("PRAGMA busy_timeout").fetchone()
     try:
-        cur = raw.cursor()
+        # never wait: a TRUNCATE checkpoint blocks every writer (heartbeats, deletions) while it waits for a
+        # reader, and with the busy timeout that was 30 s of a stalled worker per sweep
+        cur.execute("PRAGMA busy_timeout=0")
         busy, _, _ = cur.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        cur.close()
     except sqlite3.OperationalError:  # a writer holds the lock right now
         return False
     finally:
+        cur.execute(f"PRAGMA busy_timeout={int(wait_ms)}")  # the connection goes back to the pool
+        cur.close()
         raw.close()
     return not busy
 

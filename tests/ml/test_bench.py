@@ -147,4 +147,8 @@ def test_small_deletions_suite_steps_pvalues_and_retrain(tmp_path: Path) -> None
     for s in steps:
         for who in ("before", "policy", "retrain"):
             assert len(s[who]["p_values"]) == 10 and 0 <= s[who]["flagged"] <= 100
-    assert "| step |" in (tmp_path / "results.md").read_text()
+        step = s["per_sample"]  # the per-sample step's record exists exactly when one ran
+        assert (step is not None) == (s["escalated"] or s["memorised"])
+        assert step is None or 1 <= step["n_flagged"] <= 10
+    md = (tmp_path / "results.md").read_text()
+    assert "| step |" in md and "of those steps were refused" in md

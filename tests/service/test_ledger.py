@@ -264,3 +264,32 @@ def test_sweep_removes_only_old_unrecorded_version_folders(tmp_path: Path) -> No
     assert remove_orphans(settings, conn) == 1
     assert recorded.exists() and not orphan.exists() and fresh.exists()  # fresh: maybe a batch about to commit
     conn.close()
+
+
+def test_the_wal_checkpoint_never_waits_for_a_reader(tmp_path: Path) -> None:
+    """The sweep's TRUNCATE checkpoint blocks every writer while it waits; under the 30 s busy timeout a reader
+    holding a snapshot stalled the worker (no rebuild, no heartbeat) for 30 s per sweep."""
+    import sqlite3
+    import time
+
+    from app.db.session import truncate_wal
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with transaction(session_factory(engine)) as s:
+        keys.create_key(s, scopes=["admin"], name="k")
+    reader = sqlite3.connect(tmp_path / "l.db", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM api_keys").fetchone()  # a snapshot the checkpoint must not discard
+    with transaction(session_factory(engine)) as s:
+        keys.create_key(s, scopes=["admin"], name="k2")
+    t0 = time.perf_counter()
+    assert truncate_wal(engine) is False
+    assert time.perf_counter() - t0 < 1.0
+    with engine.connect() as c:  # the pooled connection keeps its busy timeout for ordinary writes
+        assert c.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+    reader.execute("COMMIT")
+    assert truncate_wal(engine) is True and (tmp_path / "l.db-wal").stat().st_size == 0
+    reader.close()
+    engine.dispose()

@@ -10,6 +10,7 @@ policy's model and under the retrain, the share flagged at the verifier's primar
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ def run_seed(cfg: SmallConfig, ds: Dataset, seed: int) -> dict[str, Any]:
                       "verdict": str(done.record.verdict), "failed": done.record.problem, "time_s": done.record.time_s,
                       "escalated": any(a.get("escalation") for a in done.record.attempts),
                       "memorised": any(a.get("memorised") for a in done.record.attempts),
+                      "per_sample": _per_sample(done.record.attempts),
                       "retrain_s": retrain_s, "policy": _judge(verifier, model, ds, ids, hold),
                       "retrain": _judge(verifier, gold, ds, ids, hold), "before": _judge(verifier, task.model, ds, ids,
                                                                                           hold)})
@@ -80,6 +82,20 @@ def run_seed(cfg: SmallConfig, ds: Dataset, seed: int) -> dict[str, Any]:
             "calibration": {k: cal.get(k) for k in ("choice", "choice_small", "escalation", "why",
                                                     "min_detectable_batch", "large_sizes", "small_sizes", "seconds")},
             "steps": steps}
+
+
+def _per_sample(attempts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What the per-sample step did: on how many samples, from which verdict, and why it was refused, if it was."""
+    step = next((a for a in attempts if a.get("escalation") or a.get("memorised")), None)
+    if step is None:
+        return None
+    return {"n_flagged": step.get("n_flagged"), "verdict_before": step.get("verdict_before"),
+            "verdict": step.get("verdict"), "refused": step.get("rejected")}
+
+
+def _why_refused(problem: str) -> str:
+    return ("the accuracy floor" if "floor" in problem else "over-forgotten" if "over-forgotten" in problem
+            else problem)
 
 
 def _judge(verifier: Any, model: Any, ds: Dataset, ids: np.ndarray, hold: np.ndarray) -> dict[str, Any]:
@@ -118,11 +134,15 @@ def _markdown(cfg: SmallConfig, per_seed: list[dict[str, Any]]) -> str:
     drops = [100 * (s["holdout_acc"] - min(x["policy"]["holdout_acc"] for x in s["steps"])) for s in per_seed]
     escalated = sum(bool(x.get("escalated")) for s in per_seed for x in s["steps"])
     memorised = sum(bool(x.get("memorised")) for s in per_seed for x in s["steps"])
+    refused = Counter(_why_refused(x["per_sample"]["refused"]) for s in per_seed for x in s["steps"]
+                      if (x.get("per_sample") or {}).get("refused"))
     lines += ["", f"Over all steps: mean |flagged policy − flagged retrain| {fmt_pm(mean_gap, 1)} points; worst "
               f"held-out drop of the policy's chain {fmt_pm(drops, 2)} points "
               f"(budget {100 * cfg.max_accuracy_drop:g}); {escalated} of {sum(len(s['steps']) for s in per_seed)} "
               f"steps escalated once (a partial verdict); {memorised} gave their most member-like samples (flagged "
-              "under θ*, still flagged after the set-level step) the per-sample step."]
+              "under θ*, still flagged after the set-level step) the per-sample step; "
+              f"{refused.total()} of those steps were refused"
+              + (" (" + ", ".join(f"{n}: {why}" for why, n in refused.most_common()) + ")" if refused else "") + "."]
     return "\n".join(lines)
 
 
