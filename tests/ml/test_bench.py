@@ -151,4 +151,4 @@ def test_small_deletions_suite_steps_pvalues_and_retrain(tmp_path: Path) -> None
         assert (step is not None) == (s["escalated"] or s["memorised"])
         assert step is None or 1 <= step["n_flagged"] <= 10
     md = (tmp_path / "results.md").read_text()
-    assert "| step |" in md and "of those steps were refused" in md
+    assert "| step |" in md and "refused" in md and "halved step" in md

@@ -254,3 +254,19 @@ def test_a_small_batch_gets_the_per_sample_step_on_its_most_member_like_samples(
     assert still < 3 and out.setting == Setting("iau", second["params"])
     quiet = forget(_task(mem, np.sort(cold[:20]), digit_splits), tiny, hold, Budget.at(0.0), escalation=stronger)
     assert len(quiet.attempts) == 1  # nothing θ* flagged: the set-level step alone
+
+
+def test_a_per_sample_step_that_breaks_the_floor_is_halved_then_kept(mem: Memorised, digit_splits: Splits) -> None:
+    """Like the set-level update, the per-sample step is retried at half its step when it breaks the floor
+    (forgetting-small: 4 of 19 such steps were refused outright, leaving 10–30% of their batch flagged)."""
+    task, hold = _task(mem, _d_f(mem), digit_splits), digit_splits.test
+    acc0 = accuracy(mem.target, mem.ds, hold)  # type: ignore[arg-type]
+    out = forget(task, [Setting("iau", {"eta": 1e-6})], hold, Budget.at(acc0 - 0.05),
+                 PolicyOptions(backtracks=8), escalation=Setting("iau", {"eta": 1.0}))
+    tries = out.attempts[1:]
+    etas = [a["params"]["eta"] for a in tries]
+    assert all(a["escalation"] and a["verdict_before"] == "partial" for a in tries)
+    assert "below the floor" in tries[0]["rejected"] and len(tries) >= 2
+    assert etas == [1.0 / 2 ** k for k in range(len(tries))]
+    assert tries[-1]["rejected"] is None and out.setting == Setting("iau", tries[-1]["params"])
+    assert out.holdout_acc >= acc0 - 0.05 and out.verdict == tries[-1]["verdict"]

@@ -86,11 +86,13 @@ def run_seed(cfg: SmallConfig, ds: Dataset, seed: int) -> dict[str, Any]:
 
 def _per_sample(attempts: list[dict[str, Any]]) -> dict[str, Any] | None:
     """What the per-sample step did: on how many samples, from which verdict, and why it was refused, if it was."""
-    step = next((a for a in attempts if a.get("escalation") or a.get("memorised")), None)
-    if step is None:
+    tries = [a for a in attempts if a.get("escalation") or a.get("memorised")]
+    if not tries:
         return None
+    step = tries[-1]  # the last try: the step that was kept, or the last refused
     return {"n_flagged": step.get("n_flagged"), "verdict_before": step.get("verdict_before"),
-            "verdict": step.get("verdict"), "refused": step.get("rejected")}
+            "verdict": step.get("verdict"), "refused": step.get("rejected"), "tries": len(tries),
+            "params": step.get("params")}
 
 
 def _why_refused(problem: str) -> str:
@@ -136,12 +138,14 @@ def _markdown(cfg: SmallConfig, per_seed: list[dict[str, Any]]) -> str:
     memorised = sum(bool(x.get("memorised")) for s in per_seed for x in s["steps"])
     refused = Counter(_why_refused(x["per_sample"]["refused"]) for s in per_seed for x in s["steps"]
                       if (x.get("per_sample") or {}).get("refused"))
+    halved = sum(1 for s in per_seed for x in s["steps"]
+                 if (x.get("per_sample") or {}).get("tries", 1) > 1 and not x["per_sample"]["refused"])
     lines += ["", f"Over all steps: mean |flagged policy − flagged retrain| {fmt_pm(mean_gap, 1)} points; worst "
               f"held-out drop of the policy's chain {fmt_pm(drops, 2)} points "
               f"(budget {100 * cfg.max_accuracy_drop:g}); {escalated} of {sum(len(s['steps']) for s in per_seed)} "
               f"steps escalated once (a partial verdict); {memorised} gave their most member-like samples (flagged "
               "under θ*, still flagged after the set-level step) the per-sample step; "
-              f"{refused.total()} of those steps were refused"
+              f"{halved} of those were kept at a halved step, {refused.total()} refused"
               + (" (" + ", ".join(f"{n}: {why}" for why, n in refused.most_common()) + ")" if refused else "") + "."]
     return "\n".join(lines)
 

@@ -227,7 +227,8 @@ def forget(task: UnlearnTask, settings: list[Setting], hold: np.ndarray, budget:
     if model is not None:
         attempts[-1]["verdict"] = verification["verdict"]
     if model is not None and escalation is not None:
-        stronger, s2, acc2, v2 = _per_sample_step(task, model, check_setting(escalation), hold, budget, attempts)
+        stronger, s2, acc2, v2 = _per_sample_step(task, model, check_setting(escalation), hold, budget, attempts,
+                                                  backtracks=options.backtracks)
         if stronger is not None:
             model, kept, acc, verification = stronger, s2, acc2, v2
     exact_why = None
@@ -284,10 +285,12 @@ def _targets(task: UnlearnTask, model: nn.Module, verdict: object) -> tuple[np.n
 
 
 def _per_sample_step(task: UnlearnTask, model: nn.Module, s: Setting, hold: np.ndarray, budget: Budget,
-                     attempts: list[dict[str, Any]]) -> tuple[nn.Module | None, Setting, float, dict[str, Any]]:
+                     attempts: list[dict[str, Any]], *, backtracks: int = 0,
+                     ) -> tuple[nn.Module | None, Setting, float, dict[str, Any]]:
     """S from MODEL (the set-level update) on the samples _targets names, the rest of the batch left out of D_r;
-    the whole batch is then verified again against θ*. None when nothing needs it, when the step breaks the floor,
-    or when it pushes the batch below non-member level (over-forgetting is a signal too)."""
+    the whole batch is then verified again against θ*. A step that breaks the floor, or pushes the batch below
+    non-member level (over-forgetting is a signal too), is retried at half its step up to BACKTRACKS times, as
+    the set-level update is; None when nothing needs it or no try is kept."""
     if task.verifier is None:
         return None, s, float("nan"), {}
     first = attempts[-1]["verdict"]
@@ -298,17 +301,23 @@ def _per_sample_step(task: UnlearnTask, model: nn.Module, s: Setting, hold: np.n
     others = np.setdiff1d(task.forget_ids, still)
     step = with_model(task, model, train_ids=np.setdiff1d(task.train_ids, others), forget_ids=still,
                       weights_sha256=weights_sha256(model.state_dict()))
-    stronger, kept, acc = _try(step, s, hold, budget.floor, attempts)
-    attempts[-1].update({why: True, "n_flagged": len(still), "verdict_before": first})
-    if stronger is None:
-        return None, kept, acc, {}
-    verification = _verify(task, stronger)
-    attempts[-1]["verdict"] = verification["verdict"]
-    if verification["after"]["set"]["p_below"] < OVER_FORGOTTEN_P:
-        attempts[-1]["rejected"] = (f"the batch's scores fell below non-member level (p = "
-                                    f"{verification['after']['set']['p_below']:.3g}): over-forgotten")
-        return None, kept, acc, {}
-    return stronger, kept, acc, verification
+    cur: Setting | None = s
+    kept, acc = s, float("nan")
+    for _ in range(backtracks + 1):
+        if cur is None:
+            break
+        stronger, kept, acc = _try(step, cur, hold, budget.floor, attempts)
+        attempts[-1].update({why: True, "n_flagged": len(still), "verdict_before": first})
+        if stronger is not None:
+            verification = _verify(task, stronger)
+            attempts[-1]["verdict"] = verification["verdict"]
+            p_below = verification["after"]["set"]["p_below"]
+            if p_below >= OVER_FORGOTTEN_P:
+                return stronger, kept, acc, verification
+            attempts[-1]["rejected"] = (f"the batch's scores fell below non-member level (p = {p_below:.3g}): "
+                                        "over-forgotten")
+        cur = kept.smaller()
+    return None, kept, acc, {}
 
 
 def _verify(task: UnlearnTask, model: nn.Module | None) -> dict[str, Any]:
