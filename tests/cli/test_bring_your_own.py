@@ -240,10 +240,13 @@ def test_import_serve_delete_a_subject_and_consolidate(tmp_path: Path, redis_url
             audit = c.get("/audit", params={"limit": 200}).json()
             assert any(rid in json.dumps(e) for e in audit["items"])
             gone = [rel for rel, sid in mapping.items() if sid in victims]
-            assert wait_until(lambda: all((tmp_path / "imgs" / rel).stat().st_size == 0 for rel in gone),
-                              timeout=30)  # erased at the source by the worker's sweep, as in the store
-            listed = csv.DictReader((tmp_path / "imgs" / "samples.csv").open())
-            assert not [r for r in listed if r["subject_id"] == "subject-4"]
+
+            def erased_at_source() -> bool:  # the files are emptied first, then samples.csv loses the subject
+                listed = csv.DictReader((tmp_path / "imgs" / "samples.csv").open())
+                return all((tmp_path / "imgs" / rel).stat().st_size == 0 for rel in gone) and not [
+                    r for r in listed if r["subject_id"] == "subject-4"]
+
+            assert wait_until(erased_at_source, timeout=30)  # by the worker's sweep, as in the store
             # a stored sample and its own PNG get the same answer
             keep = int(train[0]) if int(train[0]) not in victims else int(train[1])
             rel = next(r for r, s in mapping.items() if s == keep)
