@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,14 +195,31 @@ def validate(model: nn.Module, ds: Dataset, hold: np.ndarray, floor: float, *,
 RECORDED_INFO = ("path", "epochs", "feature_cache", "distributed")  # a method's info an audit needs: how it ran
 
 
-def _try(task: UnlearnTask, s: Setting, hold: np.ndarray, floor: float,
-         attempts: list[dict[str, Any]], spread: float = 0.0) -> tuple[nn.Module | None, Setting, float]:
+def _try(task: UnlearnTask, s: Setting, hold: np.ndarray, floor: float, attempts: list[dict[str, Any]],
+         spread: float = 0.0, note: dict[str, Any] | None = None) -> tuple[nn.Module | None, Setting, float]:
     res = run_method(s.method, task, s.params)
     acc, problem = validate(res.model, task.ds, hold, floor, exact=s.method == EXACT, spread=spread)
     kept = Setting(s.method, res.params if s.method != EXACT else dict(s.params))
     attempts.append({**kept.to_dict(), "time_s": res.time_s, "holdout_acc": acc, "rejected": problem,
-                     **{k: res.info[k] for k in RECORDED_INFO if k in res.info}})
+                     **{k: res.info[k] for k in RECORDED_INFO if k in res.info}, **(note or {})})
     return (None if problem else res.model), kept, acc
+
+
+def _halving(task: UnlearnTask, s: Setting, hold: np.ndarray, floor: float, attempts: list[dict[str, Any]],
+             backtracks: int, *, note: dict[str, Any] | None = None,
+             accept: Callable[[nn.Module], bool] | None = None) -> tuple[nn.Module | None, Setting, float]:
+    """S, then S at half its step while a try is refused (by the floor, or by ACCEPT, which records its own
+    reason), at most BACKTRACKS times; NOTE goes into each try's attempt."""
+    cur: Setting | None = s
+    kept, acc = s, float("nan")
+    for _ in range(backtracks + 1):
+        if cur is None:
+            break
+        model, kept, acc = _try(task, cur, hold, floor, attempts, note=note)
+        if model is not None and (accept is None or accept(model)):
+            return model, kept, acc
+        cur = kept.smaller()
+    return None, kept, acc
 
 
 def forget(task: UnlearnTask, settings: list[Setting], hold: np.ndarray, budget: Budget,
@@ -213,14 +231,7 @@ def forget(task: UnlearnTask, settings: list[Setting], hold: np.ndarray, budget:
     model, kept, acc = None, None, float("nan")
     fast = [s for s in settings if s.method != EXACT]  # the exact path, when asked for, runs once, below
     for s in fast:
-        cur: Setting | None = check_setting(s)
-        for _ in range(options.backtracks + 1):
-            if cur is None:
-                break
-            model, kept, acc = _try(task, cur, hold, budget.floor, attempts)
-            if model is not None:
-                break
-            cur = kept.smaller()
+        model, kept, acc = _halving(task, check_setting(s), hold, budget.floor, attempts, options.backtracks)
         if model is not None:
             break
     verification = _verify(task, model)
@@ -301,23 +312,21 @@ def _per_sample_step(task: UnlearnTask, model: nn.Module, s: Setting, hold: np.n
     others = np.setdiff1d(task.forget_ids, still)
     step = with_model(task, model, train_ids=np.setdiff1d(task.train_ids, others), forget_ids=still,
                       weights_sha256=weights_sha256(model.state_dict()))
-    cur: Setting | None = s
-    kept, acc = s, float("nan")
-    for _ in range(backtracks + 1):
-        if cur is None:
-            break
-        stronger, kept, acc = _try(step, cur, hold, budget.floor, attempts)
-        attempts[-1].update({why: True, "n_flagged": len(still), "verdict_before": first})
-        if stronger is not None:
-            verification = _verify(task, stronger)
-            attempts[-1]["verdict"] = verification["verdict"]
-            p_below = verification["after"]["set"]["p_below"]
-            if p_below >= OVER_FORGOTTEN_P:
-                return stronger, kept, acc, verification
+    verification: dict[str, Any] = {}
+
+    def not_over_forgotten(m: nn.Module) -> bool:
+        verification.clear()
+        verification.update(_verify(task, m))
+        attempts[-1]["verdict"] = verification["verdict"]
+        p_below = verification["after"]["set"]["p_below"]
+        if p_below < OVER_FORGOTTEN_P:
             attempts[-1]["rejected"] = (f"the batch's scores fell below non-member level (p = {p_below:.3g}): "
                                         "over-forgotten")
-        cur = kept.smaller()
-    return None, kept, acc, {}
+        return p_below >= OVER_FORGOTTEN_P
+
+    stronger, kept, acc = _halving(step, s, hold, budget.floor, attempts, backtracks, accept=not_over_forgotten,
+                                   note={why: True, "n_flagged": len(still), "verdict_before": first})
+    return stronger, kept, acc, (verification if stronger is not None else {})
 
 
 def _verify(task: UnlearnTask, model: nn.Module | None) -> dict[str, Any]:
