@@ -72,3 +72,24 @@ def test_the_per_sample_step_holds_the_budget_where_it_runs_on_the_smallest_judg
     assert picked is not None and picked["setting"]["method"] == "ceiling" and picked["held_at"] == 10
     weak = [cand("choice", 0.9, True), summary[3]]
     assert _escalation(weak + summary[1:3], weak, trials, budget, 10) is None  # nothing closes more than the choice
+
+
+def test_the_set_level_score_is_not_won_by_clipping_the_tail() -> None:
+    """Measured on CIFAR-10 LeNet5 (docs/forgetting.md): a setting that brings D_f's per-sample flagged share to the
+    FPR while its set AUC moves a fifth of the way outscored one that moves the set AUC half way, when the flagged
+    share counted in the set-level score. The set-level step answers for the set; the share is recorded for the
+    per-sample step's choice."""
+    from app.ml.forgetting.calibrate import _judge
+
+    def rows(gap: float, flagged_after: float) -> list[dict[str, Any]]:
+        return [{"n": n, "acc_drop": 0.0, "finite": True, "over_forgotten": False, "time_s": 0.5,
+                 "gap_closed": gap, "gap_se": 0.05, "flagged_before": 0.082, "flagged_after": flagged_after,
+                 "forget": None} for n in (500, 2500)]
+
+    budget = {"max_accuracy_drop": 0.01, "max_time_s": 1.0, "holdout_acc": 0.6, "n_holdout": 10000}
+    clip, bulk = _judge(rows(0.22, 0.037), budget, 87), _judge(rows(0.5, 0.079), budget, 87)
+    assert clip["flagged_closed"] == pytest.approx(1.0) and bulk["flagged_closed"] == pytest.approx(0.09375)
+    assert clip["score"] == pytest.approx(0.22) and bulk["score"] == pytest.approx(0.5)
+    assert _names(ordered([{"setting": {"method": "clip", "params": {}}, "large": clip, "small": None},
+                           {"setting": {"method": "bulk", "params": {}}, "large": bulk, "small": None}],
+                          "large", "large")) == ["bulk", "clip"]

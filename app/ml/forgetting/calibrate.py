@@ -1,15 +1,18 @@
 """Calibration at publication: which fast setting forgets best on *this* model within the budgets.
 
 Simulated deletions of random training subsets at service-like sizes (10 ids, 1%, 5%) run every
-candidate setting from θ*. A setting's score is how close it brings D_f to where a retrain would leave it,
-averaged over what can be measured (each part 1 − |1 − share of the gap closed|: overshooting is
-over-forgetting):
+candidate setting from θ*. Each of the policy's two steps is scored on what it answers for (RUM's split), by how
+close it brings D_f to where a retrain would leave it (each part 1 − |1 − share of the gap closed|: overshooting
+is over-forgetting):
 
-- *forget-set accuracy and loss*, against what a model that never saw D_f gives, predicted from the
-  verifier's reference models (app/ml/forgetting/unseen.py): measurable at every size;
-- where the verifier can judge a batch (at or above its minimum detectable size): D_f's set AUC against
-  non-members, and the share of D_f flagged per sample at the verdict's FPR (the verdict's own test), which
-  sees the few most memorised samples that a set AUC averages away.
+- the *set-level step* (the choice), on the whole batch: the mean of *forget-set accuracy and loss*, against
+  what a model that never saw D_f gives, predicted from the verifier's reference models
+  (app/ml/forgetting/unseen.py), measurable at every size; and, where the verifier can judge a batch (at or
+  above its minimum detectable size), *D_f's set AUC* against non-members, which the verdict's set test judges;
+- the *per-sample step* (the escalation), on the few most member-like samples: the share of D_f flagged per
+  sample at the verdict's FPR (the verdict's own test), which sees the memorised samples a set AUC averages
+  away. Counted in the set-level score, it chose a step that clips the tail and leaves the bulk: on CIFAR-10
+  LeNet5 the flagged share went past the FPR while the set AUC moved a fifth of the way (docs/forgetting.md).
 
 Two regimes, split at the verifier's minimum detectable batch:
 
@@ -305,9 +308,10 @@ def _forget_fit(model: object, base: UnlearnTask, forget: np.ndarray, before: di
 
 
 def _judge(rows: list[dict[str, Any]], budget: dict[str, Any], need: int | None) -> dict[str, Any]:
-    """Score: closeness to where a retrain leaves D_f (1 − |1 − gap closed|, overshooting is over-forgetting),
-    the mean of the parts these sizes measure (module docstring); with no part measurable, the smallest accuracy
-    cost. NOISE: the score's standard error."""
+    """Score: the set-level step's closeness to where a retrain leaves D_f (1 − |1 − gap closed|, overshooting is
+    over-forgetting), the mean of the set AUC and forget-fit parts these sizes measure (module docstring); with no
+    part measurable, the smallest accuracy cost. NOISE: the score's standard error. The per-sample share closed is
+    recorded beside it (`flagged_closed`) for the per-sample step's choice, and is not part of the score."""
     worst = max(r["acc_drop"] for r in rows)
     measured = [r for r in rows if need is not None and r["n"] >= need and r["gap_closed"] is not None]
     gaps = [r["gap_closed"] for r in measured]
@@ -317,9 +321,6 @@ def _judge(rows: list[dict[str, Any]], budget: dict[str, Any], need: int | None)
         parts.append(auc_part)
         noises.append(score_noise([r["gap_se"] for r in measured if r["gap_se"] is not None], 0.0, 1))
         per_sample = _flagged_closed(measured)
-        if per_sample is not None:
-            parts.append(per_sample[0])
-            noises.append(per_sample[1])
     forget = _forget_closed(rows)
     if forget is not None:
         parts.append(forget["score"])
@@ -337,24 +338,22 @@ def _judge(rows: list[dict[str, Any]], budget: dict[str, Any], need: int | None)
            else f"{slowest:.2f} s, over the time budget" if slowest > budget["max_time_s"]
            else "removes no membership signal" if auc_part is not None and auc_part <= 0 else None)
     return {"qualifies": why is None, "why": why, "score": round(score, 4), "noise": round(noise, 4),
-            "max_acc_drop": worst, "time_s": slowest, "flagged_closed": per_sample and per_sample[0],
+            "max_acc_drop": worst, "time_s": slowest, "flagged_closed": per_sample,
             "forget": forget}
 
 
-def _flagged_closed(rows: list[dict[str, Any]]) -> tuple[float, float] | None:
+def _flagged_closed(rows: list[dict[str, Any]]) -> float | None:
     """The share of D_f's excess per-sample flagged rate (θ*'s over the FPR, a retrain's level: its D_f are
-    non-members) that the update removed, pooled over ROWS by size, and its binomial standard error. None when θ*'s
-    excess is within the flagged rate's own noise (nothing measurable to close). Flagged below the FPR counts as
-    the FPR: a few samples short of it is chance, and pushing D_f past non-members is the set test's to refuse."""
+    non-members) that the update removed, pooled over ROWS by size. None when θ*'s excess is within the flagged
+    rate's own noise (nothing measurable to close). Flagged below the FPR counts as the FPR: a few samples short of
+    it is chance, and the per-sample step is checked for over-forgetting where it runs (policy.py)."""
     n = np.array([r["n"] for r in rows], dtype=float)
     fb, fa = np.array([r["flagged_before"] for r in rows]), np.array([r["flagged_after"] for r in rows])
     q = PRIMARY_FPR
     gap = float(np.sum(n * (fb - q)))
     if gap <= Z95 * np.sqrt(q * (1 - q) * n.sum()):
         return None
-    after = np.maximum(fa, q)
-    se = float(np.sqrt(np.sum(n * after * (1 - after))) / gap)
-    return float(np.sum(n * (fb - after)) / gap), se
+    return float(np.sum(n * (fb - np.maximum(fa, q))) / gap)
 
 
 def _forget_closed(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
