@@ -22,7 +22,7 @@ from redis import Redis
 from sqlalchemy import select, update
 
 from app.core.config import Settings
-from app.db import ledger, workers
+from app.db import jobs, ledger, workers
 from app.db.models import ModelVersion
 from app.db.session import transaction, truncate_wal, utcnow
 from app.ml.common.device import resolve
@@ -55,8 +55,7 @@ def purge_forgotten(settings: Settings, conn: LedgerConn) -> None:
     unlinked = _drop_links(settings, gone)
     if unlinked:
         log.info("removed %d forgotten samples' rows from the model folders' samples.csv", unlinked)
-    if not truncate_wal(conn.engine):
-        log.info("the ledger's WAL is still read; its pre-erasure pages go at the next sweep")
+    checkpoint(conn, after_erasure=True)
     initial = settings.home / "initial-model"
     if initial.exists():
         shutil.rmtree(initial)
@@ -69,6 +68,29 @@ def purge_forgotten(settings: Settings, conn: LedgerConn) -> None:
         with transaction(conn.write) as s:
             s.execute(update(ModelVersion).where(ModelVersion.id == v.id).values(weights_present=False))
         log.info("purged the weights of version %s", v.id)
+
+
+WAL_HELD = "a reader holds a snapshot of the ledger: its WAL file keeps page images from before an erasure"
+
+
+def checkpoint(conn: LedgerConn, *, after_erasure: bool) -> None:
+    """Empty the ledger's WAL. While pages from before an erasure are in it (AFTER_ERASURE, or an earlier refused
+    try), a refusal is the `wal_checkpoint` job's failure, seen on /readyz, /metrics and /ui, and a success clears
+    it. Every sweep tries, and never waits; a failure counts only once its backoff is over, so that `stuck`
+    (rebuild_max_failures in a row) means minutes of a held snapshot, not a busy second."""
+    if not after_erasure:
+        with transaction(conn.read) as s:
+            if not jobs.failures(s, name=jobs.WAL):
+                truncate_wal(conn.engine)
+                return
+    done = truncate_wal(conn.engine)
+    with transaction(conn.write) as s:
+        if done:
+            jobs.succeeded(s, name=jobs.WAL)
+        elif jobs.may_run(s, name=jobs.WAL, now=utcnow()):  # the first refusal, or one past its backoff
+            jobs.failed(s, name=jobs.WAL, error=WAL_HELD, now=utcnow())
+    if not done:
+        log.info("the ledger's WAL is still read; its pre-erasure pages go at a later sweep")
 
 
 def _drop_links(settings: Settings, gone: list[int]) -> int:
@@ -135,7 +157,7 @@ def sweep(settings: Settings, conn: LedgerConn, redis: Redis) -> int:
     """Release expired claims and, if anything is pending, notify; returns the pending count."""
     release_expired(settings, conn)
     remove_orphans(settings, conn)
-    truncate_wal(conn.engine)  # a checkpoint a reader blocked after the last erasure
+    checkpoint(conn, after_erasure=False)  # a checkpoint a reader blocked after the last erasure
     with transaction(conn.read) as s:
         pending = ledger.pending_summary(s)[0]
     if pending:

@@ -14,7 +14,10 @@ from app.db.session import as_utc
 
 REBUILD = "rebuild_derived"
 CONSOLIDATE = "consolidate"
-JOBS = (REBUILD, CONSOLIDATE)
+# SQLite: the checkpoint that takes an erasure's page images out of the ledger's WAL file, refused while a reader
+# holds a snapshot (worker/housekeeping.py)
+WAL = "wal_checkpoint"
+JOBS = (REBUILD, CONSOLIDATE, WAL)
 RETRY_NOW = {REBUILD: "unlearnd requests retry --rebuild", CONSOLIDATE: "unlearnd consolidate"}  # what /ui offers
 BACKOFF_BASE_S = 60.0
 BACKOFF_MAX_S = 3600.0

@@ -293,3 +293,45 @@ def test_the_wal_checkpoint_never_waits_for_a_reader(tmp_path: Path) -> None:
     assert truncate_wal(engine) is True and (tmp_path / "l.db-wal").stat().st_size == 0
     reader.close()
     engine.dispose()
+
+
+def test_an_erasure_whose_wal_pages_a_reader_keeps_is_a_failing_job_until_a_sweep_empties_it(tmp_path: Path) -> None:
+    """Pages from before an erasure stay in the WAL file while a reader holds a snapshot: that is seen on /readyz
+    and /metrics (the `wal_checkpoint` job), counted once per backoff, and cleared by the sweep that empties it."""
+    import sqlite3
+    from types import SimpleNamespace
+
+    from app.api.routes.health import _background, job_readings
+    from app.core.config import Settings
+    from app.db import jobs
+    from app.db.models import JobHealth
+    from app.service.ledger_conn import LedgerConn
+    from worker.housekeeping import checkpoint
+
+    settings = Settings(home=tmp_path)
+    upgrade(settings.db_url)
+    conn = LedgerConn.open(settings)
+    state = SimpleNamespace(conn=conn, settings=settings)
+    with transaction(conn.write) as s:
+        keys.create_key(s, scopes=["admin"], name="k")
+    db = settings.db_url.removeprefix("sqlite:///")
+    reader = sqlite3.connect(db, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM api_keys").fetchone()
+    with transaction(conn.write) as s:
+        keys.create_key(s, scopes=["admin"], name="erased")  # stands for the erasure's write
+    checkpoint(conn, after_erasure=True)
+    assert _background(state)[jobs.WAL].startswith("failing: failed 1 time(s)"), _background(state)
+    assert job_readings(state)[jobs.WAL].failures_in_a_row == 1
+    checkpoint(conn, after_erasure=False)  # the next sweep, inside the backoff: tried, not counted again
+    assert job_readings(state)[jobs.WAL].failures_in_a_row == 1
+    with transaction(conn.write) as s:
+        s.execute(update(JobHealth).where(JobHealth.name == jobs.WAL).values(next_try_at=None))
+    checkpoint(conn, after_erasure=False)  # past the backoff: counted
+    assert job_readings(state)[jobs.WAL].failures_in_a_row == 2
+    reader.execute("COMMIT")
+    reader.close()
+    checkpoint(conn, after_erasure=False)
+    assert _background(state)[jobs.WAL] == "ok" and job_readings(state)[jobs.WAL].failures_in_a_row == 0
+    assert b"erased" not in Path(db + "-wal").read_bytes()  # only the job row's own write since
+    conn.close()
