@@ -47,7 +47,7 @@ class Sample(Base):
     # train | val | test | shadow: every split holds personal data; only train samples are in the served model
     split: Mapped[str] = mapped_column(String(8), default="train", server_default="train", index=True)
     forgotten_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    forgotten_in: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))
+    forgotten_in: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"), index=True)
 
 
 class DeletionRequest(Base):
