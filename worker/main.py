@@ -163,7 +163,9 @@ def run_worker(settings: Settings) -> int:
     with transaction(conn.write) as s:
         workers.register(s, worker_id=settings.worker_id or "", host=socket.gethostname(), pid=os.getpid(),
                          device=settings.device, now=utcnow())
-    metrics.serve(settings.worker_metrics_port)
+    if (why := metrics.serve(settings.worker_metrics_port)) is not None:
+        with transaction(conn.write) as s:
+            workers.metrics_not_served(s, worker_id=settings.worker_id or "", error=why)
     heartbeat = Heartbeat(settings, conn)
     heartbeat.start()
     try:

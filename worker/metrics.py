@@ -41,15 +41,18 @@ request_age = Histogram("unlearnd_worker_request_age_seconds", "a request's age 
                         "completed, and when it became exact", ["at"], buckets=AGES, registry=REGISTRY)
 
 
-def serve(port: int | None, addr: str = "0.0.0.0") -> None:
+def serve(port: int | None, addr: str = "0.0.0.0") -> str | None:
+    """Serve the metrics on PORT (None: not asked for); the reason when they cannot be, which the worker records in
+    the ledger for /readyz, /metrics and /ui."""
     if port is None:
-        return
+        return None
     try:
         start_http_server(port, addr=addr, registry=REGISTRY)
     except OSError as e:  # a port taken must not stop deletions from being processed
         log.error("worker metrics NOT served: port %d: %s (UNLEARND_WORKER_METRICS_PORT)", port, e)
-        return
+        return f"port {port}: {e.strerror or e}"
     log.info("worker metrics on http://%s:%d/metrics", addr, port)
+    return None
 
 
 def ages(received: Iterable[datetime | None], now: datetime, *, at: str) -> None:

@@ -87,5 +87,7 @@ class Metrics:
                                   "of a completed request that is not exact yet (negative: overdue; NaN: none)",
                                   registry=r)
         self.live_workers = Gauge("unlearnd_live_workers", "workers with a recent heartbeat", registry=r)
+        self.dark_workers = Gauge("unlearnd_live_workers_without_metrics", "live workers whose own metrics "
+                                  "endpoint (UNLEARND_WORKER_METRICS_PORT) could not be served", registry=r)
         self.heartbeat_age = Gauge("unlearnd_worker_heartbeat_age_seconds",
                                    "age of the freshest worker heartbeat (NaN: no worker ever started)", registry=r)

@@ -135,6 +135,8 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # why its Prometheus endpoint is not served (a port taken): deletions go on, and /readyz, /metrics and /ui say so
+    metrics_error: Mapped[str | None] = mapped_column(Text)
 
 
 class UiSession(Base):

@@ -26,6 +26,7 @@ class WorkerStatus:
     device: str
     heartbeat_age_s: float
     stopped: bool
+    metrics_error: str | None = None  # why its Prometheus endpoint is not served
 
     def alive(self, timeout_s: float) -> bool:
         return not self.stopped and self.heartbeat_age_s <= timeout_s
@@ -38,7 +39,12 @@ def register(session: Session, *, worker_id: str, host: str, pid: int, device: s
     else:  # a restart under the same id (the supervisor's)
         row.host, row.pid, row.device, row.started_at, row.heartbeat_at, row.stopped_at = (
             host, pid, device, now, now, None)
+        row.metrics_error = None
     session.flush()
+
+
+def metrics_not_served(session: Session, *, worker_id: str, error: str) -> None:
+    session.execute(update(Worker).where(Worker.id == worker_id).values(metrics_error=error[:500]))
 
 
 def beat(session: Session, *, worker_id: str, now: datetime) -> bool:
@@ -85,5 +91,6 @@ def _release(session: Session, worker_ids: list[str], *, now: datetime, max_deat
 def statuses(session: Session, *, now: datetime) -> list[WorkerStatus]:
     rows = session.scalars(select(Worker).order_by(Worker.heartbeat_at.desc()).limit(100))
     return [WorkerStatus(id=w.id, host=w.host, pid=w.pid, device=w.device, stopped=w.stopped_at is not None,
-                         heartbeat_age_s=max(0.0, (now - as_utc(w.heartbeat_at)).total_seconds()))  # type: ignore[operator]
+                         heartbeat_age_s=max(0.0, (now - as_utc(w.heartbeat_at)).total_seconds()),  # type: ignore[operator]
+                         metrics_error=w.metrics_error)
             for w in rows]

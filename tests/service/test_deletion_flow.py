@@ -130,3 +130,26 @@ def test_subject_delete_and_idempotency(live: Service) -> None:
         for i in mine[:3]:
             assert c.get("/predict", params={"sample_id": i}).status_code == 410
         assert c.post("/delete", json={"subject_id": "nobody"}).status_code == 404
+
+
+def test_a_worker_whose_metrics_port_is_taken_says_so_outside_its_log(live: Service) -> None:
+    """A second worker asked for the first one's metrics port still processes deletions; /readyz, /metrics and
+    /ui name it and the reason, not only its log."""
+    import time
+
+    second = live.start_worker(UNLEARND_WORKER_METRICS_PORT=live.metrics_port)  # type: ignore[attr-defined]
+    try:
+        with live.client() as c:
+            deadline, worker = time.monotonic() + 90, ""
+            while "serves no metrics" not in worker and time.monotonic() < deadline:
+                time.sleep(0.5)
+                worker = c.get("/readyz").json()["worker"]
+            assert worker.startswith("ok: 2 live") and f"port {live.metrics_port}" in worker, worker  # type: ignore[attr-defined]
+            gauges = {s.name: s.value for f in text_string_to_metric_families(c.get("/metrics").text)
+                      for s in f.samples}
+            assert gauges["unlearnd_live_workers_without_metrics"] == 1, gauges
+            page = c.get("/ui").text
+            assert 'id="worker-no-metrics"' in page and f"port {live.metrics_port}" in page  # type: ignore[attr-defined]
+    finally:
+        second.terminate()
+        second.wait(30)

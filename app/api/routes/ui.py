@@ -28,7 +28,7 @@ from app.api import svg
 from app.api.deps import AppState, authorize
 from app.core.config import Settings
 from app.core.secrets import subject_key
-from app.db import jobs, ui_sessions, views
+from app.db import jobs, ui_sessions, views, workers
 from app.db.audit import ChainReport, parse_head, verify_chain
 from app.db.audit import head as audit_head
 from app.db.keys import Principal
@@ -288,6 +288,7 @@ def _page(s: Any, app: AppState, *, state: str | None, offset: int, batch: int |
         "head": head, "versions": versions[-20:], "floor": floor, "state": state, "q": q,
         "exact_floor": budget.exact_floor if budget else None,
         "stuck": [j for j in jobs.health(s) if j.failures >= app.settings.rebuild_max_failures],
+        "dark": [w for w in workers.statuses(s, now=now) if w.metrics_error and w.alive(app.settings.worker_timeout_s)],
         "retry_now": jobs.RETRY_NOW,
         "counts": counts, "roffset": roffset,
         "rtotal": counts.get(state, 0) if state else sum(counts.values()),
