@@ -270,3 +270,18 @@ def test_a_per_sample_step_that_breaks_the_floor_is_halved_then_kept(mem: Memori
     assert etas == [1.0 / 2 ** k for k in range(len(tries))]
     assert tries[-1]["rejected"] is None and out.setting == Setting("iau", tries[-1]["params"])
     assert out.holdout_acc >= acc0 - 0.05 and out.verdict == tries[-1]["verdict"]
+
+
+def test_a_per_sample_step_that_forgets_nothing_more_is_refused_without_halving(mem: Memorised,
+                                                                                 digit_splits: Splits) -> None:
+    """On CIFAR-10 a per-sample step was kept though it left the batch more member-like than the update had (0.45 →
+    0.30 of the LiRA gap) and cost 3.5 s: a step must lower the batch's set AUC to be kept, and a smaller one would
+    not, so it is not halved."""
+    task, hold = _task(mem, _d_f(mem), digit_splits), digit_splits.test
+    update = Setting("iau", {"eta": 1e-6})
+    out = forget(task, [update], hold, Budget.at(0.0), PolicyOptions(backtracks=3),
+                 escalation=Setting("iau", {"eta": 1e-12}))
+    first, *tries = out.attempts
+    assert first["verdict"] == "partial" and len(tries) == 1, out.attempts
+    assert tries[0]["escalation"] and "forgot nothing more" in tries[0]["rejected"], tries[0]
+    assert out.setting == Setting("iau", first["params"]) and out.verdict == "partial"

@@ -72,6 +72,10 @@ def test_the_per_sample_step_holds_the_budget_where_it_runs_on_the_smallest_judg
     assert picked is not None and picked["setting"]["method"] == "ceiling" and picked["held_at"] == 10
     weak = [cand("choice", 0.9, True), summary[3]]
     assert _escalation(weak + summary[1:3], weak, trials, budget, 10) is None  # nothing closes more than the choice
+    # diverging on 250 ids (non-finite weights) rules a setting out, though it held on 10
+    diverged = [*trials[:3], {**trials[3], "finite": False, "holdout_acc": None}, *trials[4:]]
+    picked = _escalation(summary, order, diverged, budget, 10)
+    assert picked is not None and picked["setting"]["method"] == "mild", picked
 
 
 def test_the_set_level_score_is_not_won_by_clipping_the_tail() -> None:

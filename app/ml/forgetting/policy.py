@@ -207,17 +207,21 @@ def _try(task: UnlearnTask, s: Setting, hold: np.ndarray, floor: float, attempts
 
 def _halving(task: UnlearnTask, s: Setting, hold: np.ndarray, floor: float, attempts: list[dict[str, Any]],
              backtracks: int, *, note: dict[str, Any] | None = None,
-             accept: Callable[[nn.Module], bool] | None = None) -> tuple[nn.Module | None, Setting, float]:
+             accept: Callable[[nn.Module], bool | None] | None = None) -> tuple[nn.Module | None, Setting, float]:
     """S, then S at half its step while a try is refused (by the floor, or by ACCEPT, which records its own
-    reason), at most BACKTRACKS times; NOTE goes into each try's attempt."""
+    reason: False, try smaller; None, a smaller step would not help either), at most BACKTRACKS times; NOTE goes
+    into each try's attempt."""
     cur: Setting | None = s
     kept, acc = s, float("nan")
     for _ in range(backtracks + 1):
         if cur is None:
             break
         model, kept, acc = _try(task, cur, hold, floor, attempts, note=note)
-        if model is not None and (accept is None or accept(model)):
+        verdict = True if model is None or accept is None else accept(model)
+        if model is not None and verdict:
             return model, kept, acc
+        if verdict is None:
+            break
         cur = kept.smaller()
     return None, kept, acc
 
@@ -239,7 +243,7 @@ def forget(task: UnlearnTask, settings: list[Setting], hold: np.ndarray, budget:
         attempts[-1]["verdict"] = verification["verdict"]
     if model is not None and escalation is not None:
         stronger, s2, acc2, v2 = _per_sample_step(task, model, check_setting(escalation), hold, budget, attempts,
-                                                  backtracks=options.backtracks)
+                                                  backtracks=options.backtracks, first=verification)
         if stronger is not None:
             model, kept, acc, verification = stronger, s2, acc2, v2
     exact_why = None
@@ -296,16 +300,18 @@ def _targets(task: UnlearnTask, model: nn.Module, verdict: object) -> tuple[np.n
 
 
 def _per_sample_step(task: UnlearnTask, model: nn.Module, s: Setting, hold: np.ndarray, budget: Budget,
-                     attempts: list[dict[str, Any]], *, backtracks: int = 0,
+                     attempts: list[dict[str, Any]], *, backtracks: int = 0, first: dict[str, Any],
                      ) -> tuple[nn.Module | None, Setting, float, dict[str, Any]]:
     """S from MODEL (the set-level update) on the samples _targets names, the rest of the batch left out of D_r;
     the whole batch is then verified again against θ*. A step that breaks the floor, or pushes the batch below
     non-member level (over-forgetting is a signal too), is retried at half its step up to BACKTRACKS times, as
-    the set-level update is; None when nothing needs it or no try is kept."""
+    the set-level update is; a step that leaves the batch's set AUC no lower than the update did is refused
+    (a step that forgets nothing more only costs accuracy). None when nothing needs it or no try is kept."""
     if task.verifier is None:
         return None, s, float("nan"), {}
-    first = attempts[-1]["verdict"]
-    chosen = _targets(task, model, Verdict.parse(first))
+    auc_first = (first.get("after") or {}).get("set", {}).get("auc")  # FIRST: the update's verification
+    word = attempts[-1]["verdict"]
+    chosen = _targets(task, model, Verdict.parse(word))
     if chosen is None:
         return None, s, float("nan"), {}
     still, why = chosen
@@ -314,18 +320,23 @@ def _per_sample_step(task: UnlearnTask, model: nn.Module, s: Setting, hold: np.n
                       weights_sha256=weights_sha256(model.state_dict()))
     verification: dict[str, Any] = {}
 
-    def not_over_forgotten(m: nn.Module) -> bool:
+    def forgets_more(m: nn.Module) -> bool | None:
         verification.clear()
         verification.update(_verify(task, m))
         attempts[-1]["verdict"] = verification["verdict"]
-        p_below = verification["after"]["set"]["p_below"]
-        if p_below < OVER_FORGOTTEN_P:
-            attempts[-1]["rejected"] = (f"the batch's scores fell below non-member level (p = {p_below:.3g}): "
-                                        "over-forgotten")
-        return p_below >= OVER_FORGOTTEN_P
+        after = verification["after"]["set"]
+        if after["p_below"] < OVER_FORGOTTEN_P:
+            attempts[-1]["rejected"] = (f"the batch's scores fell below non-member level (p = {after['p_below']:.3g}):"
+                                        " over-forgotten")
+            return False
+        if auc_first is not None and after["auc"] >= auc_first:
+            attempts[-1]["rejected"] = (f"the batch's set AUC {after['auc']:.4f} is no lower than after the update "
+                                        f"({auc_first:.4f}): the step forgot nothing more")
+            return None
+        return True
 
-    stronger, kept, acc = _halving(step, s, hold, budget.floor, attempts, backtracks, accept=not_over_forgotten,
-                                   note={why: True, "n_flagged": len(still), "verdict_before": first})
+    stronger, kept, acc = _halving(step, s, hold, budget.floor, attempts, backtracks, accept=forgets_more,
+                                   note={why: True, "n_flagged": len(still), "verdict_before": word})
     return stronger, kept, acc, (verification if stronger is not None else {})
 
 
