@@ -217,11 +217,12 @@ def _halving(task: UnlearnTask, s: Setting, hold: np.ndarray, floor: float, atte
         if cur is None:
             break
         model, kept, acc = _try(task, cur, hold, floor, attempts, note=note)
-        verdict = True if model is None or accept is None else accept(model)
-        if model is not None and verdict:
-            return model, kept, acc
-        if verdict is None:
-            break
+        if model is not None:
+            ok = True if accept is None else accept(model)
+            if ok:
+                return model, kept, acc
+            if ok is None:
+                break
         cur = kept.smaller()
     return None, kept, acc
 
