@@ -50,7 +50,8 @@ def test_the_noise_of_a_score_comes_from_the_verifiers_interval_or_the_held_out_
 
 def test_the_per_sample_step_holds_the_budget_where_it_runs_on_the_smallest_judged_set() -> None:
     """The escalation runs on a batch's few flagged samples: a setting that breaks the budget only on 250 ids may
-    be it; one that breaks it on 10 ids, or closes no more per-sample gap than the choice, may not."""
+    be it; one that breaks it on 10 ids, closes no more per-sample gap than the choice, or costs more than SLOWER
+    times the choice on the fewest ids, may not."""
     from app.ml.forgetting.calibrate import _escalation
 
     def cand(name: str, closed: float, qualifies: bool) -> dict[str, Any]:
@@ -76,6 +77,13 @@ def test_the_per_sample_step_holds_the_budget_where_it_runs_on_the_smallest_judg
     diverged = [*trials[:3], {**trials[3], "finite": False, "holdout_acc": None}, *trials[4:]]
     picked = _escalation(summary, order, diverged, budget, 10)
     assert picked is not None and picked["setting"]["method"] == "mild", picked
+    # an epoch over D_r whatever the batch (SCRUB, SalUn): within the time budget, but its cost does not shrink
+    # with its few samples, so it may not be the step that runs on them
+    costly = [*summary[:3], cand("epoch", 0.95, False)]
+    picked = _escalation(costly, order, [*trials, {**trial("epoch", 10, 0.0), "time_s": 0.31}], budget, 10)
+    assert picked is not None and picked["setting"]["method"] == "ceiling", picked
+    picked = _escalation(costly, order, [*trials, {**trial("epoch", 10, 0.0), "time_s": 0.29}], budget, 10)
+    assert picked is not None and picked["setting"]["method"] == "epoch", picked
 
 
 def test_the_set_level_score_is_not_won_by_clipping_the_tail() -> None:

@@ -49,7 +49,7 @@ from app.ml.common.hashing import weights_sha256
 from app.ml.forgetting.methods import run_method
 from app.ml.forgetting.methods.base import UnlearnTask
 from app.ml.forgetting.policy import OVER_FORGOTTEN_P, Setting, validate, with_model
-from app.ml.forgetting.ranking import Z95, gap_se, ordered, score_noise
+from app.ml.forgetting.ranking import SLOWER, Z95, gap_se, ordered, score_noise
 from app.ml.forgetting.unseen import Fit, closeness, fit_on, gaps_closed, predictions, references
 from app.ml.training.metrics import accuracy
 from app.ml.verify.report import flagged, gap_closed
@@ -242,17 +242,24 @@ def _escalation(summary: list[dict[str, Any]], large_order: list[dict[str, Any]]
     runs. Requiring the budget at every size kept out the per-sample ceiling that brings a 10-id batch to a
     retrain's flagged share and costs more only on 250 ids (docs/forgetting.md). Diverging (non-finite weights) at
     any size is not a budget matter: such a setting is never the per-sample step (a SCRUB step that diverged on 5%
-    batches was named on CIFAR-10, and cost 3.5 s and a fifth of the gap where it ran)."""
+    batches was named on CIFAR-10, and cost 3.5 s and a fifth of the gap where it ran). Its cost must shrink with
+    its few samples: on the fewest ids calibration tried it may take at most SLOWER times the choice's time there
+    (SCRUB and SalUn take an epoch over D_r however few samples they forget: 3.5 s on 10 CIFAR-10 ids, where the
+    choice took 0.1 s)."""
     if not large_order or n is None:
         return None
+    def mine(x: dict[str, Any]) -> list[dict[str, Any]]:
+        return [t for t in trials if t["method"] == x["setting"]["method"] and t["params"] == x["setting"]["params"]]
     def strength(x: dict[str, Any]) -> float:
         return float(x["large"].get("flagged_closed") or 0.0)
+    fewest = min((t["n"] for t in mine(large_order[0])), default=None)
+    limit = SLOWER * max((t["time_s"] for t in mine(large_order[0]) if t["n"] == fewest), default=float("inf"))
     def holds(x: dict[str, Any]) -> bool:
-        mine = [t for t in trials if t["method"] == x["setting"]["method"] and t["params"] == x["setting"]["params"]]
-        rows = [t for t in mine if t["n"] == n]
-        return bool(rows) and all(t["finite"] for t in mine) and all(
+        rows = [t for t in mine(x) if t["n"] == n]
+        few = [t["time_s"] for t in mine(x) if t["n"] == fewest]
+        return bool(rows) and bool(few) and all(t["finite"] for t in mine(x)) and all(
             r["holdout_acc"] is not None and not r["over_forgotten"] and r["acc_drop"] <= budget["max_accuracy_drop"]
-            and r["time_s"] <= budget["max_time_s"] for r in rows)
+            and r["time_s"] <= budget["max_time_s"] for r in rows) and max(few) <= limit
     pool = [x for x in summary if x is not large_order[0] and x["large"] is not None and holds(x)]
     best = max(pool, key=strength, default=None)
     if best is None or strength(best) <= strength(large_order[0]):
