@@ -77,7 +77,10 @@ def checkpoint(conn: LedgerConn, *, after_erasure: bool) -> None:
     """Empty the ledger's WAL. While pages from before an erasure are in it (AFTER_ERASURE, or an earlier refused
     try), a refusal is the `wal_checkpoint` job's failure, seen on /readyz, /metrics and /ui, and a success clears
     it. Every sweep tries, and never waits; a failure counts only once its backoff is over, so that `stuck`
-    (rebuild_max_failures in a row) means minutes of a held snapshot, not a busy second."""
+    (rebuild_max_failures in a row) means minutes of a held snapshot, not a busy second. Only SQLite keeps a
+    WAL in our home: on another engine there is nothing to read or write."""
+    if conn.engine.dialect.name != "sqlite":
+        return
     if not after_erasure:
         with transaction(conn.read) as s:
             if not jobs.failures(s, name=jobs.WAL):

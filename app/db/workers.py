@@ -31,6 +31,10 @@ class WorkerStatus:
     def alive(self, timeout_s: float) -> bool:
         return not self.stopped and self.heartbeat_age_s <= timeout_s
 
+    def dark(self, timeout_s: float) -> bool:
+        """Alive, processing deletions, and serving no metrics: Prometheus cannot see it."""
+        return self.alive(timeout_s) and self.metrics_error is not None
+
 
 def register(session: Session, *, worker_id: str, host: str, pid: int, device: str, now: datetime) -> None:
     row = session.get(Worker, worker_id)

@@ -128,7 +128,8 @@ def _worker_check(state: State) -> str:
     ws = _workers(state)
     live = [w for w in ws if w.alive(state.settings.worker_timeout_s)]
     if live:
-        dark = "".join(f"; {w.id} serves no metrics ({w.metrics_error})" for w in live if w.metrics_error)
+        dark = "".join(f"; {w.id} serves no metrics ({w.metrics_error})" for w in live
+                       if w.dark(state.settings.worker_timeout_s))
         return f"ok: {len(live)} live, freshest heartbeat {min(w.heartbeat_age_s for w in live):.1f} s ago{dark}"
     if not ws:
         return "ok: no worker has started yet"
@@ -152,7 +153,7 @@ def metrics(state: State) -> Response:
     m.failed_batches.set(backlog["failed_batches"])
     ws = _workers(state)
     m.live_workers.set(sum(w.alive(state.settings.worker_timeout_s) for w in ws))
-    m.dark_workers.set(sum(w.alive(state.settings.worker_timeout_s) and bool(w.metrics_error) for w in ws))
+    m.dark_workers.set(sum(w.dark(state.settings.worker_timeout_s) for w in ws))
     m.heartbeat_age.set(min((w.heartbeat_age_s for w in ws if not w.stopped), default=float("nan")))
     m.holder.swaps, m.holder.failed_loads = state.holder.swaps, state.holder.failed_loads
     m.to_exact_due.set(backlog["seconds_to_nearest_approximate_due"])

@@ -288,7 +288,7 @@ def _page(s: Any, app: AppState, *, state: str | None, offset: int, batch: int |
         "head": head, "versions": versions[-20:], "floor": floor, "state": state, "q": q,
         "exact_floor": budget.exact_floor if budget else None,
         "stuck": [j for j in jobs.health(s) if j.failures >= app.settings.rebuild_max_failures],
-        "dark": [w for w in workers.statuses(s, now=now) if w.metrics_error and w.alive(app.settings.worker_timeout_s)],
+        "dark": [w for w in workers.statuses(s, now=now) if w.dark(app.settings.worker_timeout_s)],
         "retry_now": jobs.RETRY_NOW,
         "counts": counts, "roffset": roffset,
         "rtotal": counts.get(state, 0) if state else sum(counts.values()),
