@@ -128,7 +128,7 @@ def _worker_check(state: State) -> str:
     ws = _workers(state)
     live = [w for w in ws if w.alive(state.settings.worker_timeout_s)]
     if live:
-        dark = "".join(f"; {w.id} serves no metrics ({w.metrics_error})" for w in live
+        dark = "".join(f"; {w.id} serves no metrics ({w.metrics_error})" for w in ws
                        if w.dark(state.settings.worker_timeout_s))
         return f"ok: {len(live)} live, freshest heartbeat {min(w.heartbeat_age_s for w in live):.1f} s ago{dark}"
     if not ws:

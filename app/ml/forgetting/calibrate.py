@@ -252,11 +252,13 @@ def _escalation(summary: list[dict[str, Any]], large_order: list[dict[str, Any]]
         return [t for t in trials if t["method"] == x["setting"]["method"] and t["params"] == x["setting"]["params"]]
     def strength(x: dict[str, Any]) -> float:
         return float(x["large"].get("flagged_closed") or 0.0)
+    choice = mine(large_order[0])
     def holds(x: dict[str, Any]) -> bool:
-        rows = [t for t in mine(x) if t["n"] == n]
-        return bool(rows) and all(t["finite"] for t in mine(x)) and all(
+        its = mine(x)
+        rows = [t for t in its if t["n"] == n]
+        return bool(rows) and all(t["finite"] for t in its) and all(
             r["holdout_acc"] is not None and not r["over_forgotten"] and r["acc_drop"] <= budget["max_accuracy_drop"]
-            and r["time_s"] <= budget["max_time_s"] for r in rows) and _cheap_on_few(mine(x), mine(large_order[0]))
+            and r["time_s"] <= budget["max_time_s"] for r in rows) and _cheap_on_few(its, choice)
     pool = [x for x in summary if x is not large_order[0] and x["large"] is not None and holds(x)]
     best = max(pool, key=strength, default=None)
     if best is None or strength(best) <= strength(large_order[0]):
