@@ -94,8 +94,9 @@ def run_seed(cfg: ForgettingConfig, ctx: SeedContext) -> dict[str, Any]:
     rows.append(_row(CALIBRATED, _evaluate(ctx, done.model), start, gold, ctx, done.record.time_s,
                      {**done.record.to_payload(), "verification": None}))
     chains = [_chain(cfg, ctx, task, hold, cal, budget, size) for size in cfg.chain_sizes]
-    return {"seed": ctx.seed, "rows": rows, "calibration": {k: v for k, v in cal.items() if k != "trials"},
-            "chains": chains, "retrain_seconds": ctx.retrain_seconds}
+    # the whole calibration, its per-size trials included: a choice that differs between runs is read from them
+    return {"seed": ctx.seed, "rows": rows, "calibration": cal, "chains": chains,
+            "retrain_seconds": ctx.retrain_seconds}
 
 
 def _row(name: str, m: dict[str, float], start: dict[str, float], gold: dict[str, float], ctx: SeedContext,
