@@ -198,7 +198,7 @@ def test_tampered_audit_row_is_detected(svc: Service) -> None:
     with svc.client() as c:
         rid = c.post("/delete", json={"sample_ids": [svc.train_ids()[5]]}).json()["id"]
         seq = svc.wait_request(rid)["audit_entry"]
-    assert svc.cli("audit", "verify").returncode == 0
+    # no clean `audit verify` first: the last one, on the restored row, shows the chain was whole before
     engine = create_engine(svc.settings.db_url)
     with engine.begin() as c:
         payload = c.execute(text("SELECT payload FROM audit_entries WHERE seq = :s"), {"s": seq}).scalar_one()

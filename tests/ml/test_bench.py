@@ -145,10 +145,11 @@ def test_small_deletions_suite_steps_pvalues_and_retrain(tmp_path: Path) -> None
     assert len(steps) == 3 and all(len(s["ids"]) == 10 for s in steps)
     assert len({i for s in steps for i in s["ids"]}) == 30  # chained: never the same id twice
     for s in steps:
-        for who in ("before", "policy", "retrain"):
+        for who in ("before", "policy", "retrain", "twin"):
             assert len(s[who]["p_values"]) == 10 and 0 <= s[who]["flagged"] <= 100
+        assert s["twin"]["p_values"] != s["retrain"]["p_values"]  # another init seed: another model
         step = s["per_sample"]  # the per-sample step's record exists exactly when one ran
         assert (step is not None) == (s["escalated"] or s["memorised"])
         assert step is None or 1 <= step["n_flagged"] <= 10
     md = (tmp_path / "results.md").read_text()
-    assert "| step |" in md and "refused" in md and "halved step" in md
+    assert "| step |" in md and "refused" in md and "halved step" in md and "the metric's floor" in md

@@ -5,13 +5,16 @@ images; LiRA with 4 references flags single members there), calibrated as at pub
 the peers included). Then 20 chained deletions of 10 ids each through the policy, and beside each step a
 retrain from scratch without every id deleted so far. Per step: the batch's per-sample p-values under the
 policy's model and under the retrain, the share flagged at the verifier's primary FPR, and held-out accuracy.
+
+A second retrain from another init seed (the twin) is judged beside the first: |retrain − twin| is the
+metric's own floor, what two equally exact models differ by on a 10-id batch (one sample is 10 points).
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,7 @@ class SmallConfig:
     batch: int = 10
     seeds: int = 3
     max_accuracy_drop: float = 0.01
+    twin_seed_offset: int = 100_003  # the twin retrain's init seed: θ*'s seed plus this, clear of the references'
 
 
 def run_seed(cfg: SmallConfig, ds: Dataset, seed: int) -> dict[str, Any]:
@@ -69,14 +73,15 @@ def run_seed(cfg: SmallConfig, ds: Dataset, seed: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         gold = fit(mcfg, ds, train, None, tcfg, progress=False).model  # without every id deleted so far
         retrain_s = time.perf_counter() - t0
+        twin = fit(mcfg, ds, train, None, replace(tcfg, seed=tcfg.seed + cfg.twin_seed_offset), progress=False).model
         steps.append({"k": k + 1, "ids": ids.tolist(), "method": done.record.method, "exact": done.record.exact,
                       "verdict": str(done.record.verdict), "failed": done.record.problem, "time_s": done.record.time_s,
                       "escalated": any(a.get("escalation") for a in done.record.attempts),
                       "memorised": any(a.get("memorised") for a in done.record.attempts),
                       "per_sample": _per_sample(done.record.attempts),
                       "retrain_s": retrain_s, "policy": _judge(verifier, model, ds, ids, hold),
-                      "retrain": _judge(verifier, gold, ds, ids, hold), "before": _judge(verifier, task.model, ds, ids,
-                                                                                          hold)})
+                      "retrain": _judge(verifier, gold, ds, ids, hold), "twin": _judge(verifier, twin, ds, ids, hold),
+                      "before": _judge(verifier, task.model, ds, ids, hold)})
     return {"seed": seed, "train_acc": accuracy(trained.model, ds, members), "holdout_acc": acc0,
             "power": {k: verifier.power.get(k) for k in ("auc", "tpr@0.01", "min_detectable_batch")},
             "calibration": cal,  # per-size trials and seconds included: why this seed chose what it chose
@@ -118,20 +123,24 @@ def _markdown(cfg: SmallConfig, per_seed: list[dict[str, Any]]) -> str:
                                          f"{s['calibration'].get('escalation')} ({s['calibration']['why'] or 'ok'})"
                                          for s in per_seed), "",
              "| step | method (seed 0) | flagged before | flagged, policy | flagged, retrain | |Δ| policy − retrain "
-             "| held-out, policy | held-out, retrain | median p, policy | median p, retrain |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| flagged, twin retrain | |Δ| retrain − twin | held-out, policy | held-out, retrain | median p, policy "
+             "| median p, retrain |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for k in range(cfg.steps):
         st = [s["steps"][k] for s in per_seed]
-        f = {w: [x[w]["flagged"] for x in st] for w in ("before", "policy", "retrain")}
+        f = {w: [x[w]["flagged"] for x in st] for w in ("before", "policy", "retrain", "twin")}
         lines.append(
             f"| {k + 1} | {st[0]['method']}{' (exact)' if st[0]['exact'] else ''} | {fmt_pm(f['before'], 1)} | "
             f"{fmt_pm(f['policy'], 1)} | {fmt_pm(f['retrain'], 1)} | "
             f"{fmt_pm([abs(a - b) for a, b in zip(f['policy'], f['retrain'], strict=True)], 1)} | "
+            f"{fmt_pm(f['twin'], 1)} | "
+            f"{fmt_pm([abs(a - b) for a, b in zip(f['retrain'], f['twin'], strict=True)], 1)} | "
             f"{fmt_pm([100 * x['policy']['holdout_acc'] for x in st], 2)} | "
             f"{fmt_pm([100 * x['retrain']['holdout_acc'] for x in st], 2)} | "
             f"{fmt_pm([float(np.median(x['policy']['p_values'])) for x in st], 3)} | "
             f"{fmt_pm([float(np.median(x['retrain']['p_values'])) for x in st], 3)} |")
-    mean_gap = [np.mean([abs(x["policy"]["flagged"] - x["retrain"]["flagged"]) for x in s["steps"]]) for s in per_seed]
+    mean_gap, floor = ([np.mean([abs(x[a]["flagged"] - x["retrain"]["flagged"]) for x in s["steps"]]) for s in per_seed]
+                       for a in ("policy", "twin"))
     drops = [100 * (s["holdout_acc"] - min(x["policy"]["holdout_acc"] for x in s["steps"])) for s in per_seed]
     escalated = sum(bool(x.get("escalated")) for s in per_seed for x in s["steps"])
     memorised = sum(bool(x.get("memorised")) for s in per_seed for x in s["steps"])
@@ -139,7 +148,8 @@ def _markdown(cfg: SmallConfig, per_seed: list[dict[str, Any]]) -> str:
                       if (x.get("per_sample") or {}).get("refused"))
     halved = sum(1 for s in per_seed for x in s["steps"]
                  if (x.get("per_sample") or {}).get("tries", 1) > 1 and not x["per_sample"]["refused"])
-    lines += ["", f"Over all steps: mean |flagged policy − flagged retrain| {fmt_pm(mean_gap, 1)} points; worst "
+    lines += ["", f"Over all steps: mean |flagged policy − flagged retrain| {fmt_pm(mean_gap, 1)} points, against "
+              f"{fmt_pm(floor, 1)} between the retrain and its twin from another init seed (the metric's floor); worst "
               f"held-out drop of the policy's chain {fmt_pm(drops, 2)} points "
               f"(budget {100 * cfg.max_accuracy_drop:g}); {escalated} of {sum(len(s['steps']) for s in per_seed)} "
               f"steps escalated once (a partial verdict); {memorised} gave their most member-like samples (flagged "
