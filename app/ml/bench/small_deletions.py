@@ -110,6 +110,11 @@ def _judge(verifier: Any, model: Any, ds: Dataset, ids: np.ndarray, hold: np.nda
             "set_auc": assessed["set"]["auc"], "holdout_acc": accuracy(model, ds, hold)}
 
 
+def _off_retrain(per_seed: list[dict[str, Any]], who: str) -> list[float]:
+    """Per seed, the mean over its steps of |flagged share under WHO − under the retrain|, in points."""
+    return [float(np.mean([abs(x[who]["flagged"] - x["retrain"]["flagged"]) for x in s["steps"]])) for s in per_seed]
+
+
 def _markdown(cfg: SmallConfig, per_seed: list[dict[str, Any]]) -> str:
     lines = [f"{cfg.dataset} / {cfg.arch} trained {cfg.epochs} epochs on {cfg.n_train} samples (no early stopping): "
              f"train acc {fmt_pm([100 * s['train_acc'] for s in per_seed], 1)} %, held-out "
@@ -139,8 +144,7 @@ def _markdown(cfg: SmallConfig, per_seed: list[dict[str, Any]]) -> str:
             f"{fmt_pm([100 * x['retrain']['holdout_acc'] for x in st], 2)} | "
             f"{fmt_pm([float(np.median(x['policy']['p_values'])) for x in st], 3)} | "
             f"{fmt_pm([float(np.median(x['retrain']['p_values'])) for x in st], 3)} |")
-    mean_gap, floor = ([np.mean([abs(x[a]["flagged"] - x["retrain"]["flagged"]) for x in s["steps"]]) for s in per_seed]
-                       for a in ("policy", "twin"))
+    mean_gap, floor = _off_retrain(per_seed, "policy"), _off_retrain(per_seed, "twin")
     drops = [100 * (s["holdout_acc"] - min(x["policy"]["holdout_acc"] for x in s["steps"])) for s in per_seed]
     escalated = sum(bool(x.get("escalated")) for s in per_seed for x in s["steps"])
     memorised = sum(bool(x.get("memorised")) for s in per_seed for x in s["steps"])
