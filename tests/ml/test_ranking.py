@@ -110,3 +110,38 @@ def test_the_set_level_score_is_not_won_by_clipping_the_tail() -> None:
     assert _names(ordered([{"setting": {"method": "clip", "params": {}}, "large": clip, "small": None},
                            {"setting": {"method": "bulk", "params": {}}, "large": bulk, "small": None}],
                           "large", "large")) == ["bulk", "clip"]
+
+
+def test_work_counted_by_both_decides_over_wall_time() -> None:
+    """Where both settings counted their work, the ratio is the work's: the same model and seed give the same order
+    whatever the host's load. One without a count (a vmapped step) is compared by wall time."""
+    def cand(name: str, score: float, time_s: float, work: int | None) -> dict[str, Any]:
+        c = _cand(name, score, time_s)
+        c["large"] = {**c["large"], "work": work}
+        return c
+
+    # 2.7× faster by the clock (noise), 4× less work: a tie within noise goes to the cheaper
+    assert _names(ordered([cand("slow_best", 0.90, 4.0, 4000), cand("cheap", 0.88, 1.5, 1000)],
+                          "large", "large")) == ["cheap", "slow_best"]
+    # 3.3× faster by the clock on a busy host, the same work: the score decides
+    assert _names(ordered([cand("slow_best", 0.90, 5.0, 1000), cand("cheap", 0.88, 1.5, 1000)],
+                          "large", "large")) == ["slow_best", "cheap"]
+    # one side uncounted: the clock
+    assert _names(ordered([cand("slow_best", 0.90, 5.0, 1000), cand("cheap", 0.88, 1.5, None)],
+                          "large", "large")) == ["cheap", "slow_best"]
+
+
+def test_the_per_sample_steps_scaling_is_judged_on_work() -> None:
+    """forgetting-small at 534914e, seed 2: out_match's ceiling cost 0.069 s on 10 ids and 0.198 s on 250 (2.9×,
+    under SLOWER), the shift 0.068 s and 0.210 s (3.1×): the clock named the shift, a step that keeps D_f's spread.
+    Both do the same work (the targets' forwards plus five epochs' steps): about 4× more on 250 ids."""
+    from app.ml.forgetting.calibrate import _cheap_on_few
+
+    def rows(times: tuple[float, float], works: tuple[int | None, int | None]) -> list[dict[str, Any]]:
+        return [{"n": n, "time_s": t, "work": w} for n, t, w in zip((10, 250), times, works, strict=True)]
+
+    iau = rows((0.007, 0.015), (30, 750))
+    assert not _cheap_on_few(rows((0.069, 0.198), (None, None)), iau)  # the clock: 2.9× < SLOWER
+    assert _cheap_on_few(rows((0.069, 0.198), (2440, 10210)), iau)  # the work: 4.2×
+    assert not _cheap_on_few(rows((0.21, 0.22), (9000, 9100)), iau)  # an epoch over D_r whatever the batch
+    assert _cheap_on_few(rows((0.01, 0.011), (80, 90)), iau)  # barely scales, within SLOWER × the choice's work

@@ -65,7 +65,9 @@ def write_results(out: Path, *, suite: str, command: str, config: dict[str, Any]
     p = doc["provenance"]
     commit = (p["git_hash"] or "no git") + (" + uncommitted changes" if p.get("git_dirty") else "")
     footer = (f"\n\n_unlearnd {p['version']} ({commit}), {p['created_at']}, "
-              f"{p['machine']['platform']}, torch {p['machine']['torch']}, {p['machine']['threads']} threads, "
+              f"{p['machine']['platform']}, torch {p['machine']['torch']}, {p['machine']['threads']} threads"
+              + (f" ({p['machine']['cpu']}, {p['machine']['cpu_capability']})" if p["machine"].get("cpu_capability")
+                 else "") + ", "
               f"device {p['machine']['device']}._\n")
     atomic_write_text(out / "results.md", header + markdown + footer)
     return doc

@@ -42,6 +42,17 @@ def git_dirty(root: Path = PROJECT_ROOT) -> bool | None:
     return bool(out.stdout.strip())
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux's /proc/cpuinfo; elsewhere what platform knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def provenance(device: torch.device | None = None, placement: str | None = None) -> dict[str, object]:
     """DEVICE: what the work ran on (None: the CPU); PLACEMENT: where its data lived (Dataset.placement)."""
     import torch  # here, not above: a ledger-only process that records provenance needs no torch
@@ -54,6 +65,8 @@ def provenance(device: torch.device | None = None, placement: str | None = None)
         "git_dirty": git_dirty(),
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(),
+                    # the kernels torch picked: the same seed trains other weights on another instruction set
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "device": describe(device or torch.device("cpu")), "data_placement": placement or "cpu"},
     }

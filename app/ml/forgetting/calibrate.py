@@ -46,6 +46,7 @@ import numpy as np
 
 from app.errors import OverTimeBudget
 from app.ml.common.hashing import weights_sha256
+from app.ml.common.work import counting
 from app.ml.forgetting.methods import run_method
 from app.ml.forgetting.methods.base import UnlearnTask
 from app.ml.forgetting.policy import OVER_FORGOTTEN_P, Setting, validate, with_model
@@ -182,7 +183,7 @@ def _regimes(rows: list[dict[str, Any]], large: list[int], small: list[int], bud
              need: int | None) -> dict[str, Any]:
     if len(rows) < len(large) + len(small):  # stopped early: over the time budget
         slow = {"qualifies": False, "why": f"{rows[-1]['time_s']:.2f} s, over the time budget", "score": None,
-                "max_acc_drop": max(r["acc_drop"] for r in rows), "time_s": rows[-1]["time_s"]}
+                "max_acc_drop": max(r["acc_drop"] for r in rows), "time_s": rows[-1]["time_s"], "work": None}
         return {"large": slow if large else None, "small": slow if small else None}
     return {"large": _judge([rows[i] for i in large], budget, need) if large else None,
             "small": _judge([rows[i] for i in small], budget, need) if small else None}
@@ -222,7 +223,7 @@ def _skipped(like: Setting, seconds: float, large: list[int], small: list[int]) 
     """Not run: LIKE was stopped at OVERRUN × the time budget (after SECONDS), and this setting does at least its
     work."""
     why = f"skipped: at least the work of {like.method} {like.params}, stopped at {OVERRUN:g}× the time budget"
-    slow = {"qualifies": False, "why": why, "score": None, "max_acc_drop": 0.0, "time_s": seconds}
+    slow = {"qualifies": False, "why": why, "score": None, "max_acc_drop": 0.0, "time_s": seconds, "work": None}
     return {"large": slow if large else None, "small": slow if small else None, "skipped_like": like.to_dict()}
 
 
@@ -231,7 +232,7 @@ def _evidence(x: dict[str, Any], regime: str) -> dict[str, Any]:
     accuracy and loss it reached beside a never-saw model's prediction (`forget`: pooled over the sizes)."""
     v = x[regime]
     return {"setting": x["setting"], "score": v["score"], "noise": v.get("noise"), "time_s": v["time_s"],
-            "flagged_closed": v.get("flagged_closed"), "forget": v.get("forget")}
+            "work": v.get("work"), "flagged_closed": v.get("flagged_closed"), "forget": v.get("forget")}
 
 
 def _escalation(summary: list[dict[str, Any]], large_order: list[dict[str, Any]], trials: list[dict[str, Any]],
@@ -270,9 +271,12 @@ def _cheap_on_few(rows: list[dict[str, Any]], choice: list[dict[str, Any]]) -> b
     """Whether a setting's trials (ROWS) cost, on the fewest ids calibration tried, at most 1/SLOWER of their cost
     on the most (it scales with the samples it forgets), or at most SLOWER times the CHOICE's trials there. The
     second clause keeps a step as cheap as IAU, whose few milliseconds barely scale; the first keeps out_match
-    after an IAU choice, which no step of a few epochs is within SLOWER times of."""
+    after an IAU choice, which no step of a few epochs is within SLOWER times of. Cost is work where every trial
+    counted it: out_match's wall time on 10 ids is about a third of its time on 250, and the
+    host's noise decided this clause on the digits MLP."""
+    key = "work" if all(r.get("work") is not None for r in [*rows, *choice]) else "time_s"
     def at(rs: list[dict[str, Any]], n: int) -> float:  # 0 where RS never ran N ids: no clause holds on it
-        return float(np.mean([r["time_s"] for r in rs if r["n"] == n] or [0.0]))
+        return float(np.mean([r[key] for r in rs if r["n"] == n] or [0.0]))
     sizes = sorted({r["n"] for r in rows})
     if not sizes:
         return False
@@ -301,16 +305,18 @@ def _trial(base: UnlearnTask, s: Setting, forget: np.ndarray, before: dict[str, 
     t0 = time.perf_counter()
     deadline = t0 + OVERRUN * max_time_s if max_time_s > 0 else None
     try:
-        res = run_method(s.method, dataclasses.replace(base, forget_ids=forget, deadline=deadline), s.params)
+        with counting() as work:
+            res = run_method(s.method, dataclasses.replace(base, forget_ids=forget, deadline=deadline), s.params)
     except OverTimeBudget:
-        return {**s.to_dict(), "n": len(forget), "time_s": time.perf_counter() - t0, "holdout_acc": None,
+        return {**s.to_dict(), "n": len(forget), "time_s": time.perf_counter() - t0, "work": None, "holdout_acc": None,
                 "acc_drop": 0.0, "finite": True, "stopped": f"at {OVERRUN:g}× the time budget", "auc_before": None,
                 "auc_after": None, "gap_closed": None, "gap_se": None, "p_member": None,
                 "over_forgotten": False, "flagged_before": None, "flagged_after": None, "forget": None}
     acc, problem = validate(res.model, base.ds, hold, -1.0)
     assert base.verifier is not None
     after = base.verifier.assess(res.model, base.ds, forget)
-    return {**s.to_dict(), "n": len(forget), "time_s": res.time_s, "holdout_acc": acc, "acc_drop": acc0 - acc,
+    return {**s.to_dict(), "n": len(forget), "time_s": res.time_s, "work": work.value, "holdout_acc": acc,
+            "acc_drop": acc0 - acc,
             "finite": problem is None, "auc_before": before["set"]["auc"], "auc_after": after["set"]["auc"],
             "gap_closed": gap_closed(before, after), "gap_se": gap_se(before, after),
             "p_member": after["set"]["p_member"],
@@ -354,6 +360,7 @@ def _judge(rows: list[dict[str, Any]], budget: dict[str, Any], need: int | None)
         score = -worst
         noise = score_noise([], budget["holdout_acc"], budget["n_holdout"])
     slowest = max(r["time_s"] for r in rows)
+    works = [r.get("work") for r in rows]
     why = ("non-finite weights" if not all(r["finite"] for r in rows)
            else f"accuracy drop {100 * worst:.2f} points" if worst > budget["max_accuracy_drop"]
            else "over-forgets: D_f below non-member level" if any(r["over_forgotten"] for r in rows)
@@ -361,6 +368,7 @@ def _judge(rows: list[dict[str, Any]], budget: dict[str, Any], need: int | None)
            else "removes no membership signal" if auc_part is not None and auc_part <= 0 else None)
     return {"qualifies": why is None, "why": why, "score": round(score, 4), "noise": round(noise, 4),
             "max_acc_drop": worst, "time_s": slowest, "flagged_closed": per_sample,
+            "work": max(works) if None not in works else None,
             "forget": forget}
 
 

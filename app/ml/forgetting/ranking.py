@@ -3,9 +3,10 @@
 A score is a measurement on a few simulated deletions: the share of the membership gap closed (the verifier's
 rank test gives its DeLong standard error) or, where membership cannot be measured, the held-out accuracy cost
 (a binomial standard error over the held-out rows). The noise is recorded beside the choice's score and time
-(meta.json's calibration `chosen`), and it decides when time counts: a setting SLOWER times slower than another
-qualifier must beat it by more than their scores' 95% noise, else the faster one leads (docs/forgetting.md,
-"Time and noise in calibration's choice").
+(meta.json's calibration `chosen`), and it decides when cost counts: a setting SLOWER times costlier than another
+qualifier must beat it by more than their scores' 95% noise, else the cheaper one leads (docs/forgetting.md,
+"Time and noise in calibration's choice"). Cost is work (samples through the model, app/ml/common/work.py) where
+both sides counted it, so that the same model and seed give the same order on a busy host; wall time otherwise.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ def ordered(summary: list[dict[str, Any]], regime: str, rank_by: str) -> list[di
     measured: they are ranked by how well a setting forgets where it can be, and must then hold along the
     chain; with no measurable size at all, by the smallest accuracy cost."""
     ok = [x for x in summary if x[regime] and x[regime]["qualifies"] and x[rank_by] and x[rank_by]["qualifies"]]
-    # equal scores: the faster by a tenth of a second or more, else the grid's order (sorted is stable), so that
-    # timing noise between 0.001 s and 0.004 s does not pick a different method on each run
-    rest = sorted(ok, key=lambda x: (-x[rank_by]["score"], round(x[rank_by]["time_s"], 1)))
+    # equal scores: the cheaper (by work, or by a tenth of a second or more), else the grid's order (sorted is
+    # stable), so that timing noise between 0.001 s and 0.004 s does not pick a different method on each run
+    by_work = all(x[rank_by].get("work") is not None for x in ok)
+    rest = sorted(ok, key=lambda x: (-x[rank_by]["score"],
+                                     x[rank_by]["work"] if by_work else round(x[rank_by]["time_s"], 1)))
     out = []
     while rest:
         head = _faster_tie(rest, rank_by)
@@ -51,14 +54,21 @@ def ordered(summary: list[dict[str, Any]], regime: str, rank_by: str) -> list[di
 
 
 def _faster_tie(by_score: list[dict[str, Any]], rank_by: str) -> dict[str, Any]:
-    """The best-scoring of BY_SCORE, unless a setting SLOWER times faster is within the two scores' noise of it:
-    then the best of those (and so on, while a still faster one ties)."""
+    """The best-scoring of BY_SCORE, unless a setting SLOWER times cheaper is within the two scores' noise of it:
+    then the best of those (and so on, while a still cheaper one ties)."""
     head = by_score[0]
     while True:
         h = head[rank_by]
-        ties = [x for x in by_score if x[rank_by]["time_s"] * SLOWER <= h["time_s"]
+        ties = [x for x in by_score if costs_times(h, x[rank_by], SLOWER)
                 and h["score"] - x[rank_by]["score"] <= Z95 * math.hypot(h.get("noise") or 0.0,
                                                                           x[rank_by].get("noise") or 0.0)]
         if not ties:
             return head
         head = ties[0]  # by_score is best first
+
+
+def costs_times(a: dict[str, Any], b: dict[str, Any], k: float) -> bool:
+    """Does A cost at least K times what B costs: by work where both counted it, else by wall time."""
+    if a.get("work") is not None and b.get("work") is not None:
+        return bool(b["work"] * k <= a["work"])
+    return bool(b["time_s"] * k <= a["time_s"])
