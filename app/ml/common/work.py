@@ -1,9 +1,10 @@
 """Work: how many samples an update passes through a model, a cost that does not depend on the host's load.
 
 Calibration compares costs as ratios (a setting SLOWER times slower than another, a step whose cost on 10 ids is
-a third of its cost on 250). Wall time made those comparisons coin flips near the threshold: on the digits MLP,
-out_match's ceiling and shift both cost ~3× more on 250 ids than on 10 in wall time, and one run's noise named
-the ceiling as the per-sample step where the next named the shift (docs/forgetting.md, "seventh pass"). Work is
+a third of its cost on 250). Wall time made those comparisons coin flips near the threshold: on
+forgetting-small's memorising CIFAR-10 MLP, out_match's ceiling and shift both cost ~3× more on 250 ids than on 10
+in wall time, and a second calibration of the same θ* named the shift as the per-sample step where the first
+named the ceiling (docs/forgetting.md, "seventh pass"). Work is
 counted, not timed, so the same model and seed give the same choice.
 
 The unit is one sample's forward pass: a forward with autograd recording counts BACKWARD_COST (its backward costs

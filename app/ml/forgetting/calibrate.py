@@ -273,7 +273,7 @@ def _cheap_on_few(rows: list[dict[str, Any]], choice: list[dict[str, Any]]) -> b
     second clause keeps a step as cheap as IAU, whose few milliseconds barely scale; the first keeps out_match
     after an IAU choice, which no step of a few epochs is within SLOWER times of. Cost is work where every trial
     counted it: out_match's wall time on 10 ids is about a third of its time on 250, and the
-    host's noise decided this clause on the digits MLP."""
+    host's noise decided this clause on forgetting-small's MLP."""
     key = "work" if all(r.get("work") is not None for r in [*rows, *choice]) else "time_s"
     def at(rs: list[dict[str, Any]], n: int) -> float:  # 0 where RS never ran N ids: no clause holds on it
         return float(np.mean([r[key] for r in rs if r["n"] == n] or [0.0]))
