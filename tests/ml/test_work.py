@@ -57,3 +57,6 @@ def test_a_vmapped_forward_hides_its_batch_so_the_count_is_unknown() -> None:
     with counting() as work:
         torch.vmap(one)(torch.randn(32, 4))
     assert work.value is None  # not 1: callers fall back to wall time rather than use a count 32× too small
+    with counting() as by_name:
+        model(input=torch.randn(8, 4))  # keywords: the hook sees no batch
+    assert by_name.value is None

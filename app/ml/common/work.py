@@ -4,14 +4,14 @@ Calibration compares costs as ratios (a setting SLOWER times slower than another
 a third of its cost on 250). Wall time made those comparisons coin flips near the threshold: on
 forgetting-small's memorising CIFAR-10 MLP, out_match's ceiling and shift both cost ~3× more on 250 ids than on 10
 in wall time, and a second calibration of the same θ* named the shift as the per-sample step where the first
-named the ceiling (docs/forgetting.md, "seventh pass"). Work is
-counted, not timed, so the same model and seed give the same choice.
+named the ceiling (docs/forgetting.md, "seventh pass"). Work is counted, not timed, so the same model and seed
+give the same choice.
 
 The unit is one sample's forward pass: a forward with autograd recording counts BACKWARD_COST (its backward costs
-about two forwards, the usual estimate), a forward without it counts 1. Only the outermost module call counts
-(a model's layers are part of its forward), and only calls from the thread that opened the count. A forward on
-functorch-transformed inputs (vmap, grad) hides its batch from the hook: the count is then unknown (None), and
-callers fall back to wall time rather than use a number that is too small.
+about two forwards, the usual estimate), a forward without it counts 1. Only the outermost module call counts (a
+model's layers are part of its forward), and only calls from the thread that opened the count. A forward on
+functorch-transformed inputs (vmap, grad), or with no positional tensor, hides its batch from the hook: the count is
+then unknown (None), and callers fall back to wall time rather than use a number that is too small.
 """
 
 from __future__ import annotations
@@ -41,10 +41,11 @@ class Work:
 
 
 def _batch(args: tuple[Any, ...]) -> tuple[int, bool]:
-    """The batch size of a forward's first tensor argument, and whether it can be trusted."""
+    """The batch size of a forward's first tensor argument, and whether it can be trusted (not without one: a
+    model called with keywords or a dict of inputs hides its batch too)."""
     x = next((a for a in args if isinstance(a, torch.Tensor)), None)
     if x is None or x.dim() == 0:
-        return 0, x is None
+        return 0, False
     return int(x.shape[0]), not _functorch.is_functorch_wrapped_tensor(x)
 
 
