@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
+import app.ml.forgetting.methods.out_match as out_match_module
 from app.errors import ConfigError
 from app.ml.common.hashing import weights_sha256
 from app.ml.data.dataset import Dataset, Splits
 from app.ml.forgetting.methods import run_method
 from app.ml.forgetting.methods.base import UnlearnTask
+from app.ml.forgetting.methods.loops import only_last_trainable
 from app.ml.models.factory import ModelConfig
 from app.ml.training.fit import TrainConfig, fit
 from app.ml.training.metrics import accuracy
@@ -74,3 +81,52 @@ def test_shift_target_moves_df_by_its_median_excess(setting: Setting) -> None:
     assert before > 0 and abs(after) < 0.75 * before  # a no-op keeps it; measured 0.326 → 0.175
     with pytest.raises(ConfigError, match="ceiling"):
         run_method("out_match", _task(setting, forget), {"target": "both"})
+
+
+class _CalledOutOfOrder(nn.Module):
+    """Registers its output layer first: only a forward says which layer is last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = nn.Linear(8, 3)
+        self.body = nn.Linear(4, 8)
+        self.norm = nn.BatchNorm1d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.norm(self.body(x))))
+
+
+def test_only_the_last_called_layers_train_and_everything_trains_again_after() -> None:
+    model = _CalledOutOfOrder().train()
+    model.body.bias.requires_grad_(False)  # frozen by the user (--freeze) before: stays frozen
+    with only_last_trainable(model, 1, torch.zeros(2, 4)) as frozen:
+        assert set(frozen) == {"body.", "norm."}
+        assert [n for n, p in model.named_parameters() if p.requires_grad] == ["out.weight", "out.bias"]
+        before = model.norm.running_mean.clone()
+        model(torch.randn(16, 4))
+        assert torch.equal(model.norm.running_mean, before)  # a frozen norm layer keeps its statistics
+    assert [n for n, p in model.named_parameters() if not p.requires_grad] == ["body.bias"]
+    model.train()(torch.randn(16, 4))
+    assert not torch.equal(model.norm.running_mean, before)  # and moves them again once the block is left
+
+
+def test_train_last_moves_only_the_head_and_its_cached_front_gives_the_uncached_step(
+        setting: Setting, monkeypatch: pytest.MonkeyPatch) -> None:
+    forget = np.sort(np.random.default_rng(3).choice(setting.members, 100, replace=False))
+    params = {"target": "shift", "epochs": 3, "lr": 3e-3, "retain_weight": 10.0, "train_last": 1}
+    cached = run_method("out_match", _task(setting, forget), params)
+    assert cached.info["feature_cache"]["used"] is True
+    theta, after = setting.target.state_dict(), cached.model.state_dict()  # type: ignore[attr-defined]
+    moved = {k for k in theta if not torch.equal(theta[k], after[k])}
+    assert moved == {"net.5.weight", "net.5.bias"}
+    assert all(p.requires_grad for p in cached.model.parameters())  # the next step may move everything
+
+    def not_traceable(*_a: object, **_k: object) -> Iterator[str]:
+        yield "torch.fx cannot trace the model"
+    monkeypatch.setattr(out_match_module, "cached_features", contextmanager(not_traceable))
+    plain = run_method("out_match", _task(setting, forget), params)
+    assert plain.info["feature_cache"] == {"used": False, "why": "torch.fx cannot trace the model"}
+    for k, v in plain.model.state_dict().items():  # the same steps on the same batches: float rounding apart
+        torch.testing.assert_close(after[k], v, atol=1e-5, rtol=1e-4)
+    v, ds = setting.verifier, setting.ds
+    assert v.assess(cached.model, ds, forget)["set"]["auc"] < v.assess(setting.target, ds, forget)["set"]["auc"]  # type: ignore[arg-type]

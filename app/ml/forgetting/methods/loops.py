@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
 
 from app.ml.data.dataset import Dataset, minibatches
 
@@ -42,6 +44,42 @@ def run_epochs(model: nn.Module, ds: Dataset, ids: np.ndarray, *, epochs: int, l
 def trainable_params(model: nn.Module) -> list[nn.Parameter]:
     """What an unlearning optimiser may move: never a frozen parameter (`--freeze`)."""
     return [p for p in model.parameters() if p.requires_grad]
+
+
+@contextmanager
+def only_last_trainable(model: nn.Module, k: int, example: torch.Tensor) -> Iterator[tuple[str, ...]]:
+    """Within the block, only the parameters of MODEL's last K parameter-owning modules train, in the order one
+    forward of EXAMPLE calls them (registration order need not be the computation's; a module called twice
+    counts at its last call). The frozen part's normalisation layers stay in eval mode: their running statistics
+    are part of what is frozen. Yields the frozen modules' name prefixes ("name."); on exit every parameter
+    trains as before, so the model goes on like any other."""
+    owners = {m: n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
+    calls: list[str] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, _a: calls.append(owners[mod])) for m in owners]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    keep = set(list(dict.fromkeys(reversed(calls)))[:k])
+    frozen = [p for m, n in owners.items() if n not in keep for p in m.parameters(recurse=False) if p.requires_grad]
+    prefixes = tuple(f"{n}." for n in owners.values() if n not in keep)
+    stay = [m.register_forward_pre_hook(_stay_in_eval) for n, m in model.named_modules()
+            if n and isinstance(m, _NormBase) and f"{n}.".startswith(prefixes)]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield prefixes
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        for h in stay:
+            h.remove()
+
+
+def _stay_in_eval(module: nn.Module, _args: object) -> None:
+    module.training = False
 
 
 @dataclass(frozen=True)

@@ -25,17 +25,20 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from app.errors import ConfigError
 from app.ml.data.dataset import minibatches
 from app.ml.forgetting.methods.base import UnlearnResult, UnlearnTask, parse_params, seconds_since
-from app.ml.forgetting.methods.loops import trainable_params
+from app.ml.forgetting.methods.loops import only_last_trainable, trainable_params
 from app.ml.forgetting.methods.registry import METHODS
+from app.ml.training.feature_cache import CHUNK, Cached, cached_features
 from app.ml.verify.base import phi_from_logits, true_class_logit
 
 CALIB_SAMPLE = 1000
@@ -54,12 +57,16 @@ class OutMatchConfig:
     # CIFAR-10 LeNet5 3 steps at lr 2e-3 cost 3.7 points on a 10-id D_f. A linear ramp over the first steps
     # keeps a small batch's few steps small and is a rounding error for a large one.
     warmup: int = 10
+    # 0: every trainable parameter moves; k ≥ 1: only those of the last k modules that hold parameters, in the
+    # order a forward calls them. The membership signal is the true-class logit, which the last layers set; the
+    # frozen front then needs no backward pass.
+    train_last: int = 0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or self.retain_weight < 0:
             raise ValueError("epochs, batch_size and lr must be positive, retain_weight ≥ 0")
-        if self.min_steps < 0 or self.warmup < 0:
-            raise ValueError("min_steps and warmup must be ≥ 0")
+        if self.min_steps < 0 or self.warmup < 0 or self.train_last < 0:
+            raise ValueError("min_steps, warmup and train_last must be ≥ 0")
         if self.target not in ("ceiling", "shift"):
             raise ValueError("target must be 'ceiling' or 'shift'")
 
@@ -88,28 +95,71 @@ def out_match(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
     teacher.eval()
     t0 = time.perf_counter()
     target = targets(task, cfg.target)
-    forget, retain = np.asarray(task.forget_ids), task.retain_ids
-    opt = torch.optim.Adam(trainable_params(model), lr=cfg.lr)
-    ramp = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / (cfg.warmup + 1)))
-    rng = np.random.default_rng(task.seed)
-    model.train()
-    per_epoch = -(-len(forget) // cfg.batch_size)
-    for _ in range(max(cfg.epochs, -(-cfg.min_steps // per_epoch))):
-        order = rng.permutation(len(forget))
-        for pick in minibatches(order, cfg.batch_size):
-            task.tick()
-            # a full retained batch even when D_f is tiny: the anchor must outweigh repeated steps on few samples
-            fb, rb = forget[pick], rng.choice(retain, cfg.batch_size, replace=len(retain) < cfg.batch_size)
-            phi = phi_from_logits(model(task.ds.features(fb)), task.ds.labels(fb))
-            gap = phi - target[pick]
-            loss_f = (F.relu(gap) if cfg.target == "ceiling" else gap).pow(2).mean()
-            with torch.no_grad():
-                teach = F.softmax(teacher(task.ds.features(rb)), dim=1)
-            loss_r = F.kl_div(F.log_softmax(model(task.ds.features(rb)), dim=1), teach, reduction="batchmean")
-            loss = loss_f.float() + cfg.retain_weight * loss_r
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            ramp.step()
+    forget = np.asarray(task.forget_ids)
+    plan = _plan(cfg, len(forget), task.retain_ids, np.random.default_rng(task.seed))
+    info: dict[str, object] = {}
+    if not cfg.train_last:
+        _fit(cfg, model, forget, target, plan, task, lambda ids: task.ds.features(ids), teacher)
+    else:
+        with only_last_trainable(model, cfg.train_last, task.ds.features(forget[:1])) as frozen, \
+                cached_features(model, frozen, "none", task.ds, [forget, *[rb for _, rb in plan]]) as cached:
+            if isinstance(cached, Cached):  # the frozen front once, then steps on the head alone
+                info["feature_cache"] = cached.record
+                _fit(cfg, cached.cut.head, forget, target, plan, task,
+                     lambda ids: cached.ds.features(cached.ids(ids)), cached.cut.head)
+            else:  # the frozen front still needs no backward pass
+                info["feature_cache"] = {"used": False, "why": cached}
+                _fit(cfg, model, forget, target, plan, task, lambda ids: task.ds.features(ids), teacher)
     model.eval()
-    return UnlearnResult(model=model, time_s=seconds_since(t0, task), params=asdict(cfg))
+    return UnlearnResult(model=model, time_s=seconds_since(t0, task), params=asdict(cfg), info=info)
+
+
+Plan = list[tuple[np.ndarray, np.ndarray]]  # per step: positions in D_f, retained ids
+
+
+def _plan(cfg: OutMatchConfig, n_forget: int, retain: np.ndarray, rng: np.random.Generator) -> Plan:
+    """Every step's forgotten positions and retained ids, drawn up front (a cached front needs them all)."""
+    per_epoch = -(-n_forget // cfg.batch_size)
+    plan = []
+    for _ in range(max(cfg.epochs, -(-cfg.min_steps // per_epoch))):
+        for pick in minibatches(rng.permutation(n_forget), cfg.batch_size):
+            # a full retained batch even when D_f is tiny: the anchor must outweigh repeated steps on few samples
+            plan.append((pick, rng.choice(retain, cfg.batch_size, replace=len(retain) < cfg.batch_size)))
+    return plan
+
+
+def _fit(cfg: OutMatchConfig, net: nn.Module, forget: np.ndarray, target: torch.Tensor, plan: Plan,
+         task: UnlearnTask, inputs: Callable[[np.ndarray], torch.Tensor], teacher: nn.Module) -> None:
+    """Adam on NET over PLAN; INPUTS(ids) is NET's input. TEACHER: θ*, or NET itself before its first step (the
+    retained batches' targets are then all taken up front)."""
+    teach = _teacher_outputs(teacher, inputs, plan) if teacher is net else None
+    opt = torch.optim.Adam(trainable_params(net), lr=cfg.lr)
+    ramp = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / (cfg.warmup + 1)))
+    net.train()
+    for step, (pick, rb) in enumerate(plan):
+        task.tick()
+        fb = forget[pick]
+        phi = phi_from_logits(net(inputs(fb)), task.ds.labels(fb))
+        gap = phi - target[pick]
+        loss_f = (F.relu(gap) if cfg.target == "ceiling" else gap).pow(2).mean()
+        if teach is None:
+            with torch.no_grad():
+                probs = F.softmax(teacher(inputs(rb)), dim=1)
+        else:
+            probs = teach[step]
+        loss_r = F.kl_div(F.log_softmax(net(inputs(rb)), dim=1), probs, reduction="batchmean")
+        loss = loss_f.float() + cfg.retain_weight * loss_r
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ramp.step()
+    net.eval()
+
+
+@torch.no_grad()
+def _teacher_outputs(net: nn.Module, inputs: Callable[[np.ndarray], torch.Tensor], plan: Plan) -> torch.Tensor:
+    """(steps, batch, classes): NET's softmax on every step's retained batch, before any step moves it."""
+    net.eval()
+    rows = np.concatenate([rb for _, rb in plan])
+    probs = torch.cat([F.softmax(net(inputs(rows[i:i + CHUNK])), dim=1) for i in range(0, len(rows), CHUNK)])
+    return probs.view(len(plan), -1, probs.shape[1])
