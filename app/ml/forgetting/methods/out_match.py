@@ -14,6 +14,13 @@ target = "shift" instead moves every forgotten sample by one offset Δ (D_f's me
 over non-members) with a squared loss: the ceiling empties the member-like tail (over-forgetting that
 the KS distance shows), the shift keeps D_f's spread and closes less.
 
+train_last = k moves only the last k parameter-owning layers (in the order a forward calls them). The front
+before them is frozen, so torch.fx cuts the model there (app/ml/training/feature_cache.py): the front runs
+once over D_f and every retained batch the steps will draw, the steps train the head on those features, and the
+teacher's outputs are the head's own before its first step. The same steps on the same batches, without the
+front's forward and backward at every step. A model torch.fx cannot cut trains with its front frozen, at full
+forward cost (info["feature_cache"] says which ran and why).
+
 First measurements (docs/forgetting.md): on CIFAR-10 LeNet5 (5% forgotten) the defaults took D_f's
 set AUC 0.605 → 0.541 (retrain 0.508) on an independent verifier at 1.2 points of test accuracy, in
 2.4 s against retrain's 98 s; on an overfit digits MLP the same defaults overshoot (AUC 0.612 →
