@@ -15,6 +15,17 @@ def _mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
 
 
+class _Nested(nn.Module):
+    """A model whose forward calls a submodule that is not a leaf, as most models' do (LeNet5's, a ResNet's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _mlp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
 def test_each_outermost_forward_counts_its_batch_and_autograd_counts_the_backward_too() -> None:
     model, x = _mlp(), torch.randn(10, 4)
     with counting() as work:
@@ -60,3 +71,21 @@ def test_a_vmapped_forward_hides_its_batch_so_the_count_is_unknown() -> None:
     with counting() as by_name:
         model(input=torch.randn(8, 4))  # keywords: the hook sees no batch
     assert by_name.value is None
+    with counting() as traced:
+        torch.fx.symbolic_trace(_Nested())  # a trace calls the inner Sequential with proxies: no batch to see
+    assert traced.value is None
+
+
+def test_a_cut_models_steps_are_timed_not_counted() -> None:
+    """out_match with train_last over a cached front: a pass of the head is a fraction of a pass of the model, which
+    a count of samples cannot say, and the cut's torch.fx trace leaves the count unknown, so calibration compares
+    such a trial by its wall time (app/ml/common/work.py)."""
+    from app.ml.training.feature_cache import find_cut
+
+    model = _Nested()
+    model.body[0].requires_grad_(False)
+    with counting() as work:
+        cut = find_cut(model, ("body.0.",), torch.randn(2, 4))
+        assert not isinstance(cut, str)
+        cut.head(cut.front(torch.randn(5, 4)))
+    assert work.value is None

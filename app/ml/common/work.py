@@ -11,7 +11,10 @@ The unit is one sample's forward pass: a forward with autograd recording counts 
 about two forwards, the usual estimate), a forward without it counts 1. Only the outermost module call counts (a
 model's layers are part of its forward), and only calls from the thread that opened the count. A forward on
 functorch-transformed inputs (vmap, grad), or with no positional tensor, hides its batch from the hook: the count is
-then unknown (None), and callers fall back to wall time rather than use a number that is too small.
+then unknown (None), and callers fall back to wall time rather than use a number that is too small. A torch.fx trace
+calls a model's inner modules with proxies, not tensors, so it leaves the count unknown too. That is as well: the
+model it cuts (out_match's train_last) then steps on its head alone, and a pass of the head costs a fraction of a
+pass of the model, which a count of samples cannot say.
 """
 
 from __future__ import annotations
