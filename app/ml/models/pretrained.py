@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from app.errors import ConfigError, UnlearnFailed
 from app.ml.common.hashing import weights_sha256
@@ -125,10 +126,15 @@ def apply_freeze(model: nn.Module, prefixes: tuple[str, ...]) -> nn.Module:
             p.requires_grad_(False)
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(f"--freeze {','.join(prefixes)} freezes every parameter: nothing is left to train")
-    for name, module in model.named_modules():
-        if name and isinstance(module, nn.modules.batchnorm._NormBase) and f"{name}.".startswith(prefixes):
-            module.register_forward_pre_hook(_stay_in_eval)
+    keep_frozen_norms_in_eval(model, prefixes)
     return model
+
+
+def keep_frozen_norms_in_eval(model: nn.Module, prefixes: tuple[str, ...]) -> list[RemovableHandle]:
+    """Every normalisation layer of MODEL under PREFIXES runs in eval mode, whatever the model's mode; remove the
+    returned hooks to undo it."""
+    return [module.register_forward_pre_hook(_stay_in_eval) for name, module in model.named_modules()
+            if name and isinstance(module, nn.modules.batchnorm._NormBase) and f"{name}.".startswith(prefixes)]
 
 
 def _stay_in_eval(module: nn.Module, args: object) -> None:

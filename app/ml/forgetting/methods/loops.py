@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
 
 from app.ml.data.dataset import Dataset, minibatches
+from app.ml.models.pretrained import keep_frozen_norms_in_eval
 
 BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, np.ndarray], torch.Tensor]
 
@@ -65,8 +65,7 @@ def only_last_trainable(model: nn.Module, k: int, example: torch.Tensor) -> Iter
     keep = set(list(dict.fromkeys(reversed(calls)))[:k])
     frozen = [p for m, n in owners.items() if n not in keep for p in m.parameters(recurse=False) if p.requires_grad]
     prefixes = tuple(f"{n}." for n in owners.values() if n not in keep)
-    stay = [m.register_forward_pre_hook(_stay_in_eval) for n, m in model.named_modules()
-            if n and isinstance(m, _NormBase) and f"{n}.".startswith(prefixes)]
+    stay = keep_frozen_norms_in_eval(model, prefixes)
     for p in frozen:
         p.requires_grad_(False)
     try:
@@ -76,10 +75,6 @@ def only_last_trainable(model: nn.Module, k: int, example: torch.Tensor) -> Iter
             p.requires_grad_(True)
         for h in stay:
             h.remove()
-
-
-def _stay_in_eval(module: nn.Module, _args: object) -> None:
-    module.training = False
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,7 @@ def out_match(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
     plan = _plan(cfg, len(forget), task.retain_ids, np.random.default_rng(task.seed))
     info: dict[str, object] = {}
     if not cfg.train_last:
-        _fit(cfg, model, forget, target, plan, task, lambda ids: task.ds.features(ids), teacher)
+        _fit(cfg, model, forget, target, plan, task, task.ds.features, teacher)
     else:
         with only_last_trainable(model, cfg.train_last, task.ds.features(forget[:1])) as frozen, \
                 cached_features(model, frozen, "none", task.ds, [forget, *[rb for _, rb in plan]]) as cached:
@@ -116,7 +116,7 @@ def out_match(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
                      lambda ids: cached.ds.features(cached.ids(ids)), cached.cut.head)
             else:  # the frozen front still needs no backward pass
                 info["feature_cache"] = {"used": False, "why": cached}
-                _fit(cfg, model, forget, target, plan, task, lambda ids: task.ds.features(ids), teacher)
+                _fit(cfg, model, forget, target, plan, task, task.ds.features, teacher)
     model.eval()
     return UnlearnResult(model=model, time_s=seconds_since(t0, task), params=asdict(cfg), info=info)
 
