@@ -44,9 +44,6 @@ class UnlearnTask:
     verifier: Verifier | None = None  # the model's membership verifier, for methods that target it
     deadline: float | None = None  # time.perf_counter() past which a multi-step method stops (calibration)
     refit: Refit | None = None  # how retrain runs its fit; None: in this process
-    # the model whose outputs on retained samples an anchored step holds (the last exact version of a chain of fast
-    # updates, which never saw the earlier batches' drift); None: `model`. Read by out_match's retain term.
-    anchor: nn.Module | None = None
 
     @classmethod
     def from_model_dir(cls, md: ModelDir, ds: Dataset, *, forget_ids: np.ndarray, train_ids: np.ndarray | None = None,

@@ -98,8 +98,7 @@ def out_match(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
     cfg = parse_params(OutMatchConfig, params)
     if task.verifier is None:
         raise ConfigError("out_match needs the model's membership verifier (train with --verify-refs K, K ≥ 2)")
-    teacher = task.anchor if task.anchor is not None else task.model
-    model = copy.deepcopy(task.model)
+    teacher, model = task.model, copy.deepcopy(task.model)
     teacher.eval()
     t0 = time.perf_counter()
     target = targets(task, cfg.target)
@@ -113,12 +112,8 @@ def out_match(task: UnlearnTask, params: dict[str, object]) -> UnlearnResult:
                 cached_features(model, frozen, "none", task.ds, [forget, *[rb for _, rb in plan]]) as cached:
             if isinstance(cached, Cached):  # the frozen front once, then steps on the head alone
                 info["feature_cache"] = cached.record
-
-                def head_in(ids: np.ndarray, cached: Cached = cached) -> torch.Tensor:
-                    return cached.ds.features(cached.ids(ids))
-                # the head before its first step, or the anchor on the dataset's own inputs: either stays still
-                _fit(cfg, cached.cut.head, forget, target, plan, task, head_in,
-                     *((cached.cut.head, head_in) if task.anchor is None else (teacher, task.ds.features)))
+                _fit(cfg, cached.cut.head, forget, target, plan, task,
+                     lambda ids: cached.ds.features(cached.ids(ids)), cached.cut.head)
             else:  # the frozen front still needs no backward pass
                 info["feature_cache"] = {"used": False, "why": cached}
                 _fit(cfg, model, forget, target, plan, task, task.ds.features, teacher)
@@ -141,12 +136,10 @@ def _plan(cfg: OutMatchConfig, n_forget: int, retain: np.ndarray, rng: np.random
 
 
 def _fit(cfg: OutMatchConfig, net: nn.Module, forget: np.ndarray, target: torch.Tensor, plan: Plan,
-         task: UnlearnTask, inputs: Callable[[np.ndarray], torch.Tensor], teacher: nn.Module,
-         upfront: Callable[[np.ndarray], torch.Tensor] | None = None) -> None:
-    """Adam on NET over PLAN; INPUTS(ids) is NET's input. TEACHER: θ* or the task's anchor, asked at every step;
-    with UPFRONT (TEACHER's input), asked once for every retained batch before the first step (TEACHER may then be
-    NET itself, as it was)."""
-    teach = _teacher_outputs(teacher, upfront, plan) if upfront is not None else None
+         task: UnlearnTask, inputs: Callable[[np.ndarray], torch.Tensor], teacher: nn.Module) -> None:
+    """Adam on NET over PLAN; INPUTS(ids) is NET's input. TEACHER: θ*, or NET itself before its first step (the
+    retained batches' targets are then all taken up front)."""
+    teach = _teacher_outputs(teacher, inputs, plan) if teacher is net else None
     opt = torch.optim.Adam(trainable_params(net), lr=cfg.lr)
     ramp = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / (cfg.warmup + 1)))
     net.train()
