@@ -38,7 +38,7 @@ from app.ml.bench.report import write_results
 from app.ml.data.formats import load_dataset
 from app.ml.forgetting.methods import run_method
 from app.ml.forgetting.policy import with_model
-from app.ml.training.metrics import accuracy
+from app.ml.training.metrics import accuracy, predict_logits
 from app.ml.verify.report import verify_forgetting
 
 BASE = {"target": "shift", "epochs": 5, "retain_weight": 10.0, "train_last": 3}
@@ -46,11 +46,8 @@ LRS = (3e-3, 1e-3, 3e-4)
 CHAIN_STEPS = 5
 
 
-@torch.no_grad()
 def predictions(model: torch.nn.Module, ds, ids: np.ndarray) -> np.ndarray:
-    model.eval()
-    return np.concatenate([model(ds.features(ids[i:i + 1024])).argmax(1).cpu().numpy()
-                           for i in range(0, len(ids), 1024)])
+    return predict_logits(model, ds, ids).argmax(1).cpu().numpy()
 
 
 def one_step(ctx, task, hold: np.ndarray, pred0: np.ndarray, acc0: float, ids: np.ndarray, lr: float) -> dict:
@@ -89,7 +86,6 @@ def main() -> None:
     parts = set(ns.parts.split(","))
     ns.out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset("cifar10", data_dir=Path("../shared/data"))
-    rows: list[dict] = []
     seeds = list(range(ns.seed0, ns.seed0 + ns.seeds))
     for seed in seeds:
         ctx = prepare(ExperimentConfig("cifar10", "lenet5", alpha=0.0), ds, seed, progress=False)
@@ -99,12 +95,10 @@ def main() -> None:
         first = np.sort(np.random.default_rng(1000 + seed).choice(task.train_ids, 175, replace=False))
         for ids in (first, task.forget_ids) if "one" in parts else ():
             for lr in LRS:
-                rows.append({"seed": seed, "kind": "one step", **one_step(ctx, task, hold, pred0, acc0, ids, lr)})
-                _log(ns.out, rows[-1])
+                _log(ns.out, {"seed": seed, "kind": "one step", **one_step(ctx, task, hold, pred0, acc0, ids, lr)})
         for lr in LRS if "chain" in parts else ():
-            rows.append({"seed": seed, "kind": "chain", "lr": lr,
-                         **chained(ctx, task, hold, acc0, lr, np.random.default_rng(1000 + seed))})
-            _log(ns.out, rows[-1])
+            _log(ns.out, {"seed": seed, "kind": "chain", "lr": lr,
+                          **chained(ctx, task, hold, acc0, lr, np.random.default_rng(1000 + seed))})
     rows = [json.loads(line) for line in (ns.out / "results.jsonl").read_text().splitlines()]
     write_results(ns.out, suite="chain-cost-probe", command=" ".join(["scripts/chain_cost_probe.py", *sys.argv[1:]]),
                   config={"seeds": sorted({r["seed"] for r in rows}), "parts": sorted({r["kind"] for r in rows}),
